@@ -1,0 +1,409 @@
+"""Procedural characters with an exact ground truth for every pose: the project's own benchmark.
+
+A *character* is a parametric cartoon person (body proportions, skin, clothes, stripes, hair, face);
+a *motion* is a smooth function of time that gives an 18-point OpenPose body pose (walk, dance,
+wave, turn, jump). Bodies are 3-D stick figures seen through an orthographic camera, so a turn
+narrows the shoulders and hides an ear exactly as a pose detector would see it. For any
+(character, pose) the drawing is the ground-truth frame, and the pose's DWPose-style skeleton
+render (through `rain_core.pose.render_pose`, the renderer inference uses) is the conditioning.
+
+Everything is deterministic by seed. Splits are disjoint id ranges: training characters and motions
+come from ids below `HELDOUT_BASE`, held-out ones from ids at or above it, so evaluation always
+sees people and movements that training never drew.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+MOTION_KINDS = ("walk", "dance", "wave", "turn", "jump")
+HELDOUT_BASE = 1_000_000
+"""Ids at or above this are held out (characters and motions alike)."""
+
+SPLITS = ("train", "heldout")
+
+# OpenPose body-18 order (what DWPose and the ControlNet renderer use).
+NOSE, NECK, R_SHOULDER, R_ELBOW, R_WRIST, L_SHOULDER, L_ELBOW, L_WRIST = range(8)
+R_HIP, R_KNEE, R_ANKLE, L_HIP, L_KNEE, L_ANKLE, R_EYE, L_EYE, R_EAR, L_EAR = range(8, 18)
+
+_SKIN_TONES = np.array(
+    [[255, 224, 196], [241, 194, 160], [224, 172, 130], [198, 134, 96], [141, 85, 54], [96, 60, 40]],
+    dtype=np.float64,
+)
+_HAIR_COLOURS = np.array(
+    [[30, 25, 20], [80, 50, 30], [150, 100, 50], [220, 190, 120], [170, 60, 30], [200, 200, 205], [60, 60, 140]],
+    dtype=np.float64,
+)
+BACKGROUND = (236, 236, 232)
+"""Plain background of every frame (RGB)."""
+
+_SUPERSAMPLE = 4  # draw at 4x and area-downsample: anti-aliased edges at any size
+_SKELETON_CANVAS = 512
+_GROUND = 0.96  # y of the feet in pose coordinates  # skeletons are drawn at a pose video's size and resized like one
+
+
+def _rng(seed: int, *stream: int) -> np.random.Generator:
+    return np.random.default_rng([seed, *stream])
+
+
+def _colour(rng: np.random.Generator, saturation=(0.35, 0.9), value=(0.35, 0.95)) -> tuple[int, int, int]:
+    hsv = np.uint8([[[rng.uniform(0, 180), rng.uniform(*saturation) * 255, rng.uniform(*value) * 255]]])
+    return tuple(int(c) for c in cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)[0, 0])
+
+
+@dataclass(frozen=True)
+class Character:
+    """Everything needed to draw one person; lengths are fractions of the frame height."""
+
+    id: int
+    height: float
+    shoulder_half_width: float
+    hip_half_width: float
+    limb_width: float
+    head_radius: float
+    skin: tuple[int, int, int]
+    shirt: tuple[int, int, int]
+    stripe: tuple[int, int, int] | None
+    stripe_period: float
+    long_sleeves: bool
+    trousers: tuple[int, int, int]
+    shorts: bool
+    skirt: bool
+    shoes: tuple[int, int, int]
+    hair: tuple[int, int, int]
+    long_hair: bool
+    eyes: tuple[int, int, int]
+
+
+@dataclass(frozen=True)
+class Motion:
+    """A procedural movement: `kind` plus the parameters that vary between instances of it."""
+
+    id: int
+    kind: str
+    speed: float  # cycles per second
+    amplitude: float  # 0.5 .. 1.0
+    phase: float
+    yaw: float  # base facing angle, radians (0 = facing the camera)
+    side: int  # +1 / -1: which arm waves, which way a turn starts
+    sway: float
+
+
+@dataclass(frozen=True)
+class BodyPose:
+    """One pose: 18 keypoints in [0, 1] image coordinates (x right, y down), their visibility,
+    and the depth and facing the drawing needs (the skeleton render ignores them)."""
+
+    keypoints: np.ndarray  # (18, 2) float64, normalised to a square canvas of side 1
+    visible: np.ndarray  # (18,) bool
+    depth: np.ndarray  # (18,) float64, toward the camera is positive
+    yaw: float
+
+    def openpose_keypoints(self) -> np.ndarray:
+        """(18, 3) [x, y, confidence] like DWPose output; confidence 0 marks a hidden point."""
+        return np.concatenate([self.keypoints, self.visible[:, None].astype(np.float64)], axis=1)
+
+
+class SyntheticWorld:
+    """Deterministic source of characters, motions, poses, frames and skeletons."""
+
+    def __init__(self, seed: int = 0):
+        self.seed = int(seed)
+
+    # ---- ids and splits -------------------------------------------------------------------
+    @staticmethod
+    def split_of(item_id: int) -> str:
+        return "heldout" if item_id >= HELDOUT_BASE else "train"
+
+    @staticmethod
+    def ids(split: str, count: int, start: int = 0) -> list[int]:
+        """`count` ids of `split` ("train" or "heldout")."""
+        if split not in SPLITS:
+            raise ValueError(f"split: expected one of {SPLITS}, found {split!r}")
+        base = HELDOUT_BASE if split == "heldout" else 0
+        if split == "train" and start + count > HELDOUT_BASE:
+            raise ValueError(f"train ids must stay below {HELDOUT_BASE}; asked for {start}..{start + count}")
+        return [base + start + i for i in range(count)]
+
+    # ---- characters -----------------------------------------------------------------------
+    def character(self, character_id: int) -> Character:
+        rng = _rng(self.seed, 1, character_id)
+        stripes = rng.random() < 0.45
+        return Character(
+            id=character_id,
+            height=rng.uniform(0.80, 0.92),
+            shoulder_half_width=rng.uniform(0.085, 0.125),
+            hip_half_width=rng.uniform(0.055, 0.085),
+            limb_width=rng.uniform(0.045, 0.07),
+            head_radius=rng.uniform(0.06, 0.078),
+            skin=tuple(int(c) for c in _SKIN_TONES[rng.integers(len(_SKIN_TONES))]),
+            shirt=_colour(rng),
+            stripe=_colour(rng) if stripes else None,
+            stripe_period=rng.uniform(0.035, 0.06),
+            long_sleeves=bool(rng.random() < 0.5),
+            trousers=_colour(rng, saturation=(0.2, 0.8), value=(0.2, 0.7)),
+            shorts=bool(rng.random() < 0.3),
+            skirt=bool(rng.random() < 0.2),
+            shoes=_colour(rng, saturation=(0.0, 0.6), value=(0.1, 0.5)),
+            hair=tuple(int(c) for c in _HAIR_COLOURS[rng.integers(len(_HAIR_COLOURS))]),
+            long_hair=bool(rng.random() < 0.4),
+            eyes=(20, 20, 30),
+        )
+
+    # ---- motions --------------------------------------------------------------------------
+    def motion(self, motion_id: int, kind: str | None = None) -> Motion:
+        """Motion `motion_id`; its kind cycles through MOTION_KINDS unless `kind` is given."""
+        rng = _rng(self.seed, 2, motion_id)
+        kind = kind or MOTION_KINDS[motion_id % len(MOTION_KINDS)]
+        if kind not in MOTION_KINDS:
+            raise ValueError(f"motion kind: expected one of {MOTION_KINDS}, found {kind!r}")
+        base_yaw = {"walk": rng.uniform(0.5, 1.2) * rng.choice([-1, 1]), "turn": 0.0}.get(kind, rng.uniform(-0.4, 0.4))
+        return Motion(
+            id=motion_id,
+            kind=kind,
+            speed=rng.uniform(0.4, 0.9) if kind != "turn" else rng.uniform(0.15, 0.3),
+            amplitude=rng.uniform(0.6, 1.0),
+            phase=rng.uniform(0, 2 * math.pi),
+            yaw=float(base_yaw),
+            side=int(rng.choice([-1, 1])),
+            sway=rng.uniform(-0.03, 0.03),
+        )
+
+    def pose(self, character: Character, motion: Motion, time_s: float) -> BodyPose:
+        """The pose of `character` doing `motion` at `time_s` seconds."""
+        return _pose(character, motion, time_s)
+
+    def clip_poses(self, character: Character, motion: Motion, frames: int, fps: float = 12.0, start_s: float = 0.0):
+        return [self.pose(character, motion, start_s + i / fps) for i in range(frames)]
+
+    def reference_pose(self, character: Character) -> BodyPose:
+        """The neutral, camera-facing standing pose used as the reference image."""
+        still = Motion(id=-1, kind="dance", speed=0.0, amplitude=0.0, phase=0.0, yaw=0.0, side=1, sway=0.0)
+        return _pose(character, still, 0.0)
+
+
+# ---- kinematics ---------------------------------------------------------------------------
+
+
+def _direction(swing: float, abduction: float, lateral_sign: float) -> np.ndarray:
+    """Unit vector of a limb hanging down, swung forward by `swing` and out sideways by `abduction`."""
+    return np.array(
+        [lateral_sign * math.sin(abduction), math.cos(abduction) * math.cos(swing), math.cos(abduction) * math.sin(swing)]
+    )
+
+
+def _pose(ch: Character, mo: Motion, t: float) -> BodyPose:
+    h = ch.height
+    torso, neck_len = 0.30 * h, 0.05 * h
+    upper_arm, forearm, thigh, shin = 0.16 * h, 0.15 * h, 0.21 * h, 0.21 * h
+    w = 2 * math.pi * mo.speed * t + mo.phase
+    a = mo.amplitude
+    s = math.sin(w)
+
+    yaw, lift, lean = mo.yaw, 0.0, 0.0
+    # joint angles, right side then left side: (arm swing, arm abduction, elbow bend, leg swing, leg abduction, knee)
+    r = dict(arm_swing=0.0, arm_abd=0.12, elbow=0.15, leg_swing=0.0, leg_abd=0.04, knee=0.0)
+    left = dict(r)
+    if mo.kind == "walk":
+        r.update(arm_swing=-0.6 * a * s, elbow=0.3 + 0.2 * a * max(0.0, -s), leg_swing=0.5 * a * s, knee=0.6 * a * max(0.0, -s))
+        left.update(arm_swing=0.6 * a * s, elbow=0.3 + 0.2 * a * max(0.0, s), leg_swing=-0.5 * a * s, knee=0.6 * a * max(0.0, s))
+    elif mo.kind == "dance":
+        up = 0.5 + 0.5 * s
+        r.update(arm_abd=0.25 + 2.2 * a * up, elbow=0.6 * a * (1 - up))
+        left.update(arm_abd=0.25 + 2.2 * a * (1 - up) if mo.side < 0 else 0.25 + 2.2 * a * up, elbow=0.6 * a * up)
+        knee = 0.4 * a * (0.5 + 0.5 * math.sin(2 * w))
+        r.update(leg_abd=0.12, knee=knee, leg_swing=-knee / 2)
+        left.update(leg_abd=0.12, knee=knee, leg_swing=-knee / 2)
+        lean = 0.12 * a * math.sin(w)
+        yaw = mo.yaw + 0.3 * a * math.sin(w / 2)
+    elif mo.kind == "wave":
+        wave = dict(arm_abd=2.3, arm_swing=0.2, elbow=-(0.4 + 0.5 * a * (0.5 + 0.5 * math.sin(2 * w))))
+        (r if mo.side > 0 else left).update(wave)
+        lean = 0.05 * math.sin(w)
+    elif mo.kind == "turn":
+        yaw = mo.side * 1.8 * a * math.sin(w)
+        r.update(arm_swing=0.15 * s, arm_abd=0.2)
+        left.update(arm_swing=-0.15 * s, arm_abd=0.2)
+    elif mo.kind == "jump":
+        cycle = (w / (2 * math.pi)) % 1.0
+        air = max(0.0, math.sin(2 * math.pi * cycle))  # first half of the cycle in the air
+        crouch = max(0.0, -math.sin(2 * math.pi * cycle))
+        for side in (r, left):
+            side.update(arm_abd=0.3 + 2.0 * air, elbow=0.3 * crouch, knee=1.0 * crouch + 0.3 * air, leg_swing=-0.5 * crouch)
+        lift = 0.08 * a * air
+    lateral_shift = mo.sway * math.sin(w) if mo.speed > 0 else 0.0
+
+    # 3-D joints in the body frame (x: the person's left, y: down, z: toward the camera when yaw = 0)
+    pelvis = np.array([0.0, 0.0, 0.0])
+    up_dir = np.array([math.sin(lean), -math.cos(lean), 0.0])
+    neck = pelvis + torso * up_dir
+    lateral = np.array([math.cos(lean), math.sin(lean), 0.0])
+    joints = np.zeros((18, 3))
+    joints[NECK] = neck
+    for sign, side, sh, el, wr, hp, kn, an in (
+        (-1, r, R_SHOULDER, R_ELBOW, R_WRIST, R_HIP, R_KNEE, R_ANKLE),
+        (1, left, L_SHOULDER, L_ELBOW, L_WRIST, L_HIP, L_KNEE, L_ANKLE),
+    ):
+        joints[sh] = neck + sign * ch.shoulder_half_width * lateral
+        joints[el] = joints[sh] + upper_arm * _direction(side["arm_swing"], side["arm_abd"], sign)
+        joints[wr] = joints[el] + forearm * _direction(side["arm_swing"] + abs(side["elbow"]), side["arm_abd"] + min(0.0, side["elbow"]) * -1.0, sign)
+        joints[hp] = pelvis + sign * ch.hip_half_width * np.array([1.0, 0.0, 0.0])
+        joints[kn] = joints[hp] + thigh * _direction(side["leg_swing"], side["leg_abd"], sign)
+        joints[an] = joints[kn] + shin * _direction(side["leg_swing"] - side["knee"], side["leg_abd"], sign)
+    head = neck + (neck_len + ch.head_radius) * up_dir
+    rad = ch.head_radius
+    joints[NOSE] = head + np.array([0.0, 0.15 * rad, 0.95 * rad])
+    joints[R_EYE] = head + np.array([-0.38 * rad, -0.15 * rad, 0.85 * rad])
+    joints[L_EYE] = head + np.array([0.38 * rad, -0.15 * rad, 0.85 * rad])
+    joints[R_EAR] = head + np.array([-rad, 0.0, 0.0])
+    joints[L_EAR] = head + np.array([rad, 0.0, 0.0])
+
+    # rotate by yaw about the vertical axis (around the pelvis), project orthographically
+    cy, sy = math.cos(yaw), math.sin(yaw)
+    x = joints[:, 0] * cy + joints[:, 2] * sy
+    z = -joints[:, 0] * sy + joints[:, 2] * cy
+    head_z = -head[0] * sy + head[2] * cy
+    feet_y = max(joints[R_ANKLE, 1], joints[L_ANKLE, 1])
+    # the lowest foot stands on the ground line unless the body is in the air
+    root = np.array([0.5 + lateral_shift, _GROUND - feet_y - lift])
+    keypoints = np.stack([x, joints[:, 1]], axis=1) + root
+    visible = np.ones(18, dtype=bool)
+    rel = z - head_z
+    for i in (NOSE, R_EYE, L_EYE):
+        visible[i] = rel[i] > 0.25 * rad
+    for i in (R_EAR, L_EAR):
+        visible[i] = rel[i] > -0.45 * rad
+    return BodyPose(keypoints=keypoints, visible=visible, depth=z, yaw=yaw)
+
+
+# ---- drawing ------------------------------------------------------------------------------
+
+
+def render_character(character: Character, pose: BodyPose, height: int, width: int) -> np.ndarray:
+    """The ground-truth frame: `character` in `pose`, uint8 (height, width, 3) RGB."""
+    ss = _SUPERSAMPLE
+    big_h, big_w = height * ss, width * ss
+    canvas = np.empty((big_h, big_w, 3), dtype=np.uint8)
+    canvas[:] = BACKGROUND
+    scale, off_x, off_y = _canvas_transform(big_h, big_w)
+
+    def px(point) -> tuple[int, int]:
+        return int(round(point[0] * scale + off_x)), int(round(point[1] * scale + off_y))
+
+    def thick(frac: float) -> int:
+        return max(1, int(round(frac * scale)))
+
+    ch, kp = character, pose.keypoints
+    limb = ch.limb_width
+    facing_away = math.cos(pose.yaw) < -0.05
+    parts = []  # (depth, draw function) drawn far to near
+
+    def segment(a, b, colour, width_frac, depth):
+        parts.append((depth, lambda: cv2.line(canvas, px(kp[a]), px(kp[b]), colour, thick(width_frac), cv2.LINE_AA)))
+
+    def dot(a, colour, radius_frac, depth):
+        parts.append((depth, lambda: cv2.circle(canvas, px(kp[a]), thick(radius_frac), colour, -1, cv2.LINE_AA)))
+
+    sleeve = ch.shirt if ch.long_sleeves else ch.skin
+    lower_leg = ch.skin if ch.shorts or ch.skirt else ch.trousers
+    upper_leg = ch.skin if ch.skirt else ch.trousers
+    for sh, el, wr, hp, kn, an in (
+        (R_SHOULDER, R_ELBOW, R_WRIST, R_HIP, R_KNEE, R_ANKLE),
+        (L_SHOULDER, L_ELBOW, L_WRIST, L_HIP, L_KNEE, L_ANKLE),
+    ):
+        d = pose.depth
+        segment(hp, kn, upper_leg, limb * 1.25, (d[hp] + d[kn]) / 2 - 0.001)
+        segment(kn, an, lower_leg, limb * 1.05, (d[kn] + d[an]) / 2 - 0.001)
+        dot(an, ch.shoes, limb * 0.75, d[an])
+        segment(sh, el, ch.shirt, limb, (d[sh] + d[el]) / 2 + 0.002)
+        segment(el, wr, sleeve, limb * 0.9, (d[el] + d[wr]) / 2 + 0.002)
+        dot(wr, ch.skin, limb * 0.55, d[wr] + 0.003)
+
+    def torso():
+        quad = np.array([px(kp[R_SHOULDER]), px(kp[L_SHOULDER]), px(kp[L_HIP]), px(kp[R_HIP])], dtype=np.int32)
+        mask = np.zeros((big_h, big_w), dtype=np.uint8)
+        cv2.fillConvexPoly(mask, cv2.convexHull(quad), 255, cv2.LINE_AA)
+        cv2.polylines(mask, [cv2.convexHull(quad)], True, 255, thick(limb * 1.1), cv2.LINE_AA)
+        if ch.skirt:
+            hip_l, hip_r = kp[L_HIP], kp[R_HIP]
+            hem = 0.11 * ch.height
+            flare = 0.35 * abs(hip_l[0] - hip_r[0]) + 0.04
+            skirt = np.array([px(hip_r), px(hip_l), px(hip_l + [flare, hem]), px(hip_r + [-flare, hem])], dtype=np.int32)
+            cv2.fillConvexPoly(canvas, cv2.convexHull(skirt), ch.trousers, cv2.LINE_AA)
+        else:
+            shorts = np.array([px(kp[R_HIP]), px(kp[L_HIP]), px((kp[L_HIP] + kp[L_KNEE]) / 2), px((kp[R_HIP] + kp[R_KNEE]) / 2)], dtype=np.int32)
+            cv2.fillConvexPoly(canvas, cv2.convexHull(shorts), ch.trousers, cv2.LINE_AA)
+        shirt = np.zeros_like(canvas)
+        shirt[:] = ch.shirt
+        if ch.stripe is not None:
+            period = max(2, int(ch.stripe_period * scale))
+            rows = (np.arange(big_h) - px(kp[NECK])[1]) % period < period // 2
+            shirt[rows] = ch.stripe
+        alpha = mask[..., None].astype(np.float32) / 255.0
+        canvas[:] = (canvas * (1 - alpha) + shirt * alpha + 0.5).astype(np.uint8)
+
+    parts.append((0.0, torso))
+
+    head_centre = (kp[R_EAR] + kp[L_EAR]) / 2
+    head_centre[1] = (kp[R_EYE][1] + kp[L_EYE][1]) / 2 + 0.15 * ch.head_radius
+
+    def head():
+        c, r = px(head_centre), thick(ch.head_radius)
+        if ch.long_hair:  # behind the neck and head, hanging to the shoulders
+            cv2.ellipse(canvas, (c[0], c[1] + r // 2), (int(r * 1.15), int(r * 1.6)), 0, 0, 360, ch.hair, -1, cv2.LINE_AA)
+        cv2.line(canvas, px(kp[NECK]), c, ch.skin, thick(limb * 0.9), cv2.LINE_AA)
+        cv2.circle(canvas, c, r, ch.hair if facing_away else ch.skin, -1, cv2.LINE_AA)
+        if facing_away:
+            return
+        # hair cap: the top of the head, shifted toward the back of the head when turned
+        shift = int(-math.sin(pose.yaw) * 0.35 * r)
+        cv2.ellipse(canvas, (c[0] + shift, c[1] - r // 5), (int(r * 1.02), int(r * 0.9)), 0, 180, 360, ch.hair, -1, cv2.LINE_AA)
+        for eye in (R_EYE, L_EYE):
+            if pose.visible[eye]:
+                cv2.circle(canvas, px(kp[eye]), thick(ch.head_radius * 0.16), ch.eyes, -1, cv2.LINE_AA)
+        if pose.visible[NOSE]:
+            mouth = kp[NOSE] + [0.0, 0.45 * ch.head_radius]
+            half = 0.3 * ch.head_radius * abs(math.cos(pose.yaw))
+            cv2.line(canvas, px(mouth - [half, 0]), px(mouth + [half, 0]), (150, 50, 50), thick(ch.head_radius * 0.1), cv2.LINE_AA)
+
+    parts.append((1.0, head))
+    for _, draw in sorted(parts, key=lambda item: item[0]):
+        draw()
+    return cv2.resize(canvas, (width, height), interpolation=cv2.INTER_AREA)
+
+
+def _canvas_transform(height: int, width: int) -> tuple[float, float, float]:
+    """Map the unit square of pose coordinates into the centre of a (height, width) canvas."""
+    scale = float(min(height, width))
+    return scale, (width - scale) / 2, (height - scale) / 2
+
+
+def pose_frame(pose: BodyPose, height: int, width: int):
+    """`pose` as a `rain_core.pose.PoseFrame` on a (height, width) canvas (body only)."""
+    from ..pose import Person, PoseFrame
+
+    scale, off_x, off_y = _canvas_transform(height, width)
+    kp = pose.openpose_keypoints().copy()
+    kp[:, 0] = (kp[:, 0] * scale + off_x) / width
+    kp[:, 1] = (kp[:, 1] * scale + off_y) / height
+    return PoseFrame([Person(body=kp)], canvas_width=width, canvas_height=height)
+
+
+def render_skeleton(pose: BodyPose, height: int, width: int) -> np.ndarray:
+    """The DWPose-style skeleton image of `pose`, uint8 (height, width, 3) RGB.
+
+    Drawn by `rain_core.pose.render_pose` on a canvas of a pose video's size (512 on the short
+    side) and area-resized, which is what happens to a real pose video fed to a small model.
+    """
+    from ..pose import render_pose
+
+    factor = max(1.0, _SKELETON_CANVAS / min(height, width))
+    big_h, big_w = int(round(height * factor)), int(round(width * factor))
+    image = render_pose(pose_frame(pose, big_h, big_w), big_h, big_w)
+    if (big_h, big_w) != (height, width):
+        image = cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA)
+    return image
