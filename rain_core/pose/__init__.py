@@ -1,0 +1,39 @@
+"""Pose streams: keypoint data model, POSE_KEYPOINT / OpenPose JSON interop, DWPose-exact rendering,
+anime face morphing, temporal tracking and alignment, and an optional DWPose detector.
+
+Nothing here needs onnxruntime or ComfyUI; the detector imports onnxruntime only when it is built.
+"""
+
+from .keypoints import (
+    PART_SIZES,
+    PARTS,
+    Person,
+    PoseFormatError,
+    PoseFrame,
+    frame_from_dict,
+    frame_to_dict,
+    from_pose_keypoint,
+    load_openpose_json,
+    save_openpose_json,
+    to_pose_keypoint,
+)
+from .render import draw_body, draw_face, draw_hand, face_dot_radius, render_pose
+
+__all__ = [
+    "PART_SIZES",
+    "PARTS",
+    "Person",
+    "PoseFormatError",
+    "PoseFrame",
+    "draw_body",
+    "draw_face",
+    "draw_hand",
+    "face_dot_radius",
+    "frame_from_dict",
+    "frame_to_dict",
+    "from_pose_keypoint",
+    "load_openpose_json",
+    "render_pose",
+    "save_openpose_json",
+    "to_pose_keypoint",
+]
