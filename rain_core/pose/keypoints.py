@@ -38,7 +38,6 @@ Rules for odd input (all tested):
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -316,9 +315,11 @@ def _looks_like_pixels(people) -> bool:
                 continue
             for i in range(0, len(values), 3):
                 x, y, c = values[i:i + 3]
-                if all(_is_number(v) for v in (x, y, c)) and c > 0 and math.isfinite(x) and math.isfinite(y):
-                    if abs(x) > 2 or abs(y) > 2:
-                        return True
+                if not all(_is_number(v) for v in (x, y, c)):
+                    continue
+                # Huge values and infinities count as pixels here; the parser then reports them.
+                if c > 0 and not (abs(x) <= 2 and abs(y) <= 2):
+                    return True
     return False
 
 
@@ -334,9 +335,11 @@ def from_pose_keypoint(pose_keypoint, max_people: int | None = None) -> list[Pos
 
 
 def _flatten(array: np.ndarray) -> list[float] | None:
-    if not (array[:, 2] > 0).any():
+    present = array[:, 2] > 0
+    if not present.any():
         return None
-    return [float(v) for v in array.reshape(-1)]
+    # Missing points are written as [0, 0, 0] even if a caller edited only their confidence.
+    return [float(v) for v in np.where(present[:, None], array, 0.0).reshape(-1)]
 
 
 def frame_to_dict(frame: PoseFrame, include_feet: bool = False) -> dict:
