@@ -4,6 +4,7 @@ anime face morphing, temporal tracking and alignment, and an optional DWPose det
 Nothing here needs onnxruntime or ComfyUI; the detector imports onnxruntime only when it is built.
 """
 
+from .face_morph import FACE_DOTS, FaceMorpher, FaceMorphParams, morph_face, render_face_morph
 from .keypoints import (
     PART_SIZES,
     PARTS,
@@ -20,6 +21,11 @@ from .keypoints import (
 from .render import draw_body, draw_face, draw_hand, face_dot_radius, render_pose
 
 __all__ = [
+    "FACE_DOTS",
+    "FaceMorphParams",
+    "FaceMorpher",
+    "morph_face",
+    "render_face_morph",
     "PART_SIZES",
     "PARTS",
     "Person",
