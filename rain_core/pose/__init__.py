@@ -19,8 +19,14 @@ from .keypoints import (
     to_pose_keypoint,
 )
 from .render import draw_body, draw_face, draw_hand, face_dot_radius, render_pose
+from .tracking import Alignment, PoseTracker, align_to_reference, apply_alignment, fit_alignment
 
 __all__ = [
+    "Alignment",
+    "PoseTracker",
+    "align_to_reference",
+    "apply_alignment",
+    "fit_alignment",
     "FACE_DOTS",
     "FaceMorphParams",
     "FaceMorpher",
