@@ -1,0 +1,11 @@
+"""ComfyUI entry point of the RAIN node pack.
+
+ComfyUI imports this folder as a package named after the folder (registry installs rename it), so
+everything inside the pack is imported relatively. The engine (`rain_core`) never imports ComfyUI.
+"""
+
+from .nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
+
+WEB_DIRECTORY = "./js"
+
+__all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS", "WEB_DIRECTORY"]

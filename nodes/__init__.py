@@ -1,0 +1,23 @@
+"""The RAIN nodes. Node files are thin: they convert ComfyUI values, call rain_core, and convert back."""
+
+from . import host
+from .frame_queue import FrameQueueNode
+from .model_loader import LoadRainModel
+from .pose_stream import PoseStream
+from .sampler import RainSampler
+
+host.register_model_folders()
+
+NODE_CLASS_MAPPINGS = {
+    "LoadRainModel": LoadRainModel,
+    "RainPoseStream": PoseStream,
+    "RainSampler": RainSampler,
+    "RainFrameQueue": FrameQueueNode,
+}
+
+NODE_DISPLAY_NAME_MAPPINGS = {
+    "LoadRainModel": "Load RAIN Model",
+    "RainPoseStream": "Pose Stream",
+    "RainSampler": "RAIN Sampler",
+    "RainFrameQueue": "Frame Queue",
+}

@@ -1,0 +1,131 @@
+"""Values that travel between the RAIN nodes, and the conversions between ComfyUI values and engine values.
+
+ComfyUI's IMAGE is a float tensor (N, H, W, C) in [0, 1]; the engine takes the same layout with C = 3.
+Custom socket types: RAIN_MODEL carries a `RainModelHandle`, RAIN_POSES carries a `PoseBatch`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+
+@dataclass
+class RainModelHandle:
+    """What Load RAIN Model hands to RAIN Sampler: the loaded networks and how they were loaded."""
+
+    models: Any  # rain_core RainModels
+    source: str  # the model folder, for messages and the stream's settings
+    decoder: str  # "auto" | "taesdv" | "vae": which decoder the streams use
+    keep_loaded: bool  # False: move the networks to the CPU between runs
+    device: Any = None
+    dtype: Any = None
+
+    @property
+    def key(self) -> str:
+        """Identifies these weights in a stream's settings (a stream cannot switch models mid-way)."""
+        return f"{self.source}|{self.decoder}|{self.dtype}"
+
+
+@dataclass
+class PoseBatch:
+    """What Pose Stream hands to RAIN Sampler: pose frames, either as keypoints or as rendered pose images.
+
+    Keypoint frames are rendered by the sampler at the stream's size; rendered images are letterboxed by
+    the engine. `live` marks sources that change between runs (webcam, screen, looping video).
+    """
+
+    frames: list | None = None  # rain_core.pose.PoseFrame per frame
+    images: torch.Tensor | None = None  # (N, H, W, 3) in [0, 1]
+    live: bool = False
+    render_options: dict = field(default_factory=dict)  # passed to the renderer (face-morph mode etc.)
+
+    def __len__(self) -> int:
+        return len(self.frames) if self.frames is not None else int(self.images.shape[0])
+
+    def render(self, height: int, width: int) -> torch.Tensor:
+        """The pose frames as the model sees them: (N, height, width, 3) for keypoints, as given for images.
+
+        Keypoints are letterboxed onto the canvas (no distortion) and drawn in the chosen mode; pose images
+        are returned unchanged (the stream letterboxes them to its size).
+        """
+        if self.frames is None:
+            return self.images
+        from ..rain_core import pose as rain_pose
+
+        mode = self.render_options.get("mode", "body")
+        damping = int(self.render_options.get("smoothing", 1))
+        fitted = [frame.letterboxed(height, width) for frame in self.frames]
+        if mode == "face-morph":
+            from ..rain_core.pose.face_morph import FaceMorpher, FaceMorphParams
+
+            params = FaceMorphParams(**self.render_options.get("face_morph", {}))
+            morpher = FaceMorpher(params, damping=damping)
+            drawn = [morpher(frame, height, width) for frame in fitted]
+        else:
+            if damping > 1:
+                smooth = getattr(rain_pose, "smooth_frames", None)
+                if smooth is None:
+                    raise RuntimeError("smoothing: keypoint smoothing of body poses is not available in this "
+                                       "build of rain_core; set smoothing to 1.")
+                fitted = smooth(fitted, damping)
+            drawn = [rain_pose.render_pose(frame, height, width) for frame in fitted]
+        return uint8_to_image(np.stack(drawn))
+
+
+def image_batch(value, input_name: str) -> torch.Tensor:
+    """Check a ComfyUI IMAGE and return it as float32 (N, H, W, 3); an alpha channel is composited over white.
+
+    White is what the RAIN references were trained on (characters on a plain light background), so a
+    transparent PNG keeps its character on the background the model expects.
+    """
+    if not isinstance(value, torch.Tensor):
+        raise ValueError(f"{input_name}: expected an IMAGE (a tensor of shape (N, H, W, 3)), "
+                         f"found {type(value).__name__}.")
+    if value.ndim == 3:
+        value = value.unsqueeze(0)
+    if value.ndim != 4 or value.shape[-1] not in (1, 3, 4):
+        raise ValueError(f"{input_name}: expected an IMAGE of shape (N, H, W, 3) (RGB, or RGBA/grey which are "
+                         f"converted), found shape {tuple(value.shape)}.")
+    if value.shape[0] == 0:
+        raise ValueError(f"{input_name}: the image batch is empty; connect a node that outputs at least one image.")
+    value = value.float()
+    if value.shape[-1] == 1:
+        value = value.expand(*value.shape[:-1], 3)
+    elif value.shape[-1] == 4:
+        rgb, alpha = value[..., :3], value[..., 3:4]
+        value = rgb * alpha + (1.0 - alpha)
+    return value.clamp(0.0, 1.0).contiguous()
+
+
+def tensor_fingerprint(value: torch.Tensor) -> str:
+    """A short content hash, so a stream can tell whether its reference image changed between runs."""
+    array = np.ascontiguousarray(value.detach().to("cpu", torch.float32).numpy())
+    return hashlib.sha1(array.tobytes() + str(array.shape).encode()).hexdigest()[:16]
+
+
+def empty_images(height: int, width: int) -> torch.Tensor:
+    """A zero-frame IMAGE batch (runs that emit nothing, e.g. during warm-up)."""
+    return torch.zeros((0, height, width, 3), dtype=torch.float32)
+
+
+def to_pil(frame: torch.Tensor, max_size: int | None = None) -> Image.Image:
+    """One (H, W, 3) frame in [0, 1] as a PIL image, optionally shrunk to fit `max_size` (for previews)."""
+    array = (frame.detach().to("cpu", torch.float32).clamp(0, 1).numpy() * 255.0 + 0.5).astype(np.uint8)
+    image = Image.fromarray(array)
+    if max_size is not None and max(image.size) > max_size:
+        image.thumbnail((max_size, max_size))
+    return image
+
+
+def uint8_to_image(frames: np.ndarray) -> torch.Tensor:
+    """(N, H, W, 3) or (H, W, 3) uint8 (renderer output) -> IMAGE batch."""
+    array = np.asarray(frames)
+    if array.ndim == 3:
+        array = array[None]
+    return torch.from_numpy(array.astype(np.float32) / 255.0)

@@ -1,0 +1,92 @@
+"""Frame Queue: collects the sampler's frames across runs and releases them at a steady pace."""
+
+from __future__ import annotations
+
+import base64
+import io
+
+from . import host
+from .convert import empty_images, image_batch, to_pil
+
+PREVIEW_EVENT = "rain.frame"
+PREVIEW_FRAMES = 4  # newest frames sent to the widget per run
+PREVIEW_SIZE = 256  # longest side of a preview thumbnail, pixels
+
+
+def _data_url(frame) -> str:
+    buffer = io.BytesIO()
+    to_pil(frame, PREVIEW_SIZE).save(buffer, format="JPEG", quality=80)
+    return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+class FrameQueueNode:
+    CATEGORY = "RAIN"
+    DESCRIPTION = ("Collects the frames RAIN Sampler emits, across runs, and hands them on at the target fps: each "
+                   "run outputs the frames that are due (mode 'pace'), or holds everything until flush (mode "
+                   "'collect', for saving a video fed in chunks). Shows the newest frames and the measured fps and "
+                   "latency on the node. Output IMAGE batches go to Save Image, Preview Image, Create Video or "
+                   "VideoHelperSuite's Video Combine.")
+    RETURN_TYPES = ("IMAGE", "FLOAT", "FLOAT", "INT")
+    RETURN_NAMES = ("frames", "fps", "latency_ms", "queued")
+    OUTPUT_TOOLTIPS = (
+        "The frames released by this run (may be empty when none are due).",
+        "Measured output rate, frames per second, over the last few seconds.",
+        "Mean time the released frames waited in the queue, milliseconds.",
+        "Frames still waiting in the queue after this run.",
+    )
+    FUNCTION = "run"
+    OUTPUT_NODE = True  # runs (and drives the preview widget) even with nothing connected downstream
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "frames": ("IMAGE", {"tooltip": "Frames from RAIN Sampler (an empty batch is fine)."}),
+                "mode": (["pace", "collect"], {
+                    "default": "pace",
+                    "tooltip": "pace: release the frames that are due at the target fps each run. collect: hold "
+                               "every frame until a run with flush on, then release them all."}),
+                "fps": ("FLOAT", {"default": 16.0, "min": 1.0, "max": 120.0, "step": 0.5,
+                                  "tooltip": "Target output rate in frames per second (RAIN's demo runs at 16)."}),
+                "capacity": ("INT", {"default": 512, "min": 1, "max": 100000,
+                                     "tooltip": "Most frames the queue holds. What happens beyond it: see "
+                                                "when_full."}),
+                "when_full": (["error", "drop oldest", "release now"], {
+                    "default": "error",
+                    "tooltip": "Over capacity: error stops with a message and keeps the queued frames; drop oldest "
+                               "discards the oldest frames (live previews); release now hands the excess on at "
+                               "once (never drops a frame)."}),
+                "flush": ("BOOLEAN", {"default": False,
+                                      "tooltip": "Release every queued frame on this run (end of a video)."}),
+                "preview": ("BOOLEAN", {"default": True,
+                                        "tooltip": "Show the newest frames and fps/latency on this node."}),
+            },
+            "hidden": {"unique_id": "UNIQUE_ID"},
+        }
+
+    def run(self, frames, mode, fps, capacity, when_full, flush, preview, unique_id=None):
+        from ..rain_core.registry import default_registry
+
+        if frames.shape[0]:
+            frames = image_batch(frames, "frames")
+        queue_id = f"frame-queue:{unique_id if unique_id is not None else id(self)}"
+        queue = default_registry().frame_queue(queue_id, capacity=capacity, fps=fps, when_full=when_full)
+        queue.push(frames)
+        if flush:
+            released = queue.pop_all()
+        elif mode == "pace":
+            released = queue.pop_due()
+        else:  # collect: only what exceeds capacity under "release now" leaves before the flush
+            released = queue.pop_excess()
+        stats = queue.stats()
+        if released is None:
+            released = empty_images(*(queue.frame_size or tuple(frames.shape[1:3])))
+        if preview:
+            shown = released if released.shape[0] else frames
+            host.send_event(PREVIEW_EVENT, {
+                "node": str(unique_id) if unique_id is not None else None,
+                "images": [_data_url(frame) for frame in shown[-PREVIEW_FRAMES:]],
+                "released": int(released.shape[0]),
+                **stats.to_dict(),
+            })
+        return (released, float(stats.output_fps), float(stats.latency_ms), int(stats.queued))

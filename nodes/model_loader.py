@@ -1,0 +1,123 @@
+"""Load RAIN Model: the RAIN networks from models/rain, with the VAE and image encoder they need."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from . import host
+from .convert import RainModelHandle
+
+BUILTIN_MODEL = "tiny-rain (built-in)"
+AUTO = "auto"
+PRECISIONS = ("auto", "fp32", "fp16", "bf16")
+DEVICES = ("auto", "cpu", "cuda")
+DECODERS = ("auto", "taesdv", "vae")
+
+WHERE_FILES_GO = """RAIN looks for these files in ComfyUI/models:
+  rain/<name>/                 the RAIN networks, either the official release
+                               (reference_unet.pth, motion_unet.pth, pose_guider.pth; huggingface.co/Pscgylotti/RAIN-v0.1)
+                               or our safetensors layout (rain_config.json + one .safetensors per part; `rain convert`)
+  vae/sd-vae-ft-mse/           the SD VAE (config.json + diffusion_pytorch_model.safetensors; huggingface.co/stabilityai/sd-vae-ft-mse)
+  clip_vision/sd-image-variations/  the image encoder (config.json + model.safetensors; the image_encoder folder of
+                               huggingface.co/lambdalabs/sd-image-variations-diffusers)
+  vae_approx/taesdv.pth        optional fast decoder (github.com/madebyollin/taesdv)
+The built-in tiny-rain model needs none of them (it is a small demo model, not the released weights)."""
+
+_loaded_cache: dict = {}  # load arguments -> RainModelHandle, for keep_loaded
+
+
+def builtin_model_dir() -> Path:
+    return Path(__file__).resolve().parent.parent / "rain_core" / "assets" / "tiny-rain"
+
+
+def rain_model_choices() -> list[str]:
+    """Model folders under models/rain, then the built-in tiny model (the default when nothing else is there)."""
+    return host.list_models(host.RAIN_FOLDER, files=False) + [BUILTIN_MODEL]
+
+
+def _taesdv_path() -> Path | None:
+    for name in host.list_models("vae_approx"):
+        if name.lower().startswith("taesdv"):
+            return host.find_model("vae_approx", name)
+    return None
+
+
+def _dtype(precision: str, device):
+    import torch
+
+    if precision == "auto":
+        return torch.float16 if device.type == "cuda" else torch.float32
+    return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
+
+
+class LoadRainModel:
+    CATEGORY = "RAIN"
+    DESCRIPTION = ("Loads the RAIN networks (reference UNet, denoising UNet with motion modules, pose guider) from "
+                   "models/rain, with the SD VAE from models/vae and the image encoder from models/clip_vision. "
+                   "'tiny-rain (built-in)' is a small demo model that needs no downloads.")
+    RETURN_TYPES = ("RAIN_MODEL",)
+    RETURN_NAMES = ("rain_model",)
+    OUTPUT_TOOLTIPS = ("The loaded RAIN networks; connect to RAIN Sampler.",)
+    FUNCTION = "load"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "model": (rain_model_choices(), {
+                "tooltip": "A folder in models/rain holding the RAIN weights (official .pth files or our "
+                           "safetensors layout). 'tiny-rain (built-in)' ships with the pack."}),
+            "vae": ([AUTO] + host.list_models("vae"), {
+                "tooltip": "The SD VAE (sd-vae-ft-mse) in models/vae. auto: the one next to the RAIN weights, or "
+                           "none for models with their own codec (tiny-rain)."}),
+            "image_encoder": ([AUTO] + host.list_models("clip_vision"), {
+                "tooltip": "The CLIP image encoder of sd-image-variations in models/clip_vision. auto: the one next "
+                           "to the RAIN weights, or the model's own (tiny-rain)."}),
+            "decoder": (list(DECODERS), {
+                "default": "auto",
+                "tooltip": "How latents become frames. taesdv: the fast temporal decoder (models/vae_approx/"
+                           "taesdv.pth), vae: the full SD VAE (slower, sharper), auto: taesdv when present."}),
+            "precision": (list(PRECISIONS), {
+                "default": "auto", "tooltip": "Weight precision. auto: fp16 on a GPU, fp32 on the CPU."}),
+            "device": (list(DEVICES), {
+                "default": "auto", "tooltip": "Where the networks run. auto: ComfyUI's device."}),
+            "keep_loaded": ("BOOLEAN", {
+                "default": True,
+                "tooltip": "Keep the networks on the device between runs (needed for smooth live streams). Off: "
+                           "they move to the CPU after each RAIN Sampler run, freeing GPU memory."}),
+        }}
+
+    def load(self, model, vae, image_encoder, decoder, precision, device, keep_loaded):
+        from ..rain_core.loading import RainLoadError, load_rain
+
+        if model == BUILTIN_MODEL:
+            folder = builtin_model_dir()
+        else:
+            folder = host.find_model(host.RAIN_FOLDER, model)
+        if folder is None or not folder.is_dir():
+            searched = ", ".join(str(p) for p in host.model_folders(host.RAIN_FOLDER))
+            raise FileNotFoundError(f"model: no folder named {model!r} in {searched}.\n{WHERE_FILES_GO}")
+        torch_device = host.torch_device(device)
+        dtype = _dtype(precision, torch_device)
+        vae_path = None if vae == AUTO else host.find_model("vae", vae)
+        encoder_path = None if image_encoder == AUTO else host.find_model("clip_vision", image_encoder)
+        taesdv_path = _taesdv_path() if decoder in ("auto", "taesdv") else None
+        if decoder == "taesdv" and taesdv_path is None:
+            raise FileNotFoundError("decoder: 'taesdv' needs taesdv.pth in "
+                                    f"{', '.join(str(p) for p in host.model_folders('vae_approx'))} "
+                                    "(from github.com/madebyollin/taesdv), or choose decoder 'vae' or 'auto'.")
+        key = (str(folder), str(vae_path), str(encoder_path), str(taesdv_path), str(torch_device), str(dtype))
+        cached = _loaded_cache.get(key)
+        if cached is not None:
+            cached.keep_loaded = keep_loaded
+            return (cached,)
+        try:
+            models = load_rain(folder, vae=vae_path, image_encoder=encoder_path, taesdv=taesdv_path,
+                               device=torch_device, dtype=dtype)
+        except RainLoadError as error:
+            raise RainLoadError(f"{error}\n{WHERE_FILES_GO}") from error
+        handle = RainModelHandle(models=models, source=str(folder), decoder=decoder, keep_loaded=keep_loaded,
+                                 device=torch_device, dtype=dtype)
+        if keep_loaded:
+            _loaded_cache.clear()  # one model held at a time: switching models frees the previous one
+            _loaded_cache[key] = handle
+        return (handle,)
