@@ -1,0 +1,84 @@
+"""`RainModels`: the networks of one RAIN model, on one device and dtype."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from .codecs import SpaceToDepthCodec, VaeCodec
+from .config import RainModelConfig
+from .image_encoder import ClipImageEncoder, build_clip
+from .pose_guider import PoseGuider
+from .taesdv import TAESDV
+from .unet import DenoisingUNet, ReferenceUNet
+
+
+def guidance_embedding(w, dim: int = 512, dtype=torch.float32) -> torch.Tensor:
+    """LCM w-embedding: sinusoidal embedding of w·1000 (sin half, then cos half), like the authors.
+    w: float or (B,) tensor -> (B, dim)."""
+    w = torch.as_tensor(w, dtype=torch.float32).reshape(-1) * 1000.0
+    half = dim // 2
+    frequencies = torch.exp(torch.arange(half, dtype=torch.float32) * -(math.log(10000.0) / (half - 1)))
+    angles = w[:, None] * frequencies[None, :]
+    embedding = torch.cat([torch.sin(angles), torch.cos(angles)], dim=1)
+    if dim % 2:
+        embedding = nn.functional.pad(embedding, (0, 1))
+    return embedding.to(dtype)
+
+
+class RainModels(nn.Module):
+    """reference_unet, denoising_unet, pose_guider, codec, fast_decoder (TAESDV or None), image_encoder,
+    plus config, device, dtype. Build with `RainModels.build(config)` (random weights) or `load_rain(...)`."""
+
+    def __init__(self, config, reference_unet, denoising_unet, pose_guider, codec, image_encoder, fast_decoder=None):
+        super().__init__()
+        self.config = config
+        self.reference_unet = reference_unet
+        self.denoising_unet = denoising_unet
+        self.pose_guider = pose_guider
+        self.codec = codec
+        self.image_encoder = image_encoder
+        self.fast_decoder = fast_decoder
+
+    @classmethod
+    def build(cls, config: RainModelConfig, vae=None, with_image_encoder: bool = True) -> RainModels:
+        """Fresh networks of `config` (authors' initialisation: zero cond_proj, pose conv_out, motion proj_out).
+        `vae`: an AutoencoderKL for codec="vae"; built from `config.vae` when None."""
+        if config.codec == "vae":
+            if vae is None:
+                from diffusers import AutoencoderKL
+
+                if config.vae is None:
+                    raise ValueError("codec 'vae' needs a VAE: pass vae= or set config.vae to an AutoencoderKL config")
+                vae = AutoencoderKL(**config.vae)
+            codec = VaeCodec(vae, config.vae_scaling_factor)
+        else:
+            codec = SpaceToDepthCodec(config.codec_factor)
+        fast_decoder = None
+        if config.taesdv_channels is not None:
+            fast_decoder = TAESDV(config.latent_channels, config.taesdv_channels, int(math.log2(config.codec_factor)))
+        return cls(
+            config,
+            ReferenceUNet(config),
+            DenoisingUNet(config),
+            PoseGuider(config.pose_channels, config.pose_guider_channels),
+            codec,
+            ClipImageEncoder(build_clip(config.clip)) if with_image_encoder else None,
+            fast_decoder,
+        )
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.denoising_unet.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.denoising_unet.parameters()).dtype
+
+    def guidance_embedding(self, w) -> torch.Tensor | None:
+        """The w-embedding for this model on its device/dtype, or None for a UNet without cond_proj."""
+        if self.config.cond_proj_dim is None:
+            return None
+        return guidance_embedding(w, self.config.cond_proj_dim).to(self.device, self.dtype)

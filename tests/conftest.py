@@ -1,0 +1,57 @@
+"""Shared fixtures: a tiny RAIN with every parameter random, and writers of checkpoint folders.
+
+`tiny_models` is session-scoped and read-only by convention: tests that change weights build their own with
+`build_tiny_models()`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from rain_core.models import RainModelConfig, RainModels
+from rain_core.models.testing import randomize_parameters
+
+TINY_SEED = 1234
+
+
+def tiny_config(**overrides) -> RainModelConfig:
+    """The test size: 32-px frames, space_to_depth ×2 (12×16×16 latent), 4 UNet levels, motion modules."""
+    return RainModelConfig.tiny(**overrides)
+
+
+def build_tiny_models(config: RainModelConfig | None = None, seed: int = TINY_SEED) -> RainModels:
+    """A tiny RAIN with all parameters randomised (no blind path), in eval mode, float32 on CPU."""
+    torch.manual_seed(seed)
+    models = RainModels.build(config or tiny_config())
+    randomize_parameters(models, seed)
+    return models.eval()
+
+
+def write_official_checkpoint(models: RainModels, folder: Path) -> Path:
+    """Write `models` the way the authors released RAIN: reference_unet.pth, motion_unet.pth, pose_guider.pth
+    (plain state dicts, torch.save), taesdv.pth when there is a fast decoder, plus rain_config.json so a
+    non-SD-1.5 size can be rebuilt. Returns the folder."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.save(models.reference_unet.state_dict(), folder / "reference_unet.pth")
+    torch.save(models.denoising_unet.state_dict(), folder / "motion_unet.pth")
+    torch.save(models.pose_guider.state_dict(), folder / "pose_guider.pth")
+    if models.fast_decoder is not None:
+        torch.save(models.fast_decoder.state_dict(), folder / "taesdv.pth")
+    (folder / "rain_config.json").write_text(json.dumps(models.config.to_dict(), indent=1))
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_models() -> RainModels:
+    return build_tiny_models()
+
+
+@pytest.fixture
+def official_checkpoint(tmp_path, tiny_models) -> Path:
+    """A folder holding `tiny_models` in the authors' .pth layout (+ rain_config.json)."""
+    return write_official_checkpoint(tiny_models, tmp_path / "official")
