@@ -1,0 +1,117 @@
+"""Lazy frame sources, letterbox and its inverse, and VideoSink's atomic writing."""
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from rain_core.video import (
+    VideoSink,
+    VideoSinkError,
+    VideoSourceError,
+    letterbox,
+    open_pose_source,
+)
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+POSE_VIDEO = SHARED_DATA / "anyone-video-1_kps.mp4"
+
+
+def gradient_frames(count, height=48, width=64):
+    base = np.linspace(0, 1, width, dtype=np.float32)[None, :, None]
+    return [np.broadcast_to(base * (i + 1) / count, (height, width, 3)).copy() for i in range(count)]
+
+
+@pytest.mark.skipif(not POSE_VIDEO.exists(), reason=f"shared pose video not found at {POSE_VIDEO}")
+def test_shared_pose_video_is_decoded_lazily_with_200_frames():
+    source = open_pose_source(POSE_VIDEO)
+    assert len(source) == 200 and source.fps == pytest.approx(30.0)
+    frames = iter(source)
+    first = next(frames)  # the first frame arrives before the rest are decoded: a generator, not a list
+    assert first.dtype == np.float32 and first.shape == (704, 512, 3)
+    assert 0.0 <= first.min() and first.max() <= 1.0 and first.max() > 0.5  # a skeleton on black
+    assert 1 + sum(1 for _ in frames) == 200
+
+
+@pytest.mark.skipif(not POSE_VIDEO.exists(), reason=f"shared pose video not found at {POSE_VIDEO}")
+def test_source_letterboxes_to_the_model_size_as_uint8():
+    source = open_pose_source(POSE_VIDEO, as_uint8=True, size=(512, 512))
+    frame = next(iter(source))
+    assert frame.dtype == np.uint8 and frame.shape == (512, 512, 3)
+    # 704x512 fits as 512x372 centred: 70 black columns each side
+    assert not frame[:, :69].any() and not frame[:, -69:].any()
+
+
+def test_image_folder_source_yields_frames_in_name_order(tmp_path):
+    for i, frame in enumerate(gradient_frames(3)):
+        cv2.imwrite(str(tmp_path / f"{i:03d}.png"), (frame * 255).astype(np.uint8))
+    source = open_pose_source(tmp_path, as_uint8=True, fps=12)
+    frames = list(source)
+    assert len(source) == 3 and source.fps == 12
+    assert [int(f[0, -1, 0]) for f in frames] == [85, 170, 255]
+
+
+def test_missing_and_unreadable_inputs_raise_value_errors(tmp_path):
+    with pytest.raises(VideoSourceError, match="no such file"):
+        open_pose_source(tmp_path / "nothing.mp4")
+    (tmp_path / "broken.mp4").write_bytes(b"not a video at all")
+    with pytest.raises(VideoSourceError, match="cannot decode"):
+        open_pose_source(tmp_path / "broken.mp4")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="no images"):
+        open_pose_source(tmp_path / "empty")
+
+
+def test_letterbox_fits_without_distortion_and_inverts():
+    frame = np.zeros((100, 200, 3), dtype=np.uint8)
+    frame[:, :100] = 255  # left half white
+    boxed, info = letterbox(frame, 256, 256)
+    assert boxed.shape == (256, 256, 3) and (info.top, info.content_height, info.content_width) == (64, 128, 256)
+    assert not boxed[:64].any() and not boxed[-64:].any()
+    assert boxed[64:192, :120].min() == 255 and not boxed[64:192, 136:].any()  # interpolated only at the edge
+    x, y = info.to_canvas(np.array([0, 200]), np.array([0, 100]))
+    assert x.tolist() == [0, 256] and y.tolist() == [64, 192]
+    assert [v.tolist() for v in info.to_source(x, y)] == [[0, 200], [0, 100]]
+    restored = info.restore(boxed)
+    assert restored.shape == frame.shape and np.abs(restored.astype(int) - frame).mean() < 3
+
+
+def test_video_sink_writes_mp4_that_reads_back(tmp_path):
+    path = tmp_path / "out.mp4"
+    with VideoSink(path, fps=8) as sink:
+        sink.write(np.stack(gradient_frames(5)))
+    assert sink.output_path == path and path.exists()
+    source = open_pose_source(path)
+    assert len(source) == 5 and source.fps == pytest.approx(8)
+    assert [p.name for p in tmp_path.iterdir()] == ["out.mp4"]  # no temp file left
+
+
+def test_video_sink_png_sequence_for_a_folder_path(tmp_path):
+    with VideoSink(tmp_path / "frames") as sink:
+        for frame in gradient_frames(3):
+            sink.write(frame)
+    assert sorted(p.name for p in (tmp_path / "frames").iterdir()) == [f"frame_{i:06d}.png" for i in range(3)]
+
+
+def test_video_sink_error_keeps_the_previous_good_file_and_removes_the_partial(tmp_path):
+    path = tmp_path / "out.mp4"
+    with VideoSink(path) as sink:
+        sink.write(np.stack(gradient_frames(2)))
+    good = path.read_bytes()
+    with pytest.raises(RuntimeError), VideoSink(path) as sink:
+        sink.write(np.stack(gradient_frames(4)))
+        raise RuntimeError("stream interrupted")
+    assert path.read_bytes() == good
+    assert [p.name for p in tmp_path.iterdir()] == ["out.mp4"]
+
+
+def test_video_sink_rejects_missing_folder_and_mixed_frame_sizes(tmp_path):
+    with pytest.raises(VideoSinkError, match="does not exist"):
+        VideoSink(tmp_path / "missing" / "out.mp4")
+    sink = VideoSink(tmp_path / "out.mp4")
+    sink.write(gradient_frames(1)[0])
+    with pytest.raises(VideoSinkError, match="same size"):
+        sink.write(np.zeros((10, 10, 3), np.uint8))
+    sink.abort()
+    assert list(tmp_path.iterdir()) == []
