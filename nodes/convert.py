@@ -58,22 +58,12 @@ class PoseBatch:
             return self.images
         from ..rain_core import pose as rain_pose
 
-        mode = self.render_options.get("mode", "body")
-        damping = int(self.render_options.get("smoothing", 1))
         fitted = [frame.letterboxed(height, width) for frame in self.frames]
-        if mode == "face-morph":
-            from ..rain_core.pose.face_morph import FaceMorpher, FaceMorphParams
-
-            params = FaceMorphParams(**self.render_options.get("face_morph", {}))
-            morpher = FaceMorpher(params, damping=damping)
+        if self.render_options.get("mode", "body") == "face-morph":
+            params = rain_pose.FaceMorphParams(**self.render_options.get("face_morph", {}))
+            morpher = rain_pose.FaceMorpher(params)  # fills landmarks missing in a frame from the previous one
             drawn = [morpher(frame, height, width) for frame in fitted]
         else:
-            if damping > 1:
-                smooth = getattr(rain_pose, "smooth_frames", None)
-                if smooth is None:
-                    raise RuntimeError("smoothing: keypoint smoothing of body poses is not available in this "
-                                       "build of rain_core; set smoothing to 1.")
-                fitted = smooth(fitted, damping)
             drawn = [rain_pose.render_pose(frame, height, width) for frame in fitted]
         return uint8_to_image(np.stack(drawn))
 

@@ -87,8 +87,6 @@ class LoadRainModel:
         }}
 
     def load(self, model, vae, image_encoder, decoder, precision, device, keep_loaded):
-        from ..rain_core.loading import RainLoadError, load_rain
-
         if model == BUILTIN_MODEL:
             folder = builtin_model_dir()
         else:
@@ -110,6 +108,8 @@ class LoadRainModel:
         if cached is not None:
             cached.keep_loaded = keep_loaded
             return (cached,)
+        from ..rain_core.loading import RainLoadError, load_rain
+
         try:
             models = load_rain(folder, vae=vae_path, image_encoder=encoder_path, taesdv=taesdv_path,
                                device=torch_device, dtype=dtype)

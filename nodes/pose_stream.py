@@ -94,8 +94,10 @@ class PoseStream:
             "loop": ("BOOLEAN", {"default": False,
                                  "tooltip": "Treat video_path as an endless live source: each run reads the next "
                                             "frames_per_run frames, wrapping at the end (use with Auto Queue)."}),
-            "smoothing": ("INT", {"default": 1, "min": 1, "max": 30,
-                                  "tooltip": "Temporal damping of keypoints over this many frames (1 = off)."}),
+            "smoothing": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 0.95, "step": 0.05,
+                                    "tooltip": "Temporal damping of keypoints: 0 = off, higher = smoother but "
+                                               "laggier. Keypoint sources only (rendered pose images are used as "
+                                               "they are)."}),
             "align_to_reference": ("BOOLEAN", {
                 "default": False,
                 "tooltip": "Scale and move the poses so the body fits the reference character (needs "
@@ -164,16 +166,16 @@ class PoseStream:
         if not (frames or images is not None and images.shape[0]):
             raise ValueError("Pose Stream: the pose source gave no frames.")
 
+        if frames is not None:
+            # Confidence threshold, hold-last for missing keypoints, and the damping.
+            frames = rain_pose.PoseTracker(damping=float(smoothing)).run(frames)
         if align_to_reference:
             if frames is None or reference_pose is None:
                 raise ValueError("align_to_reference: needs keypoints (pose_keypoint) and reference_pose (the "
                                  "reference character's keypoints, e.g. DWPose Estimator on the reference image).")
-            align = getattr(rain_pose, "align_to_reference", None)
-            if align is None:
-                raise RuntimeError("align_to_reference: not available in this build of rain_core.")
-            frames = align(frames, rain_pose.from_pose_keypoint(reference_pose)[0])
+            frames = rain_pose.align_to_reference(frames, rain_pose.from_pose_keypoint(reference_pose)[0])
 
-        render_options = {"mode": mode, "smoothing": int(smoothing)}
+        render_options = {"mode": mode}
         if mode == "face-morph":
             if frames is None:
                 raise ValueError("mode: face-morph needs keypoints (pose_keypoint), not rendered pose images: the "

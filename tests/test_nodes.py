@@ -1,0 +1,280 @@
+"""The node classes, called the way ComfyUI calls them, with nodes/host.py in standalone mode.
+
+The pack is imported like ComfyUI's `load_custom_node` does it: the repository root as a package under
+a folder name of its own (registry installs rename the folder), so relative imports are exercised too.
+"""
+
+import importlib.util
+import json
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT.parent / "shared" / "data"
+PACK_NAME = "renamed_rain_pack"
+CUSTOM_TYPES = {"RAIN_MODEL", "RAIN_POSES", "POSE_KEYPOINT"}
+WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN"}
+
+
+def load_pack():
+    if PACK_NAME in sys.modules:
+        return sys.modules[PACK_NAME]
+    spec = importlib.util.spec_from_file_location(PACK_NAME, ROOT / "__init__.py",
+                                                  submodule_search_locations=[str(ROOT)])
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[PACK_NAME] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def pack():
+    return load_pack()
+
+
+@pytest.fixture
+def host(pack, tmp_path, monkeypatch):
+    monkeypatch.setenv("RAIN_MODELS_DIR", str(tmp_path / "models"))
+    module = sys.modules[f"{PACK_NAME}.nodes.host"]
+    module.sent_events.clear()
+    module.progress_hooks.clear()
+    yield module
+    module.progress_hooks.clear()
+    module.interrupt_processing(False)
+
+
+def all_inputs(node_class):
+    spec = node_class.INPUT_TYPES()
+    return {**spec.get("required", {}), **spec.get("optional", {})}
+
+
+# ------------------------------------------------------------------------------------------------- contract
+
+
+def test_pack_exports_four_nodes_with_display_names_and_web_directory(pack):
+    assert set(pack.NODE_CLASS_MAPPINGS) == set(pack.NODE_DISPLAY_NAME_MAPPINGS)
+    assert sorted(pack.NODE_DISPLAY_NAME_MAPPINGS.values()) == ["Frame Queue", "Load RAIN Model", "Pose Stream",
+                                                                "RAIN Sampler"]
+    assert (ROOT / pack.WEB_DIRECTORY / "rain_frame_queue.js").is_file()
+
+
+def test_host_is_standalone_outside_comfyui(pack):
+    host = sys.modules[f"{PACK_NAME}.nodes.host"]
+    assert host.IN_COMFYUI is False
+
+
+def test_only_host_imports_comfyui():
+    comfy_modules = ("folder_paths", "comfy", "server", "execution", "comfy_execution")
+    for path in list((ROOT / "nodes").glob("*.py")) + list((ROOT / "rain_core").rglob("*.py")):
+        if path.name == "host.py":
+            continue
+        for line in path.read_text().splitlines():
+            words = line.split()
+            if len(words) >= 2 and words[0] in ("import", "from"):
+                assert words[1].split(".")[0] not in comfy_modules, f"{path}: {line.strip()}"
+
+
+@pytest.mark.parametrize("key", ["LoadRainModel", "RainPoseStream", "RainSampler", "RainFrameQueue"])
+def test_node_contract_is_consistent(pack, key):
+    node = pack.NODE_CLASS_MAPPINGS[key]
+    assert node.CATEGORY == "RAIN"
+    assert isinstance(node.DESCRIPTION, str) and len(node.DESCRIPTION) > 40
+    assert callable(getattr(node(), node.FUNCTION))
+    assert len(node.RETURN_TYPES) == len(node.RETURN_NAMES) == len(node.OUTPUT_TOOLTIPS)
+    for kind in node.RETURN_TYPES:
+        assert kind in WIDGET_TYPES | CUSTOM_TYPES | {"IMAGE"}
+    spec = node.INPUT_TYPES()
+    inputs = all_inputs(node)
+    # The run function accepts every declared input (and the hidden ones) by name.
+    code = getattr(node, node.FUNCTION).__code__
+    accepted = set(code.co_varnames[:code.co_argcount + code.co_kwonlyargcount])
+    takes_kwargs = bool(code.co_flags & 0x08)
+    for name in list(inputs) + list(spec.get("hidden", {})):
+        assert name in accepted or takes_kwargs, f"{key}.{node.FUNCTION} does not take {name}"
+    for name, (kind, options) in inputs.items():
+        assert options.get("tooltip"), f"{key}.{name} has no tooltip"
+        if isinstance(kind, list):
+            assert kind, f"{key}.{name}: empty combo"
+            assert options.get("default", kind[0]) in kind
+        elif kind in ("INT", "FLOAT"):
+            assert options["min"] <= options["default"] <= options["max"], f"{key}.{name} default out of range"
+            if kind == "INT" and "step" in options:
+                assert (options["default"] - options["min"]) % options["step"] == 0
+        elif kind in ("STRING", "BOOLEAN"):
+            assert "default" in options
+        else:
+            assert kind in CUSTOM_TYPES | {"IMAGE"}, f"{key}.{name}: unknown type {kind}"
+
+
+def test_seed_has_no_front_end_randomizer(pack):
+    # A randomized seed would change the stream's settings on every Auto Queue run.
+    assert all_inputs(pack.NODE_CLASS_MAPPINGS["RainSampler"])["seed"][1]["control_after_generate"] is False
+
+
+def test_builtin_model_is_the_default_when_models_rain_is_empty(pack, host):
+    choices = all_inputs(pack.NODE_CLASS_MAPPINGS["LoadRainModel"])["model"][0]
+    assert choices == ["tiny-rain (built-in)"]
+
+
+def test_model_folders_in_models_rain_are_listed_first(pack, host, tmp_path):
+    (tmp_path / "models" / "rain" / "RAIN-v0.1").mkdir(parents=True)
+    choices = all_inputs(pack.NODE_CLASS_MAPPINGS["LoadRainModel"])["model"][0]
+    assert choices == ["RAIN-v0.1", "tiny-rain (built-in)"]
+
+
+def test_missing_model_folder_lists_every_expected_file(pack, host):
+    loader = pack.NODE_CLASS_MAPPINGS["LoadRainModel"]()
+    with pytest.raises(FileNotFoundError) as error:
+        loader.load("RAIN-v0.1", "auto", "auto", "vae", "fp32", "cpu", True)
+    message = str(error.value)
+    for expected in ("rain/<name>/", "motion_unet.pth", "reference_unet.pth", "pose_guider.pth", "sd-vae-ft-mse",
+                     "sd-image-variations", "taesdv.pth", "huggingface.co"):
+        assert expected in message
+
+
+def test_taesdv_decoder_without_its_file_says_where_it_goes(pack, host, tmp_path):
+    (tmp_path / "models" / "rain" / "m").mkdir(parents=True)
+    with pytest.raises(FileNotFoundError, match="taesdv.pth.*vae_approx"):
+        pack.NODE_CLASS_MAPPINGS["LoadRainModel"]().load("m", "auto", "auto", "taesdv", "fp32", "cpu", True)
+
+
+# ---------------------------------------------------------------------------------------------- Pose Stream
+
+
+def pose_stream_args(**overrides):
+    args = {"mode": "body", "video_path": "", "start_frame": 0, "frames_per_run": 0, "loop": False,
+            "smoothing": 0.0, "align_to_reference": False, "face_length": 0.75, "eye_height": 3.0, "eye_width": 1.6,
+            "mouth_height": 1.2, "mouth_width": 0.67, "jaw_width": 0.9, "unique_id": "7"}
+    args.update(overrides)
+    return args
+
+
+def keypoint_frames(count=3, with_face=True):
+    """POSE_KEYPOINT as comfyui_controlnet_aux emits it: a standing person, normalised coordinates."""
+    body = [0.5, 0.2, 1, 0.5, 0.3, 1, 0.4, 0.3, 1, 0.35, 0.45, 1, 0.33, 0.6, 1, 0.6, 0.3, 1, 0.65, 0.45, 1,
+            0.67, 0.6, 1, 0.45, 0.6, 1, 0.45, 0.8, 1, 0.45, 0.95, 1, 0.55, 0.6, 1, 0.55, 0.8, 1, 0.55, 0.95, 1,
+            0.48, 0.18, 1, 0.52, 0.18, 1, 0.46, 0.19, 1, 0.54, 0.19, 1]
+    angles = np.linspace(0, 2 * np.pi, 68, endpoint=False)
+    face = np.stack([0.5 + 0.04 * np.cos(angles), 0.2 + 0.05 * np.sin(angles), np.ones(68)], 1).ravel().tolist()
+    frames = []
+    for index in range(count):
+        shifted = [v + 0.01 * index if i % 3 == 0 else v for i, v in enumerate(body)]
+        person = {"pose_keypoints_2d": shifted, "face_keypoints_2d": face if with_face else None,
+                  "hand_left_keypoints_2d": None, "hand_right_keypoints_2d": None}
+        frames.append({"people": [person], "canvas_width": 256, "canvas_height": 384})
+    return frames
+
+
+def test_pose_stream_renders_pose_keypoint_skeletons(pack, host):
+    node = pack.NODE_CLASS_MAPPINGS["RainPoseStream"]()
+    poses, preview = node.prepare(**pose_stream_args(pose_keypoint=keypoint_frames(3)))
+    assert len(poses) == 3 and preview.shape == (3, 384, 256, 3)
+    assert preview.dtype == torch.float32 and 0 < preview.mean() < 0.5  # a skeleton on black
+    rendered = poses.render(128, 128)
+    assert rendered.shape == (3, 128, 128, 3)
+
+
+def test_pose_stream_face_morph_draws_face_dots_only(pack, host):
+    node = pack.NODE_CLASS_MAPPINGS["RainPoseStream"]()
+    body, _ = node.prepare(**pose_stream_args(pose_keypoint=keypoint_frames(1)))
+    morph, morph_preview = node.prepare(**pose_stream_args(mode="face-morph", pose_keypoint=keypoint_frames(1)))
+    assert morph_preview.sum() > 0
+    assert not torch.equal(body.render(256, 256), morph.render(256, 256))
+    # Stronger eye_height moves the eye dots: the drawing follows the sliders.
+    taller, _ = node.prepare(**pose_stream_args(mode="face-morph", eye_height=5.0, pose_keypoint=keypoint_frames(1)))
+    assert not torch.equal(taller.render(256, 256), morph.render(256, 256))
+
+
+def test_pose_stream_face_morph_on_pose_images_says_keypoints_are_needed(pack, host):
+    node = pack.NODE_CLASS_MAPPINGS["RainPoseStream"]()
+    with pytest.raises(ValueError, match="face-morph needs keypoints"):
+        node.prepare(**pose_stream_args(mode="face-morph", pose_images=torch.zeros(2, 64, 64, 3)))
+
+
+def test_pose_stream_passes_pose_images_through(pack, host):
+    images = torch.rand(5, 48, 40, 3)
+    poses, preview = pack.NODE_CLASS_MAPPINGS["RainPoseStream"]().prepare(**pose_stream_args(pose_images=images))
+    assert torch.equal(poses.render(64, 64), images) and torch.equal(preview, images)
+
+
+def test_pose_stream_reads_a_chunk_of_a_real_pose_video(pack, host):
+    video = DATA / "anyone-video-1_kps.mp4"
+    poses, preview = pack.NODE_CLASS_MAPPINGS["RainPoseStream"]().prepare(
+        **pose_stream_args(video_path=str(video), start_frame=10, frames_per_run=6))
+    assert len(poses) == 6 and preview.shape == (6, 704, 512, 3) and not poses.live
+    assert preview.max() > 0.5  # skeleton colours are present
+
+
+def test_looping_pose_video_is_live_and_advances_each_run(pack, host):
+    node_class = pack.NODE_CLASS_MAPPINGS["RainPoseStream"]
+    video = str(DATA / "anyone-video-2_kps.mp4")  # 136 frames
+    assert math.isnan(node_class.IS_CHANGED(video_path=video, loop=True))
+    assert node_class.IS_CHANGED(video_path=video, loop=False) == node_class.IS_CHANGED(video_path=video, loop=False)
+    node = node_class()
+    args = pose_stream_args(video_path=video, frames_per_run=100, loop=True, unique_id="loop-test")
+    first, _ = node.prepare(**args)
+    second, _ = node.prepare(**args)  # frames 100..135 then 0..63: wraps at the end
+    assert first.live and len(second) == 100
+    assert torch.equal(second.images[36], first.images[0])
+
+
+def test_pose_stream_without_a_source_names_the_inputs(pack, host):
+    with pytest.raises(ValueError, match="pose_images, pose_keypoint or video_frames"):
+        pack.NODE_CLASS_MAPPINGS["RainPoseStream"]().prepare(**pose_stream_args())
+
+
+def test_pose_stream_align_to_reference_moves_the_pose(pack, host):
+    node = pack.NODE_CLASS_MAPPINGS["RainPoseStream"]()
+    reference = keypoint_frames(1)
+    reference[0]["people"][0]["pose_keypoints_2d"] = [
+        v * 0.5 + 0.25 if i % 3 != 2 else v for i, v in enumerate(reference[0]["people"][0]["pose_keypoints_2d"])]
+    plain, _ = node.prepare(**pose_stream_args(pose_keypoint=keypoint_frames(2)))
+    aligned, _ = node.prepare(**pose_stream_args(pose_keypoint=keypoint_frames(2), align_to_reference=True,
+                                                 reference_pose=reference))
+    assert not torch.equal(plain.render(128, 128), aligned.render(128, 128))
+
+
+# ---------------------------------------------------------------------------------------------- Frame Queue
+
+
+def frame_queue_args(frames, **overrides):
+    args = {"frames": frames, "mode": "pace", "fps": 16.0, "capacity": 64, "when_full": "error", "flush": False,
+            "preview": True, "unique_id": "fq-1"}
+    args.update(overrides)
+    return args
+
+
+def test_frame_queue_collect_mode_holds_frames_until_flush(pack, host):
+    node = pack.NODE_CLASS_MAPPINGS["RainFrameQueue"]()
+    batches = [torch.full((4, 16, 16, 3), i / 10) for i in range(3)]
+    for batch in batches:
+        frames, fps, latency, queued = node.run(**frame_queue_args(batch, mode="collect", unique_id="collect"))
+        assert frames.shape == (0, 16, 16, 3)
+    frames, fps, latency, queued = node.run(**frame_queue_args(torch.zeros(0, 16, 16, 3), mode="collect",
+                                                               flush=True, unique_id="collect"))
+    assert torch.equal(frames, torch.cat(batches)) and queued == 0 and latency >= 0
+
+
+def test_frame_queue_sends_the_preview_event_with_stats(pack, host):
+    node = pack.NODE_CLASS_MAPPINGS["RainFrameQueue"]()
+    node.run(**frame_queue_args(torch.rand(4, 16, 16, 3), unique_id="12"))
+    event, data = host.sent_events[-1]
+    assert event == "rain.frame" and data["node"] == "12"
+    assert data["images"][0].startswith("data:image/jpeg;base64,")
+    assert {"output_fps", "latency_ms", "queued", "target_fps"} <= set(data)
+    json.dumps(data)  # the websocket payload must be JSON
+
+
+def test_frame_queue_over_capacity_errors_and_keeps_its_frames(pack, host):
+    node = pack.NODE_CLASS_MAPPINGS["RainFrameQueue"]()
+    args = frame_queue_args(torch.rand(6, 8, 8, 3), mode="collect", capacity=8, unique_id="full")
+    node.run(**args)
+    with pytest.raises(RuntimeError, match="Frame Queue is full.*kept"):
+        node.run(**args)
+    frames, *_ = node.run(**{**args, "frames": torch.zeros(0, 8, 8, 3), "flush": True})
+    assert frames.shape[0] == 6
