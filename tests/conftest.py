@@ -33,7 +33,8 @@ def build_tiny_models(config: RainModelConfig | None = None, seed: int = TINY_SE
 
 def write_official_checkpoint(models: RainModels, folder: Path) -> Path:
     """Write `models` the way the authors released RAIN: reference_unet.pth, motion_unet.pth, pose_guider.pth
-    (plain state dicts, torch.save), taesdv.pth when there is a fast decoder, plus rain_config.json so a
+    (plain state dicts, torch.save), taesdv.pth when there is a fast decoder, the `image_encoder` (and
+    `sd-vae-ft-mse` for a VAE model) folders, plus rain_config.json so a
     non-SD-1.5 size can be rebuilt. Returns the folder."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -42,6 +43,10 @@ def write_official_checkpoint(models: RainModels, folder: Path) -> Path:
     torch.save(models.pose_guider.state_dict(), folder / "pose_guider.pth")
     if models.fast_decoder is not None:
         torch.save(models.fast_decoder.state_dict(), folder / "taesdv.pth")
+    # the official sibling folders: transformers / diffusers save_pretrained layouts
+    models.image_encoder.model.save_pretrained(folder / "image_encoder")
+    if hasattr(models.codec, "vae"):
+        models.codec.vae.save_pretrained(folder / "sd-vae-ft-mse")
     (folder / "rain_config.json").write_text(json.dumps(models.config.to_dict(), indent=1))
     return folder
 
