@@ -304,8 +304,11 @@ def _load_codec(folder: Path, config: RainModelConfig, extras: dict, vae_path) -
         return SpaceToDepthCodec(config.codec_factor)
     from diffusers import AutoencoderKL
 
-    candidates = [Path(vae_path)] if vae_path is not None else [folder / "vae.safetensors", folder / "sd-vae-ft-mse",
-                                                                 folder.parent / "sd-vae-ft-mse"]
+    candidates = (
+        [Path(vae_path)]
+        if vae_path is not None
+        else [folder / "vae.safetensors", folder / "sd-vae-ft-mse", folder.parent / "sd-vae-ft-mse"]
+    )
     for path in candidates:
         if path.suffix == ".safetensors" and path.is_file():
             vae_config = extras.get("vae") or config.vae
@@ -344,9 +347,7 @@ def _load_image_encoder(folder: Path, config: RainModelConfig, extras: dict, enc
     )
     for path in candidates:
         if path.suffix == ".safetensors" and path.is_file():
-            clip_config = (
-                CLIPVisionConfig.from_dict(extras["image_encoder"]) if "image_encoder" in extras else None
-            )
+            clip_config = CLIPVisionConfig.from_dict(extras["image_encoder"]) if "image_encoder" in extras else None
             from .models.image_encoder import build_clip
 
             with torch.device("meta"):
@@ -382,8 +383,9 @@ def _assign_clip(model: nn.Module, state: dict[str, torch.Tensor]) -> nn.Module:
 
 
 def _load_taesdv(folder: Path, config: RainModelConfig, taesdv_path) -> TAESDV | None:
-    candidates = [Path(taesdv_path)] if taesdv_path is not None else [folder / "taesdv.safetensors",
-                                                                      folder / "taesdv.pth"]
+    candidates = (
+        [Path(taesdv_path)] if taesdv_path is not None else [folder / "taesdv.safetensors", folder / "taesdv.pth"]
+    )
     for path in candidates:
         if path.is_file() or taesdv_path is not None:
             upsamplings = int(math.log2(config.codec_factor))
