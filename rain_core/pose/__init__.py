@@ -4,6 +4,7 @@ anime face morphing, temporal tracking and alignment, and an optional DWPose det
 Nothing here needs onnxruntime or ComfyUI; the detector imports onnxruntime only when it is built.
 """
 
+from .detector import DetectorUnavailable, DWPoseDetector
 from .face_morph import FACE_DOTS, FaceMorpher, FaceMorphParams, morph_face, render_face_morph
 from .keypoints import (
     PART_SIZES,
@@ -22,6 +23,8 @@ from .render import draw_body, draw_face, draw_hand, face_dot_radius, render_pos
 from .tracking import Alignment, PoseTracker, align_to_reference, apply_alignment, fit_alignment
 
 __all__ = [
+    "DWPoseDetector",
+    "DetectorUnavailable",
     "Alignment",
     "PoseTracker",
     "align_to_reference",
