@@ -165,7 +165,8 @@ class SyntheticWorld:
         return Motion(
             id=motion_id,
             kind=kind,
-            speed=rng.uniform(0.4, 0.9) if kind != "turn" else rng.uniform(0.15, 0.3),
+            # slow enough that no joint moves more than a few pixels between frames at 12 fps
+            speed=rng.uniform(0.25, 0.5) if kind != "turn" else rng.uniform(0.1, 0.2),
             amplitude=rng.uniform(0.6, 1.0),
             phase=rng.uniform(0, 2 * math.pi),
             yaw=float(base_yaw),
@@ -233,7 +234,7 @@ def _pose(ch: Character, mo: Motion, t: float) -> BodyPose:
         air = max(0.0, math.sin(2 * math.pi * cycle))  # first half of the cycle in the air
         crouch = max(0.0, -math.sin(2 * math.pi * cycle))
         for side in (r, left):
-            side.update(arm_abd=0.3 + 2.0 * air, elbow=0.3 * crouch, knee=1.0 * crouch + 0.3 * air, leg_swing=-0.5 * crouch)
+            side.update(arm_abd=0.3 + 1.5 * air, elbow=0.3 * crouch, knee=1.0 * crouch + 0.3 * air, leg_swing=-0.5 * crouch)
         lift = 0.08 * a * air
     lateral_shift = mo.sway * math.sin(w) if mo.speed > 0 else 0.0
 

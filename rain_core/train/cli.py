@@ -1,0 +1,63 @@
+"""`rain train`: one command line per stage, the same on a CPU, one GPU or many (accelerate launch)."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+
+from .trainer import TrainConfig
+
+_HELP = {
+    "stage": "1: image pairs (reference UNet + denoising UNet + pose guider); 2: clips with motion modules and "
+    "stepped noise; 3: LCM distillation to `levels` steps with the w-embedding",
+    "output": "folder for checkpoints, loss.csv/loss.png and the trained model (OUTPUT/final)",
+    "model": "network sizes for a fresh model: tiny, sd15 or a rain_config.json (ignored with --init)",
+    "motion": "build the denoising UNet with motion modules (--no-motion: the m = 1 StreamDiffusion baseline)",
+    "init": "RAIN model folder to start from (the previous stage's OUTPUT/final, or converted official weights)",
+    "teacher": "stage 3: the stage-2 model folder used as teacher (default: --init)",
+    "data": "'synthetic' (procedural characters) or a meta JSON listing {\"video\", \"pose\"|\"keypoints\"} entries",
+    "levels": "p: noise levels in flight (stage 2/3 clips hold levels × frames-per-cohort frames)",
+    "frames_per_cohort": "m: frames sharing one noise level",
+    "train_parts": "auto (stage 1: all but motion, 2: motion, 3: denoising UNet), all, motion or unet",
+    "skip_step": "stage 3: teacher DDIM step length k (must divide 1000 / levels)",
+    "ema_decay": "stage 3: EMA rate of the consistency target network",
+    "guidance_min": "stage 3: smallest teacher CFG scale w drawn",
+    "guidance_max": "stage 3: largest teacher CFG scale w drawn",
+    "snr_gamma": "min-SNR-γ loss weighting (0: plain v-MSE; zero-SNR makes the weight vanish at t = 999)",
+    "mixed_precision": "no, fp16 or bf16 (accelerate's autocast)",
+    "gradient_checkpointing": "recompute UNet blocks in the backward pass (less memory, more time)",
+    "resume": "continue from the latest complete checkpoint in OUTPUT/checkpoints",
+    "cpu": "force the CPU even when a GPU is present",
+    "checkpoint_every": "steps between checkpoints (0: none)",
+    "condition_dropout": "probability of dropping the reference (black image, zero CLIP tokens)",
+    "freeze_image_encoder": "keep the CLIP image encoder fixed (always the case with pretrained CLIP weights you want to keep)",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="rain train",
+        description="Train or fine-tune RAIN: stage 1, 2 or 3. Multi-GPU: `accelerate launch -m rain_core.train ...`.",
+    )
+    for field in dataclasses.fields(TrainConfig):
+        flag = "--" + field.name.replace("_", "-")
+        help_text = _HELP.get(field.name, "")
+        if field.type in (bool, "bool"):
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=field.default, help=help_text)
+            continue
+        kind = {"int": int, "float": float}.get(str(field.type), str)
+        required = field.default is dataclasses.MISSING
+        parser.add_argument(flag, type=kind, required=required, default=None if required else field.default,
+                            help=f"{help_text} (default: {field.default})" if not required else help_text)
+    return parser
+
+
+def train_main(argv: list[str] | None = None) -> int:
+    """Entry point of `rain train` and `python -m rain_core.train`; prints where the model went."""
+    from .trainer import train
+
+    args = build_parser().parse_args(argv)
+    config = TrainConfig(**vars(args))
+    final = train(config)
+    print(f"trained model: {final}")
+    return 0

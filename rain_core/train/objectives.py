@@ -1,0 +1,137 @@
+"""Noise, timesteps and targets of the three training stages (pure tensor math, no model).
+
+The schedule is the one the stream samples with (`rain_core.scheduler`): 1000 steps, scaled_linear
+betas, zero terminal SNR, trailing spacing, v-prediction. diffusers' `DDPMScheduler` does the forward
+process (`add_noise`, `get_velocity`); videos (B, C, F, h, w) with one timestep per frame (B, F) are
+folded into frames so its per-sample broadcasting applies.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+from einops import rearrange
+
+from ..scheduler import NUM_TRAIN_TIMESTEPS, LCMStepper, alphas_cumprod
+
+
+@functools.lru_cache(maxsize=1)
+def noise_schedule():
+    """diffusers' DDPMScheduler configured exactly like RAIN's training schedule."""
+    from diffusers import DDPMScheduler
+
+    schedule = DDPMScheduler(
+        num_train_timesteps=NUM_TRAIN_TIMESTEPS,
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        rescale_betas_zero_snr=True,
+        prediction_type="v_prediction",
+        timestep_spacing="trailing",
+        clip_sample=False,
+    )
+    if not torch.equal(schedule.alphas_cumprod.float(), alphas_cumprod()):
+        raise RuntimeError("the training schedule differs from rain_core.scheduler's: both must be RAIN's")
+    return schedule
+
+
+def _frames_first(x: torch.Tensor) -> torch.Tensor:
+    return rearrange(x, "b c f h w -> (b f) c h w")
+
+
+def add_noise(latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+    """x_t = sqrt(ᾱ_t)·x_0 + sqrt(1 − ᾱ_t)·ε per frame; latents (B, C, F, h, w), timesteps (B, F)."""
+    frames = latents.shape[2]
+    noisy = noise_schedule().add_noise(_frames_first(latents), _frames_first(noise), timesteps.reshape(-1).cpu())
+    return rearrange(noisy, "(b f) c h w -> b c f h w", f=frames)
+
+
+def velocity(latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+    """The v-prediction target sqrt(ᾱ_t)·ε − sqrt(1 − ᾱ_t)·x_0 per frame."""
+    frames = latents.shape[2]
+    v = noise_schedule().get_velocity(_frames_first(latents), _frames_first(noise), timesteps.reshape(-1).cpu())
+    return rearrange(v, "(b f) c h w -> b c f h w", f=frames)
+
+
+def cohort_timesteps(t0: torch.Tensor, levels: int, frames_per_cohort: int) -> torch.Tensor:
+    """Stepped noise of a training window: frame group g (oldest first) gets t0 + (T/p)·g.
+
+    t0 (B,) -> (B, levels·frames_per_cohort). With t0 = 249, p = 4 this is the inference ladder
+    [249, 499, 749, 999], each level repeated for its m frames.
+    """
+    span = NUM_TRAIN_TIMESTEPS // levels
+    offsets = torch.arange(levels, device=t0.device).repeat_interleave(frames_per_cohort) * span
+    return t0[:, None].long() + offsets[None, :]
+
+
+def sample_stepped_timesteps(batch: int, levels: int, frames_per_cohort: int, generator: torch.Generator,
+                             grid: int = 1) -> torch.Tensor:
+    """Stage-2/3 timesteps: t0 ~ U{0 … T/p − 1} per clip (on multiples of `grid` ending at T/p − 1
+    when grid > 1, LCM's skipping-step grid), then the cohort ladder above it. (B, p·m) int64."""
+    span = NUM_TRAIN_TIMESTEPS // levels
+    if span % grid:
+        raise ValueError(f"skip step {grid} must divide the level spacing {span} (= {NUM_TRAIN_TIMESTEPS} // {levels})")
+    slots = torch.randint(0, span // grid, (batch,), generator=generator)
+    t0 = span - 1 - slots * grid
+    return cohort_timesteps(t0, levels, frames_per_cohort)
+
+
+def snr_weights(timesteps: torch.Tensor, gamma: float) -> torch.Tensor:
+    """Min-SNR-γ weights for a v-prediction loss, min(SNR, γ) / (SNR + 1); ones when gamma <= 0."""
+    if gamma <= 0:
+        return torch.ones_like(timesteps, dtype=torch.float32)
+    alpha = alphas_cumprod(timesteps.device)[timesteps]
+    snr = alpha / (1 - alpha).clamp(min=1e-8)
+    return torch.minimum(snr, torch.full_like(snr, gamma)) / (snr + 1)
+
+
+def per_frame_mse(prediction: torch.Tensor, target: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean squared error of each frame (B, F), optionally weighted, then averaged: every frame's loss
+    counts with its own timestep's weight."""
+    per_frame = (prediction.float() - target.float()).pow(2).mean(dim=(1, 3, 4))
+    if weights is not None:
+        per_frame = per_frame * weights
+    return per_frame.mean()
+
+
+def _per_frame(x: torch.Tensor) -> torch.Tensor:
+    return x[:, None, :, None, None]
+
+
+def x0_from_v(sample: torch.Tensor, v: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+    alpha = _per_frame(alphas_cumprod(sample.device)[timesteps])
+    return alpha.sqrt() * sample - (1 - alpha).sqrt() * v
+
+
+def eps_from_v(sample: torch.Tensor, v: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+    alpha = _per_frame(alphas_cumprod(sample.device)[timesteps])
+    return (1 - alpha).sqrt() * sample + alpha.sqrt() * v
+
+
+def ddim_step(sample: torch.Tensor, v: torch.Tensor, timesteps: torch.Tensor, previous: torch.Tensor) -> torch.Tensor:
+    """Deterministic DDIM move of every frame from its t to its `previous` t (< 0 means clean, ᾱ = 1):
+    the teacher's ODE solver step in LCM distillation."""
+    x0, eps = x0_from_v(sample, v, timesteps), eps_from_v(sample, v, timesteps)
+    alphas = alphas_cumprod(sample.device)
+    alpha_prev = torch.where(previous >= 0, alphas[previous.clamp(min=0)], torch.ones_like(previous, dtype=alphas.dtype))
+    alpha_prev = _per_frame(alpha_prev)
+    return alpha_prev.sqrt() * x0 + (1 - alpha_prev).sqrt() * eps
+
+
+def consistency_output(sample: torch.Tensor, v: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+    """f(x_t, t) = c_skip(t)·x_t + c_out(t)·x̂_0: the denoised estimate an LCM step emits (the stream's
+    `LCMStepper` boundary condition, so training and sampling use one formula)."""
+    c_skip, c_out = _stepper().boundary_scalings(timesteps)
+    return _per_frame(c_out) * x0_from_v(sample, v, timesteps) + _per_frame(c_skip) * sample
+
+
+def pseudo_huber(prediction: torch.Tensor, target: torch.Tensor, c: float = 0.001) -> torch.Tensor:
+    """LCM's distillation loss: mean of sqrt((a − b)² + c²) − c over every element of every frame."""
+    difference = prediction.float() - target.float()
+    return (torch.sqrt(difference * difference + c * c) - c).mean()
+
+
+@functools.lru_cache(maxsize=1)
+def _stepper() -> LCMStepper:
+    return LCMStepper(1)  # boundary_scalings depends only on the timesteps
