@@ -61,3 +61,13 @@ def test_face_dot_radius_grows_with_face_and_is_one_when_anchor_missing():
     assert face_dot_radius(face) == 6
     face[8, 2] = 0
     assert face_dot_radius(face) == 1
+
+
+def test_controlnet_face_style_draws_white_dots_of_radius_three():
+    face = np.zeros((68, 3))
+    face[30] = (0.5, 0.5, 1.0)
+    image = render_pose(PoseFrame([Person(face=face)], 100, 100), 100, 100, face_style="controlnet")
+    assert {tuple(int(c) for c in p) for p in image.reshape(-1, 3)} == {(0, 0, 0), (255, 255, 255)}
+    assert (image[50, 47:54] == 255).all() and not image[50, 46].any() and not image[50, 54].any()
+    with pytest.raises(ValueError, match="face style"):
+        render_pose(PoseFrame([Person(face=face)], 100, 100), 10, 10, face_style="anime")

@@ -139,22 +139,36 @@ def draw_hand(canvas: np.ndarray, hand: np.ndarray) -> np.ndarray:
     return canvas
 
 
-def draw_face(canvas: np.ndarray, face: np.ndarray) -> np.ndarray:
-    """68 landmark dots coloured by region, radius from the face size, drawn in place."""
+FACE_STYLES = ("rain", "controlnet")
+CONTROLNET_FACE_RADIUS = 3
+
+
+def draw_face(canvas: np.ndarray, face: np.ndarray, style: str = "rain") -> np.ndarray:
+    """68 landmark dots drawn in place.
+
+    style "rain": coloured by region, radius from the face size (the RAIN authors' drawing).
+    style "controlnet": white, radius 3 (ControlNet/DWPose and Moore-AnimateAnyone, e.g. the
+    shared/data/anyone-video-*_kps.mp4 renders).
+    """
+    if style not in FACE_STYLES:
+        raise ValueError(f"face style must be one of {FACE_STYLES}, found {style!r}")
     height, width = canvas.shape[:2]
-    radius = face_dot_radius(face)
+    radius = face_dot_radius(face) if style == "rain" else CONTROLNET_FACE_RADIUS
     for index, point in enumerate(face):
         pixel = _pixel(point, width, height)
         if pixel is not None:
-            cv2.circle(canvas, pixel, radius, FACE_COLORS[index], thickness=-1)
+            color = FACE_COLORS[index] if style == "rain" else (255, 255, 255)
+            cv2.circle(canvas, pixel, radius, color, thickness=-1)
     return canvas
 
 
 def render_pose(frame: PoseFrame, height: int, width: int, draw_body: bool = True, draw_hands: bool = True,
-                draw_face: bool = True) -> np.ndarray:
+                draw_face: bool = True, face_style: str = "rain") -> np.ndarray:
     """Draw a pose frame as a DWPose skeleton image: uint8 RGB (height, width, 3) on black.
 
     Order: body (all people), hands (every person's left hand, then every right hand), faces.
+    face_style: "rain" (coloured, size-scaled dots, the authors' drawing) or "controlnet" (white dots
+    of radius 3, as in ControlNet/AnimateAnyone pose videos); see `draw_face`.
     """
     if int(height) <= 0 or int(width) <= 0:
         raise ValueError(f"render_pose: height and width must be positive, found {height}x{width}")
@@ -167,7 +181,7 @@ def render_pose(frame: PoseFrame, height: int, width: int, draw_body: bool = Tru
     if draw_face:
         for person in frame.people:
             if person.has("face"):
-                _draw_face(canvas, person.face)
+                _draw_face(canvas, person.face, face_style)
     return canvas
 
 
