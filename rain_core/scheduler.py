@@ -28,9 +28,9 @@ class ScheduleError(ValueError):
 def _alphas_cumprod_cpu() -> torch.Tensor:
     # diffusers builds exactly the training schedule (float32 betas, zero-SNR rescale, cumprod);
     # the alphas are taken from it rather than re-derived so the float32 rounding is the same.
-    from diffusers import DDPMScheduler
+    from diffusers import LCMScheduler
 
-    schedule = DDPMScheduler(
+    schedule = LCMScheduler(
         num_train_timesteps=NUM_TRAIN_TIMESTEPS,
         beta_start=0.00085,
         beta_end=0.012,
