@@ -88,6 +88,13 @@ def find_model(kind: str, name: str) -> Path | None:
     return None
 
 
+def input_directory() -> Path:
+    """Where relative file names given to a node are looked up: ComfyUI's input folder, or ./input."""
+    if IN_COMFYUI:
+        return Path(_folder_paths.get_input_directory())
+    return Path(os.environ.get("RAIN_INPUT_DIR", "input")).resolve()
+
+
 def torch_device(choice: str):
     """The torch device for a node's device widget; "auto" follows ComfyUI's choice (or CUDA when present)."""
     import torch

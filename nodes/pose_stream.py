@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 
+from . import host
 from .convert import PoseBatch, image_batch, uint8_to_image
 
 FACE_SLIDERS = {  # name: (default, min, max, tooltip) — defaults are the authors' live demo (rain-method.md §3)
@@ -18,6 +19,14 @@ WEBCAM_PREFIX = "webcam"
 
 # Per node: where a looping video or webcam stands, and the face morpher's history (live sources only).
 _live_state: dict[str, dict] = {}
+
+
+def _resolve(video_path: str) -> str:
+    """A relative video_path names a file in ComfyUI's input folder."""
+    path = video_path.strip()
+    if path and not path.lower().startswith(WEBCAM_PREFIX) and not os.path.isabs(path):
+        path = str(host.input_directory() / path)
+    return path
 
 
 def _is_live(video_path: str, loop: bool) -> bool:
@@ -83,7 +92,8 @@ class PoseStream:
                            "remapped to anime proportions, drawn as 26 dots (needs keypoints, not pose images)."}),
             "video_path": ("STRING", {
                 "default": "",
-                "tooltip": "Optional: a rendered pose video (skeleton on black) read frame by frame, or "
+                "tooltip": "Optional: a rendered pose video (skeleton on black) read frame by frame; a relative name is "
+                           "looked up in ComfyUI's input folder. Or "
                            "'webcam' / 'webcam:1' for a camera (needs the detector). Empty: use the connected "
                            "input."}),
             "start_frame": ("INT", {"default": 0, "min": 0, "max": 10_000_000,
@@ -126,7 +136,7 @@ class PoseStream:
         # A live source yields new frames every run: NaN never equals itself, so ComfyUI always re-runs it.
         if _is_live(video_path, loop):
             return float("nan")
-        path = video_path.strip()
+        path = _resolve(video_path)
         return f"{path}|{os.path.getmtime(path) if path and os.path.exists(path) else ''}|{start_frame}|{frames_per_run}"
 
     def prepare(self, mode, video_path, start_frame, frames_per_run, loop, smoothing, align_to_reference,
@@ -137,7 +147,7 @@ class PoseStream:
         live = _is_live(video_path, loop)
         state = _live_state.setdefault(str(unique_id), {}) if live else {}
         frames = images = None
-        path = video_path.strip()
+        path = _resolve(video_path)
         if path.lower().startswith(WEBCAM_PREFIX):
             raise RuntimeError("video_path: webcam input needs the DWPose detector, which this build of rain_core "
                                "does not include yet. Use a looping pose video (loop on) for a live stream.")

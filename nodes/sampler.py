@@ -34,10 +34,12 @@ class RainSampler:
                     "tooltip": "The character to animate (the first image of the batch). Any size: it is "
                                "letterboxed to width x height; transparency becomes white."}),
                 "poses": ("RAIN_POSES", {"tooltip": "Pose frames from Pose Stream."}),
-                "width": ("INT", {"default": 512, "min": 64, "max": 2048, "step": 64,
-                                  "tooltip": "Output frame width in pixels (multiple of 64)."}),
-                "height": ("INT", {"default": 512, "min": 64, "max": 2048, "step": 64,
-                                   "tooltip": "Output frame height in pixels (multiple of 64)."}),
+                "width": ("INT", {"default": 512, "min": 16, "max": 2048, "step": 16,
+                                  "tooltip": "Output frame width in pixels: a multiple of 64 for the released "
+                                             "model (the sampler names the right multiple for others)."}),
+                "height": ("INT", {"default": 512, "min": 16, "max": 2048, "step": 16,
+                                   "tooltip": "Output frame height in pixels: a multiple of 64 for the released "
+                                              "model (the sampler names the right multiple for others)."}),
                 "levels": ("INT", {"default": 4, "min": 1, "max": 16,
                                    "tooltip": "Noise levels p in the window: more levels, smoother motion, longer "
                                               "warm-up (the window holds levels x frames_per_cohort frames)."}),

@@ -1,0 +1,181 @@
+"""Load RAIN Model + RAIN Sampler + Frame Queue executed standalone on a real tiny RAIN saved to disk."""
+
+import importlib
+import sys
+
+import pytest
+import torch
+
+from rain_core.loading import save_rain
+
+from .conftest import build_tiny_models, tiny_config
+from .test_nodes import DATA, PACK_NAME, load_pack, pose_stream_args
+
+SIZE = 32  # the tiny test model's frame size
+FRAMES = 6  # pose frames per test video: levels 2 x 2 frames per cohort -> 3 ticks + 1 flush tick
+
+
+def pack_registry():
+    """The registry the nodes use: the pack's own copy of rain_core (imported relatively, as in ComfyUI)."""
+    return importlib.import_module(f"{PACK_NAME}.rain_core.registry").default_registry()
+
+
+@pytest.fixture(scope="module")
+def pack():
+    return load_pack()
+
+
+@pytest.fixture(scope="module")
+def small_models():
+    """Smaller than the shared tiny_models (2 UNet levels, x4 codec): the node tests run many short streams."""
+    return build_tiny_models(tiny_config(block_out_channels=(16, 32), attention_heads=2, codec_factor=4))
+
+
+@pytest.fixture
+def host(pack, tmp_path, monkeypatch, small_models):
+    save_rain(small_models, tmp_path / "models" / "rain" / "tiny-test")
+    monkeypatch.setenv("RAIN_MODELS_DIR", str(tmp_path / "models"))
+    module = sys.modules[f"{PACK_NAME}.nodes.host"]
+    registry = pack_registry()
+    registry.clear()
+    module.progress_hooks.clear()
+    yield module
+    module.progress_hooks.clear()
+    module.interrupt_processing(False)
+    registry.clear()
+
+
+@pytest.fixture
+def model(pack, host):
+    loader = pack.NODE_CLASS_MAPPINGS["LoadRainModel"]()
+    return loader.load("tiny-test", "auto", "auto", "vae", "fp32", "cpu", True)[0]
+
+
+@pytest.fixture(scope="module")
+def pose_video_frames(pack):
+    node = pack.NODE_CLASS_MAPPINGS["RainPoseStream"]()
+    return node.prepare(**pose_stream_args(video_path=str(DATA / "anyone-video-1_kps.mp4"), frames_per_run=FRAMES))[0]
+
+
+@pytest.fixture(scope="module")
+def whole(pack, small_models, tmp_path_factory, pose_video_frames):
+    """The reference render: the whole test video in one run with flush, on its own stream."""
+    folder = tmp_path_factory.mktemp("whole")
+    save_rain(small_models, folder / "rain" / "tiny-test")
+    handle = pack.NODE_CLASS_MAPPINGS["LoadRainModel"]()
+    import os
+
+    os.environ["RAIN_MODELS_DIR"] = str(folder)
+    try:
+        model = handle.load("tiny-test", "auto", "auto", "vae", "fp32", "cpu", True)[0]
+        return run(pack, model, pose_video_frames, stream_id="whole-reference", flush=True)
+    finally:
+        del os.environ["RAIN_MODELS_DIR"]
+
+
+def reference():
+    gradient = torch.linspace(0, 1, 40)
+    return torch.stack([gradient[:, None].expand(40, 28), gradient[None, :28].expand(40, 28),
+                        torch.full((40, 28), 0.5)], -1)[None]  # (1, 40, 28, 3): another size than the stream
+
+
+def run(pack, model, poses, stream_id="s", flush=False, reset=False, image=None, seed=0, keep_loaded=True):
+    model.keep_loaded = keep_loaded
+    node = pack.NODE_CLASS_MAPPINGS["RainSampler"]()
+    return node.sample(model, reference() if image is None else image, poses, SIZE, SIZE, 2, 2, 2, 3.5, seed,
+                       stream_id, reset, flush, unique_id="3")[0]
+
+
+def chunk(poses, start, stop):
+    return type(poses)(images=poses.images[start:stop])
+
+
+def test_whole_video_in_one_run_yields_one_frame_per_pose(whole):
+    assert whole.shape == (FRAMES, SIZE, SIZE, 3) and whole.dtype == torch.float32
+    assert 0.0 <= whole.min() and whole.max() <= 1.0
+
+
+def test_chunks_over_several_runs_continue_without_a_seam(pack, model, pose_video_frames, whole):
+    parts = [run(pack, model, chunk(pose_video_frames, 0, 3), stream_id="chunked"),
+             run(pack, model, chunk(pose_video_frames, 3, 5), stream_id="chunked"),
+             run(pack, model, chunk(pose_video_frames, 5, 6), stream_id="chunked", flush=True)]
+    assert parts[0].shape[0] == 0  # the first run is still warming up
+    assert torch.equal(torch.cat(parts), whole)
+
+
+def test_interrupt_at_a_progress_point_leaves_the_stream_as_before_the_run(pack, host, model, pose_video_frames,
+                                                                          whole):
+    first = run(pack, model, chunk(pose_video_frames, 0, 2), stream_id="cut")
+
+    def cancel_on_second_tick(node_id, value, total, preview):
+        if value == 2:
+            host.interrupt_processing()
+
+    host.progress_hooks.append(cancel_on_second_tick)
+    with pytest.raises(host.Interrupted):
+        run(pack, model, chunk(pose_video_frames, 2, 6), stream_id="cut", flush=True)
+    host.progress_hooks.clear()
+    again = run(pack, model, chunk(pose_video_frames, 2, 6), stream_id="cut", flush=True)
+    assert torch.equal(torch.cat([first, again]), whole)
+
+
+def test_interrupted_first_run_leaves_no_stream_behind(pack, host, model, pose_video_frames):
+    host.progress_hooks.append(lambda node_id, value, total, preview: host.interrupt_processing())
+    with pytest.raises(host.Interrupted):
+        run(pack, model, pose_video_frames, stream_id="new")
+    assert "new" not in pack_registry().stream_ids()
+
+
+def test_resumed_stream_with_other_settings_is_refused_until_reset(pack, model, pose_video_frames, whole):
+    run(pack, model, chunk(pose_video_frames, 0, 2), stream_id="live")
+    with pytest.raises(ValueError, match=r"seed: 0 -> 5.*reset"):
+        run(pack, model, chunk(pose_video_frames, 2, 4), stream_id="live", seed=5)
+    restarted = run(pack, model, pose_video_frames, stream_id="live", reset=True, flush=True)
+    assert torch.equal(restarted, whole)
+
+
+def test_changing_the_reference_image_is_a_settings_change(pack, model, pose_video_frames):
+    run(pack, model, chunk(pose_video_frames, 0, 1), stream_id="ref-change")
+    with pytest.raises(ValueError, match="reference"):
+        run(pack, model, chunk(pose_video_frames, 1, 2), stream_id="ref-change", image=reference().flip(1))
+
+
+def test_reference_with_alpha_is_composited_over_white(pack, model, pose_video_frames):
+    rgb = reference()
+    transparent = torch.cat([torch.zeros_like(rgb), torch.zeros_like(rgb[..., :1])], -1)  # fully transparent
+    white = torch.ones_like(rgb)
+    a = run(pack, model, chunk(pose_video_frames, 0, 2), stream_id="alpha", image=transparent, flush=True)
+    b = run(pack, model, chunk(pose_video_frames, 0, 2), stream_id="white", image=white, flush=True)
+    assert torch.equal(a, b)
+
+
+def test_pose_images_of_another_size_are_letterboxed(pack, model):
+    poses = type(pack.NODE_CLASS_MAPPINGS["RainPoseStream"]().prepare(
+        **pose_stream_args(pose_images=torch.zeros(1, 8, 8, 3)))[0])(images=torch.rand(2, 50, 20, 3))
+    assert run(pack, model, poses, flush=True).shape == (2, SIZE, SIZE, 3)
+
+
+def test_model_moved_off_the_device_between_runs_when_not_kept_loaded(pack, model, pose_video_frames, whole):
+    offloaded = run(pack, model, pose_video_frames, stream_id="offloaded", flush=True, keep_loaded=False)
+    assert torch.equal(offloaded, whole)
+
+
+def test_sampler_progress_sends_previews(pack, host, model, pose_video_frames):
+    seen = []
+    host.progress_hooks.append(lambda node_id, value, total, preview: seen.append((value, total, preview)))
+    run(pack, model, chunk(pose_video_frames, 0, 4), stream_id="progress", flush=True)
+    assert [value for value, _, _ in seen] == [1, 2, 3]  # 2 chunks of 2 frames + the flush
+    assert seen[-1][2] is not None and seen[-1][2].size == (SIZE, SIZE)
+
+
+def test_sampler_into_frame_queue_paces_and_flushes_everything(pack, model, pose_video_frames, whole):
+    queue = pack.NODE_CLASS_MAPPINGS["RainFrameQueue"]()
+    released = []
+    for start in range(0, FRAMES, 2):
+        frames = run(pack, model, chunk(pose_video_frames, start, start + 2), stream_id="paced",
+                     flush=start + 2 == FRAMES)
+        released.append(queue.run(frames, "pace", 1.0, 64, "error", False, False, unique_id="q")[0])
+    released.append(queue.run(torch.zeros(0, SIZE, SIZE, 3), "pace", 1.0, 64, "error", True, False,
+                              unique_id="q")[0])
+    assert released[0].shape[0] == 0 and released[1].shape[0] == 1  # 1 fps: one frame at a time
+    assert torch.equal(torch.cat(released), whole)
