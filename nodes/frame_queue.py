@@ -89,4 +89,6 @@ class FrameQueueNode:
                 "released": int(released.shape[0]),
                 **stats.to_dict(),
             })
-        return (released, float(stats.output_fps), float(stats.latency_ms), int(stats.queued))
+        result = (released, float(stats.output_fps), float(stats.latency_ms), int(stats.queued))
+        # The stats also go to the prompt's history (and to API clients) as this node's UI output.
+        return {"ui": {"rain_stats": [{**stats.to_dict(), "released": int(released.shape[0])}]}, "result": result}

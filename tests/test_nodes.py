@@ -253,10 +253,11 @@ def test_frame_queue_collect_mode_holds_frames_until_flush(pack, host):
     node = pack.NODE_CLASS_MAPPINGS["RainFrameQueue"]()
     batches = [torch.full((4, 16, 16, 3), i / 10) for i in range(3)]
     for batch in batches:
-        frames, fps, latency, queued = node.run(**frame_queue_args(batch, mode="collect", unique_id="collect"))
+        frames, fps, latency, queued = node.run(**frame_queue_args(batch, mode="collect",
+                                                                   unique_id="collect"))["result"]
         assert frames.shape == (0, 16, 16, 3)
     frames, fps, latency, queued = node.run(**frame_queue_args(torch.zeros(0, 16, 16, 3), mode="collect",
-                                                               flush=True, unique_id="collect"))
+                                                               flush=True, unique_id="collect"))["result"]
     assert torch.equal(frames, torch.cat(batches)) and queued == 0 and latency >= 0
 
 
@@ -276,5 +277,7 @@ def test_frame_queue_over_capacity_errors_and_keeps_its_frames(pack, host):
     node.run(**args)
     with pytest.raises(RuntimeError, match="Frame Queue is full.*kept"):
         node.run(**args)
-    frames, *_ = node.run(**{**args, "frames": torch.zeros(0, 8, 8, 3), "flush": True})
+    output = node.run(**{**args, "frames": torch.zeros(0, 8, 8, 3), "flush": True})
+    frames = output["result"][0]
+    assert output["ui"]["rain_stats"][0]["released"] == 6  # the stats reach the prompt history too
     assert frames.shape[0] == 6

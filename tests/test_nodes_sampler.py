@@ -174,8 +174,8 @@ def test_sampler_into_frame_queue_paces_and_flushes_everything(pack, model, pose
     for start in range(0, FRAMES, 2):
         frames = run(pack, model, chunk(pose_video_frames, start, start + 2), stream_id="paced",
                      flush=start + 2 == FRAMES)
-        released.append(queue.run(frames, "pace", 1.0, 64, "error", False, False, unique_id="q")[0])
+        released.append(queue.run(frames, "pace", 1.0, 64, "error", False, False, unique_id="q")["result"][0])
     released.append(queue.run(torch.zeros(0, SIZE, SIZE, 3), "pace", 1.0, 64, "error", True, False,
-                              unique_id="q")[0])
+                              unique_id="q")["result"][0])
     assert released[0].shape[0] == 0 and released[1].shape[0] == 1  # 1 fps: one frame at a time
     assert torch.equal(torch.cat(released), whole)
