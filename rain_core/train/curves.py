@@ -21,7 +21,7 @@ class LossLog:
         self.folder.mkdir(parents=True, exist_ok=True)
         self.csv_path, self.png_path = self.folder / "loss.csv", self.folder / "loss.png"
         rows = read_loss_csv(self.csv_path) if self.csv_path.exists() else []
-        self.rows = [row for row in rows if row["step"] < start_step]
+        self.rows = [row for row in rows if row["step"] <= start_step]  # steps done before the checkpoint
         self._rewrite()
 
     def _rewrite(self) -> None:
