@@ -9,12 +9,11 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from conftest import write_official_checkpoint
 
 from rain_core.cli import main
 from rain_core.loading import load_rain, save_rain
 from rain_core.pose import Person, PoseFrame, save_openpose_json, to_pose_keypoint
-
-from .conftest import write_official_checkpoint
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 

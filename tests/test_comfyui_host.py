@@ -136,9 +136,9 @@ class Server:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    from rain_core.loading import save_rain
+    from conftest import build_tiny_models, tiny_config
 
-    from .conftest import build_tiny_models, tiny_config
+    from rain_core.loading import save_rain
 
     instance = Server(tmp_path_factory.mktemp("comfy"))
     save_rain(build_tiny_models(tiny_config(block_out_channels=(16, 32), attention_heads=2, codec_factor=4)),

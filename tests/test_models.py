@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import build_tiny_models
 
 from rain_core.models import RainModelConfig, RainModels, ReferenceCache, guidance_embedding
 from rain_core.models.testing import randomize_parameters
-
-from .conftest import build_tiny_models
 
 FRAMES = 8
 

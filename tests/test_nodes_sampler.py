@@ -5,11 +5,10 @@ import sys
 
 import pytest
 import torch
+from conftest import build_tiny_models, tiny_config
+from test_nodes import DATA, PACK_NAME, load_pack, pose_stream_args
 
 from rain_core.loading import save_rain
-
-from .conftest import build_tiny_models, tiny_config
-from .test_nodes import DATA, PACK_NAME, load_pack, pose_stream_args
 
 SIZE = 32  # the tiny test model's frame size
 FRAMES = 6  # pose frames per test video: levels 2 x 2 frames per cohort -> 3 ticks + 1 flush tick

@@ -9,10 +9,9 @@ import json
 from pathlib import Path
 
 import pytest
+from test_nodes import load_pack
 
 from rain_core.comfy_client import ui_to_api
-
-from .test_nodes import load_pack
 
 WORKFLOWS = sorted((Path(__file__).resolve().parents[1] / "workflows").glob("*.json"))
 FRONTEND_ONLY = {"Note", "MarkdownNote", "Reroute"}
