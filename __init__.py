@@ -4,7 +4,12 @@ ComfyUI imports this folder as a package named after the folder (registry instal
 everything inside the pack is imported relatively. The engine (`rain_core`) never imports ComfyUI.
 """
 
-from .nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
+if __package__:
+    from .nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
+else:
+    # Imported as a plain file, not as a package: pytest does this to the repository root while collecting
+    # tests (the clone folder's name need not be a valid package name). There is nothing to register then.
+    NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS = {}, {}
 
 WEB_DIRECTORY = "./js"
 
