@@ -29,6 +29,46 @@ def _resolve(video_path: str) -> str:
     return path
 
 
+def _detector():
+    """One DWPose detector per process (its onnxruntime sessions are cached); files in models/rain/dwpose."""
+    from ..rain_core import pose as rain_pose
+
+    folders = [folder / "dwpose" for folder in host.model_folders("rain")]
+    folder = next((f for f in folders if f.is_dir()), folders[0] if folders else None)
+    key = str(folder)
+    if key not in _detectors:
+        _detectors[key] = rain_pose.DWPoseDetector(folder)
+    return _detectors[key]
+
+
+_detectors: dict[str, object] = {}
+
+
+def _read_webcam(path: str, count: int, state: dict):
+    """`count` frames (uint8 RGB) from the camera named by 'webcam' / 'webcam:N'; the camera stays open across runs."""
+    import numpy as np
+
+    from ..rain_core.video import open_pose_source
+
+    index_text = path.split(":", 1)[1] if ":" in path else "0"
+    if not index_text.strip().isdigit():
+        raise ValueError(f"video_path: {path!r}: expected 'webcam' or 'webcam:N' with a camera index N")
+    index = int(index_text)
+    if state.get("camera_index") != index:
+        if state.get("camera") is not None:
+            state["camera"].close()
+        state["camera"] = open_pose_source(index, as_uint8=True)
+        state["camera_index"] = index
+    frames = []
+    for frame in state["camera"]:
+        frames.append(frame)
+        if len(frames) >= max(count, 1):
+            break
+    if not frames:
+        raise RuntimeError(f"video_path: camera {index} gave no frame")
+    return np.stack(frames)
+
+
 def _is_live(video_path: str, loop: bool) -> bool:
     return video_path.strip().lower().startswith(WEBCAM_PREFIX) or (bool(video_path.strip()) and loop)
 
@@ -149,9 +189,10 @@ class PoseStream:
         frames = images = None
         path = _resolve(video_path)
         if path.lower().startswith(WEBCAM_PREFIX):
-            raise RuntimeError("video_path: webcam input needs the DWPose detector, which this build of rain_core "
-                               "does not include yet. Use a looping pose video (loop on) for a live stream.")
-        if path:
+            detector = _detector()  # fails first, with what to install, before the camera is opened
+            camera_frames = _read_webcam(path, frames_per_run or 4, state)
+            frames = [detector(frame) for frame in camera_frames]
+        elif path:
             if not os.path.isfile(path):
                 raise FileNotFoundError(f"video_path: no file at {path!r}. Give the full path of a rendered pose "
                                         "video, or leave it empty to use a connected input.")
@@ -167,9 +208,8 @@ class PoseStream:
         elif pose_images is not None:
             images = image_batch(pose_images, "pose_images")
         elif video_frames is not None:
-            raise RuntimeError("video_frames: detecting poses in ordinary video needs the DWPose detector, which "
-                               "this build of rain_core does not include yet. Run DWPose Estimator "
-                               "(comfyui_controlnet_aux) and connect its POSE_KEYPOINT instead.")
+            detector = _detector()
+            frames = [detector(frame) for frame in image_batch(video_frames, "video_frames").numpy()]
         else:
             raise ValueError("Pose Stream: no pose source. Connect pose_images, pose_keypoint or video_frames, or "
                              "set video_path.")
