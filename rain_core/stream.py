@@ -269,7 +269,9 @@ class RainStream:
         with torch.no_grad():
             clip_tokens = self.models.image_encoder.encode(image.to(device, dtype))
             latent = self.models.codec.encode(model_size.permute(0, 3, 1, 2).to(device, dtype))
-        self._install_reference(clip_tokens, latent)
+        # Contiguous layouts everywhere: CPU kernels pick algorithms (and rounding) by memory layout, and a
+        # resumed stream (tensors read back contiguous) must compute exactly what the live one did.
+        self._install_reference(clip_tokens.contiguous(), latent.contiguous())
 
     def _install_reference(self, clip_tokens: torch.Tensor, latent: torch.Tensor) -> None:
         with torch.no_grad():
@@ -424,10 +426,10 @@ class RainStream:
             cohort = self._next_cohort
             self._next_cohort += 1
             shape = (1, *self._latent_shape[:1], m, *self._latent_shape[1:])
-            latents = self.noise.initial(cohort, shape).to(device, dtype)
+            latents = self.noise.initial(cohort, shape).to(device, dtype).contiguous()
             # Only the entering cohort's poses go through the pose guider; the others' features are carried.
             pose_video = poses.permute(3, 0, 1, 2)[None].to(device, dtype)  # (1, 3, m, H, W)
-            features = models.pose_guider(pose_video)
+            features = models.pose_guider(pose_video).contiguous()
             window.latents = latents if window.latents is None else torch.cat([window.latents, latents], dim=2)
             window.pose_features = (
                 features if window.pose_features is None else torch.cat([window.pose_features, features], dim=2)
@@ -450,16 +452,16 @@ class RainStream:
             )
             noise = self._step_noise(window, call, device)
             stepped, _ = self._stepper.step(v, timesteps, window.latents, noise)
-            window.latents = stepped.to(dtype)
+            window.latents = stepped.to(dtype).contiguous()
         window.ticks_done = [done + 1 for done in window.ticks_done]
         frames = self._empty_poses()
         if window.ticks_done[0] == config.levels:
-            clean = window.latents[:, :, :m]
+            clean = window.latents[:, :, :m].contiguous()
             real = window.real_frames[0]
-            window.latents = window.latents[:, :, m:] if len(window.cohorts) > 1 else None
-            window.pose_features = window.pose_features[:, :, m:] if len(window.cohorts) > 1 else None
+            window.latents = window.latents[:, :, m:].contiguous() if len(window.cohorts) > 1 else None
+            window.pose_features = window.pose_features[:, :, m:].contiguous() if len(window.cohorts) > 1 else None
             del window.cohorts[0], window.ticks_done[0], window.real_frames[0]
-            frames = self._decode(clean[0].transpose(0, 1))[:real]  # (m, C, h, w) -> (real, H, W, 3)
+            frames = self._decode(clean[0].transpose(0, 1).contiguous())[:real]  # (m, C, h, w) -> (real, H, W, 3)
             self._frames_out += real
         self._window = window
         self._ticks += 1
@@ -492,7 +494,8 @@ class RainStream:
     def _decode(self, latents: torch.Tensor) -> torch.Tensor:
         """(n, C, h, w) clean latents -> (n, H, W, 3) float32 CPU images in [0, 1]."""
         if self._decoder == "taesdv":
-            images, self._decoder_memory = self.models.fast_decoder.decode(latents, self._decoder_memory)
+            images, memory = self.models.fast_decoder.decode(latents, self._decoder_memory)
+            self._decoder_memory = _to_device(memory, latents.device, latents.dtype)  # contiguous, like a resumed one
         else:
             images = self.models.codec.decode(latents)
         return images.clamp(0, 1).permute(0, 2, 3, 1).to("cpu", torch.float32)
@@ -633,7 +636,9 @@ class RainStream:
         try:
             with safe_open(str(path), framework="pt") as handle:
                 metadata = handle.metadata() or {}
-                tensors = {name: handle.get_tensor(name) for name in handle.keys()}
+                # Fresh allocations: a tensor viewing the file buffer may be unaligned, and CPU kernels (MKL) can
+                # round differently on unaligned data, which would break bit-exact resumption.
+                tensors = {name: handle.get_tensor(name).clone() for name in handle.keys()}
         except Exception as error:  # safetensors raises its own error types for damaged files
             raise StreamStateError(f"stream state file {path}: not a readable safetensors file ({error})") from None
         if "rain_stream" not in metadata:
@@ -759,8 +764,8 @@ def _to_device(memory, device, dtype):
     if memory is None:
         return None
     if isinstance(memory, torch.Tensor):
-        return memory.to(device, dtype)
-    if isinstance(memory, list):
+        return memory.to(device, dtype).contiguous()
+    if isinstance(memory, (list, tuple)):
         return [_to_device(item, device, dtype) for item in memory]
     return {key: _to_device(item, device, dtype) for key, item in memory.items()}
 
