@@ -550,6 +550,22 @@ def section_check(
         warm_tick_state(tick, 3)
         ticks[label] = tick
     ticks["fast"].load_state(ticks["fp32"].latents, ticks["fp32"].pose_features, None)
+    parts = (half.denoising_unet, half.pose_guider, half.fast_decoder)
+    if fast.channels_last:
+        for part in parts:
+            to_channels_last(part)
+    try:
+        errors = _compare_ticks(ticks, stream_cfg, check_ticks)
+    finally:
+        for part in parts:
+            part.to(memory_format=torch.contiguous_format)
+    run.results["check"] = {"fast_path": fast, "relative_error": errors}
+    print(f"  fast path {fast.dtype} vs eager fp32: " + ", ".join(f"{k} {v:.2e}" for k, v in errors.items()))
+    del ticks
+    free_memory(device)
+
+
+def _compare_ticks(ticks: dict, stream_cfg, check_ticks: int) -> dict:
     ticks["fast"].capture()
     count = check_ticks
     poses = random_poses(stream_cfg, count * stream_cfg.frames_per_cohort, 11)
@@ -565,10 +581,7 @@ def section_check(
             errors[f"frames_tick{i + 1}"] = relative_error(outputs["fast"], outputs["fp32"])
             errors[f"latents_tick{i + 1}"] = relative_error(ticks["fast"].latents, ticks["fp32"].latents)
             errors[f"frames_max_abs_tick{i + 1}"] = (outputs["fast"] - outputs["fp32"]).abs().max().item()
-    run.results["check"] = {"fast_path": fast, "relative_error": errors}
-    print(f"  fast path {fast.dtype} vs eager fp32: " + ", ".join(f"{k} {v:.2e}" for k, v in errors.items()))
-    del ticks
-    free_memory(device)
+    return errors
 
 
 ROWS = [
@@ -731,7 +744,12 @@ def section_memory(run: Run, half, stream_cfg, clip_tokens, reference, device, a
     free_memory(device)
     reset_peak(device)
     tick = StaticTick(
-        half, stream_cfg, clip_tokens, reference, FastPath.for_device(device).replace(dtype=half.dtype), noise="device"
+        half,
+        stream_cfg,
+        clip_tokens,
+        reference,
+        FastPath.for_device(device).replace(dtype=half.dtype, channels_last=False),  # weights left as they are
+        noise="device",
     )
     del reference
     warm_tick_state(tick, 9)
@@ -772,6 +790,9 @@ AUTHORS_SCRIPT = textwrap.dedent(
     import torch
     args = json.loads(sys.argv[1])
     sys.path.insert(0, args["path"])
+    # their UNet needs none of these; hiding them keeps an old diffusers from importing today's transformers
+    for name in ("transformers", "peft", "accelerate"):
+        sys.modules[name] = None
     from src.models.unet_2d_condition import UNet2DConditionModel
     from src.models.unet_3d import UNet3DConditionModel
     from src.models.mutual_self_attention import ReferenceAttentionControl
@@ -954,7 +975,7 @@ def parse_args(argv=None):
     parser.add_argument("--split-ticks", type=int, default=None, help="ticks timed stage by stage (default 5, 1 tiny)")
     parser.add_argument("--engine-ticks", type=int, default=None, help="RainStream ticks timed (default 3, 1 tiny)")
     parser.add_argument("--check-ticks", type=int, default=None, help="ticks compared in the check (8; 2 tiny)")
-    parser.add_argument("--row-cap-s", type=float, default=20.0, help="stop timing a row after this many seconds")
+    parser.add_argument("--row-cap-s", type=float, default=10.0, help="stop timing a row after this many seconds")
     parser.add_argument("--row-min-s", type=float, default=15.0, help="skip a row with less budget than this left")
     parser.add_argument("--rows", default="", help="comma-separated row ids to run (default: all)")
     parser.add_argument("--skip", default="", help="comma-separated sections to skip (e.g. compile,authors)")
