@@ -284,20 +284,11 @@ def test_frame_queue_over_capacity_errors_and_keeps_its_frames(pack, host):
 
 
 def test_pose_stream_detects_poses_in_video_frames_with_the_dwpose_files_in_models_rain(pack, host, tmp_path):
-    import warnings
-
-    from test_pose_detector import DETECTOR_SIZE, POSE_SIZE, TinySimcc, TinyYolox
+    from test_pose_detector import write_tiny_dwpose
 
     folder = tmp_path / "models" / "rain" / "dwpose"
     folder.mkdir(parents=True)
-    torch.manual_seed(0)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(TinyYolox().eval(), (torch.zeros(1, 3, *DETECTOR_SIZE),), str(folder / "yolox_l.onnx"),
-                          input_names=["images"], output_names=["output"], dynamo=False)
-        torch.onnx.export(TinySimcc(*POSE_SIZE).eval(), (torch.zeros(1, 3, *POSE_SIZE),),
-                          str(folder / "dw-ll_ucoco_384.onnx"), input_names=["input"],
-                          output_names=["simcc_x", "simcc_y"], dynamo=False)
+    write_tiny_dwpose(folder)
     video = torch.rand(3, 48, 40, 3)
     poses, preview = pack.NODE_CLASS_MAPPINGS["RainPoseStream"]().prepare(**pose_stream_args(video_frames=video))
     assert preview.shape == (3, 48, 40, 3)

@@ -54,9 +54,8 @@ class TinySimcc(torch.nn.Module):
         return self.to_x(feature).view(-1, 133, self.width * 2), self.to_y(feature).view(-1, 133, self.height * 2)
 
 
-@pytest.fixture(scope="module")
-def tiny_models(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("dwpose")
+def write_tiny_dwpose(folder):
+    """Tiny random YOLOX + SimCC ONNX files under the real DWPose file names in `folder`."""
     torch.manual_seed(0)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -66,6 +65,11 @@ def tiny_models(tmp_path_factory):
                           str(folder / "dw-ll_ucoco_384.onnx"), input_names=["input"],
                           output_names=["simcc_x", "simcc_y"], dynamo=False)
     return folder
+
+
+@pytest.fixture(scope="module")
+def tiny_models(tmp_path_factory):
+    return write_tiny_dwpose(tmp_path_factory.mktemp("dwpose"))
 
 
 def test_detector_preprocess_resizes_top_left_and_pads_with_114():
