@@ -109,14 +109,15 @@ def main() -> None:
     header = (
         f"{'mode':<18}{'frame':>8}{'fps':>9}{'ms/frame':>10}{'ms/tick':>9}{'lat frames':>11}{'lat ms':>9}{'RSS MiB':>9}"
     )
-    print(header)
+    print(header, flush=True)
     for name, models, config in modes:
         config.height = config.width = args.size
         config.seed, config.decoder = args.seed, "vae"
         for row in run(name, models, config, frames, list(points)):
             print(
                 f"{row['mode']:<18}{row['frame']:>8}{row['fps']:>9.1f}{row['ms_per_frame']:>10.2f}{row['ms_per_tick']:>9.2f}"
-                f"{row['latency_frames']:>11}{row['latency_ms']:>9.1f}{row['rss_mib']:>9.1f}"
+                f"{row['latency_frames']:>11}{row['latency_ms']:>9.1f}{row['rss_mib']:>9.1f}",
+                flush=True,
             )
 
 

@@ -288,7 +288,7 @@ class RainStream:
             raise StreamStateError("push: this stream was flushed; call reset() to start a new one")
         if self._reference is None:
             raise StreamStateError("push: no reference yet; call set_reference(image) first")
-        frames, missing = _as_frames(poses, "poses", allow_missing=True)
+        frames, missing = _as_frames(poses, "poses", True, (self.config.height, self.config.width))
         if frames.shape[0] == 0:
             raise PoseInputError("poses: expected at least one pose frame, found an empty batch")
         frames = self._fit(frames, "poses")
@@ -666,14 +666,17 @@ def letterbox(frames: torch.Tensor, height: int, width: int) -> torch.Tensor:
     return canvas.permute(0, 2, 3, 1).contiguous()
 
 
-def _as_frames(value, name: str, allow_missing: bool) -> tuple[torch.Tensor, list[bool]]:
-    """Validate and convert images to float32 CPU (N, H, W, 3) in [0, 1]; `None` items (no pose) become zeros."""
+def _as_frames(
+    value, name: str, allow_missing: bool, blank_size: tuple[int, int] | None = None
+) -> tuple[torch.Tensor, list[bool]]:
+    """Validate and convert images to float32 CPU (N, H, W, 3) in [0, 1]; `None` items (no pose) become zeros
+    (of `blank_size` when every item is None)."""
     if isinstance(value, (list, tuple)):
         items = list(value)
         present = [item for item in items if item is not None]
         if not present:
-            if items and allow_missing:
-                raise PoseInputError(f"{name}: every frame is None; give at least one frame so the size is known")
+            if items and allow_missing and blank_size is not None:  # no pose at all in this chunk
+                return torch.zeros(len(items), *blank_size, 3), [True] * len(items)
             return torch.zeros(0, 0, 0, 3), []
         if not allow_missing and len(present) != len(items):
             raise PoseInputError(f"{name}: expected an image, found None")

@@ -316,6 +316,19 @@ def test_missing_pose_holds_the_last_pose_or_stays_empty(models):
         assert torch.equal(given[2], expected_third) and torch.equal(given[3], expected_third)
 
 
+def test_a_chunk_with_no_pose_at_all_holds_the_last_one(models):
+    poses = pose_frames(2, seed=7)
+    stream = new_stream(models, frames_per_cohort=4)
+    recorder = Recorder(models.pose_guider, 0)
+    try:
+        stream.push(poses)
+        stream.push([None, None])
+    finally:
+        recorder.close()
+    given = recorder.values[0][0].permute(1, 2, 3, 0)
+    assert torch.equal(given[2], poses[1]) and torch.equal(given[3], poses[1])
+
+
 # ---------------------------------------------------------------------------------------------- baseline
 
 
