@@ -7,7 +7,9 @@ throughput, ms per frame and per tick, latency (in frames, and measured in ms fr
 pose's arrival to its frame leaving when poses arrive as fast as the stream takes them) and resident memory.
 Speed figures are medians over the last 256 ticks (robust to other load on a shared machine), plus the plain
 average over the whole stretch since the previous point.
-Flat ms/frame and RSS between the two points is what "endless" means.
+Flat ms/frame and RSS between the two points is what "endless" means. Last, the long-running stream and a fresh
+one advanced to the first point take ticks in alternation (same machine load for both): their median ms per tick
+side by side is the fairest flatness figure on a shared machine.
 
     nice -n 10 .venv/bin/python bench/stream_cpu.py                      # 10,000 frames per mode (minutes)
     .venv/bin/python bench/stream_cpu.py --frames 400                     # CI-sized: points at 40 and 400
@@ -44,12 +46,35 @@ def build(motion: bool, seed: int) -> RainModels:
     return randomize_parameters(RainModels.build(config), seed).eval()
 
 
-def run(name: str, models: RainModels, config: StreamConfig, frames: int, points: list[int]) -> list[dict]:
+def new_stream(models: RainModels, config: StreamConfig) -> tuple[RainStream, torch.Tensor]:
     stream = RainStream(models, config)
     generator = torch.Generator().manual_seed(config.seed)
     stream.set_reference(torch.rand(config.height, config.width, 3, generator=generator))
     # A small pool of pose frames used round-robin: the input itself must not grow with the stream.
-    pool = torch.rand(64, config.height, config.width, 3, generator=generator)
+    return stream, torch.rand(64, config.height, config.width, 3, generator=generator)
+
+
+def interleaved(long_running: RainStream, models: RainModels, config: StreamConfig, young_frames: int, ticks: int):
+    """Median ms per tick of the long-running stream and of a fresh one advanced to `young_frames`, measured in
+    alternation so that other load on the machine hits both alike."""
+    young, pool = new_stream(models, config)
+    m = config.frames_per_cohort
+    for start in range(0, young_frames, m):
+        young.push(pool[[(start + i) % pool.shape[0] for i in range(m)]])
+    times = {"young": [], "old": []}
+    for tick in range(ticks):
+        batch = pool[[(tick * m + i) % pool.shape[0] for i in range(m)]]
+        for key, stream in (
+            (("young", young), ("old", long_running)) if tick % 2 else (("old", long_running), ("young", young))
+        ):
+            started = time.perf_counter()
+            stream.push(batch)
+            times[key].append((time.perf_counter() - started) * 1000)
+    return statistics.median(times["young"]), statistics.median(times["old"]), young.stats["frames_in"]
+
+
+def run(name: str, models: RainModels, config: StreamConfig, frames: int, points: list[int]):
+    stream, pool = new_stream(models, config)
     m = config.frames_per_cohort
     # Arrival times of the frames still in flight, in a ring as long as the longest possible latency.
     ring = [0.0] * (config.window + m)
@@ -93,7 +118,7 @@ def run(name: str, models: RainModels, config: StreamConfig, frames: int, points
             )
             points = points[1:]
             stretch_start, stretch_frames, stretch_ticks = time.perf_counter(), 0, stream.stats["ticks"]
-    return rows
+    return rows, stream
 
 
 def main() -> None:
@@ -102,6 +127,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=16, help="frame size in px (multiple of 4; default 16)")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (tiny nets gain nothing from more)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--interleaved-ticks", type=int, default=128, help="ticks per stream in the A/B check")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     frames = max(16, args.frames - args.frames % 4)
@@ -120,15 +146,24 @@ def main() -> None:
         f"{'RSS MiB':>9}{'stretch fps':>13}"
     )
     print(header, flush=True)
+    interleaved_rows = []
     for name, models, config in modes:
         config.height = config.width = args.size
         config.seed, config.decoder = args.seed, "vae"
-        for row in run(name, models, config, frames, list(points)):
+        rows, stream = run(name, models, config, frames, list(points))
+        for row in rows:
             print(
                 f"{row['mode']:<18}{row['frame']:>8}{row['fps']:>9.1f}{row['ms_per_frame']:>10.2f}{row['ms_per_tick']:>9.2f}"
                 f"{row['latency_frames']:>11}{row['latency_ms']:>9.1f}{row['rss_mib']:>9.1f}{row['stretch_fps']:>13.1f}",
                 flush=True,
             )
+        young_ms, old_ms, young_at = interleaved(stream, models, config, points[0], args.interleaved_ticks)
+        interleaved_rows.append(
+            f"{name:<18} ms/tick at frame {young_at:>6} {young_ms:7.2f}   at frame {stream.stats['frames_in']:>6} "
+            f"{old_ms:7.2f}   ratio {old_ms / young_ms:5.2f}"
+        )
+    print(f"interleaved (one tick of each in turn, {args.interleaved_ticks} ticks, medians):")
+    print("\n".join(interleaved_rows))
 
 
 if __name__ == "__main__":
