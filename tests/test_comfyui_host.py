@@ -282,3 +282,27 @@ def test_interrupted_run_leaves_the_stream_and_the_next_run_resumes_it(server):
     assert interrupted_in_sampler, "could not interrupt RAIN Sampler mid-run; see server.log"
     resumed = saved_frames(server, server.run(sampler_prompt("resumed", 8, 40, True, "cut_b_again")))
     assert np.array_equal(first, expected[0]) and np.array_equal(resumed, expected[1])
+
+
+def test_rain_queue_sweeps_references_downloads_outputs_and_reports_a_failed_job(server, object_info, tmp_path,
+                                                                                  capsys):
+    from rain_core.cli import main
+
+    refs = tmp_path / "refs"
+    refs.mkdir()
+    for name in ("anyone-1.png", "anyone-2.png"):
+        shutil.copy(DATA / name, refs / name)
+    (refs / "broken.png").write_text("not an image")  # this job must fail while the others finish
+    argv = ["queue", str(ROOT / "workflows" / "rain_pose_video_to_animation.json"), "--server", server.base,
+            "--sweep", f"image={refs}/*.png", "--set", "RainSampler.width=32", "--set", "RainSampler.height=32",
+            "--set", "RainPoseStream.frames_per_run=16", "--out", str(tmp_path / "out"), "--json"]
+    if not builtin_model_available():
+        argv += ["--set", f"LoadRainModel.model={TEST_MODEL}"]
+    code = main(argv)
+    summary = json.loads(capsys.readouterr().out)
+    by_name = {job["name"]: job for job in summary["jobs"]}
+    assert code == 1 and summary["failed"] == 1, summary
+    assert by_name["job-broken"]["status"] == "error" and by_name["job-broken"]["error"]
+    for name in ("job-anyone-1", "job-anyone-2"):
+        assert by_name[name]["status"] == "success"
+        assert len(by_name[name]["files"]) == 1 and Path(by_name[name]["files"][0]).stat().st_size > 0
