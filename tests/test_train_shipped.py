@@ -1,0 +1,72 @@
+"""The tiny RAIN shipped in rain_core/assets/tiny-rain: it loads, streams held-out characters at a measured
+PSNR floor, and — the goal it does not reach yet — 3 dB above copying their reference image (NOTES.md)."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import rain_core
+from rain_core.loading import load_rain
+from rain_core.stream import RainStream, StreamConfig
+from rain_core.train.synthetic import SyntheticWorld, render_character, render_skeleton
+
+SHIPPED = Path(rain_core.__file__).parent / "assets" / "tiny-rain"
+SIZE = 64
+PSNR_FLOOR = 14.0  # dB; measured 15.10 on these two clips (copying the reference: 17.01), see NOTES.md
+
+
+@pytest.fixture(autouse=True)
+def single_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _psnr(a: np.ndarray, b: np.ndarray) -> float:
+    return float(10 * np.log10(1.0 / np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)))
+
+
+def test_shipped_model_is_small_safetensors_only():
+    files = sorted(p.name for p in SHIPPED.iterdir())
+    assert "rain_config.json" in files and all(f.endswith((".safetensors", ".json", ".md")) for f in files), files
+    assert sum(p.stat().st_size for p in SHIPPED.iterdir()) <= 20 * 1024 * 1024
+
+
+def _heldout_scores() -> tuple[float, float]:
+    """Mean PSNR of the shipped model's stream and of copying the reference, on two held-out clips."""
+    models = load_rain(SHIPPED).eval()
+    world = SyntheticWorld(0)
+    model_scores, copy_scores = [], []
+    for heldout_id in SyntheticWorld.ids("heldout", 2):
+        character, motion = world.character(heldout_id), world.motion(heldout_id)
+        poses = world.clip_poses(character, motion, 16, 12.0)
+        reference = render_character(character, world.reference_pose(character), SIZE, SIZE) / 255.0
+        truth = np.stack([render_character(character, p, SIZE, SIZE) for p in poses]) / 255.0
+        skeletons = np.stack([render_skeleton(p, SIZE, SIZE) for p in poses]).astype(np.float32) / 255.0
+        stream = RainStream(models, StreamConfig(height=SIZE, width=SIZE, seed=0))
+        stream.set_reference(torch.from_numpy(reference).float())
+        frames = torch.cat([stream.push(torch.from_numpy(skeletons)), stream.flush()]).numpy()
+        assert frames.shape == truth.shape
+        model_scores.append(_psnr(frames, truth))
+        copy_scores.append(_psnr(np.repeat(reference[None], len(truth), 0), truth))
+    return float(np.mean(model_scores)), float(np.mean(copy_scores))
+
+
+@pytest.fixture(scope="module")
+def heldout_scores():
+    return _heldout_scores()
+
+
+def test_shipped_model_streams_heldout_characters_above_its_measured_floor(heldout_scores):
+    model, _ = heldout_scores
+    assert model >= PSNR_FLOOR, f"shipped model: {model:.2f} dB on held-out clips, floor {PSNR_FLOOR}"
+
+
+@pytest.mark.xfail(strict=True, reason="the 60-minute CPU training (NOTES.md) ends ~2 dB below copying the reference; "
+                   "retrain longer (or on a GPU) with the recorded command, then drop this mark")
+def test_shipped_model_beats_copying_the_reference_by_3_db(heldout_scores):
+    model, copy = heldout_scores
+    assert model >= copy + 3.0, f"shipped model {model:.2f} dB is not 3 dB above copying the reference ({copy:.2f} dB)"
