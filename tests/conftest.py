@@ -17,6 +17,10 @@ from rain_core.models.testing import randomize_parameters
 
 TINY_SEED = 1234
 
+# Tiny networks gain nothing from intra-op threads, and on a 2-core machine shared with other work the thread
+# pool oversubscribes badly (one stream test module took 162 s with 2 threads, 14 s with 1).
+torch.set_num_threads(1)
+
 
 def tiny_config(**overrides) -> RainModelConfig:
     """The test size: 32-px frames, space_to_depth ×2 (12×16×16 latent), 4 UNet levels, motion modules."""
