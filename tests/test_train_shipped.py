@@ -1,6 +1,7 @@
 """The tiny RAIN shipped in rain_core/assets/tiny-rain: it loads, streams held-out characters at a measured
 PSNR floor, and — the goal it does not reach yet — 3 dB above copying their reference image (NOTES.md)."""
 
+import importlib.util
 from pathlib import Path
 
 import numpy as np
@@ -70,3 +71,16 @@ def test_shipped_model_streams_heldout_characters_above_its_measured_floor(heldo
 def test_shipped_model_beats_copying_the_reference_by_3_db(heldout_scores):
     model, copy = heldout_scores
     assert model >= copy + 3.0, f"shipped model {model:.2f} dB is not 3 dB above copying the reference ({copy:.2f} dB)"
+
+
+def test_quality_bench_prints_its_table_on_the_shipped_model(capsys):
+    spec = importlib.util.spec_from_file_location("bench_quality", Path(__file__).parents[1] / "bench" / "quality.py")
+    quality = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(quality)
+    assert quality.main(["--clips", "1", "--frames", "8", "--drift-frames", "100"]) == 0
+    table = capsys.readouterr().out
+    for row in ("RAIN stream (p=4, m=4)", "offline, same model", "copy the reference"):
+        assert row in table
+    # identical images: infinite-ish PSNR and SSIM 1
+    truth = np.random.default_rng(0).random((3, 8, 8, 3))
+    assert quality.psnr(truth, truth).min() > 100 and np.allclose(quality.ssim(truth, truth), 1.0)
