@@ -37,7 +37,8 @@ class FastPath:
     """Which speed-ups a tick uses. `for_device` picks the fastest safe set for a device.
 
     dtype: model precision (None: keep the models' dtype). attention: SDPA backend ("auto" lets PyTorch choose).
-    tf32: tensor-core float32 matmuls/convs on CUDA. channels_last: NHWC convolutions.
+    tf32: tensor-core float32 matmuls/convs on CUDA (None: leave torch's global flags as the caller set them).
+    channels_last: NHWC convolutions.
     reference_kv_cache: project the reference tokens once (else every call). fused_step: one fused per-frame
     LCM update with precomputed coefficients (else `LCMStepper.step`, which checks its timesteps on the host).
     compile: None or a torch.compile mode for the UNet ("default", "max-autotune-no-cudagraphs", ...).
@@ -46,7 +47,7 @@ class FastPath:
 
     dtype: torch.dtype | None = None
     attention: str = "auto"
-    tf32: bool = False
+    tf32: bool | None = False
     channels_last: bool = False
     reference_kv_cache: bool = True
     fused_step: bool = True
@@ -421,7 +422,7 @@ class StaticTick:
         stack = contextlib.ExitStack()
         stack.enter_context(torch.no_grad())
         stack.enter_context(attention_backend(self.fast.attention))
-        if self.device.type == "cuda":
+        if self.device.type == "cuda" and self.fast.tf32 is not None:
             stack.enter_context(tf32_matmuls(self.fast.tf32))
         return stack
 
@@ -449,6 +450,11 @@ class StaticTick:
                     for graph in self._stage_graphs.values():
                         graph.capture()
                         graph.graph.replay()  # real values for the next stage's warm-up (capture computes nothing)
+
+    @property
+    def captured(self) -> bool:
+        """True once the whole tick is a CUDA graph (`capture()` on CUDA); `run()` then replays it."""
+        return self._graph is not None
 
     def run(self) -> torch.Tensor:
         """One steady-state tick; returns `frames` (the same buffer every time: copy what you keep)."""

@@ -132,13 +132,20 @@ class LCMStepper:
         return c_skip, c_out
 
     def step(
-        self, v: torch.Tensor, timesteps: torch.Tensor, sample: torch.Tensor, noise: torch.Tensor | None
+        self,
+        v: torch.Tensor,
+        timesteps: torch.Tensor,
+        sample: torch.Tensor,
+        noise: torch.Tensor | None,
+        check: bool = True,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Return (next sample, denoised estimate) for v-prediction `v` at per-frame `timesteps`.
 
         `noise` (same shape as `sample`) is the fresh N(0, I) of this step; it may be None only when
         every frame reaches the end of the ladder in this step (then it would be multiplied by 0).
         Scalars are float32; the result has the dtype of the float32-promoted product, callers cast.
+        check=False skips the value checks (timestep range, noise needed): they read `timesteps` back to
+        the host, a sync when they live on a GPU. For callers whose timesteps come from `ladder`.
         """
         if v.shape != sample.shape:
             raise ScheduleError(
@@ -148,11 +155,12 @@ class LCMStepper:
             raise ScheduleError(
                 f"timesteps: expected one per frame, shape {(sample.shape[0], sample.shape[2])}, found {tuple(timesteps.shape)}"
             )
-        timesteps = timesteps.to(device=self.alphas_cumprod.device, dtype=torch.int64)
-        if bool(((timesteps < 0) | (timesteps >= NUM_TRAIN_TIMESTEPS)).any()):
+        # Checked where the caller's values are (free for a CPU ladder), before they move to the schedule's device.
+        if check and bool(((timesteps < 0) | (timesteps >= NUM_TRAIN_TIMESTEPS)).any()):
             raise ScheduleError(
                 f"timesteps: expected values in 0…{NUM_TRAIN_TIMESTEPS - 1}, found {timesteps.tolist()}"
             )
+        timesteps = timesteps.to(device=self.alphas_cumprod.device, dtype=torch.int64)
         previous = self.next_timesteps(timesteps)
         finishing = previous < 0
         alpha = self.alphas_cumprod[timesteps]
@@ -166,7 +174,7 @@ class LCMStepper:
         original = alpha.sqrt() * sample - (1 - alpha).sqrt() * v
         denoised = c_out * original + c_skip * sample
         if noise is None:
-            if not bool(finishing.all()):
+            if check and not bool(finishing.all()):
                 raise ScheduleError("noise: required while some frames still have steps to go")
             return alpha_next.sqrt() * denoised, denoised
         if noise.shape != sample.shape:

@@ -35,6 +35,8 @@ from .scheduler import LCMStepper, ScheduleError, check_steps, ladder
 DECODERS = ("auto", "taesdv", "vae")
 MISSING_POSE_POLICIES = ("hold", "empty")
 RESIZE_POLICIES = ("letterbox", "strict")
+FAST_PATHS = ("auto", "graph", "static", "off")
+OUTPUT_DEVICES = ("cpu", "device")
 STATE_FORMAT = "rain-stream/1"
 
 
@@ -65,6 +67,11 @@ class StreamConfig:
     decoder: "taesdv" (fast, temporal memory carried tick to tick), "vae" (the full codec), "auto" (TAESDV if loaded).
     missing_pose: for a frame without a pose (None, or an all-black canvas): "hold" the last pose or keep "empty".
     resize: pose frames and references of another size are "letterbox"ed (no distortion) or refused ("strict").
+    fast_path: how a steady-state tick (full window, a new cohort entering) runs. "static": through
+        `rain_core.accel.StaticTick` (fixed buffers, fused LCM step, nothing read back to the host); "graph": the
+        same, replayed as one CUDA graph on CUDA; "off": the general eager tick; "auto" (default): "graph" on CUDA,
+        "off" elsewhere. Warm-up and flush ticks are always eager. The paths agree to float32 rounding (≈1e-6).
+    output_device: where returned frames live: "cpu" (default) or "device" (the models' device, no copy back).
     """
 
     levels: int = 4
@@ -77,6 +84,8 @@ class StreamConfig:
     decoder: str = "auto"
     missing_pose: str = "hold"
     resize: str = "letterbox"
+    fast_path: str = "auto"
+    output_device: str = "cpu"
 
     @property
     def window(self) -> int:
@@ -119,6 +128,8 @@ class StreamConfig:
             ("decoder", DECODERS),
             ("missing_pose", MISSING_POSE_POLICIES),
             ("resize", RESIZE_POLICIES),
+            ("fast_path", FAST_PATHS),
+            ("output_device", OUTPUT_DEVICES),
         ):
             if getattr(self, name) not in allowed:
                 fail(f"{name}: expected one of {allowed}, found {getattr(self, name)!r}")
@@ -218,6 +229,7 @@ class RainStream:
         self.config = dataclasses.replace(config)
         self.noise = self._custom_noise if self._custom_noise is not None else SeededNoise(config.seed)
         self._ladder = ladder(config.levels, config.steps)
+        self._ladder_rows = self._ladder.tolist()  # plain ints: deciding which cohorts need noise reads no tensor
         self._stepper = LCMStepper(config.steps, self.models.device)
         decoder = config.decoder
         if decoder == "auto":
@@ -227,6 +239,18 @@ class RainStream:
         self._guidance_embedding = self.models.guidance_embedding(float(config.guidance))  # None without cond_proj
         downscale = self.models.codec.downscale
         self._latent_shape = (model_config.latent_channels, config.height // downscale, config.width // downscale)
+        self._device_timesteps: dict[tuple[int, tuple[int, ...]], torch.Tensor] = {}  # (call, levels) -> (1, F)
+        fast = config.fast_path
+        if fast == "auto":
+            fast = "graph" if self.models.device.type == "cuda" else "off"
+        # The static tick keeps cohorts between ticks, so it needs at least two levels.
+        self._fast_path = fast if config.levels >= 2 else "off"
+        self._drop_static_tick()
+
+    def _drop_static_tick(self) -> None:
+        """Forget the static tick (built again on the next steady-state tick): reference or config changed."""
+        self._static_tick = None
+        self._static_holds = None  # the (latents, pose_features, memory) objects the static tick's buffers equal
 
     def _clear_stream(self) -> None:
         self._window = _Window()
@@ -241,6 +265,9 @@ class RainStream:
         self._seconds = 0.0
         self._last_tick_ms = None
         self._mean_tick_ms = None
+        self._pending_timings = []  # CUDA (start, end) events of ticks whose time is not read yet
+        self._static_ticks = 0
+        self._outputs_ready = None  # CUDA event after the last non-blocking copy of frames to the host
 
     def _empty_poses(self) -> torch.Tensor:
         return torch.zeros(0, self.config.height, self.config.width, 3)
@@ -277,6 +304,7 @@ class RainStream:
         with torch.no_grad():
             cache = self.models.reference_unet(latent, clip_tokens)
         self._reference = {"clip_tokens": clip_tokens, "latent": latent, "cache": cache}
+        self._drop_static_tick()
 
     def push(self, poses) -> torch.Tensor:
         """Feed pose frames ((N, H, W, 3) float in [0, 1], or a list of (H, W, 3) frames / None for "no pose").
@@ -313,7 +341,11 @@ class RainStream:
 
     @property
     def stats(self) -> dict:
-        """Counters and timings; latency in frames is how many pose frames arrive before a frame leaves."""
+        """Counters and timings; latency in frames is how many pose frames arrive before a frame leaves.
+
+        On CUDA a tick's time is read from CUDA events (device time), here, lazily, not by a sync per tick.
+        static_ticks counts the ticks that ran through the static tick since this object was made."""
+        self._settle_timings(wait=True)
         seconds = self._seconds
         return {
             "frames_in": self._frames_in,
@@ -328,6 +360,8 @@ class RainStream:
             "mean_ms_per_tick": self._mean_tick_ms,
             "fps": self._frames_out / seconds if seconds > 0 else None,
             "decoder": self._decoder,
+            "fast_path": self._fast_path,
+            "static_ticks": self._static_ticks,
         }
 
     # ------------------------------------------------------------------ input preparation
@@ -359,6 +393,8 @@ class RainStream:
             self._seconds,
             self._last_tick_ms,
             self._mean_tick_ms,
+            list(self._pending_timings),
+            self._static_ticks,
         )
         try:
             return work(*args)
@@ -376,7 +412,10 @@ class RainStream:
                 self._seconds,
                 self._last_tick_ms,
                 self._mean_tick_ms,
+                self._pending_timings,
+                self._static_ticks,
             ) = snapshot
+            self._static_holds = None  # a failed tick may have left the static tick's buffers half-written
             raise
 
     def _push_frames(self, frames: torch.Tensor, missing: list[bool]) -> torch.Tensor:
@@ -409,26 +448,52 @@ class RainStream:
         return self._concat(outputs)
 
     def _concat(self, outputs: list[torch.Tensor]) -> torch.Tensor:
+        """The frames of one call, ready to read: waits (once per call, not per tick) for copies still in flight."""
+        if self._outputs_ready is not None:
+            self._outputs_ready.synchronize()
+            self._outputs_ready = None
+        outputs = [frames for frames in outputs if frames.shape[0]]
         if not outputs:
-            return self._empty_poses()
+            return self._empty_poses().to(self._output_device)
         return torch.cat(outputs)
+
+    @property
+    def _output_device(self) -> torch.device:
+        return self.models.device if self.config.output_device == "device" else torch.device("cpu")
 
     # ------------------------------------------------------------------ the tick
     @torch.no_grad()
     def _tick(self, poses: torch.Tensor | None, real_frames: int) -> torch.Tensor:
-        """One tick: a new cohort enters (unless flushing), every cohort takes its LCM steps, the oldest leaves."""
-        started = time.perf_counter()
+        """One tick: a new cohort enters (unless flushing), every cohort takes its LCM steps, the oldest leaves.
+
+        Nothing in here reads a device value back to the host: timesteps come from the CPU ladder, noise is
+        drawn on the CPU and sent ahead, and frames are copied back without waiting (`_concat` waits once)."""
+        device = self.models.device
+        self._settle_timings(wait=False)
+        started = self._clock(device)
+        window = self._window.copy()
+        levels = self.config.levels
+        steady = poses is not None and window.ticks_done == list(range(levels - 1, 0, -1))
+        if steady and self._fast_path != "off":
+            frames = self._static_step(window, poses, real_frames)
+        else:
+            frames = self._eager_step(window, poses, real_frames)
+        self._ticks += 1
+        self._stop_clock(started, device)
+        return frames
+
+    def _eager_step(self, window: _Window, poses: torch.Tensor | None, real_frames: int) -> torch.Tensor:
+        """The general tick (any window occupancy: warm-up, steady state, flush) on `window`, a copy of the state."""
         models, config = self.models, self.config
         device, dtype = models.device, models.dtype
         m, calls = config.frames_per_cohort, config.calls_per_tick
-        window = self._window.copy()
         if poses is not None:
             cohort = self._next_cohort
             self._next_cohort += 1
             shape = (1, *self._latent_shape[:1], m, *self._latent_shape[1:])
-            latents = self.noise.initial(cohort, shape).to(device, dtype).contiguous()
+            latents = _host_to(self.noise.initial(cohort, shape), device).to(dtype).contiguous()
             # Only the entering cohort's poses go through the pose guider; the others' features are carried.
-            pose_video = poses.permute(3, 0, 1, 2)[None].to(device, dtype)  # (1, 3, m, H, W)
+            pose_video = _host_to(poses, device).permute(3, 0, 1, 2)[None].to(dtype)  # (1, 3, m, H, W)
             features = models.pose_guider(pose_video).contiguous()
             window.latents = latents if window.latents is None else torch.cat([window.latents, latents], dim=2)
             window.pose_features = (
@@ -439,9 +504,7 @@ class RainStream:
             window.real_frames.append(real_frames)
         reference = self._reference
         for call in range(calls):
-            # Cohort k has been through ticks_done[k] ticks, so it sits at level p - 1 - ticks_done[k].
-            levels = [config.levels - 1 - done for done in window.ticks_done]
-            timesteps = self._ladder[call, levels].repeat_interleave(m)[None].to(device)
+            timesteps = self._timesteps(call, window.ticks_done)
             v = models.denoising_unet(
                 window.latents,
                 timesteps,
@@ -450,11 +513,13 @@ class RainStream:
                 self._guidance_embedding,
                 reference["cache"],
             )
-            noise = self._step_noise(window, call, device)
-            stepped, _ = self._stepper.step(v, timesteps, window.latents, noise)
+            noise = self._step_noise(window.cohorts, window.ticks_done, call)
+            noise = None if noise is None else _host_to(noise, device)
+            # The ladder was checked when it was built; checking again would read the device timesteps back.
+            stepped, _ = self._stepper.step(v, timesteps, window.latents, noise, check=False)
             window.latents = stepped.to(dtype).contiguous()
         window.ticks_done = [done + 1 for done in window.ticks_done]
-        frames = self._empty_poses()
+        frames = self._empty_poses().to(self._output_device)
         if window.ticks_done[0] == config.levels:
             clean = window.latents[:, :, :m].contiguous()
             real = window.real_frames[0]
@@ -462,47 +527,148 @@ class RainStream:
             window.pose_features = window.pose_features[:, :, m:].contiguous() if len(window.cohorts) > 1 else None
             del window.cohorts[0], window.ticks_done[0], window.real_frames[0]
             frames = self._decode(clean[0].transpose(0, 1).contiguous())[:real]  # (m, C, h, w) -> (real, H, W, 3)
+            frames = self._output(frames, owned=True)
             self._frames_out += real
         self._window = window
-        self._ticks += 1
+        return frames
+
+    def _static_step(self, window: _Window, poses: torch.Tensor, real_frames: int) -> torch.Tensor:
+        """A steady-state tick through `StaticTick`: same result as `_eager_step` to float32 rounding, with fixed
+        buffers and shapes (capturable as a CUDA graph) and no host check."""
+        config, device = self.config, self.models.device
+        m, calls = config.frames_per_cohort, config.calls_per_tick
+        tick = self._static_tick
+        if tick is None:
+            from .accel import FastPath, StaticTick
+
+            # Numerics as in the eager tick: the models' dtype, the caller's tf32 settings, no layout change.
+            fast = FastPath(tf32=None, fused_step=True, cuda_graph=self._fast_path == "graph")
+            reference = self._reference
+            tick = StaticTick(
+                self.models, config, reference["clip_tokens"], reference["cache"], fast, decoder=self._decoder
+            )
+            self._static_tick, self._static_holds = tick, None
+        cohort = self._next_cohort
+        self._next_cohort += 1
+        shape = (1, self._latent_shape[0], m, *self._latent_shape[1:])
+        initial = self.noise.initial(cohort, shape)
+        cohorts, done = [*window.cohorts, cohort], [*window.ticks_done, 0]
+        window_shape = (1, self._latent_shape[0], len(cohorts) * m, *self._latent_shape[1:])
+        step_noise = torch.stack(
+            [_or_zeros(self._step_noise(cohorts, done, call), window_shape) for call in range(calls)]
+        )  # (calls, 1, C, K, h, w)
+        holds = (window.latents, window.pose_features, self._decoder_memory)
+        if self._static_holds is None or any(a is not b for a, b in zip(holds, self._static_holds)):
+            tick.load_state(window.latents, window.pose_features, self._decoder_memory)
+        self._static_holds = None  # until this tick has run to the end
+        tick.set_inputs(_host_to(poses, device), _host_to(initial, device), _host_to(step_noise, device))
+        if tick.fast.cuda_graph and device.type == "cuda" and not tick.captured:
+            tick.capture()  # once, on real inputs; every later tick replays it
+        tick.run()
+        # The stream's state stays immutable tensors (snapshots, rollback, state_dict); the copies stay on the device.
+        window.latents, window.pose_features = tick.latents.clone(), tick.pose_features.clone()
+        if self._decoder == "taesdv":
+            self._decoder_memory = [tensor.clone() for tensor in tick.memory]
+        window.cohorts = cohorts[1:]
+        window.ticks_done = [d + 1 for d in done[1:]]
+        real = window.real_frames[0]
+        window.real_frames = [*window.real_frames[1:], real_frames]
+        frames = self._output(tick.frames[:real], owned=False)
+        self._frames_out += real
+        self._window = window
+        self._static_holds = (window.latents, window.pose_features, self._decoder_memory)
+        self._static_ticks += 1
+        return frames
+
+    def _timesteps(self, call: int, ticks_done: list[int]) -> torch.Tensor:
+        """(1, F) timesteps of UNet call `call` for cohorts that have done `ticks_done` ticks, kept on the device."""
+        # Cohort k has been through ticks_done[k] ticks, so it sits at level p - 1 - ticks_done[k].
+        levels = tuple(self.config.levels - 1 - done for done in ticks_done)
+        key = (call, levels)
+        if key not in self._device_timesteps:
+            per_frame = self._ladder[call, list(levels)].repeat_interleave(self.config.frames_per_cohort)[None]
+            self._device_timesteps[key] = per_frame.to(self.models.device)
+        return self._device_timesteps[key]
+
+    def _step_noise(self, cohorts: list[int], ticks_done: list[int], call: int) -> torch.Tensor | None:
+        """Float32 CPU noise of UNet call `call` for the window's cohorts; None when every cohort leaves the ladder."""
+        config = self.config
+        m, calls = config.frames_per_cohort, config.calls_per_tick
+        shape = (1, self._latent_shape[0], m, *self._latent_shape[1:])
+        pieces, needed = [], False
+        for cohort, done in zip(cohorts, ticks_done):
+            step = done * calls + call
+            timestep = self._ladder_rows[call][config.levels - 1 - done]
+            if timestep - self._stepper.step_length < 0:  # leaves the ladder (ᾱ = 1): its noise is multiplied by 0
+                pieces.append(torch.zeros(shape, dtype=torch.float32))
+            else:
+                pieces.append(self.noise.step(cohort, step, shape).to("cpu", torch.float32))
+                needed = True
+        return torch.cat(pieces, dim=2) if needed else None
+
+    def _decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """(n, C, h, w) clean latents -> (n, H, W, 3) float32 images in [0, 1], on the models' device."""
+        if self._decoder == "taesdv":
+            images, memory = self.models.fast_decoder.decode(latents, self._decoder_memory)
+            self._decoder_memory = _to_device(memory, latents.device, latents.dtype)  # contiguous, like a resumed one
+        else:
+            images = self.models.codec.decode(latents)
+        return images.clamp(0, 1).permute(0, 2, 3, 1).to(torch.float32)
+
+    def _output(self, frames: torch.Tensor, owned: bool) -> torch.Tensor:
+        """Frames to hand out, on the output device; `owned`: `frames` is not a buffer that will be reused."""
+        if self.config.output_device == "device":
+            return frames if owned else frames.clone()
+        if frames.device.type == "cuda":  # into pinned memory without waiting; `_concat` waits once per call
+            host = torch.empty(frames.shape, dtype=torch.float32, pin_memory=True)
+            host.copy_(frames, non_blocking=True)
+            self._outputs_ready = torch.cuda.Event()
+            self._outputs_ready.record()
+            return host
+        frames = frames.to("cpu", torch.float32)
+        return frames if owned else frames.clone()
+
+    # ------------------------------------------------------------------ timing
+    def _clock(self, device: torch.device):
         if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        elapsed = time.perf_counter() - started
+            start = torch.cuda.Event(enable_timing=True)
+            start.record()
+            return start
+        return time.perf_counter()
+
+    def _stop_clock(self, started, device: torch.device) -> None:
+        if device.type != "cuda":
+            self._count_tick_seconds(time.perf_counter() - started)
+            return
+        end = torch.cuda.Event(enable_timing=True)
+        end.record()
+        self._pending_timings = [*self._pending_timings, (started, end)]  # a new list: snapshots keep theirs
+        if len(self._pending_timings) > 64:  # bounded: a host far ahead of the GPU waits for the oldest tick
+            self._pending_timings[0][1].synchronize()
+
+    def _settle_timings(self, wait: bool) -> None:
+        """Fold finished ticks' CUDA event times into the stats (all of them, waiting if `wait`)."""
+        while self._pending_timings:
+            start, end = self._pending_timings[0]
+            if not end.query():
+                if not wait:
+                    return
+                end.synchronize()
+            self._pending_timings = self._pending_timings[1:]
+            self._count_tick_seconds(start.elapsed_time(end) / 1000)
+
+    def _count_tick_seconds(self, elapsed: float) -> None:
         self._seconds += elapsed
         self._last_tick_ms = elapsed * 1000
         # An exponential mean keeps the figure current without keeping a history.
         self._mean_tick_ms = (
             self._last_tick_ms if self._mean_tick_ms is None else 0.9 * self._mean_tick_ms + 0.1 * self._last_tick_ms
         )
-        return frames
-
-    def _step_noise(self, window: _Window, call: int, device) -> torch.Tensor | None:
-        config = self.config
-        m, calls = config.frames_per_cohort, config.calls_per_tick
-        shape = (1, self._latent_shape[0], m, *self._latent_shape[1:])
-        pieces, needed = [], False
-        for cohort, done in zip(window.cohorts, window.ticks_done):
-            step = done * calls + call
-            timestep = int(self._ladder[call, config.levels - 1 - done])
-            if timestep - self._stepper.step_length < 0:  # leaves the ladder (ᾱ = 1): its noise is multiplied by 0
-                pieces.append(torch.zeros(shape, device=device, dtype=torch.float32))
-            else:
-                pieces.append(self.noise.step(cohort, step, shape).to(device, torch.float32))
-                needed = True
-        return torch.cat(pieces, dim=2) if needed else None
-
-    def _decode(self, latents: torch.Tensor) -> torch.Tensor:
-        """(n, C, h, w) clean latents -> (n, H, W, 3) float32 CPU images in [0, 1]."""
-        if self._decoder == "taesdv":
-            images, memory = self.models.fast_decoder.decode(latents, self._decoder_memory)
-            self._decoder_memory = _to_device(memory, latents.device, latents.dtype)  # contiguous, like a resumed one
-        else:
-            images = self.models.codec.decode(latents)
-        return images.clamp(0, 1).permute(0, 2, 3, 1).to("cpu", torch.float32)
 
     # ------------------------------------------------------------------ saving and resuming
     def state_dict(self) -> dict:
         """Everything needed to resume bit-exactly: {"meta": JSON-able dict, "tensors": {name: tensor}}."""
+        self._settle_timings(wait=True)
         tensors: dict[str, torch.Tensor] = {"pending_poses": self._pending}
         window = self._window
         if window.latents is not None:
@@ -608,6 +774,8 @@ class RainStream:
         self._seconds = float(meta["seconds"])
         self._last_tick_ms = meta["last_tick_ms"]
         self._mean_tick_ms = meta["mean_tick_ms"]
+        self._pending_timings = []
+        self._outputs_ready = None
 
     def save(self, path: str | os.PathLike) -> None:
         """Write the stream state to one .safetensors file (tensors + JSON metadata), atomically."""
@@ -729,6 +897,17 @@ def _as_frames(
         hint = "; divide 0–255 images by 255" if high > 1 else ""
         raise PoseInputError(f"{name}: expected values in [0, 1], found {low:.3g}…{high:.3g}{hint}")
     return value, [False] * value.shape[0]
+
+
+def _host_to(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """`tensor` on `device`; a CPU tensor goes to CUDA through pinned memory, without blocking the host."""
+    if device.type == "cuda" and tensor.device.type == "cpu":
+        return tensor.pin_memory().to(device, non_blocking=True)
+    return tensor.to(device)
+
+
+def _or_zeros(tensor: torch.Tensor | None, shape: tuple[int, ...]) -> torch.Tensor:
+    return torch.zeros(shape, dtype=torch.float32) if tensor is None else tensor
 
 
 def _flatten_memory(memory, tensors: dict) -> Any:
