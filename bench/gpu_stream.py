@@ -8,7 +8,8 @@ to JSON before the next starts:
   ceiling      bf16 / fp16 / tf32 / fp32 matmul TFLOP/s and copy GB/s measured here (the "achieved" reference)
   build        random full-size networks, the reference pass (reference UNet once)
   cost         FLOPs per tick (per stage; reference K/V cached and recomputed), bytes, host syncs in a tick
-  engine       RainStream.push as it is today (eager, fp32 and half), and the static tick checked against it
+  engine       RainStream.push, eager (fast_path="off") and its own fast path ("auto": static tick + CUDA graph on
+               CUDA; "static" elsewhere), fp32 and half, frames compared; the static tick checked against the eager tick
   check        optimised tick (half, channels_last, CUDA graph) vs eager fp32 tick: relative error, 1 and 8 ticks
   rows         eager fp32 → SDPA → reference K/V cache → tf32 → fused LCM step → bf16/fp16 → channels_last →
                CUDA graph of the whole tick; each: fps, ms per tick split guider/UNet/step/decode, latency at
@@ -473,34 +474,50 @@ def section_cost(run: Run, master, stream_cfg: StreamConfig, clip_tokens, refere
 
 
 def section_engine(run: Run, master, half, stream_cfg: StreamConfig, args, device) -> None:
-    """RainStream.push as it is (eager), fp32 and half: ms per tick from warm stream; then the static tick on
-    the stream's own state and noise must give the stream's next frames."""
+    """RainStream.push, eager and through its own fast path, fp32 and half: ms per tick from a warm stream and the
+    fast stream's frames against the eager one's; then the static tick on the eager stream's own state and noise
+    must give that stream's next frames."""
     engine = {}
     poses = random_poses(stream_cfg, stream_cfg.window + stream_cfg.frames_per_cohort * (args.engine_ticks + 1), 7)
     m = stream_cfg.frames_per_cohort
+    # What the stream picks by itself on CUDA; forced on elsewhere so that the --tiny CPU run covers the same code.
+    fast_path = "auto" if device.type == "cuda" else "static"
     for label, models in (("fp32", master), ("half", half)):
         if models is None or (label == "half" and device.type != "cuda"):
             engine[f"{label}_skipped"] = "no half-precision networks" if models is None else "CPU: fp32 only"
             continue
-        stream = RainStream(models, dataclasses.replace(stream_cfg))
-        stream.set_reference(random_poses(stream_cfg, 1, args.seed)[0])
-        stream.push(poses[: stream_cfg.window])  # warm-up: the window fills, the first cohort leaves
-        times = []
-        for i in range(args.engine_ticks):
-            start = time.perf_counter()
-            stream.push(poses[stream_cfg.window + i * m : stream_cfg.window + (i + 1) * m])
-            times.append((time.perf_counter() - start) * 1000)
-        engine[f"{label}_ms_per_tick"] = statistics.median(times)
-        engine[f"{label}_fps"] = m / (statistics.median(times) / 1000)
-        engine[f"{label}_dtype"] = models.dtype
-        print(
-            f"  RainStream.push {label}: {statistics.median(times):.1f} ms per tick, {engine[f'{label}_fps']:.1f} fps"
-        )
-        if label == "fp32":
-            engine["static_vs_stream_relative_error"] = _static_matches_stream(stream, models, stream_cfg, poses)
-            print(f"  static tick vs RainStream tick (fp32): rel. error {engine['static_vs_stream_relative_error']}")
-        del stream
-        free_memory(device)
+        pushed = {}
+        for path, key in (("off", label), (fast_path, f"{label}_fast")):
+            stream = RainStream(models, dataclasses.replace(stream_cfg, fast_path=path))
+            stream.set_reference(random_poses(stream_cfg, 1, args.seed)[0])
+            stream.push(poses[: stream_cfg.window])  # warm-up: the window fills, the first cohort leaves
+            times, frames = [], []
+            for i in range(args.engine_ticks):
+                start = time.perf_counter()
+                frames.append(stream.push(poses[stream_cfg.window + i * m : stream_cfg.window + (i + 1) * m]))
+                times.append((time.perf_counter() - start) * 1000)
+            pushed[path] = torch.cat(frames)
+            engine[f"{key}_ms_per_tick"] = statistics.median(times)
+            engine[f"{key}_fps"] = m / (statistics.median(times) / 1000)
+            engine[f"{key}_dtype"] = models.dtype
+            print(
+                f"  RainStream.push {label} fast_path={path}: {statistics.median(times):.1f} ms per tick, "
+                f"{engine[f'{key}_fps']:.1f} fps"
+            )
+            if path != "off":
+                stats = stream.stats
+                engine[f"{key}_path"] = stats["fast_path"]
+                engine[f"{key}_static_ticks"] = stats["static_ticks"]
+                engine[f"{key}_stats_ms_per_tick"] = stats["ms_per_tick"]  # CUDA events on CUDA
+                engine[f"{key}_vs_eager_relative_error"] = relative_error(pushed[path], pushed["off"])
+                print(f"  fast vs eager stream ({label}): frames rel. error {engine[f'{key}_vs_eager_relative_error']}")
+            elif label == "fp32":
+                engine["static_vs_stream_relative_error"] = _static_matches_stream(stream, models, stream_cfg, poses)
+                print(
+                    f"  static tick vs RainStream tick (fp32): rel. error {engine['static_vs_stream_relative_error']}"
+                )
+            del stream
+            free_memory(device)
     run.results["engine"] = engine
 
 
