@@ -623,7 +623,7 @@ class RainStream:
             host = torch.empty(frames.shape, dtype=torch.float32, pin_memory=True)
             host.copy_(frames, non_blocking=True)
             self._outputs_ready = torch.cuda.Event()
-            self._outputs_ready.record()
+            self._outputs_ready.record(torch.cuda.current_stream(frames.device))
             return host
         frames = frames.to("cpu", torch.float32)
         return frames if owned else frames.clone()
@@ -632,7 +632,7 @@ class RainStream:
     def _clock(self, device: torch.device):
         if device.type == "cuda":
             start = torch.cuda.Event(enable_timing=True)
-            start.record()
+            start.record(torch.cuda.current_stream(device))
             return start
         return time.perf_counter()
 
@@ -641,7 +641,7 @@ class RainStream:
             self._count_tick_seconds(time.perf_counter() - started)
             return
         end = torch.cuda.Event(enable_timing=True)
-        end.record()
+        end.record(torch.cuda.current_stream(device))
         self._pending_timings = [*self._pending_timings, (started, end)]  # a new list: snapshots keep theirs
         if len(self._pending_timings) > 64:  # bounded: a host far ahead of the GPU waits for the oldest tick
             self._pending_timings[0][1].synchronize()
