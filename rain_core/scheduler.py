@@ -24,22 +24,26 @@ class ScheduleError(ValueError):
     """A ladder or step request that the schedule cannot serve."""
 
 
+SCHEDULE_CONFIG = dict(
+    num_train_timesteps=NUM_TRAIN_TIMESTEPS,
+    beta_start=0.00085,
+    beta_end=0.012,
+    beta_schedule="scaled_linear",
+    rescale_betas_zero_snr=True,
+    prediction_type="v_prediction",
+    timestep_spacing="trailing",
+    clip_sample=False,
+)
+"""RAIN's noise schedule (training and inference) as diffusers scheduler arguments."""
+
+
 @functools.lru_cache(maxsize=1)
 def _alphas_cumprod_cpu() -> torch.Tensor:
     # diffusers builds exactly the training schedule (float32 betas, zero-SNR rescale, cumprod);
     # the alphas are taken from it rather than re-derived so the float32 rounding is the same.
     from diffusers import LCMScheduler
 
-    schedule = LCMScheduler(
-        num_train_timesteps=NUM_TRAIN_TIMESTEPS,
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        rescale_betas_zero_snr=True,
-        prediction_type="v_prediction",
-        timestep_spacing="trailing",
-        clip_sample=False,
-    )
+    schedule = LCMScheduler(**SCHEDULE_CONFIG)
     alphas_cumprod = schedule.alphas_cumprod.to(torch.float32).clone()
     if alphas_cumprod[-1].item() != 0.0:
         raise ScheduleError(

@@ -13,7 +13,7 @@ import functools
 import torch
 from einops import rearrange
 
-from ..scheduler import NUM_TRAIN_TIMESTEPS, LCMStepper, alphas_cumprod
+from ..scheduler import NUM_TRAIN_TIMESTEPS, SCHEDULE_CONFIG, LCMStepper, alphas_cumprod
 
 
 @functools.lru_cache(maxsize=1)
@@ -21,16 +21,7 @@ def noise_schedule():
     """diffusers' DDPMScheduler configured exactly like RAIN's training schedule."""
     from diffusers import DDPMScheduler
 
-    schedule = DDPMScheduler(
-        num_train_timesteps=NUM_TRAIN_TIMESTEPS,
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        rescale_betas_zero_snr=True,
-        prediction_type="v_prediction",
-        timestep_spacing="trailing",
-        clip_sample=False,
-    )
+    schedule = DDPMScheduler(**SCHEDULE_CONFIG)
     if not torch.equal(schedule.alphas_cumprod.float(), alphas_cumprod()):
         raise RuntimeError("the training schedule differs from rain_core.scheduler's: both must be RAIN's")
     return schedule
