@@ -243,6 +243,22 @@ def _read_config_file(folder: Path) -> tuple[RainModelConfig, dict]:
         raise RainLoadError(f"{path}: not a valid RAIN model config ({error}).") from error
 
 
+def _meta_networks(folder: Path, config: RainModelConfig | None):
+    """The folder's config (its rain_config.json, else `config`, else SD-1.5 size), the extras stored with it,
+    and the three RAIN networks built on the meta device (no memory) ready to receive checked tensors."""
+    extras = {}
+    if (folder / CONFIG_NAME).exists():
+        config, extras = _read_config_file(folder)
+    config = config or RainModelConfig.sd15()
+    with torch.device("meta"):
+        networks = {
+            "reference_unet": ReferenceUNet(config),
+            "denoising_unet": DenoisingUNet(config),
+            "pose_guider": PoseGuider(config.pose_channels, config.pose_guider_channels),
+        }
+    return config, extras, networks
+
+
 def load_rain(
     folder: str | os.PathLike,
     vae: str | os.PathLike | None = None,
@@ -263,17 +279,8 @@ def load_rain(
     if not folder.is_dir():
         raise RainLoadError(f"{folder}: checkpoint folder not found. {DOWNLOAD_HINT}")
     check_device_dtype(device, dtype)
-    extras = {}
-    if (folder / CONFIG_NAME).exists():
-        config, extras = _read_config_file(folder)
-    config = config or RainModelConfig.sd15()
+    config, extras, networks = _meta_networks(folder, config)
 
-    with torch.device("meta"):
-        networks = {
-            "reference_unet": ReferenceUNet(config),
-            "denoising_unet": DenoisingUNet(config),
-            "pose_guider": PoseGuider(config.pose_channels, config.pose_guider_channels),
-        }
     for part, network in networks.items():
         path = _find_part(folder, part)
         state = read_state_dict(path, part)
@@ -460,16 +467,7 @@ def convert_official(
     src, dst = Path(src_folder), Path(dst_folder)
     if not src.is_dir():
         raise RainLoadError(f"{src}: checkpoint folder not found. {DOWNLOAD_HINT}")
-    extras = {}
-    if (src / CONFIG_NAME).exists():
-        config, extras = _read_config_file(src)
-    config = config or RainModelConfig.sd15()
-    with torch.device("meta"):
-        networks = {
-            "reference_unet": ReferenceUNet(config),
-            "denoising_unet": DenoisingUNet(config),
-            "pose_guider": PoseGuider(config.pose_channels, config.pose_guider_channels),
-        }
+    config, extras, networks = _meta_networks(src, config)
     states = {}
     for part, network in networks.items():
         path = src / PART_FILES[part][1]
