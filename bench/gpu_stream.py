@@ -68,6 +68,7 @@ from rain_core.accel import (  # noqa: E402
 )
 from rain_core.models import RainModelConfig, RainModels  # noqa: E402
 from rain_core.models.config import ClipConfig  # noqa: E402
+from rain_core.models.testing import randomize_parameters  # noqa: E402
 from rain_core.stream import RainStream, StreamConfig  # noqa: E402
 
 GIB = 1024**3
@@ -225,28 +226,6 @@ def peak(device: torch.device) -> int:
     return torch.cuda.max_memory_allocated(device) if device.type == "cuda" else 0
 
 
-@torch.no_grad()
-def randomize_on_device(module: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
-    """Every parameter random, drawn where it lives (same rules as rain_core.models.testing, which draws on
-    the CPU): weights ~ N(0, 1/fan_in), biases ~ N(0, 0.1²), normalisation scales ~ 1 + N(0, 0.1²)."""
-    norm_types = (torch.nn.GroupNorm, torch.nn.LayerNorm, torch.nn.BatchNorm2d)
-    generators: dict[torch.device, torch.Generator] = {}
-    for submodule in module.modules():
-        for name, param in submodule.named_parameters(recurse=False):
-            generator = generators.get(param.device)
-            if generator is None:
-                generator = generators[param.device] = torch.Generator(param.device).manual_seed(seed)
-            noise = torch.randn(param.shape, generator=generator, device=param.device, dtype=torch.float32)
-            if isinstance(submodule, norm_types) and name == "weight":
-                value = 1 + 0.1 * noise
-            elif param.dim() >= 2:
-                value = noise / (param[0].numel() ** 0.5)
-            else:
-                value = 0.1 * noise
-            param.copy_(value.to(param.dtype))
-    return module
-
-
 def relative_error(ours: torch.Tensor, reference: torch.Tensor) -> float:
     ours, reference = ours.double(), reference.double()
     return ((ours - reference).norm() / reference.norm().clamp_min(1e-30)).item()
@@ -378,7 +357,7 @@ def build_master(run: Run, args, device: torch.device):
     torch.manual_seed(args.seed)
     with torch.device(device):
         models = RainModels.build(config)
-    randomize_on_device(models, args.seed).eval()
+    randomize_parameters(models, args.seed).eval()
     synchronize(device)
     counts = {
         name: sum(p.numel() for p in getattr(models, name).parameters())

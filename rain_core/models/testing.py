@@ -14,11 +14,16 @@ from torch import nn
 
 @torch.no_grad()
 def randomize_parameters(module: nn.Module, seed: int = 0) -> nn.Module:
-    generator = torch.Generator().manual_seed(seed)
+    """Fill every parameter; values are drawn on the device each parameter lives on (one generator per device,
+    seeded alike), so a full-size model on a GPU is randomised without a round trip through the CPU."""
+    generators: dict[torch.device, torch.Generator] = {}
     norm_types = (nn.GroupNorm, nn.LayerNorm, nn.BatchNorm2d)
     for submodule in module.modules():
         for name, param in submodule.named_parameters(recurse=False):
-            noise = torch.randn(param.shape, generator=generator, dtype=torch.float32)
+            generator = generators.get(param.device)
+            if generator is None:
+                generator = generators[param.device] = torch.Generator(param.device).manual_seed(seed)
+            noise = torch.randn(param.shape, generator=generator, device=param.device, dtype=torch.float32)
             if isinstance(submodule, norm_types) and name == "weight":
                 value = 1 + 0.1 * noise
             elif param.dim() >= 2:
