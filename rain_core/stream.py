@@ -378,43 +378,21 @@ class RainStream:
         return letterbox(frames, height, width)
 
     # ------------------------------------------------------------------ transactions
+    # Everything a push or flush may change; tensors are never modified in place, so keeping references is a
+    # snapshot (the window and the timing list are containers and are copied).
+    _TRANSACTION_FIELDS = ("_pending", "_last_pose", "_decoder_memory", "_next_cohort", "_frames_in", "_frames_out",
+                           "_ticks", "_finished", "_seconds", "_last_tick_ms", "_mean_tick_ms", "_static_ticks")
+
     def _transaction(self, work, *args) -> torch.Tensor:
         """Run `work`; on any exception put every piece of stream state back as it was."""
-        snapshot = (
-            self._window.copy(),
-            self._pending,
-            self._last_pose,
-            self._decoder_memory,
-            self._next_cohort,
-            self._frames_in,
-            self._frames_out,
-            self._ticks,
-            self._finished,
-            self._seconds,
-            self._last_tick_ms,
-            self._mean_tick_ms,
-            list(self._pending_timings),
-            self._static_ticks,
-        )
+        window, timings = self._window.copy(), list(self._pending_timings)
+        snapshot = {name: getattr(self, name) for name in self._TRANSACTION_FIELDS}
         try:
             return work(*args)
         except BaseException:
-            (
-                self._window,
-                self._pending,
-                self._last_pose,
-                self._decoder_memory,
-                self._next_cohort,
-                self._frames_in,
-                self._frames_out,
-                self._ticks,
-                self._finished,
-                self._seconds,
-                self._last_tick_ms,
-                self._mean_tick_ms,
-                self._pending_timings,
-                self._static_ticks,
-            ) = snapshot
+            self._window, self._pending_timings = window, timings
+            for name, value in snapshot.items():
+                setattr(self, name, value)
             self._static_holds = None  # a failed tick may have left the static tick's buffers half-written
             raise
 
