@@ -68,15 +68,6 @@ class Recorder:
         self.handle.remove()
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """These networks are too small to gain from threads; one thread keeps them fast on a shared machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def models():
     return build_tiny_models(tiny_config(block_out_channels=(32, 32)))

@@ -22,14 +22,6 @@ REFERENCE = torch.rand(SIZE, SIZE, 3, generator=torch.Generator().manual_seed(99
 ROUNDING = dict(rtol=0, atol=5e-6)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def models() -> RainModels:
     """The tiny RAIN with a TAESDV (so the decoder memory is carried through the static tick too)."""

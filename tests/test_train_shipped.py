@@ -18,14 +18,6 @@ SIZE = 64
 PSNR_FLOOR = 14.0  # dB; measured 15.10 on these two clips (copying the reference: 17.01), see NOTES.md
 
 
-@pytest.fixture(autouse=True)
-def single_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _psnr(a: np.ndarray, b: np.ndarray) -> float:
     return float(10 * np.log10(1.0 / np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)))
 
