@@ -73,44 +73,6 @@ def _is_live(video_path: str, loop: bool) -> bool:
     return video_path.strip().lower().startswith(WEBCAM_PREFIX) or (bool(video_path.strip()) and loop)
 
 
-def _read_pose_video(path: str, start: int, count: int, loop: bool):
-    """Frames [start, start + count) of a video file as (N, H, W, 3) uint8 RGB; wraps around when looping.
-
-    Returns (frames, next_start, total_frames). Only the asked frames are decoded (never the whole video).
-    """
-    import cv2
-    import numpy as np
-
-    capture = cv2.VideoCapture(path)
-    try:
-        if not capture.isOpened():
-            raise FileNotFoundError(f"video_path: cannot open {path!r} as a video; expected a video file "
-                                    "(mp4, webm, …) such as a rendered DWPose skeleton video.")
-        total = int(capture.get(cv2.CAP_PROP_FRAME_COUNT))
-        if total <= 0:
-            raise ValueError(f"video_path: {path!r} has no frames.")
-        if start >= total and not loop:
-            raise ValueError(f"start_frame: {start} is past the end of {os.path.basename(path)} ({total} frames); "
-                             "lower it, or turn loop on.")
-        start %= total
-        count = total - start if count <= 0 else count
-        frames, position = [], start
-        capture.set(cv2.CAP_PROP_POS_FRAMES, position)
-        while len(frames) < count:
-            ok, bgr = capture.read()
-            if not ok or position >= total:
-                if not loop:
-                    break
-                position = 0
-                capture.set(cv2.CAP_PROP_POS_FRAMES, 0)
-                continue
-            frames.append(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
-            position += 1
-        return np.stack(frames), position % total, total
-    finally:
-        capture.release()
-
-
 class PoseStream:
     CATEGORY = "RAIN"
     DESCRIPTION = ("Prepares the pose frames RAIN Sampler follows. Sources: rendered pose images (IMAGE), "
@@ -183,6 +145,7 @@ class PoseStream:
                 pose_images=None, pose_keypoint=None, video_frames=None, reference_pose=None, unique_id=None,
                 **face_sliders):
         from ..rain_core import pose as rain_pose
+        from ..rain_core.video import read_video_frames
 
         live = _is_live(video_path, loop)
         state = _live_state.setdefault(str(unique_id), {}) if live else {}
@@ -199,7 +162,7 @@ class PoseStream:
             if state.get("path") != path:
                 state.update(path=path, position=start_frame)
             first = state["position"] if live else start_frame
-            decoded, next_position, _ = _read_pose_video(path, first, frames_per_run, loop)
+            decoded, next_position, _ = read_video_frames(path, first, frames_per_run, loop, name="video_path")
             if live:
                 state["position"] = next_position
             images = uint8_to_image(decoded)

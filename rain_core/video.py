@@ -153,6 +153,44 @@ def _bgr_to_rgb(image: np.ndarray) -> np.ndarray:
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 
+def read_video_frames(path: str | Path, start: int, count: int, loop: bool = False,
+                      name: str = "video") -> tuple[np.ndarray, int, int]:
+    """Frames [start, start + count) of a video file as (N, H, W, 3) uint8 RGB, wrapping around when `loop`;
+    count <= 0 reads to the end. Returns (frames, next_start, total_frames). Only those frames are decoded
+    (a seek, then sequential reads), so a live node can step through a long video one run at a time.
+    `name` is the input the path came from, for the error messages."""
+    capture = cv2.VideoCapture(str(path))
+    try:
+        if not capture.isOpened():
+            raise VideoSourceError(f"{name}: cannot open {str(path)!r} as a video; expected a video file "
+                                   "(mp4, webm, …) such as a rendered DWPose skeleton video.")
+        total = int(capture.get(cv2.CAP_PROP_FRAME_COUNT))
+        if total <= 0:
+            raise VideoSourceError(f"{name}: {str(path)!r} has no frames.")
+        if start >= total and not loop:
+            raise VideoSourceError(f"start_frame: {start} is past the end of {os.path.basename(str(path))} "
+                                   f"({total} frames); lower it, or turn loop on.")
+        start %= total
+        count = total - start if count <= 0 else count
+        frames, position = [], start
+        capture.set(cv2.CAP_PROP_POS_FRAMES, position)
+        while len(frames) < count:
+            ok, bgr = capture.read()
+            if not ok or position >= total:
+                if not loop or not frames and position == 0:
+                    break  # not looping, or a file whose frame count lies: never spin
+                position = 0
+                capture.set(cv2.CAP_PROP_POS_FRAMES, 0)
+                continue
+            frames.append(_bgr_to_rgb(bgr))
+            position += 1
+        if not frames:
+            raise VideoSourceError(f"{name}: no frame could be decoded from {str(path)!r} at frame {start}.")
+        return np.stack(frames), position % total, total
+    finally:
+        capture.release()
+
+
 class VideoFileSource(FrameSource):
     """A video file decoded by opencv, one frame per step. Each iteration re-opens the file.
 

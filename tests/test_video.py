@@ -12,6 +12,7 @@ from rain_core.video import (
     VideoSourceError,
     letterbox,
     open_pose_source,
+    read_video_frames,
 )
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -32,6 +33,27 @@ def test_shared_pose_video_is_decoded_lazily_with_200_frames():
     assert first.dtype == np.float32 and first.shape == (704, 512, 3)
     assert 0.0 <= first.min() and first.max() <= 1.0 and first.max() > 0.5  # a skeleton on black
     assert 1 + sum(1 for _ in frames) == 200
+
+
+@pytest.mark.skipif(not POSE_VIDEO.exists(), reason=f"shared pose video not found at {POSE_VIDEO}")
+@pytest.mark.skipif(not POSE_VIDEO.exists(), reason=f"shared pose video not found at {POSE_VIDEO}")
+def test_read_video_frames_seeks_and_wraps_around_when_looping():
+    whole = np.stack(list(open_pose_source(POSE_VIDEO, as_uint8=True)))
+    middle, next_start, total = read_video_frames(POSE_VIDEO, 100, 5)
+    assert total == 200 and next_start == 105 and np.array_equal(middle, whole[100:105])
+    wrapped, next_start, _ = read_video_frames(POSE_VIDEO, 198, 4, loop=True)
+    assert next_start == 2 and np.array_equal(wrapped, np.concatenate([whole[198:], whole[:2]]))
+    tail, next_start, _ = read_video_frames(POSE_VIDEO, 198, 4, loop=False)
+    assert len(tail) == 2 and next_start == 0
+    with pytest.raises(VideoSourceError, match="start_frame: 250 is past the end"):
+        read_video_frames(POSE_VIDEO, 250, 4)
+
+
+def test_read_video_frames_names_the_input_of_an_unreadable_file(tmp_path):
+    bad = tmp_path / "poses.mp4"
+    bad.write_bytes(b"not a video")
+    with pytest.raises(VideoSourceError, match="video_path: cannot open"):
+        read_video_frames(bad, 0, 4, name="video_path")
 
 
 @pytest.mark.skipif(not POSE_VIDEO.exists(), reason=f"shared pose video not found at {POSE_VIDEO}")
