@@ -140,3 +140,14 @@ def test_cli_flags_map_onto_the_training_config():
     args = build_parser().parse_args(["--stage", "2", "--output", "out", "--no-motion", "--levels", "4", "--lr", "1e-4"])
     config = TrainConfig(**vars(args))
     assert (config.stage, config.motion, config.levels, config.lr, config.frames) == (2, False, 4, 1e-4, 16)
+
+
+def test_learning_rate_warms_up_holds_then_anneals_to_a_tenth(micro_config, tmp_path):
+    long = Trainer(_config(micro_config, tmp_path / "a", steps=100, warmup_steps=10, decay_steps=20))
+    short = Trainer(_config(micro_config, tmp_path / "b", steps=60, warmup_steps=10, decay_steps=0))
+    rates = [long.learning_rate(step) for step in range(100)]
+    assert rates[0] == pytest.approx(1e-4) and rates[9] == pytest.approx(1e-3)
+    # before the anneal the schedule ignores --steps: a run stopped early and resumed is the same run
+    assert rates[:80] == [short.learning_rate(step) for step in range(80)]
+    assert all(a > b for a, b in zip(rates[79:], rates[80:]))
+    assert rates[-1] == pytest.approx(1e-4)

@@ -126,11 +126,13 @@ class RainModelConfig:
         clip_image_size: int = 32,
         taesdv_channels: int | None = None,
         layers_per_block: int = 1,
+        cross_attention_blocks: tuple[bool, ...] | None = None,
     ) -> RainModelConfig:
         """A small RAIN for tests and the tiny trainable default (space_to_depth ×2: 64 px -> 12×32×32 latent).
 
         The pose guider gets one stride-2 conv per halving of the codec, so pose features always land on the
         latent grid. With codec="vae" a small AutoencoderKL (×8, 4 channels) is built from scratch.
+        `cross_attention_blocks` (one flag per level) defaults to transformers on every level but the deepest, as in SD.
         """
         steps = _log2(codec_factor)
         pose_channels = tuple([8, 16, 16, 32][: steps + 1]) if steps <= 3 else (8,) + (16,) * steps
@@ -152,7 +154,9 @@ class RainModelConfig:
         return cls(
             latent_channels=latent_channels,
             block_out_channels=tuple(block_out_channels),
-            cross_attention_blocks=(True,) * (len(block_out_channels) - 1) + (False,),
+            cross_attention_blocks=tuple(cross_attention_blocks)
+            if cross_attention_blocks is not None
+            else (True,) * (len(block_out_channels) - 1) + (False,),
             layers_per_block=layers_per_block,
             attention_heads=attention_heads,
             cross_attention_dim=cross_attention_dim,

@@ -23,6 +23,8 @@ _HELP = {
     "ema_decay": "stage 3: EMA rate of the consistency target network",
     "guidance_min": "stage 3: smallest teacher CFG scale w drawn",
     "guidance_max": "stage 3: largest teacher CFG scale w drawn",
+    "decay_steps": "anneal the learning rate linearly to lr/10 over the last N steps (a run stopped early and "
+    "resumed with the final --steps and --decay-steps is the same run)",
     "snr_gamma": "min-SNR-γ loss weighting (0: plain v-MSE; zero-SNR makes the weight vanish at t = 999)",
     "mixed_precision": "no, fp16 or bf16 (accelerate's autocast)",
     "gradient_checkpointing": "recompute UNet blocks in the backward pass (less memory, more time)",

@@ -33,11 +33,12 @@ from . import objectives
 from .curves import LossLog
 from .data import StepIndices, build_dataset, collate
 
-TINY_PRESET = {"block_out_channels": (48, 64, 64), "codec_factor": 4}
-"""Sizes of the shipped tiny model: 3 UNet levels on the 48×16×16 space_to_depth latent of a 64 px image
-(factor 4: six times cheaper per step than factor 2 on CPU, which decided it on two shared cores). The first
-level needs at least as many channels as the latent (48), or the UNet cannot carry the noisy sample through
-and its outputs keep per-pixel noise; 4.4 M parameters, 17.6 MB in float32."""
+TINY_PRESET = {"block_out_channels": (48, 64, 64), "codec_factor": 2, "cross_attention_blocks": (False, True, False)}
+"""Sizes of the shipped tiny model: 3 UNet levels on the 12×32×32 space_to_depth latent of a 64 px image, the
+transformers (self-, reference and CLIP attention, motion modules) on the 16×16 level only. Why: a ×4 latent
+(48 channels a position) was cheaper per step but after 900 steps still emitted per-pixel noise (x0 from t = 249:
+17.3 dB), while ×2 reached 21.2 dB in 400 steps; dropping attention from the 32×32 level cut the ×2 step on one
+CPU core from ~3.2 s to ~1.1 s at batch 8 (bench/denoise_levels.py, NOTES.md). 4.0 M parameters, 16 MB."""
 
 
 @dataclass
@@ -58,6 +59,7 @@ class TrainConfig:
     steps: int = 1000
     lr: float = 5e-4
     warmup_steps: int = 50
+    decay_steps: int = 0  # the last `decay_steps` steps anneal the learning rate linearly down to lr / 10
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
     condition_dropout: float = 0.1
@@ -84,15 +86,9 @@ class TrainConfig:
         return 1 if self.stage == 1 else self.levels * self.frames_per_cohort
 
 
-TINY_X2_PRESET = {"block_out_channels": (48, 64, 64), "codec_factor": 2}
-"""The same UNet on a ×2 space_to_depth latent (12 channels: far easier to denoise per position), for 32 px."""
-
-
 def model_config(spec: str, motion: bool = True) -> RainModelConfig:
     if spec == "tiny":
         return RainModelConfig.tiny(motion=motion, **TINY_PRESET)
-    if spec == "tiny-x2":
-        return RainModelConfig.tiny(motion=motion, **TINY_X2_PRESET)
     if spec == "sd15":
         config = RainModelConfig.sd15()
         if not motion:
@@ -100,7 +96,7 @@ def model_config(spec: str, motion: bool = True) -> RainModelConfig:
         return config
     path = Path(spec)
     if not path.is_file():
-        raise ValueError(f"--model {spec}: expected 'tiny', 'tiny-x2', 'sd15' or a rain_config.json file; no such file")
+        raise ValueError(f"--model {spec}: expected 'tiny', 'sd15' or a rain_config.json file; no such file")
     return RainModelConfig.from_dict(json.loads(path.read_text()))
 
 
@@ -306,8 +302,15 @@ class Trainer:
         return self.accelerator.unwrap_model(self.forward).models
 
     def learning_rate(self, step: int) -> float:
-        warmup = max(1, self.config.warmup_steps)
-        return self.config.lr * min(1.0, (step + 1) / warmup)
+        """Linear warm-up, constant, then (with decay_steps) a linear anneal to lr / 10 at the last step. Until the
+        anneal starts the rate does not depend on `steps`, so a run stopped early and resumed with the final
+        `--steps` is the same run."""
+        config = self.config
+        rate = config.lr * min(1.0, (step + 1) / max(1, config.warmup_steps))
+        decay_start = config.steps - config.decay_steps
+        if config.decay_steps > 0 and step >= decay_start:
+            rate *= 1.0 - 0.9 * (step - decay_start + 1) / config.decay_steps
+        return rate
 
     def _batches(self):
         sampler = StepIndices(self.step, self.config.batch_size, self.accelerator.process_index, self.accelerator.num_processes)

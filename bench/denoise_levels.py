@@ -1,0 +1,83 @@
+"""How well a RAIN model denoises each level of the stream, one frame at a time, on held-out characters.
+
+For each held-out frame, the ground-truth latent is noised to t ∈ {999, 749, 499, 249} (the 4-step LCM grid
+the stream walks), the denoising UNet predicts v, and the x0 it implies is decoded and scored (PSNR against
+the ground truth). A model that has learnt the pose → image mapping scores well at t = 999; one that has
+also learnt to denoise scores higher still at t = 249, which is the level whose estimate the stream emits.
+A quick training diagnostic (seconds per checkpoint), not the quality table: that is bench/quality.py.
+
+    .venv/bin/python bench/denoise_levels.py runs/tiny-s1/checkpoint-001000/model [more folders...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from bench.quality import heldout_clip, psnr  # noqa: E402
+from rain_core.train import objectives  # noqa: E402
+from rain_core.train.synthetic import SyntheticWorld  # noqa: E402
+from rain_core.train.trainer import DenoiseForward  # noqa: E402
+
+
+@torch.no_grad()
+def level_psnr(models, clips, timesteps, guidance: float | None, seed: int = 0) -> dict[int, float]:
+    forward = DenoiseForward(models).eval()
+    codec = models.codec
+    generator = torch.Generator().manual_seed(seed)
+    scores = {t: [] for t in timesteps}
+    for reference, truth, poses in clips:
+        frames = torch.from_numpy(truth).permute(0, 3, 1, 2).float()  # (F,3,H,W)
+        latents = codec.encode(frames).float().permute(1, 0, 2, 3)[None]  # (1,C,F,h,w)
+        ref = torch.from_numpy(reference).permute(2, 0, 1).float()[None]
+        ref_latent = codec.encode(ref).float()
+        pose = torch.from_numpy(poses).permute(0, 3, 1, 2).float()[None]
+        keep = torch.ones(1)
+        embedding_w = None if guidance is None else torch.tensor([guidance])
+        for t in timesteps:
+            noise = torch.randn(latents.shape, generator=generator)
+            steps = torch.full((1, latents.shape[2]), t)
+            noisy = objectives.add_noise(latents, noise, steps)
+            v = forward(noisy, steps, ref_latent, ref, pose, keep, guidance=embedding_w)
+            x0 = objectives.x0_from_v(noisy, v, steps)
+            images = codec.decode(x0[0].permute(1, 0, 2, 3)).clamp(0, 1).permute(0, 2, 3, 1).numpy()
+            scores[t].append(psnr(images, truth).mean())
+    return {t: float(np.mean(v)) for t, v in scores.items()}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("models", nargs="+", help="RAIN model folders")
+    parser.add_argument("--clips", type=int, default=6)
+    parser.add_argument("--frames", type=int, default=8)
+    parser.add_argument("--size", type=int, default=64)
+    parser.add_argument("--guidance", type=float, default=None, help="w fed to the w-embedding (LCM models)")
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    from rain_core.loading import load_rain
+
+    world = SyntheticWorld(0)
+    clips = [heldout_clip(world, i, args.frames, args.size) for i in range(args.clips)]
+    copy = np.mean([psnr(np.repeat(r[None], len(t), 0), t).mean() for r, t, _ in clips])
+    timesteps = [999, 749, 499, 249]
+    print(f"held-out {args.clips} clips × {args.frames} frames at {args.size}px; copying the reference: {copy:.2f} dB")
+    print("| model | " + " | ".join(f"x0 PSNR t={t}" for t in timesteps) + " |")
+    print("|---|" + "---|" * len(timesteps))
+    for folder in args.models:
+        models = load_rain(folder).eval()
+        scores = level_psnr(models, clips, timesteps, args.guidance)
+        print(f"| {folder} | " + " | ".join(f"{scores[t]:.2f}" for t in timesteps) + " |", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
