@@ -10,7 +10,7 @@ than the motion explains) and drift (PSNR of the last 100 frames of a long strea
 - copying the reference image as the output (the floor any model must beat).
 
     .venv/bin/python bench/quality.py                       # the shipped tiny model, short run
-    .venv/bin/python bench/quality.py --baseline /work/train-runs/tiny-m1-s3/final --drift-frames 10000
+    .venv/bin/python bench/quality.py --baseline runs/tiny-m1-s3/final --drift-frames 10000 --jobs 2
 
 Numbers, never pass/fail: CI only checks that it runs.
 """
@@ -174,6 +174,24 @@ def evaluate(models, clips, levels, frames_per_cohort, guidance, mode="stream", 
     return {k: float(np.nanmean(v)) for k, v in scores.items()}
 
 
+def score_row(job: dict) -> dict:
+    """One row of the table (runs in a worker process with --jobs > 1): scores on the held-out clips, then the
+    drift stream if asked. The model is loaded here from its folder, so rows can run side by side."""
+    from rain_core.loading import load_rain
+
+    torch.set_num_threads(job["threads"])
+    world = SyntheticWorld(0)
+    clips = [heldout_clip(world, i, job["frames"], job["size"]) for i in range(job["clips"])]
+    models = load_rain(job["model"]).eval()
+    p, m, guidance = job["levels"], job["frames_per_cohort"], job["guidance"]
+    started = time.time()
+    row = {"name": job["name"], "scores": evaluate(models, clips, p, m, guidance, job["mode"]), "drift": None}
+    if job["drift_frames"] and job["mode"] == "stream":
+        row["drift"] = drift(models, world, p, m, guidance, job["drift_frames"], job["size"])
+    row["seconds"] = time.time() - started
+    return row
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default=str(SHIPPED), help="RAIN model folder (default: the shipped tiny model)")
@@ -185,35 +203,42 @@ def main(argv=None) -> int:
     parser.add_argument("--frames-per-cohort", type=int, default=4)
     parser.add_argument("--guidance", type=float, default=3.5)
     parser.add_argument("--drift-frames", type=int, default=0, help="length of the drift stream (10000 for the full check)")
-    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads per row")
+    parser.add_argument("--jobs", type=int, default=1, help="rows computed side by side in worker processes")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    from rain_core.loading import load_rain
 
-    world = SyntheticWorld(0)
-    clips = [heldout_clip(world, i, args.frames, args.size) for i in range(args.clips)]
-    rows = []
-    models = load_rain(args.model).eval()
-    started = time.time()
     p, m = args.levels, args.frames_per_cohort
-    rows.append((f"RAIN stream (p={p}, m={m})", evaluate(models, clips, p, m, args.guidance), models, p, m))
+    common = {"clips": args.clips, "frames": args.frames, "size": args.size, "levels": p, "guidance": args.guidance,
+              "drift_frames": args.drift_frames, "threads": args.threads}
+    jobs = [{**common, "name": f"RAIN stream (p={p}, m={m})", "model": args.model, "frames_per_cohort": m, "mode": "stream"}]
     if args.baseline:
-        baseline = load_rain(args.baseline).eval()
-        rows.append((f"baseline stream (p={p}, m=1, no motion)", evaluate(baseline, clips, p, 1, args.guidance), baseline, p, 1))
-    rows.append((f"offline, same model ({p} steps, window {p * m})", evaluate(models, clips, p, m, args.guidance, "offline"), None, p, m))
-    rows.append(("copy the reference", evaluate(models, clips, p, m, args.guidance, "copy"), None, p, m))
-    print(f"held-out: {args.clips} clips × {args.frames} frames at {args.size}px, guidance {args.guidance}, model {args.model}")
-    header = "| method | PSNR dB | SSIM | flicker | drift dB (first 100 → last 100) |"
-    print(header)
+        jobs.append({**common, "name": f"baseline stream (p={p}, m=1, no motion)", "model": args.baseline,
+                     "frames_per_cohort": 1, "mode": "stream"})
+    jobs.append({**common, "name": f"offline, same model ({p} steps, window {p * m})", "model": args.model,
+                 "frames_per_cohort": m, "mode": "offline"})
+    jobs.append({**common, "name": "copy the reference", "model": args.model, "frames_per_cohort": m, "mode": "copy"})
+    started = time.time()
+    if args.jobs > 1:
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(args.jobs) as pool:
+            rows = list(pool.map(score_row, jobs))
+    else:
+        rows = [score_row(job) for job in jobs]
+    print(f"held-out: {args.clips} clips × {args.frames} frames at {args.size}px, guidance {args.guidance}, model {args.model}"
+          + (f", baseline {args.baseline}" if args.baseline else ""))
+    print("| method | PSNR dB | SSIM | flicker | drift dB (first 100 → last 100) |")
     print("|---|---|---|---|---|")
-    for name, score, model, levels, cohort in rows:
-        drift_text = "–"
-        if args.drift_frames and model is not None:
-            first, last = drift(model, world, levels, cohort, args.guidance, args.drift_frames, args.size)
+    for row in rows:
+        score, drift_text = row["scores"], "–"
+        if row["drift"] is not None:
+            first, last = row["drift"]
             drift_text = f"{last - first:+.2f} ({first:.2f} → {last:.2f})"
-        print(f"| {name} | {score['psnr']:.2f} | {score['ssim']:.3f} | {score['flicker']:+.2f} | {drift_text} |")
-    print(f"({time.time() - started:.0f} s)")
-    if not all(math.isfinite(s["psnr"]) for _, s, *_ in rows):
+        print(f"| {row['name']} | {score['psnr']:.2f} | {score['ssim']:.3f} | {score['flicker']:+.2f} | {drift_text} |")
+    print(f"({time.time() - started:.0f} s; drift streams of {args.drift_frames} frames)" if args.drift_frames
+          else f"({time.time() - started:.0f} s)")
+    if not all(math.isfinite(row["scores"]["psnr"]) for row in rows):
         return 1
     return 0
 
