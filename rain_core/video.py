@@ -177,8 +177,8 @@ def read_video_frames(path: str | Path, start: int, count: int, loop: bool = Fal
         while len(frames) < count:
             ok, bgr = capture.read()
             if not ok or position >= total:
-                if not loop or not frames and position == 0:
-                    break  # not looping, or a file whose frame count lies: never spin
+                if not loop or position == 0:
+                    break  # not looping, or nothing readable even from the first frame: never spin
                 position = 0
                 capture.set(cv2.CAP_PROP_POS_FRAMES, 0)
                 continue
