@@ -22,9 +22,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench.quality import heldout_clip, psnr  # noqa: E402
+from bench.quality import heldout_clips, psnr  # noqa: E402
 from rain_core.train import objectives  # noqa: E402
-from rain_core.train.synthetic import SyntheticWorld  # noqa: E402
 from rain_core.train.trainer import DenoiseForward  # noqa: E402
 
 
@@ -34,6 +33,7 @@ def level_psnr(models, clips, timesteps, guidance: float | None, seed: int = 0) 
     codec = models.codec
     generator = torch.Generator().manual_seed(seed)
     scores = {t: [] for t in timesteps}
+    w = None if guidance is None else torch.tensor([guidance])
     for reference, truth, poses in clips:
         frames = torch.from_numpy(truth).permute(0, 3, 1, 2).float()  # (F,3,H,W)
         latents = codec.encode(frames).float().permute(1, 0, 2, 3)[None]  # (1,C,F,h,w)
@@ -41,12 +41,11 @@ def level_psnr(models, clips, timesteps, guidance: float | None, seed: int = 0) 
         ref_latent = codec.encode(ref).float()
         pose = torch.from_numpy(poses).permute(0, 3, 1, 2).float()[None]
         keep = torch.ones(1)
-        embedding_w = None if guidance is None else torch.tensor([guidance])
         for t in timesteps:
             noise = torch.randn(latents.shape, generator=generator)
             steps = torch.full((1, latents.shape[2]), t)
             noisy = objectives.add_noise(latents, noise, steps)
-            v = forward(noisy, steps, ref_latent, ref, pose, keep, guidance=embedding_w)
+            v = forward(noisy, steps, ref_latent, ref, pose, keep, guidance=w)
             x0 = objectives.x0_from_v(noisy, v, steps)
             images = codec.decode(x0[0].permute(1, 0, 2, 3)).clamp(0, 1).permute(0, 2, 3, 1).numpy()
             scores[t].append(psnr(images, truth).mean())
@@ -65,8 +64,7 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     from rain_core.loading import load_rain
 
-    world = SyntheticWorld(0)
-    clips = [heldout_clip(world, i, args.frames, args.size) for i in range(args.clips)]
+    clips = heldout_clips(args.clips, args.frames, args.size)
     copy = np.mean([psnr(np.repeat(r[None], len(t), 0), t).mean() for r, t, _ in clips])
     timesteps = [999, 749, 499, 249]
     print(f"held-out {args.clips} clips × {args.frames} frames at {args.size}px; copying the reference: {copy:.2f} dB")
