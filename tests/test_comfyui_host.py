@@ -31,7 +31,7 @@ from PIL import Image
 from rain_core.comfy_client import ui_to_api
 
 ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT.parent / "shared" / "data"
+DATA = ROOT / "examples"  # real inputs shipped with the pack (examples/README.md)
 PACK_FOLDER = "ComfyUI-RAIN-renamed"
 OUR_NODES = {"LoadRainModel", "RainPoseStream", "RainSampler", "RainFrameQueue"}
 TEST_MODEL = "tiny-host-test"

@@ -1,6 +1,7 @@
 """Training stages on a micro RAIN (real networks, real files, a few steps each)."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -123,7 +124,7 @@ def test_gradient_checkpointing_gives_the_same_gradients(micro_config, tmp_path)
 
 
 def test_video_meta_file_serves_clips_from_real_videos(tmp_path):
-    video = "/work/shared/data/anyone-video-1_kps.mp4"
+    video = str(Path(__file__).resolve().parents[1] / "examples" / "anyone-video-1_kps.mp4")
     meta = tmp_path / "meta.json"
     meta.write_text(json.dumps([{"video": video, "pose": video}]))
     clips = VideoClips(meta, height=32, width=32, frames=4, stride=2)
