@@ -1,4 +1,4 @@
-"""The `rain` command end to end on tiny real networks, real files and the real pose videos in shared/data."""
+"""The `rain` command end to end on tiny real networks, real files and the real pose videos in examples/."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from rain_core.cli import main
 from rain_core.loading import load_rain, save_rain
 from rain_core.pose import Person, PoseFrame, save_openpose_json, to_pose_keypoint
 
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
 
 def run(argv, capsys):
@@ -65,8 +65,8 @@ def test_demo_writes_a_video_and_reports_speed_latency_and_psnr(tmp_path, tiny_f
 def test_animate_authors_layout_with_a_real_pose_video(tmp_path, tiny_models, capsys):
     folder = write_official_checkpoint(tiny_models, tmp_path / "official")
     out = tmp_path / "anim.mp4"
-    code, stdout, err = run(["animate", "--model", folder, "--reference", SHARED_DATA / "anyone-1.png",
-                             "--poses", SHARED_DATA / "anyone-video-1_kps.mp4", "--max-frames", 6,
+    code, stdout, err = run(["animate", "--model", folder, "--reference", EXAMPLES / "anyone-1.png",
+                             "--poses", EXAMPLES / "anyone-video-1_kps.mp4", "--max-frames", 6,
                              "--height", 32, "--width", 32, "--out", out, "--json"], capsys)
     assert code == 0, err
     assert json.loads(stdout)["frames"] == 6 and video_frames(out) == 6
@@ -74,7 +74,7 @@ def test_animate_authors_layout_with_a_real_pose_video(tmp_path, tiny_models, ca
 
 def test_animate_from_openpose_json_and_keypoint_order_is_kept(tmp_path, tiny_folder, pose_json, capsys):
     out = tmp_path / "frames"  # no video suffix: a PNG sequence folder
-    code, _, err = run(["animate", "--model", tiny_folder, "--reference", SHARED_DATA / "anime-portrait.png",
+    code, _, err = run(["animate", "--model", tiny_folder, "--reference", EXAMPLES / "anime-portrait.png",
                         "--poses", pose_json, "--height", 32, "--width", 32, "--out", out], capsys)
     assert code == 0, err
     assert len(sorted(out.glob("*.png"))) == 6
@@ -85,7 +85,7 @@ def test_pose_keypoint_json_is_accepted_too(tmp_path, tiny_folder, capsys):
     keypoints = to_pose_keypoint([PoseFrame([Person(body=body)], canvas_width=64, canvas_height=64)] * 4)
     path = tmp_path / "kp.json"
     path.write_text(json.dumps(keypoints))
-    code, _, err = run(["animate", "--model", tiny_folder, "--reference", SHARED_DATA / "anyone-2.png",
+    code, _, err = run(["animate", "--model", tiny_folder, "--reference", EXAMPLES / "anyone-2.png",
                         "--poses", path, "--height", 32, "--width", 32, "--out", tmp_path / "o.mp4"], capsys)
     assert code == 0, err
     assert video_frames(tmp_path / "o.mp4") == 4
@@ -111,8 +111,8 @@ def test_bad_arguments_exit_2(capsys):
 def test_bad_input_exits_2_with_a_helpful_message_and_no_partial_file(case, tmp_path, tiny_folder, capsys):
     out = tmp_path / "out.mp4"
     out.write_bytes(b"previous good file")
-    argv = {"model": tiny_folder, "reference": SHARED_DATA / "anyone-1.png",
-            "poses": SHARED_DATA / "anyone-video-2_kps.mp4", "out": out}
+    argv = {"model": tiny_folder, "reference": EXAMPLES / "anyone-1.png",
+            "poses": EXAMPLES / "anyone-video-2_kps.mp4", "out": out}
     extra = []
     expected = ""
     if case == "missing_reference":

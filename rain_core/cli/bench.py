@@ -1,0 +1,56 @@
+"""`rain bench`: stream throughput of a model, the RAIN window against the m = 1 baseline, side by side."""
+
+from __future__ import annotations
+
+import time
+
+from .common import EXIT_OK, add_model_flags, add_stream_flags, emit, load_models
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("bench", help="stream throughput: RAIN window vs the m = 1 baseline, side by side")
+    add_model_flags(p)
+    p.add_argument("--frames", type=int, default=128)
+    p.add_argument("--no-baseline", dest="baseline", action="store_false")
+    p.add_argument("--json", action="store_true")
+    add_stream_flags(p, {"height": 64, "width": 64})
+    p.set_defaults(handler=run)
+
+
+def run(args) -> int:
+    """Stream throughput of a model: the RAIN window against the m = 1 baseline, side by side, same run."""
+    import numpy as np
+
+    from ..stream import RainStream, StreamConfig
+
+    models, folder = load_models(args)
+    height, width = args.height, args.width
+    rng = np.random.default_rng(0)
+    reference = rng.random((height, width, 3), dtype=np.float32)
+    poses = (rng.random((args.frames, height, width, 3), dtype=np.float32) > 0.97).astype(np.float32)
+    rows = []
+    settings = [("RAIN window", args.levels, args.frames_per_cohort, args.steps)]
+    if args.baseline:
+        settings.append(("m = 1 stream batch", args.levels, 1, args.steps))
+    for name, levels, per_cohort, steps in settings:
+        config = StreamConfig(levels=levels, frames_per_cohort=per_cohort, steps=steps, guidance=args.guidance,
+                              height=height, width=width, seed=0, decoder=args.decoder)
+        stream = RainStream(models, config)
+        stream.set_reference(reference)
+        stream.push(poses[: config.window])  # warm-up, not timed
+        start = time.perf_counter()
+        produced = 0
+        for index in range(config.window, args.frames, per_cohort):
+            produced += stream.push(poses[index:index + per_cohort]).shape[0]
+        seconds = time.perf_counter() - start
+        rows.append({"mode": name, "levels": levels, "frames_per_cohort": per_cohort, "steps": steps,
+                     "frames": produced, "fps": produced / seconds if seconds else None,
+                     "ms_per_tick": stream.stats["mean_ms_per_tick"], "latency_frames": stream.stats["latency_frames"]})
+    import torch
+
+    device = str(models.device) + (f" ({torch.cuda.get_device_name(0)})" if models.device.type == "cuda" else "")
+    lines = [f"model {folder} on {device}, {height}×{width}, {args.frames} pose frames",
+             f"{'mode':<20} {'fps':>8} {'ms/tick':>9} {'latency (frames)':>17}"]
+    lines += [f"{r['mode']:<20} {r['fps'] or 0:>8.1f} {r['ms_per_tick'] or 0:>9.1f} {r['latency_frames']:>17}" for r in rows]
+    emit(args, {"device": device, "rows": rows}, lines)
+    return EXIT_OK

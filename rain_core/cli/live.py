@@ -1,0 +1,138 @@
+"""`rain live`: webcam / video file / screen → live animation, in a window or into a file."""
+
+from __future__ import annotations
+
+import time
+
+from .common import (
+    EXIT_OK,
+    UsageError,
+    add_model_flags,
+    add_stream_flags,
+    check_output_path,
+    emit,
+    load_models,
+    read_image,
+    run_stream_to_sink,
+    stream_config,
+)
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("live", help="webcam / video / screen → live animation (window or --out file)")
+    add_model_flags(p, help="checkpoint folder (default: the built-in tiny model)")
+    p.add_argument("--reference", required=True)
+    p.add_argument("--source", default="0", help="webcam index, video file, or 'screen'")
+    p.add_argument("--poses", choices=["skeleton", "detector"], default="skeleton",
+                   help="skeleton: the source already shows rendered poses; detector: run DWPose on it")
+    p.add_argument("--dwpose-dir", default=None, help="folder with the DWPose ONNX files")
+    p.add_argument("--loop", action="store_true", help="loop a video file source")
+    p.add_argument("--out", default=None, help="write to this file instead of a window")
+    p.add_argument("--max-frames", type=int, default=None)
+    p.add_argument("--json", action="store_true")
+    add_stream_flags(p, {})
+    p.set_defaults(handler=run)
+
+
+def _live_source(args, height: int, width: int):
+    """Frames of the live source as float (H, W, 3): a webcam index, a video file (optionally looped) or the screen."""
+    import numpy as np
+
+    from ..video import open_pose_source
+
+    if args.source == "screen":
+        try:
+            import mss  # optional: screen capture
+        except ImportError:
+            raise UsageError("--source screen needs the optional package mss: `pip install mss`") from None
+        from ..video import letterbox
+
+        with mss.mss() as grabber:
+            monitor = grabber.monitors[1]
+            while True:
+                shot = np.asarray(grabber.grab(monitor))[:, :, 2::-1].astype(np.float32) / 255
+                yield letterbox(shot, height, width)[0]
+    source = int(args.source) if str(args.source).isdigit() else args.source
+    while True:
+        reader = open_pose_source(source, size=(height, width))
+        try:
+            yield from reader
+        finally:
+            if hasattr(reader, "close"):
+                reader.close()
+        if not args.loop or isinstance(source, int):
+            return
+
+
+def run(args) -> int:
+    import numpy as np
+
+    from ..stream import RainStream
+    from ..video import VideoSink
+
+    height, width = args.height, args.width
+    out = check_output_path(args.out) if args.out else None
+    window = out is None
+    if window:
+        import cv2
+
+        try:
+            cv2.namedWindow("rain live")
+        except cv2.error:
+            raise UsageError("no window can be opened here (opencv-python-headless has no GUI, or no display); "
+                             "pass --out FILE.mp4 to write the stream to a file instead") from None
+    reference = read_image(args.reference, height, width)
+    detector = None
+    if args.poses == "detector":
+        from ..pose import DWPoseDetector, render_pose
+
+        detector = DWPoseDetector(args.dwpose_dir) if args.dwpose_dir else DWPoseDetector()
+    models, _ = load_models(args)
+    stream = RainStream(models, stream_config(args))
+    stream.set_reference(reference)
+
+    def poses():
+        for frame in _live_source(args, height, width):
+            if detector is None:
+                yield frame
+            else:
+                people = detector((frame * 255).astype(np.uint8))
+                yield render_pose(people, height, width).astype(np.float32) / 255
+
+    sink = VideoSink(out, fps=args.fps or 16.0) if out else None
+    shown = 0
+    start = time.perf_counter()
+
+    class _Overlay:
+        """Sink for the window: draws fps / latency on each frame."""
+
+        def write(self, frames):
+            import cv2
+
+            nonlocal shown
+            for frame in frames:
+                shown += 1
+                image = cv2.cvtColor((frame * 255).astype(np.uint8), cv2.COLOR_RGB2BGR)
+                fps = shown / max(time.perf_counter() - start, 1e-6)
+                text = f"{fps:.1f} fps  latency {stream.stats['latency_frames']} frames"
+                cv2.putText(image, text, (8, 20), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (255, 255, 255), 1)
+                cv2.imshow("rain live", image)
+                if cv2.waitKey(1) & 0xFF == 27:
+                    raise KeyboardInterrupt
+
+    target = sink if sink is not None else _Overlay()
+    try:
+        _, interrupted = run_stream_to_sink(stream, poses(), target, args.frames_per_cohort, args.max_frames)
+    except BaseException:
+        if sink is not None:
+            sink.abort()
+        raise
+    if sink is not None:
+        sink.close()
+    stats = stream.stats
+    summary = {"output": str(sink.output_path) if sink else None, "frames": stats["frames_out"],
+               "interrupted": interrupted, "ms_per_tick": stats["mean_ms_per_tick"],
+               "latency_frames": stats["latency_frames"]}
+    emit(args, summary, [f"live: {summary['frames']} frames" + (f" → {summary['output']}" if sink else "")
+                         + (" (stopped with Ctrl-C, flushed)" if interrupted else "")])
+    return EXIT_OK
