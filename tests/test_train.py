@@ -69,6 +69,18 @@ def test_noise_and_velocity_match_the_schedule_per_frame():
     torch.testing.assert_close(objectives.x0_from_v(noisy, v, timesteps), latents, atol=1e-5, rtol=1e-5)
 
 
+def test_min_snr_weights_clamp_snr_plus_one_so_the_pure_noise_rung_keeps_weight_one():
+    timesteps = torch.tensor([[999, 611, 37]])
+    alpha = objectives.alphas_cumprod()[timesteps].double()
+    assert alpha[0, 0] == 0  # zero terminal SNR: t = 999 is pure noise, SNR = 0
+    snr = alpha / (1 - alpha)
+    expected = torch.clamp(snr + 1, max=5.0) / (snr + 1)  # v-prediction: Min-SNR-γ on SNR + 1
+    weights = objectives.snr_weights(timesteps, gamma=5.0)
+    torch.testing.assert_close(weights.double(), expected, rtol=1e-5, atol=0)
+    assert weights[0, 0] == 1.0 and weights[0, 1] == pytest.approx(1.0) and weights[0, 2] == pytest.approx(0.188, abs=1e-3)
+    assert torch.equal(objectives.snr_weights(timesteps, gamma=0), torch.ones(1, 3))
+
+
 def test_a_training_step_lowers_the_loss_on_a_fixed_batch(micro_config, tmp_path):
     trainer = Trainer(_config(micro_config, tmp_path, condition_dropout=0.0))
     batch = collate([trainer.dataset[i] for i in range(2)])

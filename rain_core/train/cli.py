@@ -25,7 +25,7 @@ _HELP = {
     "guidance_max": "stage 3: largest teacher CFG scale w drawn",
     "decay_steps": "anneal the learning rate linearly to lr/10 over the last N steps (a run stopped early and "
     "resumed with the final --steps and --decay-steps is the same run)",
-    "snr_gamma": "min-SNR-γ loss weighting (0: plain v-MSE; zero-SNR makes the weight vanish at t = 999)",
+    "snr_gamma": "min-SNR-γ loss weighting min(SNR + 1, γ) / (SNR + 1) (v-prediction; 0: plain v-MSE; the reference uses 5)",
     "mixed_precision": "no, fp16 or bf16 (accelerate's autocast)",
     "gradient_checkpointing": "recompute UNet blocks in the backward pass (less memory, more time)",
     "resume": "continue from the latest complete checkpoint in OUTPUT/checkpoints",

@@ -69,12 +69,20 @@ def sample_stepped_timesteps(batch: int, levels: int, frames_per_cohort: int, ge
 
 
 def snr_weights(timesteps: torch.Tensor, gamma: float) -> torch.Tensor:
-    """Min-SNR-γ weights for a v-prediction loss, min(SNR, γ) / (SNR + 1); ones when gamma <= 0."""
+    """Min-SNR-γ weights of a v-prediction loss: min(SNR + 1, γ) / (SNR + 1); ones when gamma <= 0.
+
+    SNR comes from diffusers' `compute_snr` on RAIN's schedule. With v-prediction the loss is the ε-loss scaled
+    by SNR + 1, so Min-SNR clamps SNR + 1 (diffusers' train_text_to_image.py and the reference training code,
+    Moore-AnimateAnyone's train_stage_{1,2}.py, do the same). Clamping SNR alone, min(SNR, γ) / (SNR + 1),
+    gives the noisiest rung zero weight on a zero-terminal-SNR schedule: ᾱ(999) = 0, so the t = 999 level,
+    where every frame enters the stream, would never be trained. Here t = 999 gets weight 1 (for γ >= 1).
+    """
     if gamma <= 0:
         return torch.ones_like(timesteps, dtype=torch.float32)
-    alpha = alphas_cumprod(timesteps.device)[timesteps]
-    snr = alpha / (1 - alpha).clamp(min=1e-8)
-    return torch.minimum(snr, torch.full_like(snr, gamma)) / (snr + 1)
+    from diffusers.training_utils import compute_snr
+
+    snr_plus_one = compute_snr(noise_schedule(), timesteps) + 1
+    return torch.clamp(snr_plus_one, max=gamma) / snr_plus_one
 
 
 def per_frame_mse(prediction: torch.Tensor, target: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
