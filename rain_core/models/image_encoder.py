@@ -6,9 +6,14 @@ from __future__ import annotations
 import numpy as np
 import torch
 from torch import nn
-from transformers import CLIPImageProcessorPil, CLIPVisionConfig, CLIPVisionModelWithProjection
+from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
 from .config import ClipConfig
+
+try:  # transformers 5.x: the PIL processor has its own name; plain CLIPImageProcessor is torchvision-based there
+    from transformers import CLIPImageProcessorPil as _PilClipProcessor
+except ImportError:  # transformers 4.x: CLIPImageProcessor is the PIL/numpy processor the authors' pipeline used
+    from transformers import CLIPImageProcessor as _PilClipProcessor
 
 
 def build_clip(config: ClipConfig) -> CLIPVisionModelWithProjection:
@@ -32,7 +37,7 @@ class ClipImageEncoder(nn.Module):
         size = model.config.image_size
         # the authors' pipeline uses CLIPImageProcessor() defaults (224: resize shortest side bicubic, centre crop,
         # CLIP mean/std) on a PIL image; the PIL processor on uint8 pixels reproduces it exactly
-        self.processor = CLIPImageProcessorPil(size={"shortest_edge": size}, crop_size={"height": size, "width": size})
+        self.processor = _PilClipProcessor(size={"shortest_edge": size}, crop_size={"height": size, "width": size})
 
     def preprocess(self, images: torch.Tensor) -> torch.Tensor:
         """images (N, H, W, 3) float in [0, 1] -> pixel_values (N, 3, S, S)."""
