@@ -42,10 +42,11 @@ class SyntheticClips(torch.utils.data.Dataset):
     """
 
     def __init__(self, height: int = 64, width: int = 64, frames: int = 1, split: str = "train", seed: int = 0,
-                 fps: float = 12.0, length: int = 10**9, heldout_pool: int = 64, world_seed: int = 0):
+                 fps: float = 12.0, length: int = 10**9, heldout_pool: int = 64, world_seed: int = 0,
+                 world: str = "v1"):
         if frames < 1:
             raise ValueError(f"frames: expected at least 1 frame per clip, found {frames}")
-        self.world = SyntheticWorld(world_seed)
+        self.world = SyntheticWorld(world_seed, version=world)
         self.height, self.width, self.frames = int(height), int(width), int(frames)
         self.split, self.seed, self.fps, self.length = split, int(seed), float(fps), int(length)
         self.heldout_pool = int(heldout_pool)
@@ -54,7 +55,7 @@ class SyntheticClips(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return self.length
 
-    def ids(self, index: int) -> tuple[int, int, float, bool]:
+    def ids(self, index: int) -> tuple[int, int, float, bool]:  # the same for both worlds
         """(character id, motion id, start time in s, neutral reference?) of sample `index`."""
         rng = np.random.default_rng([self.seed, index])
         pool = self.heldout_pool if self.split == "heldout" else HELDOUT_BASE
@@ -199,10 +200,16 @@ class VideoClips(torch.utils.data.Dataset):
         return {"reference": _to_tensor(images[:1])[0], "frames": _to_tensor(images[1:]), "poses": _to_tensor(pose_images)}
 
 
+SYNTHETIC_DATA = {"synthetic": "v1", "synthetic-v1": "v1", "synthetic-v2": "v2"}
+"""`--data` names of the procedural worlds (synthetic.py): v1 as the first models saw it, v2 with prints,
+accessories, self-occlusion, tempos and spins."""
+
+
 def build_dataset(data: str, height: int, width: int, frames: int, seed: int, stride: int = 1):
-    """`data` is "synthetic" (procedural characters) or the path of a meta file of videos."""
-    if data == "synthetic":
-        return SyntheticClips(height, width, frames, split="train", seed=seed)
+    """`data` is "synthetic" / "synthetic-v1" / "synthetic-v2" (procedural characters) or the path of a meta
+    file of videos."""
+    if data in SYNTHETIC_DATA:
+        return SyntheticClips(height, width, frames, split="train", seed=seed, world=SYNTHETIC_DATA[data])
     return VideoClips(data, height, width, frames, stride=stride, seed=seed)
 
 

@@ -10,17 +10,31 @@ render (through `rain_core.pose.render_pose`, the renderer inference uses) is th
 Everything is deterministic by seed. Splits are disjoint id ranges: training characters and motions
 come from ids below `HELDOUT_BASE`, held-out ones from ids at or above it, so evaluation always
 sees people and movements that training never drew.
+
+Two worlds share this module. `version="v1"` is the world the first tiny models were trained and measured
+on (plain or screen-striped shirts, five slow motions); its draws are unchanged, so old figures can be
+re-measured. `version="v2"` adds what per-frame generation gets wrong and a window across time can get
+right: prints that move with the body (stripes, checks, dots, diagonals, chevrons warped onto a 3-D torso
+box), a chest badge that exists only on the front, accessories (hat, belt, bag strap, wristbands), arms
+crossing in front of the body (self-occlusion), fast and slow tempos, and full spins (the back of the
+character, then the front again).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import cv2
 import numpy as np
 
 MOTION_KINDS = ("walk", "dance", "wave", "turn", "jump")
+MOTION_KINDS_V2 = MOTION_KINDS + ("cross", "spin", "punch")
+"""v2 adds arms crossing over the chest, continuous full turns and fast punches."""
+WORLDS = ("v1", "v2")
+PATTERNS = ("plain", "stripes", "checks", "dots", "diagonal", "chevron")
+TEMPOS = {"slow": 0.45, "normal": 1.0, "fast": 2.2}
+"""v2 tempo: a multiplier of a motion's v1 speed (fast walks move a wrist ~0.1 of the frame per frame at 12 fps)."""
 HELDOUT_BASE = 1_000_000
 """Ids at or above this are held out (characters and motions alike)."""
 
@@ -55,6 +69,15 @@ def _colour(rng: np.random.Generator, saturation=(0.35, 0.9), value=(0.35, 0.95)
     return tuple(int(c) for c in cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)[0, 0])
 
 
+def _contrasting(rng: np.random.Generator, colour: tuple[int, int, int]) -> tuple[int, int, int]:
+    """A colour far enough from `colour` to be seen at 64 px (a print the same colour as its shirt is no test)."""
+    for _ in range(20):
+        candidate = _colour(rng, saturation=(0.3, 1.0), value=(0.25, 1.0))
+        if np.abs(np.subtract(candidate, colour)).sum() > 180:
+            return candidate
+    return tuple(255 - c for c in colour)
+
+
 @dataclass(frozen=True)
 class Character:
     """Everything needed to draw one person; lengths are fractions of the frame height."""
@@ -77,6 +100,17 @@ class Character:
     hair: tuple[int, int, int]
     long_hair: bool
     eyes: tuple[int, int, int]
+    # v2 only (v1 characters keep these defaults and draw exactly as before)
+    world: str = "v1"
+    pattern: str = "plain"  # one of PATTERNS: a print on the torso box, in body coordinates
+    pattern_colour: tuple[int, int, int] | None = None
+    pattern_periods: float = 2.5  # pattern repeats across the shoulders
+    badge: tuple[int, int, int] | None = None  # a disc on the chest: visible only from the front
+    hat: tuple[int, int, int] | None = None
+    belt: tuple[int, int, int] | None = None
+    strap: tuple[int, int, int] | None = None  # a bag strap from one shoulder to the other hip
+    wristbands: tuple[int, int, int] | None = None
+    torso_depth: float = 0.0  # half-thickness of the torso box (fraction of the frame height)
 
 
 @dataclass(frozen=True)
@@ -91,6 +125,7 @@ class Motion:
     yaw: float  # base facing angle, radians (0 = facing the camera)
     side: int  # +1 / -1: which arm waves, which way a turn starts
     sway: float
+    tempo: str = "normal"  # v2: one of TEMPOS (already folded into `speed`)
 
 
 @dataclass(frozen=True)
@@ -111,8 +146,15 @@ class BodyPose:
 class SyntheticWorld:
     """Deterministic source of characters, motions, poses, frames and skeletons."""
 
-    def __init__(self, seed: int = 0):
+    def __init__(self, seed: int = 0, version: str = "v1"):
+        if version not in WORLDS:
+            raise ValueError(f"world version: expected one of {WORLDS}, found {version!r}")
         self.seed = int(seed)
+        self.version = version
+
+    @property
+    def motion_kinds(self) -> tuple[str, ...]:
+        return MOTION_KINDS_V2 if self.version == "v2" else MOTION_KINDS
 
     # ---- ids and splits -------------------------------------------------------------------
     @staticmethod
@@ -133,7 +175,7 @@ class SyntheticWorld:
     def character(self, character_id: int) -> Character:
         rng = _rng(self.seed, 1, character_id)
         stripes = rng.random() < 0.45
-        return Character(
+        base = Character(
             id=character_id,
             height=rng.uniform(0.80, 0.92),
             shoulder_half_width=rng.uniform(0.085, 0.125),
@@ -153,16 +195,39 @@ class SyntheticWorld:
             long_hair=bool(rng.random() < 0.4),
             eyes=(20, 20, 30),
         )
+        return self._dress_v2(base) if self.version == "v2" else base
+
+    def _dress_v2(self, base: Character) -> Character:
+        """The v2 wardrobe on top of the v1 body (its own random stream: the v1 draws stay as they were)."""
+        rng = _rng(self.seed, 3, base.id)
+        pattern = PATTERNS[int(rng.integers(len(PATTERNS)))]
+        maybe = lambda p, **kw: _colour(rng, **kw) if rng.random() < p else None  # noqa: E731
+        return replace(
+            base,
+            world="v2",
+            stripe=None,  # v1's screen-row stripes give way to a print that moves with the body
+            pattern=pattern,
+            pattern_colour=_contrasting(rng, base.shirt),
+            pattern_periods=float(rng.uniform(1.8, 3.2)),
+            badge=_contrasting(rng, base.shirt) if rng.random() < 0.5 else None,
+            hat=maybe(0.35),
+            belt=maybe(0.5, value=(0.1, 0.6)),
+            strap=maybe(0.4, value=(0.15, 0.6)),
+            wristbands=maybe(0.4, saturation=(0.6, 1.0)),
+            torso_depth=float(rng.uniform(0.035, 0.05)),
+        )
 
     # ---- motions --------------------------------------------------------------------------
     def motion(self, motion_id: int, kind: str | None = None) -> Motion:
-        """Motion `motion_id`; its kind cycles through MOTION_KINDS unless `kind` is given."""
+        """Motion `motion_id`; its kind cycles through the world's kinds (`motion_kinds`) unless `kind` is given.
+        In v2 a tempo (slow, normal, fast) multiplies the speed."""
         rng = _rng(self.seed, 2, motion_id)
-        kind = kind or MOTION_KINDS[motion_id % len(MOTION_KINDS)]
-        if kind not in MOTION_KINDS:
-            raise ValueError(f"motion kind: expected one of {MOTION_KINDS}, found {kind!r}")
+        kinds = self.motion_kinds
+        kind = kind or kinds[motion_id % len(kinds)]
+        if kind not in kinds:
+            raise ValueError(f"motion kind: expected one of {kinds} (world {self.version}), found {kind!r}")
         base_yaw = {"walk": rng.uniform(0.5, 1.2) * rng.choice([-1, 1]), "turn": 0.0}.get(kind, rng.uniform(-0.4, 0.4))
-        return Motion(
+        base = Motion(
             id=motion_id,
             kind=kind,
             # slow enough that no joint moves more than a few pixels between frames at 12 fps
@@ -173,6 +238,17 @@ class SyntheticWorld:
             side=int(rng.choice([-1, 1])),
             sway=rng.uniform(-0.03, 0.03),
         )
+        if self.version == "v1":
+            return base
+        tempo_rng = _rng(self.seed, 4, motion_id)
+        tempo = ("slow", "normal", "fast")[int(tempo_rng.integers(3))]
+        speed = base.speed * TEMPOS[tempo]
+        if kind == "spin":  # a full turn every 2.5–7 s: the back of the character, then the front again
+            speed = tempo_rng.uniform(0.15, 0.4) * (0.6 if tempo == "slow" else 1.0)
+        elif kind == "punch" and tempo == "slow":
+            tempo = "normal"
+            speed = base.speed
+        return replace(base, speed=float(speed), tempo=tempo)
 
     def pose(self, character: Character, motion: Motion, time_s: float) -> BodyPose:
         """The pose of `character` doing `motion` at `time_s` seconds."""
@@ -236,6 +312,23 @@ def _pose(ch: Character, mo: Motion, t: float) -> BodyPose:
         for side in (r, left):
             side.update(arm_abd=0.3 + 1.5 * air, elbow=0.3 * crouch, knee=1.0 * crouch + 0.3 * air, leg_swing=-0.5 * crouch)
         lift = 0.08 * a * air
+    elif mo.kind == "cross":  # forearms cross in front of the chest, then open: the arms hide the print
+        x = 0.5 + 0.5 * s
+        for side, extra in ((r, 0.0), (left, 0.08 * mo.side)):
+            side.update(arm_swing=0.05 + 0.6 * x + extra, arm_abd=0.12 - 0.45 * x, elbow=0.15 + 1.05 * x,
+                        cross=(0.7 + 0.4 * a) * x)
+        lean = 0.04 * math.sin(w)
+    elif mo.kind == "spin":  # continuous full turns: the back of the character, then the front again
+        yaw = mo.yaw + mo.side * w
+        r.update(arm_abd=0.25 + 0.1 * s, arm_swing=0.1 * s)
+        left.update(arm_abd=0.25 - 0.1 * s, arm_swing=-0.1 * s)
+    elif mo.kind == "punch":  # fists up in front of the chest, alternate straight punches forward
+        for side, extend in ((r, max(0.0, s)), (left, max(0.0, -s))):
+            side.update(arm_swing=0.5 + 0.9 * a * extend, arm_abd=0.15 - 0.1 * extend, elbow=1.5 * (1 - extend),
+                        cross=0.55 * (1 - extend))
+        r.update(leg_abd=0.1, knee=0.2, leg_swing=-0.1)
+        left.update(leg_abd=0.1, knee=0.2, leg_swing=-0.1)
+        yaw = mo.yaw + 0.15 * a * s
     lateral_shift = mo.sway * math.sin(w) if mo.speed > 0 else 0.0
 
     # 3-D joints in the body frame (x: the person's left, y: down, z: toward the camera when yaw = 0)
@@ -251,7 +344,8 @@ def _pose(ch: Character, mo: Motion, t: float) -> BodyPose:
     ):
         joints[sh] = neck + sign * ch.shoulder_half_width * lateral
         joints[el] = joints[sh] + upper_arm * _direction(side["arm_swing"], side["arm_abd"], sign)
-        joints[wr] = joints[el] + forearm * _direction(side["arm_swing"] + abs(side["elbow"]), side["arm_abd"] + min(0.0, side["elbow"]) * -1.0, sign)
+        forearm_abd = side["arm_abd"] + min(0.0, side["elbow"]) * -1.0 - side.get("cross", 0.0)
+        joints[wr] = joints[el] + forearm * _direction(side["arm_swing"] + abs(side["elbow"]), forearm_abd, sign)
         joints[hp] = pelvis + sign * ch.hip_half_width * np.array([1.0, 0.0, 0.0])
         joints[kn] = joints[hp] + thigh * _direction(side["leg_swing"], side["leg_abd"], sign)
         joints[an] = joints[kn] + shin * _direction(side["leg_swing"] - side["knee"], side["leg_abd"], sign)
@@ -323,6 +417,15 @@ def render_character(character: Character, pose: BodyPose, height: int, width: i
         segment(sh, el, ch.shirt, limb, (d[sh] + d[el]) / 2 + 0.002)
         segment(el, wr, sleeve, limb * 0.9, (d[el] + d[wr]) / 2 + 0.002)
         dot(wr, ch.skin, limb * 0.55, d[wr] + 0.003)
+        if ch.wristbands is not None:
+            band = (kp[el] + 0.72 * (kp[wr] - kp[el]), kp[el] + 0.9 * (kp[wr] - kp[el]))
+            parts.append((d[wr] + 0.0025, lambda band=band: cv2.line(
+                canvas, px(band[0]), px(band[1]), ch.wristbands, thick(limb * 1.0), cv2.LINE_AA)))
+
+    if ch.world == "v2":
+        parts.append((0.0, lambda: _draw_torso_box(canvas, ch, pose, px, scale, thick)))
+    else:
+        parts.append((0.0, lambda: torso()))
 
     def torso():
         quad = np.array([px(kp[R_SHOULDER]), px(kp[L_SHOULDER]), px(kp[L_HIP]), px(kp[R_HIP])], dtype=np.int32)
@@ -347,8 +450,6 @@ def render_character(character: Character, pose: BodyPose, height: int, width: i
         alpha = mask[..., None].astype(np.float32) / 255.0
         canvas[:] = (canvas * (1 - alpha) + shirt * alpha + 0.5).astype(np.uint8)
 
-    parts.append((0.0, torso))
-
     head_centre = (kp[R_EAR] + kp[L_EAR]) / 2
     head_centre[1] = (kp[R_EYE][1] + kp[L_EYE][1]) / 2 + 0.15 * ch.head_radius
 
@@ -358,11 +459,16 @@ def render_character(character: Character, pose: BodyPose, height: int, width: i
             cv2.ellipse(canvas, (c[0], c[1] + r // 2), (int(r * 1.15), int(r * 1.6)), 0, 0, 360, ch.hair, -1, cv2.LINE_AA)
         cv2.line(canvas, px(kp[NECK]), c, ch.skin, thick(limb * 0.9), cv2.LINE_AA)
         cv2.circle(canvas, c, r, ch.hair if facing_away else ch.skin, -1, cv2.LINE_AA)
+        if ch.hat is not None:  # crown and brim, the same from every side
+            cv2.ellipse(canvas, (c[0], c[1] - int(0.5 * r)), (int(r * 0.92), int(r * 0.75)), 0, 180, 360, ch.hat, -1, cv2.LINE_AA)
+            brim_y = c[1] - int(0.45 * r)
+            cv2.line(canvas, (c[0] - int(1.3 * r), brim_y), (c[0] + int(1.3 * r), brim_y), ch.hat, max(1, int(0.22 * r)), cv2.LINE_AA)
         if facing_away:
             return
         # hair cap: the top of the head, shifted toward the back of the head when turned
         shift = int(-math.sin(pose.yaw) * 0.35 * r)
-        cv2.ellipse(canvas, (c[0] + shift, c[1] - r // 5), (int(r * 1.02), int(r * 0.9)), 0, 180, 360, ch.hair, -1, cv2.LINE_AA)
+        if ch.hat is None:
+            cv2.ellipse(canvas, (c[0] + shift, c[1] - r // 5), (int(r * 1.02), int(r * 0.9)), 0, 180, 360, ch.hair, -1, cv2.LINE_AA)
         for eye in (R_EYE, L_EYE):
             if pose.visible[eye]:
                 cv2.circle(canvas, px(kp[eye]), thick(ch.head_radius * 0.16), ch.eyes, -1, cv2.LINE_AA)
@@ -375,6 +481,81 @@ def render_character(character: Character, pose: BodyPose, height: int, width: i
     for _, draw in sorted(parts, key=lambda item: item[0]):
         draw()
     return cv2.resize(canvas, (width, height), interpolation=cv2.INTER_AREA)
+
+
+_TEXTURE_W, _TEXTURE_H, _TEXTURE_MARGIN = 96, 120, 16  # the print in torso coordinates, margin for the rounded edge
+
+
+def _torso_texture(ch: Character, front: bool) -> np.ndarray:
+    """The v2 shirt seen flat: the print, the bag strap and the belt (and on the front the badge and buckle).
+    u runs from the right shoulder to the left one, v from the shoulders down to the hips, inside the margin."""
+    m, tw, th = _TEXTURE_MARGIN, _TEXTURE_W, _TEXTURE_H
+    texture = np.empty((th + 2 * m, tw + 2 * m, 3), dtype=np.uint8)
+    texture[:] = ch.shirt
+    period = tw / ch.pattern_periods
+    half = period / 2
+    v, u = np.mgrid[-m : th + m, -m : tw + m].astype(np.float64) + 0.5
+    if ch.pattern == "stripes":
+        on = (v // half) % 2 == 1
+    elif ch.pattern == "checks":
+        on = ((u // half) + (v // half)) % 2 == 1
+    elif ch.pattern == "dots":
+        on = (np.mod(u, period) - half) ** 2 + (np.mod(v, period) - half) ** 2 < (0.28 * period) ** 2
+    elif ch.pattern == "diagonal":
+        on = ((u + v) // (half * 1.2)) % 2 == 1
+    elif ch.pattern == "chevron":
+        on = ((v + np.abs(np.mod(u, period) - half)) // half) % 2 == 1
+    else:
+        on = np.zeros(u.shape, dtype=bool)
+    texture[on] = ch.pattern_colour
+    if ch.strap is not None:
+        a, b = (m + 0.08 * tw, m), (m + 0.92 * tw, m + th)
+        cv2.line(texture, (int(a[0]), int(a[1])), (int(b[0]), int(b[1])), ch.strap, int(0.1 * tw), cv2.LINE_AA)
+    if ch.belt is not None:
+        cv2.rectangle(texture, (0, m + int(0.88 * th)), (tw + 2 * m, th + 2 * m), ch.belt, -1)
+        if front:
+            cv2.rectangle(texture, (m + int(0.42 * tw), m + int(0.86 * th)), (m + int(0.58 * tw), th + m), (200, 180, 60), -1)
+    if front and ch.badge is not None:
+        cv2.circle(texture, (m + int(0.72 * tw), m + int(0.27 * th)), int(0.13 * tw), ch.badge, -1, cv2.LINE_AA)
+    return texture
+
+
+def _draw_torso_box(canvas: np.ndarray, ch: Character, pose: BodyPose, px, scale: float, thick) -> None:
+    """The v2 torso: a box of half-depth `torso_depth` whose visible face carries the print (moving and
+    foreshortening with the body, mirrored from behind) and whose side shows in a darker shade when turned."""
+    kp = pose.keypoints
+    quad = np.array([kp[R_SHOULDER], kp[L_SHOULDER], kp[L_HIP], kp[R_HIP]])
+    offset = np.array([ch.torso_depth * math.sin(pose.yaw), 0.0])
+    front = math.cos(pose.yaw) >= 0
+    face = quad + (offset if front else -offset)
+    back = quad - (offset if front else -offset)
+    big_h, big_w = canvas.shape[:2]
+    rounding = thick(ch.limb_width * 1.1)
+
+    def mask_of(points) -> np.ndarray:
+        pts = np.array([px(p) for p in points], dtype=np.int32)
+        mask = np.zeros((big_h, big_w), dtype=np.uint8)
+        hull = cv2.convexHull(pts)
+        cv2.fillConvexPoly(mask, hull, 255, cv2.LINE_AA)
+        cv2.polylines(mask, [hull], True, 255, rounding, cv2.LINE_AA)
+        return mask
+
+    def blend(mask: np.ndarray, image) -> None:
+        alpha = mask[..., None].astype(np.float32) / 255.0
+        canvas[:] = (canvas * (1 - alpha) + np.asarray(image, dtype=np.float32) * alpha + 0.5).astype(np.uint8)
+
+    side = tuple(int(c * 0.72) for c in ch.shirt)
+    blend(mask_of(np.concatenate([face, back])), side)
+    face_px = np.array([px(p) for p in face], dtype=np.float32)
+    area = cv2.contourArea(face_px)
+    if area < 4.0:  # edge-on: only the side shows
+        return
+    m, tw, th = _TEXTURE_MARGIN, _TEXTURE_W, _TEXTURE_H
+    corners = np.float32([[m, m], [m + tw, m], [m + tw, m + th], [m, m + th]])  # R shoulder, L shoulder, L hip, R hip
+    warp = cv2.getPerspectiveTransform(corners, face_px)
+    texture = cv2.warpPerspective(_torso_texture(ch, front), warp, (big_w, big_h), flags=cv2.INTER_LINEAR,
+                                  borderMode=cv2.BORDER_REPLICATE)
+    blend(mask_of(face), texture)
 
 
 def _canvas_transform(height: int, width: int) -> tuple[float, float, float]:
