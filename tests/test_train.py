@@ -13,7 +13,7 @@ from rain_core.train import objectives
 from rain_core.train.cli import build_parser
 from rain_core.train.curves import read_loss_csv
 from rain_core.train.data import VideoClips, collate
-from rain_core.train.trainer import DenoiseForward, TrainConfig, Trainer, enable_gradient_checkpointing
+from rain_core.train.trainer import DenoiseForward, StepDraws, TrainConfig, Trainer, enable_gradient_checkpointing
 
 SIZE = 16  # pixels; space_to_depth ×2 -> an 8×8 latent
 
@@ -159,8 +159,78 @@ def test_learning_rate_warms_up_holds_then_anneals_to_a_tenth(micro_config, tmp_
     long = Trainer(_config(micro_config, tmp_path / "a", steps=100, warmup_steps=10, decay_steps=20))
     short = Trainer(_config(micro_config, tmp_path / "b", steps=60, warmup_steps=10, decay_steps=0))
     rates = [long.learning_rate(step) for step in range(100)]
-    assert rates[0] == pytest.approx(1e-4) and rates[9] == pytest.approx(1e-3)
+    # diffusers' constant_with_warmup: step / warmup, then constant
+    assert rates[0] == 0.0 and rates[1] == pytest.approx(1e-4) and rates[10] == pytest.approx(1e-3)
     # before the anneal the schedule ignores --steps: a run stopped early and resumed is the same run
     assert rates[:80] == [short.learning_rate(step) for step in range(80)]
     assert all(a > b for a, b in zip(rates[79:], rates[80:]))
     assert rates[-1] == pytest.approx(1e-4)
+
+
+def test_defaults_are_the_reference_recipe(micro_config, tmp_path):
+    """Moore-AnimateAnyone configs/train/stage{1,2}.yaml: constant lr, AdamW weight decay 1e-2, noise offset 0.05,
+    uncond_ratio 0.1, snr_gamma 5; CLIP and the reference UNet's last up block frozen."""
+    trainer = Trainer(_config(micro_config, tmp_path, warmup_steps=0))
+    assert [trainer.learning_rate(step) for step in (0, 1, 2)] == [1e-3] * 3
+    group = trainer.optimizer.param_groups[0]
+    assert isinstance(trainer.optimizer.optimizer if hasattr(trainer.optimizer, "optimizer") else trainer.optimizer,
+                      torch.optim.AdamW)
+    assert (group["weight_decay"], group["betas"], group["eps"]) == (1e-2, (0.9, 0.999), 1e-8)
+    config = trainer.config
+    assert (config.noise_offset, config.condition_dropout, config.snr_gamma) == (0.05, 0.1, 5.0)
+    models = trainer.models
+    trainable = {id(p) for p in trainer.params}
+    last_up = f"up_blocks.{len(models.reference_unet.up_blocks) - 1}."
+    for name, param in models.reference_unet.named_parameters():
+        assert (id(param) in trainable) == (not name.startswith(last_up)), name
+    assert not any(id(p) in trainable for p in models.image_encoder.parameters())
+    assert all(id(p) in trainable for p in models.pose_guider.parameters())
+    with pytest.raises(ValueError, match="constant_with_warmup"):
+        Trainer(_config(micro_config, tmp_path, lr_scheduler="constant", warmup_steps=5))
+
+
+def test_seeded_draws_share_the_noise_offset_across_a_clips_frames_and_drop_per_batch(micro_config, tmp_path):
+    trainer = Trainer(_config(micro_config, tmp_path, stage=2, levels=2, frames_per_cohort=2, noise_offset=10.0,
+                              condition_dropout=0.5))
+    draws = [trainer.seeded_draws(step, (2, 12, 4, 8, 8)) for step in range(40)]
+    means = draws[0].noise.mean(dim=(3, 4))  # (B, C, F): the offset dominates every frame's mean
+    assert torch.allclose(means, means[:, :, :1].expand_as(means), atol=2.0)
+    assert means.std(dim=(0, 1)).min() > 3.0  # and differs per clip and channel
+    assert {d.drop for d in draws} == {True, False}  # one coin per batch
+    assert all(torch.equal(d.timesteps[:, 2:] - d.timesteps[:, :2], torch.full((2, 2), 500)) for d in draws)
+    again = trainer.seeded_draws(7, (2, 12, 4, 8, 8))
+    assert torch.equal(again.noise, draws[7].noise) and again.drop == draws[7].drop
+
+
+def test_injected_draws_and_latents_give_the_loss_computed_by_hand(micro_config, tmp_path):
+    """The hooks a comparison needs: fixed noise/timesteps/dropout, codec latents and CLIP tokens fed directly."""
+    trainer = Trainer(_config(micro_config, tmp_path, snr_gamma=5.0))
+    models = trainer.models
+    generator = torch.Generator().manual_seed(3)
+    latents = torch.randn(2, 12, 1, 8, 8, generator=generator)
+    batch = {"latents": latents, "ref_latent": torch.randn(2, 12, 8, 8, generator=generator),
+             "clip_tokens": torch.randn(2, 1, 16, generator=generator), "poses": torch.rand(2, 1, 3, SIZE, SIZE)}
+    draws = StepDraws(noise=torch.randn(2, 12, 1, 8, 8, generator=generator), timesteps=torch.tensor([[999], [37]]))
+    loss = trainer.loss(batch, step=0, draws=draws)
+    with torch.no_grad():
+        cache = models.reference_unet(batch["ref_latent"], batch["clip_tokens"])
+        pose = models.pose_guider(batch["poses"].permute(0, 2, 1, 3, 4))
+        alpha = objectives.alphas_cumprod()[draws.timesteps][:, None, :, None, None]
+        noisy = alpha.sqrt() * latents + (1 - alpha).sqrt() * draws.noise
+        v = models.denoising_unet(noisy, draws.timesteps, batch["clip_tokens"], pose, None, cache, use_reference_kv_cache=False)
+        target = alpha.sqrt() * draws.noise - (1 - alpha).sqrt() * latents
+        weights = objectives.snr_weights(draws.timesteps, 5.0)
+        expected = ((v - target) ** 2).mean(dim=(1, 3, 4)).mul(weights).mean()
+    torch.testing.assert_close(loss.detach(), expected, rtol=1e-5, atol=1e-7)
+    # a dropped batch skips the reference UNet (plain self-attention) and gives CLIP a zero image
+    dropped = trainer.loss(batch, step=0, draws=StepDraws(draws.noise, draws.timesteps, drop=True))
+    with torch.no_grad():
+        zero_image = torch.zeros(2, 3, 16, 16)
+        tokens = models.image_encoder.model(pixel_values=zero_image).image_embeds.unsqueeze(1)
+        v = models.denoising_unet(noisy, draws.timesteps, tokens, pose, None, None)
+        expected = ((v - target) ** 2).mean(dim=(1, 3, 4)).mul(weights).mean()
+    torch.testing.assert_close(dropped.detach(), expected, rtol=1e-5, atol=1e-7)
+    # and a draw source given to the trainer replaces its own generator
+    hooked = Trainer(_config(micro_config, tmp_path / "h", snr_gamma=5.0), draws=lambda step, shape: draws)
+    hooked.models.load_state_dict(models.state_dict())
+    torch.testing.assert_close(hooked.loss(batch, step=5), loss.detach(), rtol=0, atol=0)

@@ -8,10 +8,18 @@
   agree, through the consistency boundary condition, with an EMA target at t − k after one DDIM step of
   the frozen stage-2 teacher with classifier-free guidance w ~ U[w_min, w_max].
 
+Stages 1 and 2 follow the public reference training code for these networks, Moore-AnimateAnyone's
+`train_stage_{1,2}.py` with `configs/train/stage{1,2}.yaml` (`bench/compare_training.py` runs both on the same tiny
+networks and batch and checks loss and gradients agree): condition dropout is one coin per batch that skips the
+reference UNet (an empty reference bank) and gives CLIP a zero image; the noise offset is one draw per clip and
+channel, shared by its frames; min-SNR-γ on SNR + 1; AdamW with weight decay 1e-2 at a constant learning rate;
+CLIP and the reference UNet's last up block frozen. With `--levels 1` stage 2 is the reference stage 2 (one t per
+clip). Where the defaults differ (learning rate, batch, precision) the reason is written beside them.
+
 Every random draw of step n comes from a generator seeded by (seed, n, process): a resumed run sees
-exactly the batches, noise and timesteps it would have seen, so it continues to the same losses.
-Condition dropout and the teacher's unconditional branch use a black reference image and zero CLIP
-tokens (the reference path cannot be switched off per sample inside a batch).
+exactly the batches, noise and timesteps it would have seen, so it continues to the same losses. The draws can
+also be injected (`Trainer(config, draws=...)` or `Trainer.loss(batch, step, draws=...)`), and a batch may carry
+codec latents and CLIP inputs directly, so a check can feed another implementation's exact inputs.
 """
 
 from __future__ import annotations
@@ -19,6 +27,7 @@ from __future__ import annotations
 import copy
 import json
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -57,16 +66,21 @@ class TrainConfig:
     frames_per_cohort: int = 4  # m; stage 2/3 clips hold p·m frames
     stride: int = 1  # frame stride of video clips
     steps: int = 1000
+    # 5e-4, not the reference's 1e-5: that rate fine-tunes pretrained SD-1.5 weights; the tiny preset starts from
+    # random weights (NOTES: its stage 1 ran at 6e-4 and annealed)
     lr: float = 5e-4
-    warmup_steps: int = 50
+    lr_scheduler: str = "constant_with_warmup"  # any diffusers get_scheduler name; with 0 warm-up steps: the reference's constant
+    warmup_steps: int = 0
     decay_steps: int = 0  # the last `decay_steps` steps anneal the learning rate linearly down to lr / 10
-    weight_decay: float = 0.0
+    optimizer: str = "adamw"  # "adamw" (torch) or "adamw8bit" (bitsandbytes, the reference's stage 2; GPU; extra train-8bit)
+    weight_decay: float = 1e-2  # the reference's AdamW weight decay
     max_grad_norm: float = 1.0
-    condition_dropout: float = 0.1
-    noise_offset: float = 0.0
-    snr_gamma: float = 0.0
+    condition_dropout: float = 0.1  # the reference's uncond_ratio
+    noise_offset: float = 0.05  # the reference's; one draw per clip and channel, shared by the clip's frames
+    snr_gamma: float = 5.0  # the reference's min-SNR-γ (weights min(SNR + 1, γ) / (SNR + 1)); 0 = plain v-MSE
     train_parts: str = "auto"  # "all" | "motion" | "unet"; auto: stage 1 all but motion, 2 motion, 3 unet
-    freeze_image_encoder: bool = False
+    freeze_image_encoder: bool = True  # the reference never trains CLIP
+    freeze_reference_last_up: bool = True  # the reference freezes reference_unet.up_blocks.3 (see select_trainable)
     guidance_min: float = 2.0
     guidance_max: float = 4.5
     skip_step: int = 25
@@ -125,29 +139,45 @@ def without_motion(models: RainModels) -> RainModels:
 
 
 class DenoiseForward(nn.Module):
-    """What one training forward runs: reference image → CLIP tokens and reference cache, pose renders →
+    """What one training forward runs: CLIP input → CLIP tokens, reference latent → reference cache, pose renders →
     pose features, noisy window → v. Wrapping it in one module lets accelerate/DDP see every trainable part."""
 
     def __init__(self, models: RainModels):
         super().__init__()
         self.models = models
 
-    def forward(self, noisy, timesteps, ref_latent, reference_images, poses, keep, guidance=None):
-        """noisy (B,C,F,h,w); timesteps (B,F); ref_latent (B,C,h,w); reference_images (B,3,H,W) in [0,1];
-        poses (B,F,3,H,W) in [0,1]; keep (B,) 1 = conditioned, 0 = dropped; guidance (B,) w or None."""
+    def clip_tokens(self, clip: torch.Tensor | None, drop: bool, batch: int, like: torch.Tensor) -> torch.Tensor:
+        """(B, 1, D) CLIP tokens from `clip`: CLIP pixel values (B, 3, S, S) go through the image encoder, tokens
+        (B, 1, D) are used as they are. A dropped condition is the image encoder's tokens of a zero image, as in the
+        reference (zeros without an image encoder or without any CLIP input)."""
         models = self.models
-        batch = noisy.shape[0]
-        if models.image_encoder is not None:
-            clip = models.image_encoder.encode(reference_images.permute(0, 2, 3, 1))
+        if clip is not None and clip.dim() == 3 and not drop:
+            return clip.to(like.dtype)
+        if models.image_encoder is None or clip is None:
+            return like.new_zeros(batch, 1, models.config.cross_attention_dim)
+        encoder = models.image_encoder.model
+        if drop:
+            size = encoder.config.image_size
+            pixels = like.new_zeros(batch, 3, size, size)
         else:
-            clip = noisy.new_zeros(batch, 1, models.config.cross_attention_dim)
-        clip = clip.to(noisy.dtype) * keep[:, None, None].to(noisy.dtype)
-        cache = models.reference_unet(ref_latent, clip)
-        pose_features = models.pose_guider(rearrange(poses, "b f c h w -> b c f h w"))
+            pixels = clip
+        tokens = encoder(pixel_values=pixels.to(encoder.device, encoder.dtype)).image_embeds.unsqueeze(1)
+        return tokens.to(like.dtype)
+
+    def forward(self, noisy, timesteps, ref_latent, clip, poses, drop: bool = False, guidance=None):
+        """noisy (B,C,F,h,w); timesteps (B,F); ref_latent (B,C,h,w); clip: CLIP pixel values (B,3,S,S) or tokens
+        (B,1,D) or None; poses (B,F,3,H,W) in [0,1]; drop: the whole batch unconditioned (the reference UNet is
+        skipped: the denoising UNet's reference attention sees an empty bank, i.e. plain self-attention);
+        guidance (B,) w or None."""
+        models = self.models
+        clip_tokens = self.clip_tokens(clip, drop, noisy.shape[0], noisy)
+        cache = None if drop else models.reference_unet(ref_latent.to(noisy.dtype), clip_tokens)
+        pose_features = models.pose_guider(rearrange(poses, "b f c h w -> b c f h w").to(noisy.dtype))
         embedding = None
         if guidance is not None:
             embedding = guidance_embedding(guidance, models.config.cond_proj_dim).to(noisy.device, noisy.dtype)
-        return models.denoising_unet(noisy, timesteps, clip, pose_features, embedding, cache, use_reference_kv_cache=False)
+        return models.denoising_unet(noisy, timesteps, clip_tokens, pose_features, embedding, cache,
+                                     use_reference_kv_cache=False)
 
 
 def enable_gradient_checkpointing(unet: nn.Module) -> None:
@@ -181,7 +211,14 @@ def enable_gradient_checkpointing(unet: nn.Module) -> None:
 
 
 def select_trainable(models: RainModels, config: TrainConfig) -> list[nn.Parameter]:
-    """Freeze everything, then unfreeze the parts this stage trains; returns the trainable parameters."""
+    """Freeze everything, then unfreeze the parts this stage trains; returns the trainable parameters.
+
+    Like the reference (train_stage_1.py), the reference UNet's last up block (`up_blocks.3` at SD size) stays
+    frozen unless `freeze_reference_last_up` is off. Of that block only what runs before the captured attn1
+    inputs matters at all: its tail (the last attn1's output, attn2, the feed-forward, proj_out) feeds nothing and
+    gets no gradient, which would also stall DDP without find_unused_parameters. The frozen resnets and the norms
+    before the captured inputs do get gradients; freezing them is the reference's choice, kept so that the recipe
+    matches it (bench/compare_training.py)."""
     parts = config.train_parts
     if parts == "auto":
         parts = {1: "all", 2: "motion", 3: "unet"}[config.stage]
@@ -204,7 +241,9 @@ def select_trainable(models: RainModels, config: TrainConfig) -> list[nn.Paramet
     elif parts == "unet":
         take(models.denoising_unet)
     else:
-        take(models.reference_unet)
+        last_up = f"up_blocks.{len(models.reference_unet.up_blocks) - 1}."
+        take([p for n, p in models.reference_unet.named_parameters()
+              if not (config.freeze_reference_last_up and n.startswith(last_up))])
         take(models.pose_guider)
         if config.stage == 1:  # a single frame cannot teach the temporal layers anything
             take([p for n, p in models.denoising_unet.named_parameters() if "motion_modules" not in n])
@@ -213,6 +252,66 @@ def select_trainable(models: RainModels, config: TrainConfig) -> list[nn.Paramet
         if models.image_encoder is not None and not config.freeze_image_encoder:
             take(models.image_encoder)
     return chosen
+
+
+def build_optimizer(params: list[nn.Parameter], config: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW as the reference sets it up (betas 0.9/0.999, eps 1e-8, weight decay `config.weight_decay`), from torch
+    or, with `optimizer="adamw8bit"`, bitsandbytes' 8-bit AdamW (the reference's stage 2; CUDA)."""
+    kwargs = dict(lr=config.lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=config.weight_decay)
+    if config.optimizer == "adamw":
+        return torch.optim.AdamW(params, **kwargs)
+    if config.optimizer == "adamw8bit":
+        try:
+            import bitsandbytes
+        except ImportError as error:
+            raise ImportError("--optimizer adamw8bit needs bitsandbytes: pip install 'comfyui-rain[train-8bit]' "
+                              "(or pip install bitsandbytes), or use --optimizer adamw") from error
+        return bitsandbytes.optim.AdamW8bit(params, **kwargs)
+    raise ValueError(f"--optimizer: expected adamw or adamw8bit, found {config.optimizer!r}")
+
+
+def learning_rate_factor(config: TrainConfig) -> Callable[[int], float]:
+    """step -> multiplier of `config.lr`: diffusers' `get_scheduler(config.lr_scheduler)` times the optional final
+    anneal (`decay_steps`: linear down to 1/10 over the last steps). With the default constant_with_warmup schedule
+    the rate does not depend on `steps` until the anneal starts, so a run stopped early and resumed with the final
+    `--steps` is the same run."""
+    from diffusers.optimization import get_scheduler
+
+    if config.lr_scheduler == "constant" and config.warmup_steps:
+        raise ValueError("--lr-scheduler constant ignores --warmup-steps: use constant_with_warmup for a warm-up")
+    probe = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=1.0)
+    try:
+        schedule = get_scheduler(config.lr_scheduler, probe, num_warmup_steps=config.warmup_steps,
+                                 num_training_steps=config.steps).lr_lambdas[0]
+    except ValueError as error:
+        raise ValueError(f"--lr-scheduler {config.lr_scheduler!r}: {error}") from error
+    decay_start = config.steps - config.decay_steps
+
+    def factor(step: int) -> float:
+        rate = schedule(step)
+        if config.decay_steps > 0 and step >= decay_start:
+            rate *= 1.0 - 0.9 * (step - decay_start + 1) / config.decay_steps
+        return rate
+
+    return factor
+
+
+@dataclass
+class StepDraws:
+    """Every random decision of one training step.
+
+    noise: (B, C, F, h, w) ε, noise offset included; timesteps: (B, F) int64, the t of each frame; drop: the whole
+    batch without its conditions (condition dropout; never in stage 3); guidance: stage 3's teacher CFG scale w per
+    clip (B,), else None."""
+
+    noise: torch.Tensor
+    timesteps: torch.Tensor
+    drop: bool = False
+    guidance: torch.Tensor | None = None
+
+
+DrawSource = Callable[[int, tuple[int, ...]], StepDraws]
+"""(step, latent shape (B, C, F, h, w)) -> the StepDraws of that step: the trainer's injectable randomness."""
 
 
 def step_generator(seed: int, step: int, process_index: int) -> torch.Generator:
@@ -256,17 +355,24 @@ def latest_checkpoint(output: str | Path) -> Path | None:
 
 
 class Trainer:
-    def __init__(self, config: TrainConfig):
+    def __init__(self, config: TrainConfig, draws: DrawSource | None = None):
+        """`draws`: where each step's noise, timesteps and dropout decision come from (default: the step's own
+        seeded generator, `seeded_draws`)."""
         from accelerate import Accelerator
+        from accelerate.utils import DistributedDataParallelKwargs
 
         if config.stage not in (1, 2, 3):
             raise ValueError(f"--stage: expected 1, 2 or 3, found {config.stage}")
         if config.stage == 3 and not (config.init or config.teacher):
             raise ValueError("--stage 3 distils a stage-2 model: pass --init (and optionally --teacher) with its folder")
         self.config = config
+        self.lr_factor = learning_rate_factor(config)
+        self._draws = draws
         if config.threads > 0:
             torch.set_num_threads(config.threads)
-        self.accelerator = Accelerator(mixed_precision=config.mixed_precision, cpu=config.cpu)
+        # a dropped condition skips the reference UNet, so under DDP its parameters are unused on those steps
+        ddp = DistributedDataParallelKwargs(find_unused_parameters=True)
+        self.accelerator = Accelerator(mixed_precision=config.mixed_precision, cpu=config.cpu, kwargs_handlers=[ddp])
         self.output = Path(config.output)
         if config.init:
             self.models = load_models(config.init)
@@ -280,15 +386,24 @@ class Trainer:
             enable_gradient_checkpointing(self.models.reference_unet)
             enable_gradient_checkpointing(self.models.denoising_unet)
         self.params = select_trainable(self.models, config)
-        self.optimizer = torch.optim.AdamW(self.params, lr=config.lr, weight_decay=config.weight_decay)
+        self.optimizer = build_optimizer(self.params, config)
         self.forward = DenoiseForward(self.models)
         self.forward, self.optimizer = self.accelerator.prepare(self.forward, self.optimizer)
         self.device = self.accelerator.device
-        self.teacher = self.target = None
+        self.teacher = self.target = self.ema = None
         if config.stage == 3:
+            from diffusers.training_utils import EMAModel
+
             teacher = load_models(config.teacher) if config.teacher else copy.deepcopy(self.models)
             self.teacher = DenoiseForward(teacher.requires_grad_(False).eval()).to(self.device)
             self.target = DenoiseForward(copy.deepcopy(self.models).requires_grad_(False).eval()).to(self.device)
+            # LCM's target network: a constant-rate EMA of the student's denoising UNet from the first update
+            # (min_decay = decay and update_after_step = -1 turn off EMAModel's warm-up ramp). Its shadow tensors
+            # are the target network's own parameters, so no third copy of the UNet is kept.
+            target_params = list(self.target.models.denoising_unet.parameters())
+            self.ema = EMAModel(target_params, decay=config.ema_decay, min_decay=config.ema_decay, update_after_step=-1)
+            for param, shadow in zip(target_params, self.ema.shadow_params):
+                param.data = shadow
         self.step = 0
         if config.resume:
             checkpoint = latest_checkpoint(self.output)
@@ -302,15 +417,7 @@ class Trainer:
         return self.accelerator.unwrap_model(self.forward).models
 
     def learning_rate(self, step: int) -> float:
-        """Linear warm-up, constant, then (with decay_steps) a linear anneal to lr / 10 at the last step. Until the
-        anneal starts the rate does not depend on `steps`, so a run stopped early and resumed with the final
-        `--steps` is the same run."""
-        config = self.config
-        rate = config.lr * min(1.0, (step + 1) / max(1, config.warmup_steps))
-        decay_start = config.steps - config.decay_steps
-        if config.decay_steps > 0 and step >= decay_start:
-            rate *= 1.0 - 0.9 * (step - decay_start + 1) / config.decay_steps
-        return rate
+        return self.config.lr * self.lr_factor(step)
 
     def _batches(self):
         sampler = StepIndices(self.step, self.config.batch_size, self.accelerator.process_index, self.accelerator.num_processes)
@@ -318,70 +425,95 @@ class Trainer:
                                              collate_fn=collate, num_workers=self.config.num_workers)
         yield from loader
 
-    def _encode(self, batch):
-        """Codec latents of the frames (B,C,F,h,w) and of the reference (B,C,h,w); the codec is never trained."""
-        codec = self._models.codec
-        frames = batch["frames"].to(self.device)
-        with torch.no_grad():
-            latents = codec.encode(rearrange(frames, "b f c h w -> (b f) c h w"))
-            latents = rearrange(latents, "(b f) c h w -> b c f h w", b=frames.shape[0]).float()
-        return latents
-
-    def loss(self, batch, step: int) -> torch.Tensor:
-        """The loss of `step` on `batch` (all randomness drawn from the step's own generator)."""
+    def seeded_draws(self, step: int, shape: tuple[int, ...]) -> StepDraws:
+        """The default draws of `step` from its own generator (seed, step, process): one dropout coin for the batch,
+        ε plus the noise offset (one value per clip and channel, shared by the clip's frames, as in the reference),
+        the timesteps (stage 1: t ~ U{0 … T−1}; 2/3: the stepped ladder), and stage 3's w."""
         config = self.config
         generator = step_generator(config.seed, step, self.accelerator.process_index)
-        latents = self._encode(batch)
-        batch_size = latents.shape[0]
-        keep = (torch.rand(batch_size, generator=generator) >= config.condition_dropout).float()
-        if config.stage == 3:
-            keep = torch.ones(batch_size)
-        reference = batch["reference"] * keep[:, None, None, None]  # dropped: a black reference
-        reference = reference.to(self.device)
-        with torch.no_grad():
-            ref_latent = self._models.codec.encode(reference).float()
-        poses = batch["poses"].to(self.device)
-        noise = torch.randn(latents.shape, generator=generator)
+        batch = shape[0]
+        drop = bool(torch.rand((), generator=generator) < config.condition_dropout) and config.stage < 3
+        noise = torch.randn(shape, generator=generator)
         if config.noise_offset:
-            noise = noise + config.noise_offset * torch.randn((*latents.shape[:3], 1, 1), generator=generator)
+            noise = noise + config.noise_offset * torch.randn((*shape[:2], 1, 1, 1), generator=generator)
         if config.stage == 1:
-            timesteps = torch.randint(0, objectives.NUM_TRAIN_TIMESTEPS, (batch_size, 1), generator=generator)
+            timesteps = torch.randint(0, objectives.NUM_TRAIN_TIMESTEPS, (batch, 1), generator=generator)
         else:
             grid = config.skip_step if config.stage == 3 else 1
-            timesteps = objectives.sample_stepped_timesteps(batch_size, config.levels, config.frames_per_cohort, generator, grid)
-        noise, timesteps, keep = noise.to(self.device), timesteps.to(self.device), keep.to(self.device)
+            timesteps = objectives.sample_stepped_timesteps(batch, config.levels, config.frames_per_cohort, generator, grid)
+        guidance = None
+        if config.stage == 3:
+            guidance = config.guidance_min + (config.guidance_max - config.guidance_min) * torch.rand(batch, generator=generator)
+        return StepDraws(noise, timesteps, drop, guidance)
+
+    def encode(self, batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """(latents (B,C,F,h,w), reference latent (B,C,h,w), CLIP input) of a batch; never trained.
+
+        A batch holds `frames` (B,F,3,H,W) and `reference` (B,3,H,W) in [0, 1], or their codec latents directly as
+        `latents` and `ref_latent`; CLIP's input is `clip_pixels` (B,3,S,S, CLIP-normalised) or `clip_tokens`
+        (B,1,D) when given, else the image encoder's preprocessing of `reference`."""
+        codec = self._models.codec
+        with torch.no_grad():
+            if "latents" in batch:
+                latents = batch["latents"].to(self.device).float()
+            else:
+                frames = batch["frames"].to(self.device)
+                latents = codec.encode(rearrange(frames, "b f c h w -> (b f) c h w"))
+                latents = rearrange(latents, "(b f) c h w -> b c f h w", b=frames.shape[0]).float()
+            if "ref_latent" in batch:
+                ref_latent = batch["ref_latent"].to(self.device).float()
+            else:
+                ref_latent = codec.encode(batch["reference"].to(self.device)).float()
+        if "clip_tokens" in batch:
+            clip = batch["clip_tokens"].to(self.device)
+        elif "clip_pixels" in batch:
+            clip = batch["clip_pixels"].to(self.device)
+        elif self._models.image_encoder is not None:
+            clip = self._models.image_encoder.preprocess(batch["reference"].permute(0, 2, 3, 1)).to(self.device)
+        else:
+            clip = None
+        return latents, ref_latent, clip
+
+    def loss(self, batch, step: int, draws: StepDraws | None = None) -> torch.Tensor:
+        """The loss of `step` on `batch`; every random decision comes from `draws` when given, else from the
+        trainer's draw source (by default the step's own seeded generator)."""
+        config = self.config
+        latents, ref_latent, clip = self.encode(batch)
+        if draws is None:
+            draws = (self._draws or self.seeded_draws)(step, tuple(latents.shape))
+        if draws.noise.shape != latents.shape:
+            raise ValueError(f"draws.noise: expected the latent shape {tuple(latents.shape)}, found {tuple(draws.noise.shape)}")
+        noise, timesteps = draws.noise.to(self.device, latents.dtype), draws.timesteps.to(self.device).long()
+        poses = batch["poses"].to(self.device)
         noisy = objectives.add_noise(latents, noise, timesteps)
         if config.stage < 3:
             target = objectives.velocity(latents, noise, timesteps)
             with self.accelerator.autocast():
-                v = self.forward(noisy, timesteps, ref_latent, reference, poses, keep)
+                v = self.forward(noisy, timesteps, ref_latent, clip, poses, draws.drop)
             weights = objectives.snr_weights(timesteps, config.snr_gamma) if config.snr_gamma > 0 else None
             return objectives.per_frame_mse(v, target, weights)
 
-        w = config.guidance_min + (config.guidance_max - config.guidance_min) * torch.rand(batch_size, generator=generator)
-        w = w.to(self.device)
+        if draws.guidance is None:
+            raise ValueError("stage 3 draws need guidance: the teacher's CFG scale w per clip, shape (B,)")
+        w = draws.guidance.to(self.device)
         previous = timesteps - config.skip_step
         with torch.no_grad(), self.accelerator.autocast():
-            conditioned = self.teacher(noisy, timesteps, ref_latent, reference, poses, keep).float()
-            black = torch.zeros_like(reference)
-            unconditioned = self.teacher(noisy, timesteps, self._models.codec.encode(black), black, poses, torch.zeros_like(keep)).float()
+            conditioned = self.teacher(noisy, timesteps, ref_latent, clip, poses).float()
+            # the unconditional branch is what condition dropout trained: no reference, CLIP of a zero image
+            unconditioned = self.teacher(noisy, timesteps, ref_latent, clip, poses, drop=True).float()
             guided = unconditioned + w[:, None, None, None, None] * (conditioned - unconditioned)
             solved = objectives.ddim_step(noisy, guided, timesteps, previous)
             target_t = previous.clamp(min=0)  # ᾱ(−1) = 1 and c_skip(0) = 1: the target is then the solved sample
-            v_target = self.target(solved, target_t, ref_latent, reference, poses, keep, guidance=w).float()
+            v_target = self.target(solved, target_t, ref_latent, clip, poses, guidance=w).float()
             target = objectives.consistency_output(solved, v_target, target_t)
         with self.accelerator.autocast():
-            v = self.forward(noisy, timesteps, ref_latent, reference, poses, keep, guidance=w)
+            v = self.forward(noisy, timesteps, ref_latent, clip, poses, guidance=w)
         prediction = objectives.consistency_output(noisy, v.float(), timesteps)
         return objectives.pseudo_huber(prediction, target)
 
     @torch.no_grad()
     def _update_target(self) -> None:
-        decay = self.config.ema_decay
-        student = self._models.denoising_unet.state_dict()
-        for name, value in self.target.models.denoising_unet.state_dict().items():
-            if value.dtype.is_floating_point:
-                value.mul_(decay).add_(student[name].to(value.dtype), alpha=1 - decay)
+        self.ema.step(self._models.denoising_unet.parameters())
 
     def train(self) -> Path:
         config, accelerator = self.config, self.accelerator
@@ -443,7 +575,9 @@ class Trainer:
         state = json.loads((folder / "trainer_state.json").read_text())
         self._models.load_state_dict(load_file(folder / "models.safetensors"))
         if self.target is not None and (folder / "target.safetensors").exists():
+            # copies into the parameters in place, i.e. into the EMA's shadow tensors
             self.target.models.denoising_unet.load_state_dict(load_file(folder / "target.safetensors"))
+            self.ema.optimization_step = int(state["step"])
         _load_optimizer(self.optimizer, folder)
         self.step = int(state["step"])
         self.accelerator.print(f"resumed from {folder} at step {self.step}")
