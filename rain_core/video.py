@@ -1,14 +1,17 @@
 """Frame sources and sinks that never hold a whole video in memory.
 
-Sources (`open_pose_source`): a video file (opencv), a folder of images (sorted by name) or a webcam
+Sources (`open_pose_source`): a video file (PyAV), a folder of images (sorted by name) or a webcam
 index. They yield RGB frames one at a time, float32 (H, W, 3) in [0, 1] by default or uint8 with
 `as_uint8=True`, optionally letterboxed to a model size.
 
 `letterbox` fits a frame into (height, width) without distortion (scaled to fit, centred, black bars)
 and returns where the picture went, so coordinates and images can be mapped back.
 
-`VideoSink` writes an mp4 (opencv, mp4v) or a PNG sequence (when the path has no suffix or mp4 writing
-is unavailable). Output goes to a temporary sibling and is renamed into place by `close()`; on error or
+A video file whose frames stop before the count its container lists, or fail to decode, raises
+`VideoReadError` (with `.expected` and `.decoded`), so a damaged pose video is refused instead of cut short.
+
+`VideoSink` writes H.264 yuv420p in an mp4/mov (PyAV, libx264: what browsers and ComfyUI's previews play)
+or a PNG sequence (when the path has no video suffix or H.264 writing is unavailable). Output goes to a temporary sibling and is renamed into place by `close()`; on error or
 `abort()` the partial output is removed and any earlier file at the path is left untouched.
 """
 
@@ -20,8 +23,10 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 
+import av
 import cv2
 import numpy as np
 
@@ -33,6 +38,15 @@ VIDEO_SUFFIXES = (".mp4", ".m4v", ".mov")
 
 class VideoSourceError(ValueError):
     """A frame source that cannot be opened or read."""
+
+
+class VideoReadError(VideoSourceError):
+    """A video that cannot be read to its end: a decode error, or fewer frames than its container lists.
+    `expected` is the container's frame count, `decoded` how many frames came out before the failure."""
+
+    def __init__(self, message: str, path, expected: int | None, decoded: int):
+        super().__init__(message)
+        self.path, self.expected, self.decoded = str(path), expected, decoded
 
 
 class VideoSinkError(ValueError):
@@ -153,18 +167,96 @@ def _bgr_to_rgb(image: np.ndarray) -> np.ndarray:
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 
+def _open_video(path: str | Path, name: str):
+    """(container, first video stream) of a file, or VideoSourceError naming the input."""
+    try:
+        container = av.open(str(path))
+    except (av.FFmpegError, OSError, UnicodeDecodeError) as error:
+        raise VideoSourceError(
+            f"{name}: cannot open {str(path)!r} as a video ({type(error).__name__}: {str(error)[:160]}); expected a "
+            "video file (mp4/H.264, webm, mov…) such as a rendered DWPose skeleton video. Re-encode it "
+            "(e.g. ffmpeg -i in -c:v libx264 -pix_fmt yuv420p out.mp4) or pass a folder of images."
+        ) from error
+    if not container.streams.video:
+        container.close()
+        raise VideoSourceError(f"{name}: {str(path)!r} holds no video stream; expected a video file.")
+    stream = container.streams.video[0]
+    stream.thread_type = "AUTO"
+    return container, stream
+
+
+def _frame_rate(stream) -> float | None:
+    rate = stream.average_rate or stream.guessed_rate or stream.base_rate
+    return float(rate) if rate else None
+
+
+def _frame_count(stream) -> tuple[int, bool]:
+    """(frame count, exact): the container's index (mp4, mov) when it lists one, else duration × fps."""
+    if stream.frames > 0:
+        return int(stream.frames), True
+    rate = _frame_rate(stream)
+    if stream.duration is not None and rate:
+        return max(0, round(float(stream.duration * stream.time_base) * rate)), False
+    return 0, False
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    """What a video file's container says about its first video stream."""
+
+    frame_count: int  # the container's count (exact when `exact`, else duration × fps)
+    exact: bool
+    fps: float | None
+    width: int
+    height: int
+    codec: str
+    pix_fmt: str | None
+
+
+def probe_video(path: str | Path, name: str = "video") -> VideoInfo:
+    """Read a video file's header only (no decoding)."""
+    container, stream = _open_video(path, name)
+    with container:
+        count, exact = _frame_count(stream)
+        context = stream.codec_context
+        return VideoInfo(count, exact, _frame_rate(stream), context.width, context.height, context.name,
+                         context.pix_fmt)
+
+
+def _decode_rgb(container, stream, path, name: str, start: int = 0) -> Iterator[np.ndarray]:
+    """uint8 RGB frames from frame `start` on (a seek to the keyframe before it, then decoding forward).
+    A decode error raises VideoReadError naming the input and the frame."""
+    rate = _frame_rate(stream)
+    origin = stream.start_time or 0
+    # always seek: a container read before (a looping reader's second pass) is rewound to the frame asked for
+    target = origin + (int(start / rate / stream.time_base) if start > 0 and rate else 0)
+    container.seek(target, stream=stream, backward=True, any_frame=False)
+    decoded = 0
+    try:
+        for frame in container.decode(stream):
+            if not decoded and start > 0 and frame.pts is not None and rate:
+                if round(float((frame.pts - origin) * stream.time_base) * rate) < start:
+                    continue  # between the keyframe the seek found and the frame asked for
+            decoded += 1
+            yield frame.to_ndarray(format="rgb24")
+    except av.FFmpegError as error:
+        raise VideoReadError(
+            f"{name}: {str(path)!r} fails to decode after frame {start + decoded} ({type(error).__name__}: "
+            f"{str(error)[:160]}); the file is damaged. Re-encode it or download it again.",
+            path, _frame_count(stream)[0], start + decoded,
+        ) from error
+
+
 def read_video_frames(path: str | Path, start: int, count: int, loop: bool = False,
                       name: str = "video") -> tuple[np.ndarray, int, int]:
     """Frames [start, start + count) of a video file as (N, H, W, 3) uint8 RGB, wrapping around when `loop`;
     count <= 0 reads to the end. Returns (frames, next_start, total_frames). Only those frames are decoded
     (a seek, then sequential reads), so a live node can step through a long video one run at a time.
-    `name` is the input the path came from, for the error messages."""
-    capture = cv2.VideoCapture(str(path))
-    try:
-        if not capture.isOpened():
-            raise VideoSourceError(f"{name}: cannot open {str(path)!r} as a video; expected a video file "
-                                   "(mp4, webm, …) such as a rendered DWPose skeleton video.")
-        total = int(capture.get(cv2.CAP_PROP_FRAME_COUNT))
+    `name` is the input the path came from, for the error messages. A file that ends before the frame count
+    its container lists, or that fails to decode, raises VideoReadError."""
+    container, stream = _open_video(path, name)
+    with container:
+        total, exact = _frame_count(stream)
         if total <= 0:
             raise VideoSourceError(f"{name}: {str(path)!r} has no frames.")
         if start >= total and not loop:
@@ -173,57 +265,65 @@ def read_video_frames(path: str | Path, start: int, count: int, loop: bool = Fal
         start %= total
         count = total - start if count <= 0 else count
         frames, position = [], start
-        capture.set(cv2.CAP_PROP_POS_FRAMES, position)
         while len(frames) < count:
-            ok, bgr = capture.read()
-            if not ok or position >= total:
-                if not loop or position == 0:
-                    break  # not looping, or nothing readable even from the first frame: never spin
-                position = 0
-                capture.set(cv2.CAP_PROP_POS_FRAMES, 0)
-                continue
-            frames.append(_bgr_to_rgb(bgr))
-            position += 1
+            this_pass = 0
+            for rgb in _decode_rgb(container, stream, path, name, position):
+                frames.append(rgb)
+                position += 1
+                this_pass += 1
+                if len(frames) == count or position == total:
+                    break
+            if len(frames) == count:
+                break
+            if position < total:  # the stream ended before the count its container lists
+                if exact:
+                    raise VideoReadError(
+                        f"{name}: {str(path)!r} ends after {position} frames but its container lists {total}; "
+                        "the file is truncated or damaged. Re-encode it or download it again.", path, total, position)
+                total = max(position, 1)  # the estimate was too high
+            if not loop or not this_pass:
+                break  # not looping, or nothing readable this pass: never spin
+            position = 0
         if not frames:
             raise VideoSourceError(f"{name}: no frame could be decoded from {str(path)!r} at frame {start}.")
         return np.stack(frames), position % total, total
-    finally:
-        capture.release()
 
 
 class VideoFileSource(FrameSource):
-    """A video file decoded by opencv, one frame per step. Each iteration re-opens the file.
+    """A video file decoded by PyAV (FFmpeg), one frame per step. Each iteration re-opens the file.
 
-    `length` is the container's frame count (exact for the usual mp4 files; a few formats only estimate it).
+    `length` is the container's frame count (exact for mp4/mov, which index every frame; estimated from the
+    duration for formats that do not). When the count is exact, an iteration that decodes fewer frames raises
+    VideoReadError (a truncated or damaged file), as does a decode error.
     """
 
     def __init__(self, path: Path, as_uint8: bool = False, size=None):
         self.path = path
-        capture = cv2.VideoCapture(str(path))
-        try:
-            ok, first = capture.read() if capture.isOpened() else (False, None)
-            if not ok or first is None:
+        container, stream = _open_video(path, str(path))
+        with container:
+            count, self.exact_length = _frame_count(stream)
+            fps = _frame_rate(stream)
+            try:
+                next(_decode_rgb(container, stream, path, str(path)))
+            except (StopIteration, VideoReadError) as error:
                 raise VideoSourceError(
-                    f"{path}: cannot decode this file as video with opencv; expected a readable video "
-                    f"(mp4/H.264, avi, webm...). Re-encode it (e.g. ffmpeg -i in -c:v libx264 out.mp4) or "
-                    f"pass a folder of images"
-                )
-            fps = capture.get(cv2.CAP_PROP_FPS) or None
-            count = int(capture.get(cv2.CAP_PROP_FRAME_COUNT))
-        finally:
-            capture.release()
+                    f"{path}: cannot decode this file as video; expected a readable video (mp4/H.264, webm, "
+                    "mov...). Re-encode it (e.g. ffmpeg -i in -c:v libx264 -pix_fmt yuv420p out.mp4) or pass a "
+                    "folder of images"
+                ) from error
         super().__init__(str(path), fps, count if count > 0 else None, as_uint8, size)
 
     def _rgb_frames(self):
-        capture = cv2.VideoCapture(str(self.path))
-        try:
-            while True:
-                ok, image = capture.read()
-                if not ok:
-                    return
-                yield _bgr_to_rgb(image)
-        finally:
-            capture.release()
+        container, stream = _open_video(self.path, self.name)
+        with container:
+            decoded = 0
+            for rgb in _decode_rgb(container, stream, self.path, self.name):
+                decoded += 1
+                yield rgb
+            if self.exact_length and decoded < (self.length or 0):
+                raise VideoReadError(
+                    f"{self.name}: decoded {decoded} frames but the container lists {self.length}; the file is "
+                    "truncated or damaged. Re-encode or download it again.", self.path, self.length, decoded)
 
 
 class ImageFolderSource(FrameSource):
@@ -297,13 +397,23 @@ def _to_uint8_rgb(frame) -> np.ndarray:
     return array
 
 
-class VideoSink:
-    """Writes RGB frames to an mp4 file (opencv mp4v) or a PNG-sequence folder, atomically.
+H264_OPTIONS = {"crf": "18", "preset": "fast"}  # visually lossless for renders and skeletons; a fast encode
 
-    path ending in a video suffix (.mp4, .m4v, .mov) → one video file; any other path → a folder of
-    frame_000000.png, ... If opencv cannot write mp4 here, frames go to a PNG folder named like the video
-    without its suffix (`output_path` says where). Frames: (H, W, 3) or (N, H, W, 3), float in [0, 1] or
-    uint8. Use as a context manager: an exception inside the block aborts (removes the partial output).
+
+def _even(n: int) -> int:
+    return n + (n % 2)
+
+
+class VideoSink:
+    """Writes RGB frames to an H.264 (yuv420p) video file or a PNG-sequence folder, atomically.
+
+    path ending in a video suffix (.mp4, .m4v, .mov) → one video file (PyAV / libx264, moov atom first so
+    a browser starts playing before the download ends); any other path → a folder of frame_000000.png, ...
+    yuv420p needs even sizes: a frame with an odd height or width is padded by one row/column repeating its
+    edge (`padded` says so; the PNG folder keeps the exact size). If H.264 cannot be written here, frames go
+    to a PNG folder named like the video without its suffix (`output_path` says where). Frames: (H, W, 3) or
+    (N, H, W, 3), float in [0, 1] or uint8. Use as a context manager: an exception inside the block aborts
+    (removes the partial output).
     """
 
     def __init__(self, path, fps: float = 16.0):
@@ -316,7 +426,9 @@ class VideoSink:
             raise VideoSinkError(f"{self.path}: output folder {folder} does not exist; create it first")
         self.as_video = self.path.suffix.lower() in VIDEO_SUFFIXES
         self.output_path = self.path
-        self._writer = None
+        self.padded = False
+        self._container = None
+        self._stream = None
         self._temp: Path | None = None
         self._frame_size: tuple[int, int] | None = None
         self.frames_written = 0
@@ -328,16 +440,43 @@ class VideoSink:
             handle, name = tempfile.mkstemp(prefix=f".{self.path.stem}.", suffix=f".partial{self.path.suffix}", dir=folder)
             os.close(handle)
             self._temp = Path(name)
-            writer = cv2.VideoWriter(str(self._temp), cv2.VideoWriter_fourcc(*"mp4v"), self.fps, (width, height))
-            if writer.isOpened():
-                self._writer = writer
+            try:
+                self._container = av.open(name, mode="w", options={"movflags": "+faststart"})
+                self._stream = self._container.add_stream("libx264", rate=Fraction(self.fps).limit_denominator(1001))
+                self._stream.width, self._stream.height = _even(width), _even(height)
+                self._stream.pix_fmt = "yuv420p"
+                self._stream.options = dict(H264_OPTIONS)
+                self.padded = (height, width) != (_even(height), _even(width))
+                if self.padded:
+                    log.info("VideoSink: %dx%d is odd; yuv420p needs even sizes, the video is padded to %dx%d",
+                             height, width, _even(height), _even(width))
                 return
-            writer.release()
-            self._temp.unlink(missing_ok=True)
-            self.as_video = False
-            self.output_path = self.path.with_suffix("")
-            log.warning("VideoSink: opencv cannot write mp4 here; writing PNG frames to %s instead", self.output_path)
+            except (av.FFmpegError, ValueError) as error:
+                self._release()
+                self._temp.unlink(missing_ok=True)
+                self.as_video = False
+                self.output_path = self.path.with_suffix("")
+                log.warning("VideoSink: cannot write H.264 here (%s); writing PNG frames to %s instead",
+                            error, self.output_path)
         self._temp = Path(tempfile.mkdtemp(prefix=f".{self.output_path.name}.", suffix=".partial", dir=folder))
+
+    def _encode(self, frame: np.ndarray | None) -> None:
+        """Encode one uint8 RGB frame (None flushes the encoder) and mux what comes out."""
+        if frame is None:
+            packets = self._stream.encode(None)
+        else:
+            height, width = frame.shape[:2]
+            if self.padded:
+                frame = np.pad(frame, ((0, _even(height) - height), (0, _even(width) - width), (0, 0)), mode="edge")
+            video_frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")
+            video_frame.pts = self.frames_written
+            packets = self._stream.encode(video_frame)
+        self._container.mux(packets)
+
+    def _release(self) -> None:
+        container, self._container, self._stream = self._container, None, None
+        if container is not None:
+            container.close()
 
     def write(self, frames) -> None:
         if self._closed:
@@ -357,10 +496,10 @@ class VideoSink:
                     f"{self.path}: frame {self.frames_written} is {height}x{width}, earlier frames were "
                     f"{self._frame_size[0]}x{self._frame_size[1]}; every frame of a video must have the same size"
                 )
-            bgr = cv2.cvtColor(np.ascontiguousarray(frame), cv2.COLOR_RGB2BGR)
-            if self._writer is not None:
-                self._writer.write(bgr)
-            elif not cv2.imwrite(str(self._temp / f"frame_{self.frames_written:06d}.png"), bgr):
+            if self._container is not None:
+                self._encode(frame)
+            elif not cv2.imwrite(str(self._temp / f"frame_{self.frames_written:06d}.png"),
+                                 cv2.cvtColor(np.ascontiguousarray(frame), cv2.COLOR_RGB2BGR)):
                 raise VideoSinkError(f"{self._temp}: could not write PNG frame {self.frames_written}")
             self.frames_written += 1
 
@@ -369,9 +508,13 @@ class VideoSink:
         if self._closed:
             return self.output_path if self.frames_written else None
         self._closed = True
-        if self._writer is not None:
-            self._writer.release()
-            self._writer = None
+        if self._container is not None:
+            try:
+                self._encode(None)
+                self._release()
+            except Exception:
+                self.abort()
+                raise
         if self._temp is None:
             return None
         if self._temp.is_dir():
@@ -392,9 +535,10 @@ class VideoSink:
     def abort(self) -> None:
         """Stop and remove the partial output; whatever was at the path before stays."""
         self._closed = True
-        if self._writer is not None:
-            self._writer.release()
-            self._writer = None
+        try:
+            self._release()
+        except av.FFmpegError as error:  # the partial file is removed below anyway
+            log.debug("VideoSink.abort: %s", error)
         if self._temp is not None:
             shutil.rmtree(self._temp, ignore_errors=True) if self._temp.is_dir() else self._temp.unlink(missing_ok=True)
             self._temp = None

@@ -2,21 +2,25 @@
 
 from pathlib import Path
 
+import av
 import cv2
 import numpy as np
 import pytest
 
 from rain_core.video import (
+    VideoReadError,
     VideoSink,
     VideoSinkError,
     VideoSourceError,
     letterbox,
     open_pose_source,
+    probe_video,
     read_video_frames,
 )
 
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-POSE_VIDEO = SHARED_DATA / "anyone-video-1_kps.mp4"
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+POSE_VIDEO = EXAMPLES / "anyone-video-1_kps.mp4"  # 64 frames, 30 fps, 512x704 (examples/README.md)
+POSE_VIDEO_2 = EXAMPLES / "anyone-video-2_kps.mp4"  # 48 frames, 30 fps, 512x768
 
 
 def gradient_frames(count, height=48, width=64):
@@ -24,29 +28,68 @@ def gradient_frames(count, height=48, width=64):
     return [np.broadcast_to(base * (i + 1) / count, (height, width, 3)).copy() for i in range(count)]
 
 
-@pytest.mark.skipif(not POSE_VIDEO.exists(), reason=f"shared pose video not found at {POSE_VIDEO}")
-def test_shared_pose_video_is_decoded_lazily_with_200_frames():
+def test_example_pose_video_is_decoded_lazily_with_64_frames():
     source = open_pose_source(POSE_VIDEO)
-    assert len(source) == 200 and source.fps == pytest.approx(30.0)
+    assert len(source) == 64 and source.fps == pytest.approx(30.0)
     frames = iter(source)
     first = next(frames)  # the first frame arrives before the rest are decoded: a generator, not a list
     assert first.dtype == np.float32 and first.shape == (704, 512, 3)
     assert 0.0 <= first.min() and first.max() <= 1.0 and first.max() > 0.5  # a skeleton on black
-    assert 1 + sum(1 for _ in frames) == 200
+    assert 1 + sum(1 for _ in frames) == 64
 
 
-@pytest.mark.skipif(not POSE_VIDEO.exists(), reason=f"shared pose video not found at {POSE_VIDEO}")
-@pytest.mark.skipif(not POSE_VIDEO.exists(), reason=f"shared pose video not found at {POSE_VIDEO}")
+def test_probe_reads_the_container_of_both_examples():
+    first, second = probe_video(POSE_VIDEO), probe_video(POSE_VIDEO_2)
+    assert (first.frame_count, first.exact, first.fps, first.width, first.height) == (64, True, 30.0, 512, 704)
+    assert (second.frame_count, second.fps, second.width, second.height) == (48, 30.0, 512, 768)
+    assert (first.codec, first.pix_fmt) == ("h264", "yuv420p")
+
+
 def test_read_video_frames_seeks_and_wraps_around_when_looping():
     whole = np.stack(list(open_pose_source(POSE_VIDEO, as_uint8=True)))
-    middle, next_start, total = read_video_frames(POSE_VIDEO, 100, 5)
-    assert total == 200 and next_start == 105 and np.array_equal(middle, whole[100:105])
-    wrapped, next_start, _ = read_video_frames(POSE_VIDEO, 198, 4, loop=True)
-    assert next_start == 2 and np.array_equal(wrapped, np.concatenate([whole[198:], whole[:2]]))
-    tail, next_start, _ = read_video_frames(POSE_VIDEO, 198, 4, loop=False)
-    assert len(tail) == 2 and next_start == 0
+    assert len(whole) == 64 and len({frame.tobytes() for frame in whole}) == 64  # the dancer moves every frame
+    middle, next_start, total = read_video_frames(POSE_VIDEO, 30, 5)
+    assert total == 64 and next_start == 35 and np.array_equal(middle, whole[30:35])
+    wrapped, next_start, _ = read_video_frames(POSE_VIDEO, 62, 4, loop=True)
+    assert next_start == 2 and np.array_equal(wrapped, np.concatenate([whole[62:], whole[:2]]))
+    tail, next_start, _ = read_video_frames(POSE_VIDEO, 62, 4, loop=False)
+    assert len(tail) == 2 and next_start == 0 and np.array_equal(tail, whole[62:])
+    everything, next_start, _ = read_video_frames(POSE_VIDEO, 0, 0)
+    assert next_start == 0 and np.array_equal(everything, whole)
     with pytest.raises(VideoSourceError, match="start_frame: 250 is past the end"):
         read_video_frames(POSE_VIDEO, 250, 4)
+
+
+def truncated_copy(source: Path, folder: Path, keep: float) -> Path:
+    """The first `keep` of the bytes of a video written moov-first: the container still lists every frame."""
+    path = folder / "truncated.mp4"
+    with VideoSink(path, fps=30) as sink:
+        for frame in open_pose_source(source, as_uint8=True):
+            sink.write(frame)
+    data = path.read_bytes()
+    path.write_bytes(data[: int(len(data) * keep)])
+    return path
+
+
+def test_a_truncated_video_raises_video_read_error_with_both_counts(tmp_path):
+    path = truncated_copy(POSE_VIDEO, tmp_path, 0.5)
+    source = open_pose_source(path)
+    assert len(source) == 64  # the header is intact and still promises 64 frames
+    with pytest.raises(VideoReadError, match="container lists 64") as error:
+        list(source)
+    assert error.value.expected == 64 and 0 < error.value.decoded < 64
+    with pytest.raises(VideoReadError, match="video_path: .*truncated") as error:
+        read_video_frames(path, 0, 0, name="video_path")
+    assert error.value.expected == 64 and error.value.decoded < 64
+    readable, _, _ = read_video_frames(path, 0, 4)  # the frames before the damage still read
+    assert len(readable) == 4
+
+
+def test_a_video_cut_before_its_index_cannot_be_opened(tmp_path):
+    cut = tmp_path / "cut.mp4"
+    cut.write_bytes(POSE_VIDEO.read_bytes()[:4000])  # the example keeps its index at the end: now missing
+    with pytest.raises(VideoSourceError, match="cannot"):
+        open_pose_source(cut)
 
 
 def test_read_video_frames_names_the_input_of_an_unreadable_file(tmp_path):
@@ -56,7 +99,6 @@ def test_read_video_frames_names_the_input_of_an_unreadable_file(tmp_path):
         read_video_frames(bad, 0, 4, name="video_path")
 
 
-@pytest.mark.skipif(not POSE_VIDEO.exists(), reason=f"shared pose video not found at {POSE_VIDEO}")
 def test_source_letterboxes_to_the_model_size_as_uint8():
     source = open_pose_source(POSE_VIDEO, as_uint8=True, size=(512, 512))
     frame = next(iter(source))
@@ -78,7 +120,7 @@ def test_missing_and_unreadable_inputs_raise_value_errors(tmp_path):
     with pytest.raises(VideoSourceError, match="no such file"):
         open_pose_source(tmp_path / "nothing.mp4")
     (tmp_path / "broken.mp4").write_bytes(b"not a video at all")
-    with pytest.raises(VideoSourceError, match="cannot decode"):
+    with pytest.raises(VideoSourceError, match="cannot open .* as a video"):
         open_pose_source(tmp_path / "broken.mp4")
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match="no images"):
@@ -99,14 +141,43 @@ def test_letterbox_fits_without_distortion_and_inverts():
     assert restored.shape == frame.shape and np.abs(restored.astype(int) - frame).mean() < 3
 
 
-def test_video_sink_writes_mp4_that_reads_back(tmp_path):
+def test_video_sink_writes_h264_yuv420p_that_reads_back(tmp_path):
     path = tmp_path / "out.mp4"
+    frames = np.stack(gradient_frames(5))
     with VideoSink(path, fps=8) as sink:
-        sink.write(np.stack(gradient_frames(5)))
-    assert sink.output_path == path and path.exists()
-    source = open_pose_source(path)
-    assert len(source) == 5 and source.fps == pytest.approx(8)
+        sink.write(frames)
+    assert sink.output_path == path and path.exists() and not sink.padded
+    with av.open(str(path)) as container:  # decoded by FFmpeg directly, not through our reader
+        stream = container.streams.video[0]
+        assert (stream.codec_context.name, stream.codec_context.pix_fmt) == ("h264", "yuv420p")
+        assert stream.frames == 5 and stream.average_rate == 8
+        decoded = [frame.to_ndarray(format="rgb24") for frame in container.decode(stream)]
+    assert len(decoded) == 5 and decoded[0].shape == (48, 64, 3)
+    error = np.abs(np.stack(decoded).astype(int) - (frames * 255).round().astype(int))
+    assert error.mean() < 2.0  # crf 18 on smooth gradients
+    assert path.read_bytes()[4:8] == b"ftyp" and b"moov" in path.read_bytes()[:64]  # index first: streams at once
     assert [p.name for p in tmp_path.iterdir()] == ["out.mp4"]  # no temp file left
+
+
+def test_video_sink_pads_odd_sizes_for_yuv420p(tmp_path):
+    path = tmp_path / "odd.mp4"
+    with VideoSink(path, fps=30000 / 1001) as sink:
+        sink.write(np.full((3, 33, 45, 3), 200, np.uint8))
+    assert sink.padded
+    info = probe_video(path)
+    assert (info.width, info.height, info.frame_count) == (46, 34, 3)
+    assert info.fps == pytest.approx(29.97, abs=0.01)
+
+
+def test_video_sink_round_trips_the_example_pose_video(tmp_path):
+    path = tmp_path / "copy.mp4"
+    original = [frame for frame in open_pose_source(POSE_VIDEO_2, as_uint8=True)]
+    with VideoSink(path, fps=30) as sink:
+        for frame in original:
+            sink.write(frame)
+    copy, _, total = read_video_frames(path, 0, 0)
+    assert total == 48 and copy.shape == (48, 768, 512, 3)
+    assert np.abs(copy.astype(int) - np.stack(original)).mean() < 2.0
 
 
 def test_video_sink_png_sequence_for_a_folder_path(tmp_path):
