@@ -1,0 +1,228 @@
+"""Live intake (rain_core.live): drop-oldest back-pressure, frame order, capture timestamps, latency accounting,
+face-morph changes from the next tick, recording, bad frames — on the built-in tiny model and the real pose video."""
+
+from __future__ import annotations
+
+import io
+import json
+import threading
+import time
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+from PIL import Image
+
+from rain_core import RainStream, StreamConfig, load_rain
+from rain_core.live import (
+    MAX_FRAME_BYTES,
+    FrameIntake,
+    LiveInputError,
+    LiveSession,
+    LiveSettings,
+    decode_frame,
+    encode_jpeg,
+)
+from rain_core.pose import FaceMorpher, FaceMorphParams, from_pose_keypoint
+from rain_core.video import read_video_frames
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLES = ROOT / "examples"
+BUILTIN = ROOT / "rain_core" / "assets" / "tiny-rain"
+FIXTURES = Path(__file__).resolve().parent / "fixtures" / "pose"
+
+# Window of 2 levels × 2 frames: the smallest ladder with cohorts in flight, a few ticks per test.
+CONFIG = dict(height=64, width=64, levels=2, frames_per_cohort=2, steps=2, seed=3)
+
+
+@pytest.fixture(scope="module")
+def models():
+    return load_rain(BUILTIN)
+
+
+@pytest.fixture(scope="module")
+def reference():
+    return np.asarray(Image.open(EXAMPLES / "anyone-1.png").convert("RGB"))
+
+
+@pytest.fixture(scope="module")
+def pose_jpegs():
+    frames, _, _ = read_video_frames(EXAMPLES / "anyone-video-1_kps.mp4", 0, 12)
+    small = [np.asarray(Image.fromarray(frame).resize((128, 176))) for frame in frames]
+    return [encode_jpeg(frame) for frame in small]
+
+
+# ------------------------------------------------------------------------------------------- the door
+
+
+def test_intake_keeps_the_newest_frames_and_counts_every_drop():
+    intake = FrameIntake(capacity=3)
+    pushed_out = [intake.put(f"frame {i}", seq=i, capture_ms=i * 33.3) for i in range(10)]
+    assert [frame.seq for frame in pushed_out if frame is not None] == list(range(7))
+    taken = intake.take()
+    assert [frame.seq for frame in taken] == [7, 8, 9]
+    assert [frame.capture_ms for frame in taken] == pytest.approx([233.1, 266.4, 299.7])
+    counts = intake.counts()
+    assert counts == {"received": 10, "taken": 3, "dropped": 7, "waiting": 0, "capacity": 3}
+    assert counts["received"] == counts["taken"] + counts["dropped"] + counts["waiting"]
+
+
+def test_take_waits_for_a_frame_and_close_wakes_a_waiting_take():
+    intake = FrameIntake(capacity=2)
+    threading.Timer(0.05, lambda: intake.put(b"x", seq=5)).start()
+    assert [frame.seq for frame in intake.take(timeout=5)] == [5]
+    threading.Timer(0.05, intake.close).start()
+    started = time.monotonic()
+    assert intake.take(timeout=5) == []
+    assert time.monotonic() - started < 2
+    with pytest.raises(LiveInputError, match="closed"):
+        intake.put(b"x")
+
+
+def test_bad_frames_are_refused_at_the_door_with_what_to_do(models, reference):
+    session = LiveSession(models, StreamConfig(**CONFIG), reference)
+    too_wide = io.BytesIO()
+    Image.new("RGB", (2100, 8)).save(too_wide, format="PNG")
+    cases = [
+        (b"\xff" * (MAX_FRAME_BYTES + 1), "over the 4 MB limit"),
+        (too_wide.getvalue(), "2100×8 px is over the 2048 px limit"),
+        (b"not an image at all", "not a readable image"),
+        (b"", "empty"),
+        (np.zeros((8, 8)), r"expected an RGB image \(H, W, 3\)"),
+    ]
+    for payload, message in cases:
+        with pytest.raises(LiveInputError, match=message):
+            session.submit(payload)
+    assert session.intake.counts()["received"] == 0
+    with pytest.raises(LiveInputError, match="mode: expected one of"):
+        LiveSettings(mode="webcam").validate()
+    with pytest.raises(LiveInputError, match="face_morph.*eye_size"):
+        session.set_face_morph({"eye_size": 2.0})
+    session.close()
+
+
+def test_decode_composites_transparency_over_white():
+    buffer = io.BytesIO()
+    Image.new("RGBA", (4, 4), (0, 0, 0, 0)).save(buffer, format="PNG")
+    assert (decode_frame(buffer.getvalue()) == 255).all()
+
+
+# ------------------------------------------------------------------------------------------- the session
+
+
+def test_session_animates_frames_in_order_with_their_capture_times(models, reference, pose_jpegs):
+    session = LiveSession(models, StreamConfig(**CONFIG), reference)
+    outputs = []
+    for index, data in enumerate(pose_jpegs):
+        assert session.submit(data, seq=100 + index, capture_ms=1000.0 + 33.3 * index)
+        outputs += session.step()
+    stats = session.stats()
+    # Each output is the frame of the input it animates: same order, same capture time, nothing lost.
+    assert [o.seq for o in outputs] == list(range(100, 100 + len(outputs)))
+    assert [o.capture_ms for o in outputs] == pytest.approx([1000.0 + 33.3 * i for i in range(len(outputs))])
+    assert stats["pushed"] == len(pose_jpegs) and stats["dropped"] == 0
+    assert stats["emitted"] == len(outputs) == stats["pushed"] - stats["in_flight"] > 0
+    assert stats["lookahead_frames"] == 3 and stats["latency_ms"]["count"] == len(outputs)
+    assert all(o.server_ms >= 0 and o.emitted >= o.received for o in outputs)
+    # The session pushes exactly the decoded frames: a plain stream fed them renders the same animation.
+    plain = RainStream(models, StreamConfig(**CONFIG))
+    plain.set_reference(reference)
+    expected = plain.push(np.stack([decode_frame(d) for d in pose_jpegs]))
+    assert np.array_equal(np.stack([o.image for o in outputs]),
+                          (expected.numpy().clip(0, 1) * 255 + 0.5).astype(np.uint8)[: len(outputs)])
+    rest = session.flush()
+    assert [o.seq for o in outputs + rest] == list(range(100, 100 + len(pose_jpegs)))
+    session.close()
+
+
+def test_a_slow_engine_drops_frames_at_the_door_and_the_backlog_stays_bounded(models, reference, pose_jpegs):
+    """A burst far faster than the engine (frames offered at 30 fps for ~1 s, every tick slower than that
+    on a CPU): the worker takes only the newest frames; what waits never exceeds the capacity."""
+    session = LiveSession(models, StreamConfig(**CONFIG), reference, LiveSettings(capacity=2))
+    received, errors, backlog = [], [], []
+    session.start(received.extend, errors.append)
+    for index in range(30):
+        session.submit(pose_jpegs[index % len(pose_jpegs)], seq=index, capture_ms=33.3 * index)
+        counts = session.intake.counts()
+        backlog.append(counts["waiting"])
+        time.sleep(1 / 30)
+    deadline = time.monotonic() + 30
+    while session.intake.counts()["waiting"] and time.monotonic() < deadline:
+        time.sleep(0.02)
+    time.sleep(0.1)
+    session.stop()
+    stats = session.stats()
+    assert not errors and max(backlog) <= 2
+    assert stats["received"] == 30 == stats["taken"] + stats["dropped"] + stats["waiting"]
+    assert stats["pushed"] == stats["taken"] and stats["dropped_share"] == pytest.approx(stats["dropped"] / 30)
+    seqs = [o.seq for o in received]
+    assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)  # in order, none twice
+    assert len(seqs) == stats["emitted"] == stats["pushed"] - stats["in_flight"]
+    print(f"30 frames at 30 fps: {stats['dropped']} dropped at the door, {stats['emitted']} animated, "
+          f"server latency p50 {stats['latency_ms']['p50']} ms, tick {stats['mean_ms_per_tick']} ms")
+    session.close()
+
+
+def test_face_morph_parameters_change_from_the_next_tick(models, reference):
+    face_frame = from_pose_keypoint(json.loads((FIXTURES / "people.json").read_text()))[0]
+    settings = LiveSettings(mode="face_morph", send_pose=True)
+    session = LiveSession(models, StreamConfig(**{**CONFIG, "levels": 1, "steps": 1}), reference, settings)
+    wide_eyes = {"eye_height": 5.0, "eye_width": 3.0}
+    outputs = []
+    for index in range(6):
+        session.submit(face_frame, seq=index)
+        outputs += session.step()
+        if index == 2:  # mid-cohort: frame 3 still belongs to the cohort of frame 2 (m = 2)
+            session.set_face_morph(wide_eyes)
+    assert [o.seq for o in outputs] == list(range(6))  # one level: every tick emits its own cohort
+    fitted = face_frame.letterboxed(64, 64)
+    before = FaceMorpher(FaceMorphParams())(fitted, 64, 64)
+    after = FaceMorpher(FaceMorphParams(**wide_eyes))(fitted, 64, 64)
+    assert not np.array_equal(before, after)
+    for output in outputs:
+        assert np.array_equal(output.pose, before if output.seq < 4 else after), output.seq
+    assert session.stats()["face_morph"]["eye_height"] == 5.0
+    session.close()
+
+
+def test_detect_mode_without_the_detector_says_what_is_missing(models, reference, pose_jpegs, monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)  # no models/rain/dwpose here
+    session = LiveSession(models, StreamConfig(**CONFIG), reference, LiveSettings(mode="detect"))
+    session.submit(pose_jpegs[0])
+    with pytest.raises(LiveInputError, match="needs the DWPose detector.*mode 'pose'"):
+        session.step()
+    assert session.stats()["pushed"] == 0  # nothing reached the stream
+    session.close()
+
+
+def test_recording_writes_a_browser_playable_h264_mp4(models, reference, pose_jpegs, tmp_path):
+    session = LiveSession(models, StreamConfig(**CONFIG), reference)
+    path = tmp_path / "live.mp4"
+    session.start_recording(path, fps=30)
+    with pytest.raises(LiveInputError, match="already recording"):
+        session.start_recording(tmp_path / "other.mp4")
+    recorded = 0
+    for index, data in enumerate(pose_jpegs):
+        session.submit(data, seq=index)
+        recorded += len(session.step())
+    assert not path.exists()  # written beside it, moved into place at the end
+    assert session.stop_recording() == path and recorded > 0
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        assert stream.codec_context.name == "h264" and stream.codec_context.pix_fmt == "yuv420p"
+        assert sum(1 for _ in container.decode(stream)) == recorded
+    assert [p.name for p in tmp_path.iterdir()] == ["live.mp4"]  # no partial file left
+    session.close()
+
+
+def test_close_stops_the_worker_frees_the_stream_and_refuses_frames(models, reference, pose_jpegs, tmp_path):
+    session = LiveSession(models, StreamConfig(**CONFIG), reference)
+    session.start(lambda outputs: None)
+    session.submit(pose_jpegs[0])
+    session.start_recording(tmp_path / "never.mp4")
+    session.close()
+    assert not session.running and session.stream is None and not session.recording
+    assert list(tmp_path.iterdir()) == []  # the aborted recording left nothing
+    with pytest.raises(LiveInputError, match="closed"):
+        session.submit(pose_jpegs[1])
