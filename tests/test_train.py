@@ -234,3 +234,43 @@ def test_injected_draws_and_latents_give_the_loss_computed_by_hand(micro_config,
     hooked = Trainer(_config(micro_config, tmp_path / "h", snr_gamma=5.0), draws=lambda step, shape: draws)
     hooked.models.load_state_dict(models.state_dict())
     torch.testing.assert_close(hooked.loss(batch, step=5), loss.detach(), rtol=0, atol=0)
+
+
+def test_the_engine_loads_a_model_without_accelerate_and_training_says_what_to_install(tmp_path):
+    """accelerate is a training-only extra: with it missing the engine still imports and loads the built-in model."""
+    import subprocess
+    import sys
+
+    code = """
+import sys
+sys.modules["accelerate"] = None  # what an install without the train extra looks like to `import accelerate`
+import rain_core.cli, rain_core.loading, rain_core.stream, rain_core.train.trainer as trainer
+from rain_core.layout import builtin_model_dir
+rain_core.loading.load_rain(builtin_model_dir())
+try:
+    trainer.Trainer(trainer.TrainConfig(stage=1, output=sys.argv[1]))
+except ImportError as error:
+    print(error)
+"""
+    result = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, timeout=120,
+                            cwd=Path(__file__).resolve().parents[1])
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "pip install 'comfyui-rain[train]'" in result.stdout
+
+
+def test_stage3_target_is_a_constant_rate_ema_of_the_student(micro_config, tmp_path):
+    stage2 = Trainer(_config(micro_config, tmp_path / "s2", stage=2, steps=1)).train()
+    trainer = Trainer(_config(micro_config, tmp_path / "s3", stage=3, init=str(stage2), skip_step=100, ema_decay=0.9))
+    student, target = trainer.models.denoising_unet, trainer.target.models.denoising_unet
+    before = {n: p.detach().clone() for n, p in target.named_parameters()}
+    with torch.no_grad():
+        for param in student.parameters():
+            param.add_(1.0)
+    for _ in range(2):  # the same rate from the very first update (no EMA warm-up ramp)
+        trainer._update_target()
+        for name, param in student.named_parameters():
+            before[name] = 0.9 * before[name] + 0.1 * param.detach()
+    for name, param in target.named_parameters():
+        torch.testing.assert_close(param, before[name], rtol=1e-6, atol=1e-6, msg=name)
+    # the EMA's shadow tensors are the target network's parameters: no third copy of the UNet
+    assert [s.data_ptr() for s in trainer.ema.shadow_params] == [p.data_ptr() for p in target.parameters()]

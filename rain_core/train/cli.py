@@ -32,8 +32,16 @@ _HELP = {
     "threads": "torch CPU threads (0: torch's default); on a busy shared CPU 1 thread avoids spin-waiting and runs ~10x faster",
     "cpu": "force the CPU even when a GPU is present",
     "checkpoint_every": "steps between checkpoints (0: none)",
-    "condition_dropout": "probability of dropping the reference (black image, zero CLIP tokens)",
-    "freeze_image_encoder": "keep the CLIP image encoder fixed (always the case with pretrained CLIP weights you want to keep)",
+    "condition_dropout": "probability that a batch trains unconditioned: no reference UNet pass (empty reference bank) "
+    "and CLIP of a zero image, one coin per batch as in the reference training code",
+    "freeze_image_encoder": "keep the CLIP image encoder fixed, as the reference does (--no-freeze-image-encoder trains it)",
+    "freeze_reference_last_up": "keep the reference UNet's last up block (up_blocks.3 at SD size) fixed, as the reference does",
+    "noise_offset": "add offset × N(0, 1) per clip and channel (shared by the clip's frames) to the noise",
+    "lr_scheduler": "diffusers get_scheduler name: constant_with_warmup (constant after --warmup-steps; 0 = the reference's "
+    "constant), constant, linear, cosine, polynomial, … (the decaying ones depend on --steps)",
+    "warmup_steps": "linear warm-up from 0 over N steps (diffusers' warm-up)",
+    "optimizer": "adamw (torch) or adamw8bit (bitsandbytes, CUDA; pip install 'comfyui-rain[train-8bit]')",
+    "weight_decay": "AdamW weight decay (the reference: 1e-2)",
 }
 
 

@@ -358,8 +358,12 @@ class Trainer:
     def __init__(self, config: TrainConfig, draws: DrawSource | None = None):
         """`draws`: where each step's noise, timesteps and dropout decision come from (default: the step's own
         seeded generator, `seeded_draws`)."""
-        from accelerate import Accelerator
-        from accelerate.utils import DistributedDataParallelKwargs
+        try:
+            from accelerate import Accelerator
+            from accelerate.utils import DistributedDataParallelKwargs
+        except ImportError as error:
+            raise ImportError("training needs Hugging Face accelerate (a training-only extra): "
+                              "pip install 'comfyui-rain[train]' or pip install accelerate") from error
 
         if config.stage not in (1, 2, 3):
             raise ValueError(f"--stage: expected 1, 2 or 3, found {config.stage}")
