@@ -1,5 +1,7 @@
 """The RAIN nodes. Node files are thin: they convert ComfyUI values, call rain_core, and convert back."""
 
+from pathlib import Path
+
 from . import host
 from .frame_queue import FrameQueueNode
 from .model_loader import LoadRainModel
@@ -7,6 +9,8 @@ from .pose_stream import PoseStream
 from .sampler import RainSampler
 
 host.register_model_folders()
+# The shipped workflows name these inputs: copy them into ComfyUI's input folder (never over a user's file).
+host.install_examples(Path(__file__).resolve().parent.parent / "examples")
 
 NODE_CLASS_MAPPINGS = {
     "LoadRainModel": LoadRainModel,

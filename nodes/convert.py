@@ -7,6 +7,9 @@ Custom socket types: RAIN_MODEL carries a `RainModelHandle`, RAIN_POSES carries 
 from __future__ import annotations
 
 import hashlib
+import time
+import uuid
+import weakref
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,11 +28,13 @@ class RainModelHandle:
     keep_loaded: bool  # False: move the networks to the CPU between runs
     device: Any = None
     dtype: Any = None
+    patcher: Any = None  # ComfyUI's ModelPatcher around the networks (None outside ComfyUI)
+    token: str = field(default_factory=lambda: uuid.uuid4().hex[:8])  # this load, as opposed to another
 
     @property
     def key(self) -> str:
         """Identifies these weights in a stream's settings (a stream cannot switch models mid-way)."""
-        return f"{self.source}|{self.decoder}|{self.dtype}"
+        return f"{self.source}|{self.decoder}|{self.dtype}|load {self.token}"
 
 
 @dataclass
@@ -44,6 +49,15 @@ class PoseBatch:
     images: torch.Tensor | None = None  # (N, H, W, 3) in [0, 1]
     live: bool = False
     render_options: dict = field(default_factory=dict)  # passed to the renderer (face-morph mode etc.)
+    fps: float = 16.0  # frame rate of the source, carried through to the sampler's fps output
+    arrived: float = field(default_factory=time.monotonic)  # when these poses came in (Frame Queue's latency)
+    on_commit: Any = None  # moves a live source past these poses; called once the run using them succeeded
+
+    def commit(self) -> None:
+        """The run that used these poses succeeded: a live source may move on (an interrupted run re-reads them)."""
+        if self.on_commit is not None:
+            callback, self.on_commit = self.on_commit, None
+            callback()
 
     def __len__(self) -> int:
         return len(self.frames) if self.frames is not None else int(self.images.shape[0])
@@ -66,6 +80,27 @@ class PoseBatch:
         else:
             drawn = [rain_pose.render_pose(frame, height, width) for frame in fitted]
         return uint8_to_image(np.stack(drawn))
+
+
+class TensorMemo:
+    """Values attached to tensor objects, by identity, kept as long as the tensor lives. (WeakKeyDictionary
+    cannot hold tensors: it compares keys with ==, which is elementwise for tensors.)"""
+
+    def __init__(self):
+        self._entries: dict[int, tuple] = {}
+
+    def get(self, tensor, default=None):
+        entry = self._entries.get(id(tensor))
+        return entry[1] if entry is not None and entry[0]() is tensor else default
+
+    def set(self, tensor, value) -> None:
+        key = id(tensor)
+        self._entries[key] = (weakref.ref(tensor, lambda _, key=key: self._entries.pop(key, None)), value)
+
+
+# IMAGE batch from RAIN Sampler -> per frame, when its pose arrived (time.monotonic). Frame Queue measures its
+# latency from there. An entry lives as long as ComfyUI keeps the output.
+frame_origins = TensorMemo()
 
 
 def image_batch(value, input_name: str) -> torch.Tensor:

@@ -6,7 +6,7 @@ import base64
 import io
 
 from . import host
-from .convert import empty_images, image_batch, to_pil
+from .convert import frame_origins, image_batch, to_pil
 
 PREVIEW_EVENT = "rain.frame"
 PREVIEW_FRAMES = 4  # newest frames sent to the widget per run
@@ -29,9 +29,9 @@ class FrameQueueNode:
     RETURN_TYPES = ("IMAGE", "FLOAT", "FLOAT", "INT")
     RETURN_NAMES = ("frames", "fps", "latency_ms", "queued")
     OUTPUT_TOOLTIPS = (
-        "The frames released by this run (may be empty when none are due).",
-        "Measured output rate, frames per second, over the last few seconds.",
-        "Mean time the released frames waited in the queue, milliseconds.",
+        "The frames released by this run. When none are due, the nodes fed from here do not run this time.",
+        "The frame rate the queue paces at (its fps input), for Create Video / Video Combine.",
+        "Mean time from each released frame's pose arriving (Pose Stream) to its release, milliseconds.",
         "Frames still waiting in the queue after this run.",
     )
     FUNCTION = "run"
@@ -47,7 +47,8 @@ class FrameQueueNode:
                     "tooltip": "pace: release the frames that are due at the target fps each run. collect: hold "
                                "every frame until a run with flush on, then release them all."}),
                 "fps": ("FLOAT", {"default": 16.0, "min": 1.0, "max": 120.0, "step": 0.5,
-                                  "tooltip": "Target output rate in frames per second (RAIN's demo runs at 16)."}),
+                                  "tooltip": "Target output rate in frames per second. Connect RAIN Sampler's fps "
+                                             "to pace at the pose source's rate."}),
                 "capacity": ("INT", {"default": 512, "min": 1, "max": 100000,
                                      "tooltip": "Most frames the queue holds. What happens beyond it: see "
                                                 "when_full."}),
@@ -67,11 +68,13 @@ class FrameQueueNode:
     def run(self, frames, mode, fps, capacity, when_full, flush, preview, unique_id=None):
         from ..rain_core.registry import default_registry
 
+        origins = frame_origins.get(frames)  # when each frame's pose arrived, for RAIN Sampler's output
         if frames.shape[0]:
             frames = image_batch(frames, "frames")
-        queue_id = f"frame-queue:{unique_id if unique_id is not None else id(self)}"
+        # One queue per client and node: two browser tabs running the same workflow never mix their frames.
+        queue_id = host.state_key("frame-queue", unique_id if unique_id is not None else id(self))
         queue = default_registry().frame_queue(queue_id, capacity=capacity, fps=fps, when_full=when_full)
-        queue.push(frames)
+        queue.push(frames, origins=origins)
         if flush:
             released = queue.pop_all()
         elif mode == "pace":
@@ -79,16 +82,19 @@ class FrameQueueNode:
         else:  # collect: only what exceeds capacity under "release now" leaves before the flush
             released = queue.pop_excess()
         stats = queue.stats()
-        if released is None:
-            released = empty_images(*(queue.frame_size or tuple(frames.shape[1:3])))
+        count = 0 if released is None else int(released.shape[0])
+        # `released`: frames handed on by this run; `released_total`: since the queue was created. Same names in
+        # the websocket event and in the prompt history.
+        report = {**stats.to_dict(), "released": count}
         if preview:
-            shown = released if released.shape[0] else frames
+            shown = released if count else frames
             host.send_event(PREVIEW_EVENT, {
                 "node": str(unique_id) if unique_id is not None else None,
                 "images": [_data_url(frame) for frame in shown[-PREVIEW_FRAMES:]],
-                "released": int(released.shape[0]),
-                **stats.to_dict(),
+                **report,
             })
-        result = (released, float(stats.output_fps), float(stats.latency_ms), int(stats.queued))
+        output = released if count else host.ExecutionBlocker(None)  # nothing due: the consumers skip this run
+        result = (output, float(queue.fps), float(stats.latency_ms), int(stats.queued))
         # The stats also go to the prompt's history (and to API clients) as this node's UI output.
-        return {"ui": {"rain_stats": [{**stats.to_dict(), "released": int(released.shape[0])}]}, "result": result}
+        return {"ui": {"rain_stats": [report]}, "result": result}
+

@@ -3,8 +3,13 @@
 Inside ComfyUI: model folders come from `folder_paths`, progress and previews go through
 `comfy.utils.ProgressBar` (each update is also an interrupt point), interrupts raise ComfyUI's
 `InterruptProcessingException`, and custom websocket events go out through `PromptServer`.
+The RAIN networks are handed to ComfyUI's memory manager (`comfy.model_patcher.ModelPatcher` +
+`comfy.model_management.load_models_gpu`, as AnimateDiff-Evolved does), so the host's device and precision
+flags apply, loading another model can evict them and `POST /free` releases them. Stream state is keyed by
+the client that queued the prompt (`PromptServer.instance.client_id`), and events go to that client only.
 In plain Python (tests, scripts): folders live under ./models (or $RAIN_MODELS_DIR), progress goes to
-optional hooks, interrupts are requested with `interrupt_processing()`, events are kept in `sent_events`.
+optional hooks, interrupts are requested with `interrupt_processing()`, events are kept in `sent_events`,
+the networks stay where they were loaded, and the client id is `LOCAL_CLIENT` (or `set_client_id()`).
 """
 
 from __future__ import annotations
@@ -30,6 +35,16 @@ try:
     from server import PromptServer as _PromptServer  # absent in plain Python
 except ImportError:
     _PromptServer = None
+
+try:  # the host's way to stop downstream nodes without an error (here: a warm-up run with no frames)
+    from comfy_execution.graph_utils import ExecutionBlocker
+except ImportError:
+
+    class ExecutionBlocker:
+        """Standalone stand-in for ComfyUI's ExecutionBlocker: an output that tells consumers not to run."""
+
+        def __init__(self, message):
+            self.message = message
 
 RAIN_FOLDER = "rain"
 MODEL_EXTENSIONS = {".safetensors", ".pth", ".pt", ".bin", ".ckpt", ".json"}
@@ -106,6 +121,105 @@ def torch_device(choice: str):
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def offload_device(load_device):
+    """Where the networks wait while not in use: ComfyUI's choice (--highvram / --gpu-only keep them loaded)."""
+    import torch
+
+    if IN_COMFYUI and load_device == _comfy_mm.get_torch_device():
+        return _comfy_mm.unet_offload_device()
+    return torch.device("cpu")
+
+
+def auto_dtype(device):
+    """Precision "auto": ComfyUI's UNet precision for the device (honours --fp16-unet, --bf16-unet, --fp32-unet,
+    --force-fp32), or fp16 on a GPU and fp32 on the CPU outside ComfyUI."""
+    import torch
+
+    if IN_COMFYUI:
+        return _comfy_mm.unet_dtype(device=device, supported_dtypes=[torch.float16, torch.bfloat16, torch.float32])
+    return torch.float16 if device.type == "cuda" else torch.float32
+
+
+# ------------------------------------------------------------------------------------------ model memory
+
+
+def _holder(models, device):
+    import torch
+
+    class RainNetworks(torch.nn.Module):
+        """What ComfyUI's ModelPatcher manages: the RAIN networks plus the writable `device` it keeps."""
+
+        def __init__(self):
+            super().__init__()
+            self.rain = models
+            self.device = device
+
+    return RainNetworks()
+
+
+def manage_model(models, load_device, offload_to):
+    """Hand the loaded networks (on `offload_to`) to ComfyUI's memory manager; returns the ModelPatcher, or None
+    outside ComfyUI (the networks then stay where they are)."""
+    if not IN_COMFYUI:
+        return None
+    import comfy.model_patcher as _model_patcher
+
+    return _model_patcher.ModelPatcher(_holder(models, offload_to), load_device=load_device,
+                                       offload_device=offload_to)
+
+
+def load_model(patcher) -> None:
+    """Bring the networks onto their device through ComfyUI (evicting other models if memory is short)."""
+    if patcher is not None:
+        _comfy_mm.load_models_gpu([patcher])
+
+
+def unload_model(patcher) -> None:
+    """Move the networks back to their offload device now (Load RAIN Model's keep_loaded off)."""
+    if patcher is None:
+        return
+    for loaded in list(_comfy_mm.current_loaded_models):
+        if loaded.model is patcher:
+            loaded.model_unload()
+            _comfy_mm.current_loaded_models.remove(loaded)
+
+
+def is_loaded(patcher) -> bool:
+    """Whether ComfyUI holds the networks loaded now (standalone: always)."""
+    if patcher is None:
+        return True
+    return any(loaded.model is patcher for loaded in _comfy_mm.current_loaded_models)
+
+
+# ------------------------------------------------------------------------------------------------ clients
+
+LOCAL_CLIENT = "local"
+_standalone_client: str | None = None
+
+
+def set_client_id(client: str | None) -> None:
+    """Standalone: act as this client (tests of client isolation). Inside ComfyUI the prompt decides."""
+    global _standalone_client
+    _standalone_client = client
+
+
+def client_id() -> str:
+    """Who queued the running prompt: its `client_id` (each browser tab has its own), or "anonymous" for a prompt
+    queued without one. Stream state is keyed by it so that two clients never share a stream by accident."""
+    if IN_COMFYUI and _PromptServer is not None and getattr(_PromptServer, "instance", None) is not None:
+        return getattr(_PromptServer.instance, "client_id", None) or "anonymous"
+    return _standalone_client or LOCAL_CLIENT
+
+
+def state_key(kind: str, name: str) -> str:
+    """The registry key of a piece of stream state: per client, unless the name starts with "shared:" (a stream
+    every client deliberately joins)."""
+    name = str(name)
+    if name.startswith("shared:"):
+        return f"{kind}|{name}"
+    return f"{kind}|{client_id()}|{name}"
+
+
 # --------------------------------------------------------------------------------- progress and interrupts
 
 if IN_COMFYUI:
@@ -152,7 +266,10 @@ class Progress:
         value = min(int(value), self.total)
         if self._bar is not None:
             # ComfyUI's progress hook checks for an interrupt and raises InterruptProcessingException.
-            self._bar.update_absolute(value, self.total, ("JPEG", preview, 512) if preview is not None else None)
+            # The preview's size is the frame's own (at most 512): ComfyUI scales it to the third value, and the
+            # front end captions it with the scaled size.
+            shown = ("JPEG", preview, min(512, max(preview.size))) if preview is not None else None
+            self._bar.update_absolute(value, self.total, shown)
         else:
             for hook in list(progress_hooks):
                 hook(self.node_id, value, self.total, preview)
@@ -166,8 +283,52 @@ sent_events: deque = deque(maxlen=32)
 
 
 def send_event(event: str, data: dict) -> None:
-    """Send a custom websocket event to the browser (e.g. "rain.frame" for the Frame Queue widget)."""
+    """Send a custom websocket event (e.g. "rain.frame" for the Frame Queue widget) to the client that queued the
+    running prompt only; a prompt queued without a client id has no one to show it to."""
     if IN_COMFYUI and _PromptServer is not None and getattr(_PromptServer, "instance", None) is not None:
-        _PromptServer.instance.send_sync(event, data)
+        client = getattr(_PromptServer.instance, "client_id", None)
+        if client is not None:
+            _PromptServer.instance.send_sync(event, data, client)
     else:
-        sent_events.append((event, data))
+        sent_events.append((event, dict(data, client=client_id())))
+
+
+# ---------------------------------------------------------------------------------------- example inputs
+
+
+def install_examples(source: Path, suffixes=(".png", ".mp4", ".json")) -> list[str]:
+    """Copy the pack's example inputs into ComfyUI's input folder so the shipped workflows run as shipped.
+
+    A file already there is never touched (it may be the user's); a copy appears under its final name only when
+    complete. Returns the names copied. Standalone: does nothing (there is no shared input folder)."""
+    if not IN_COMFYUI or not source.is_dir():
+        return []
+    import shutil
+    import tempfile
+
+    target = input_directory()
+    copied = []
+    try:
+        target.mkdir(parents=True, exist_ok=True)
+        for path in sorted(source.iterdir()):
+            destination = target / path.name
+            if path.suffix.lower() not in suffixes or not path.is_file() or destination.exists():
+                continue
+            handle, temporary = tempfile.mkstemp(dir=target, prefix=f".{path.name}.", suffix=".part")
+            os.close(handle)
+            try:
+                shutil.copyfile(path, temporary)
+                if destination.exists():  # appeared meanwhile: the user's file wins
+                    os.unlink(temporary)
+                    continue
+                os.replace(temporary, destination)
+            except BaseException:
+                if os.path.exists(temporary):
+                    os.unlink(temporary)
+                raise
+            copied.append(path.name)
+    except OSError as error:  # a read-only input folder must not stop the pack from loading
+        logger.warning("RAIN: could not copy the example inputs into %s: %s", target, error)
+    if copied:
+        logger.info("RAIN: copied example inputs into %s: %s", target, ", ".join(copied))
+    return copied

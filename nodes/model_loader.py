@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import weakref
 from pathlib import Path
 
 from . import host
@@ -23,7 +24,6 @@ WHERE_FILES_GO = """RAIN looks for these files in ComfyUI/models:
   vae_approx/taesdv.pth        optional fast decoder (github.com/madebyollin/taesdv)
 The built-in tiny-rain model needs none of them (it is a small demo model, not the released weights)."""
 
-_loaded_cache: dict = {}  # load arguments -> RainModelHandle, for keep_loaded
 
 
 def builtin_model_dir() -> Path:
@@ -46,8 +46,16 @@ def _dtype(precision: str, device):
     import torch
 
     if precision == "auto":
-        return torch.float16 if device.type == "cuda" else torch.float32
+        return host.auto_dtype(device)
     return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
+
+
+def _close_streams_of(token: str) -> None:
+    """The handle `token` is gone (ComfyUI dropped the loader's output: /free, another model chosen, another
+    workflow run): its streams go too, so nothing keeps the networks in memory."""
+    from ..rain_core.registry import default_registry
+
+    default_registry().close_streams(lambda entry: entry.extra.get("model_token") == token)
 
 
 class LoadRainModel:
@@ -82,8 +90,9 @@ class LoadRainModel:
                 "default": "auto", "tooltip": "Where the networks run. auto: ComfyUI's device."}),
             "keep_loaded": ("BOOLEAN", {
                 "default": True,
-                "tooltip": "Keep the networks on the device between runs (needed for smooth live streams). Off: "
-                           "they move to the CPU after each RAIN Sampler run, freeing GPU memory."}),
+                "tooltip": "Keep the networks on the device between runs (needed for smooth live streams); "
+                           "ComfyUI may still evict them when another model needs the memory. Off: they go back "
+                           "to the offload device after each RAIN Sampler run."}),
         }}
 
     def load(self, model, vae, image_encoder, decoder, precision, device, keep_loaded):
@@ -103,21 +112,21 @@ class LoadRainModel:
             raise FileNotFoundError("decoder: 'taesdv' needs taesdv.pth in "
                                     f"{', '.join(str(p) for p in host.model_folders('vae_approx'))} "
                                     "(from github.com/madebyollin/taesdv), or choose decoder 'vae' or 'auto'.")
-        key = (str(folder), str(vae_path), str(encoder_path), str(taesdv_path), str(torch_device), str(dtype))
-        cached = _loaded_cache.get(key)
-        if cached is not None:
-            cached.keep_loaded = keep_loaded
-            return (cached,)
         from ..rain_core.loading import RainLoadError, load_rain
 
+        # Loaded onto the offload device; ComfyUI moves them to `torch_device` when a sampler runs (and evicts
+        # them when another model needs the memory, or on POST /free).
+        offload_to = host.offload_device(torch_device)
         try:
             models = load_rain(folder, vae=vae_path, image_encoder=encoder_path, taesdv=taesdv_path,
-                               device=torch_device, dtype=dtype)
+                               device=offload_to, dtype=dtype)
         except RainLoadError as error:
             raise RainLoadError(f"{error}\n{WHERE_FILES_GO}") from error
-        handle = RainModelHandle(models=models, source=str(folder), decoder=decoder, keep_loaded=keep_loaded,
-                                 device=torch_device, dtype=dtype)
-        if keep_loaded:
-            _loaded_cache.clear()  # one model held at a time: switching models frees the previous one
-            _loaded_cache[key] = handle
+        # The decoder the streams really use: "auto" is TAESDV when one is loaded (its file, or the model's own),
+        # else the full codec. The handle says which, so "auto" and "vae" are never confused.
+        effective_decoder = "taesdv" if decoder != "vae" and models.fast_decoder is not None else "vae"
+        handle = RainModelHandle(models=models, source=str(folder), decoder=effective_decoder,
+                                 keep_loaded=keep_loaded, device=torch_device, dtype=dtype,
+                                 patcher=host.manage_model(models, torch_device, offload_to))
+        weakref.finalize(handle, _close_streams_of, handle.token)
         return (handle,)

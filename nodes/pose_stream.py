@@ -16,17 +16,66 @@ FACE_SLIDERS = {  # name: (default, min, max, tooltip) — defaults are the auth
     "jaw_width": (0.9, 0.1, 3.0, "Jaw width ratio."),
 }
 WEBCAM_PREFIX = "webcam"
+NO_VIDEO = "none"
+VIDEO_EXTENSIONS = (".mp4", ".webm", ".mov", ".mkv", ".avi", ".m4v", ".gif")
+DEFAULT_FPS = 16.0  # RAIN's demo rate: used for pose images that come with no frame rate
 
-# Per node: where a looping video or webcam stands, and the face morpher's history (live sources only).
+# Per client and node: where a looping video or webcam stands (live sources only). The position moves on only
+# when the run that used the poses succeeded (see PoseBatch.commit).
 _live_state: dict[str, dict] = {}
+_fps_cache: dict[tuple, float] = {}
+
+
+def _no_video(video_path) -> bool:
+    return not str(video_path or "").strip() or str(video_path).strip() == NO_VIDEO
 
 
 def _resolve(video_path: str) -> str:
-    """A relative video_path names a file in ComfyUI's input folder."""
+    """A relative video_path names a file in ComfyUI's input folder; "none" / "" is no video."""
+    if _no_video(video_path):
+        return ""
     path = video_path.strip()
-    if path and not path.lower().startswith(WEBCAM_PREFIX) and not os.path.isabs(path):
+    if not path.lower().startswith(WEBCAM_PREFIX) and not os.path.isabs(path):
         path = str(host.input_directory() / path)
     return path
+
+
+def video_choices() -> list[str]:
+    """The video_path list: no video, the webcam, then the videos in ComfyUI's input folder."""
+    folder = host.input_directory()
+    try:
+        videos = sorted(f.name for f in folder.iterdir() if f.is_file() and f.suffix.lower() in VIDEO_EXTENSIONS)
+    except OSError:
+        videos = []
+    return [NO_VIDEO, WEBCAM_PREFIX] + videos
+
+
+def _video_fps(path: str) -> float:
+    """The frame rate a video file's container states (read once per file version), or DEFAULT_FPS."""
+    key = (path, os.path.getmtime(path))
+    if key not in _fps_cache:
+        import av
+
+        try:
+            with av.open(path) as container:
+                stream = container.streams.video[0]
+                rate = stream.average_rate or stream.guessed_rate or stream.base_rate
+                _fps_cache[key] = float(rate) if rate else DEFAULT_FPS
+        except (av.FFmpegError, IndexError):
+            _fps_cache[key] = DEFAULT_FPS
+    return _fps_cache[key]
+
+
+def _consumed_by_sampler(prompt, unique_id) -> bool:
+    """Whether a RAIN Sampler of this prompt takes this node's poses (it then commits the position on success)."""
+    if not isinstance(prompt, dict) or unique_id is None:
+        return False
+    for node in prompt.values():
+        if isinstance(node, dict) and node.get("class_type") == "RainSampler":
+            link = node.get("inputs", {}).get("poses")
+            if isinstance(link, list) and link and str(link[0]) == str(unique_id):
+                return True
+    return False
 
 
 def _detector():
@@ -92,12 +141,13 @@ class PoseStream:
                 "default": "body",
                 "tooltip": "body: DWPose skeleton (body, hands, face points). face-morph: the face landmarks "
                            "remapped to anime proportions, drawn as 26 dots (needs keypoints, not pose images)."}),
-            "video_path": ("STRING", {
-                "default": "",
-                "tooltip": "Optional: a rendered pose video (skeleton on black) read frame by frame; a relative name is "
-                           "looked up in ComfyUI's input folder. Or "
-                           "'webcam' / 'webcam:1' for a camera (needs the detector). Empty: use the connected "
-                           "input."}),
+            "video_path": (video_choices(), {
+                "default": NO_VIDEO,
+                "video_upload": True,
+                "tooltip": "Optional: a rendered pose video (skeleton on black) from ComfyUI's input folder (upload "
+                           "one with the button), read frame by frame at its own frame rate; an absolute path also "
+                           "works in the API. Or 'webcam' / 'webcam:1' for a camera (needs the detector). none: use "
+                           "the connected input."}),
             "start_frame": ("INT", {"default": 0, "min": 0, "max": 10_000_000,
                                     "tooltip": "First frame of video_path to read."}),
             "frames_per_run": ("INT", {"default": 0, "min": 0, "max": 100_000,
@@ -122,7 +172,13 @@ class PoseStream:
             "required": required,
             "optional": {
                 "pose_images": ("IMAGE", {"tooltip": "Rendered pose images (skeletons on black), e.g. a pose "
-                                                     "video loaded with Load Video → Get Video Components."}),
+                                                     "video from VideoHelperSuite's Load Video (connect its fps to "
+                                                     "fps too)."}),
+                "video": ("VIDEO", {"tooltip": "A rendered pose video (core Load Video's VIDEO); its frame rate "
+                                               "travels with the poses."}),
+                "fps": ("FLOAT", {"forceInput": True, "default": DEFAULT_FPS, "min": 0.0, "max": 240.0,
+                                  "tooltip": "Frame rate of pose_images / pose_keypoint / video_frames (e.g. "
+                                             "Get Video Components' fps). Without it: 16 fps."}),
                 "pose_keypoint": ("POSE_KEYPOINT", {"tooltip": "Keypoints from DWPose Estimator / OpenPose Pose "
                                                                "(comfyui_controlnet_aux)."}),
                 "video_frames": ("IMAGE", {"tooltip": "Ordinary video frames; poses are detected with DWPose "
@@ -130,8 +186,19 @@ class PoseStream:
                 "reference_pose": ("POSE_KEYPOINT", {"tooltip": "Keypoints of the reference character, for "
                                                                 "align_to_reference."}),
             },
-            "hidden": {"unique_id": "UNIQUE_ID"},
+            "hidden": {"unique_id": "UNIQUE_ID", "prompt": "PROMPT"},
         }
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, video_path=NO_VIDEO):
+        # Taking video_path here replaces ComfyUI's list check for it: absolute paths and webcam:N are valid too.
+        if _no_video(video_path) or str(video_path).strip().lower().startswith(WEBCAM_PREFIX):
+            return True
+        path = _resolve(video_path)
+        if not os.path.isfile(path):
+            return (f"video_path: no file at {path!r}. Choose a video from the list (or upload one), give the full "
+                    "path of a rendered pose video, or choose none to use a connected input.")
+        return True
 
     @classmethod
     def IS_CHANGED(cls, video_path="", loop=False, start_frame=0, frames_per_run=0, **_):
@@ -142,14 +209,16 @@ class PoseStream:
         return f"{path}|{os.path.getmtime(path) if path and os.path.exists(path) else ''}|{start_frame}|{frames_per_run}"
 
     def prepare(self, mode, video_path, start_frame, frames_per_run, loop, smoothing, align_to_reference,
-                pose_images=None, pose_keypoint=None, video_frames=None, reference_pose=None, unique_id=None,
-                **face_sliders):
+                pose_images=None, pose_keypoint=None, video_frames=None, reference_pose=None, video=None, fps=None,
+                unique_id=None, prompt=None, **face_sliders):
         from ..rain_core import pose as rain_pose
         from ..rain_core.video import read_video_frames
 
         live = _is_live(video_path, loop)
-        state = _live_state.setdefault(str(unique_id), {}) if live else {}
+        state = _live_state.setdefault(host.state_key("poses", unique_id), {}) if live else {}
         frames = images = None
+        commit = None
+        source_fps = float(fps) if fps else DEFAULT_FPS
         path = _resolve(video_path)
         if path.lower().startswith(WEBCAM_PREFIX):
             detector = _detector()  # fails first, with what to install, before the camera is opened
@@ -164,8 +233,17 @@ class PoseStream:
             first = state["position"] if live else start_frame
             decoded, next_position, _ = read_video_frames(path, first, frames_per_run, loop, name="video_path")
             if live:
-                state["position"] = next_position
+                def commit(state=state, path=path, position=next_position):
+                    if state.get("path") == path:
+                        state["position"] = position
             images = uint8_to_image(decoded)
+            source_fps = _video_fps(path)
+        elif video is not None:
+            if not hasattr(video, "get_components"):
+                raise ValueError(f"video: expected a VIDEO (core Load Video), found {type(video).__name__}.")
+            components = video.get_components()
+            images = image_batch(components.images, "video")
+            source_fps = float(components.frame_rate) or DEFAULT_FPS
         elif pose_keypoint is not None:
             frames = rain_pose.from_pose_keypoint(pose_keypoint)
         elif pose_images is not None:
@@ -174,8 +252,8 @@ class PoseStream:
             detector = _detector()
             frames = [detector(frame) for frame in image_batch(video_frames, "video_frames").numpy()]
         else:
-            raise ValueError("Pose Stream: no pose source. Connect pose_images, pose_keypoint or video_frames, or "
-                             "set video_path.")
+            raise ValueError("Pose Stream: no pose source. Connect pose_images, pose_keypoint, video or "
+                             "video_frames, or choose a video_path.")
         if not (frames or images is not None and images.shape[0]):
             raise ValueError("Pose Stream: the pose source gave no frames.")
 
@@ -195,7 +273,11 @@ class PoseStream:
                                  "face landmarks are remapped before drawing. Connect DWPose Estimator's "
                                  "POSE_KEYPOINT, or use mode body.")
             render_options["face_morph"] = {name: float(face_sliders[name]) for name in FACE_SLIDERS}
-        batch = PoseBatch(frames=frames, images=images, live=live, render_options=render_options)
+        if commit is not None and not _consumed_by_sampler(prompt, unique_id):
+            commit()  # nothing downstream confirms the run: move on now
+            commit = None
+        batch = PoseBatch(frames=frames, images=images, live=live, render_options=render_options, fps=source_fps,
+                          on_commit=commit)
         if frames is not None:
             canvas = frames[0]
             preview = batch.render(canvas.canvas_height, canvas.canvas_width)

@@ -2,15 +2,35 @@
 
 from __future__ import annotations
 
-import copy
-
 from . import host
-from .convert import PoseBatch, RainModelHandle, empty_images, image_batch, tensor_fingerprint, to_pil
+from .convert import PoseBatch, RainModelHandle, TensorMemo, frame_origins, image_batch, tensor_fingerprint, to_pil
+
+PREVIEW_MAX = 512  # longest side of the progress preview; smaller frames are shown at their own size
+
+# Reference image tensor -> its fingerprint. ComfyUI hands the same cached tensor to every run of a live workflow,
+# so the content hash is computed once, not per run.
+_fingerprints = TensorMemo()
 
 
-def _snapshot(stream):
-    # A deep copy: state_dict tensors may share storage with the live stream, which the next tick overwrites.
-    return copy.deepcopy(stream.state_dict())
+def _fingerprint(reference, prepared) -> str:
+    version = (reference.data_ptr(), tuple(reference.shape), reference._version)  # changed in place: hash again
+    cached = _fingerprints.get(reference)
+    if cached is not None and cached[0] == version:
+        return cached[1]
+    value = tensor_fingerprint(prepared)
+    _fingerprints.set(reference, (version, value))
+    return value
+
+
+def native_size(models) -> int:
+    """The frame size a model was made for: recorded in its config when it is, else by its codec (the released
+    RAIN with the SD VAE works at 512 px; the built-in tiny-rain with its own codec at 64 px)."""
+    config = models.config
+    for name in ("native_size", "sample_size", "resolution"):
+        value = getattr(config, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return 512 if getattr(config, "codec", "vae") == "vae" else 64
 
 
 class RainSampler:
@@ -20,9 +40,13 @@ class RainSampler:
                    "live source under Auto Queue, continues where the last run stopped. Outputs the frames this run "
                    "emitted (none during the first warm-up ticks unless flush is on). A cancelled or failed run "
                    "leaves the stream exactly as it was before the run.")
-    RETURN_TYPES = ("IMAGE",)
-    RETURN_NAMES = ("frames",)
-    OUTPUT_TOOLTIPS = ("The frames this run emitted, (N, H, W, 3). N may be 0 while the stream warms up.",)
+    RETURN_TYPES = ("IMAGE", "FLOAT")
+    RETURN_NAMES = ("frames", "fps")
+    OUTPUT_TOOLTIPS = (
+        "The frames this run emitted, (N, H, W, 3). On a run that emits none (the first warm-up runs) the nodes "
+        "fed from here do not run (ComfyUI's execution blocker), so Save Image never sees an empty batch.",
+        "The frame rate of the pose source (e.g. 30 for a 30 fps pose video), for Create Video / Video Combine "
+        "/ Frame Queue, so the output plays at the input's speed.")
     FUNCTION = "sample"
 
     @classmethod
@@ -34,12 +58,14 @@ class RainSampler:
                     "tooltip": "The character to animate (the first image of the batch). Any size: it is "
                                "letterboxed to width x height; transparency becomes white."}),
                 "poses": ("RAIN_POSES", {"tooltip": "Pose frames from Pose Stream."}),
-                "width": ("INT", {"default": 512, "min": 16, "max": 2048, "step": 16,
-                                  "tooltip": "Output frame width in pixels: a multiple of 64 for the released "
-                                             "model (the sampler names the right multiple for others)."}),
-                "height": ("INT", {"default": 512, "min": 16, "max": 2048, "step": 16,
-                                   "tooltip": "Output frame height in pixels: a multiple of 64 for the released "
-                                              "model (the sampler names the right multiple for others)."}),
+                "width": ("INT", {"default": 0, "min": 0, "max": 2048, "step": 16,
+                                  "tooltip": "Output frame width in pixels; 0 = the model's own size (64 for the "
+                                             "built-in tiny-rain, 512 for the released RAIN). A multiple of 64 for "
+                                             "the released model (the sampler names the right multiple for "
+                                             "others)."}),
+                "height": ("INT", {"default": 0, "min": 0, "max": 2048, "step": 16,
+                                   "tooltip": "Output frame height in pixels; 0 = the model's own size (64 for the "
+                                              "built-in tiny-rain, 512 for the released RAIN)."}),
                 "levels": ("INT", {"default": 4, "min": 1, "max": 16,
                                    "tooltip": "Noise levels p in the window: more levels, smoother motion, longer "
                                               "warm-up (the window holds levels x frames_per_cohort frames)."}),
@@ -53,8 +79,10 @@ class RainSampler:
                 "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "control_after_generate": False,
                                  "tooltip": "Noise seed of the stream. Fixed for the life of a stream."}),
                 "stream_id": ("STRING", {"default": "rain",
-                                         "tooltip": "Name of the stream kept between runs. Two samplers with the "
-                                                    "same id share one stream."}),
+                                         "tooltip": "Name of the stream kept between runs. Each client (browser "
+                                                    "tab, API client id) has its own streams; two samplers of one "
+                                                    "client with the same id share one stream. A name starting "
+                                                    "with 'shared:' is one stream for every client."}),
                 "reset": ("BOOLEAN", {"default": False,
                                       "tooltip": "Start the stream afresh on this run (also needed after changing "
                                                  "a setting of a running stream). Turn it off again to continue "
@@ -77,15 +105,20 @@ class RainSampler:
             raise ValueError(f"rain_model: expected the output of Load RAIN Model, found {type(rain_model).__name__}.")
         if not isinstance(poses, PoseBatch):
             raise ValueError(f"poses: expected the output of Pose Stream, found {type(poses).__name__}.")
-        reference = image_batch(reference, "reference")[:1]
+        prepared = image_batch(reference, "reference")[:1]
         models = rain_model.models
+        native = native_size(models)
+        width, height = int(width) or native, int(height) or native
         settings = {"model": rain_model.key, "width": width, "height": height, "levels": levels,
                     "frames_per_cohort": frames_per_cohort, "steps": steps, "guidance": float(guidance),
-                    "seed": int(seed), "reference": tensor_fingerprint(reference)}
+                    "seed": int(seed), "reference": _fingerprint(reference, prepared)}
         registry = default_registry()
+        key = host.state_key("stream", stream_id) if isinstance(stream_id, str) and stream_id.strip() else stream_id
         if reset:
-            registry.close_stream(stream_id)
-        if not rain_model.keep_loaded:
+            registry.close_stream(key)
+        if rain_model.patcher is not None:
+            host.load_model(rain_model.patcher)  # ComfyUI moves the networks in (evicting others if needed)
+        elif not rain_model.keep_loaded:
             models.to(rain_model.device, rain_model.dtype)
 
         def create_stream():
@@ -93,14 +126,16 @@ class RainSampler:
                                   guidance=float(guidance), height=height, width=width, seed=int(seed),
                                   decoder=rain_model.decoder)
             stream = RainStream(models, config)
-            stream.set_reference(reference)
+            stream.set_reference(prepared)
             return stream
 
         try:
-            entry, created = registry.open_stream(stream_id, settings, create_stream)
+            entry, created = registry.open_stream(key, settings, create_stream)
+            entry.extra["model_token"] = rain_model.token
             stream = entry.stream
             pose_images = poses.render(height, width)
-            before = None if created else _snapshot(stream)
+            # state_dict() already holds copies of the state tensors: restoring it undoes this run exactly.
+            before = None if created else stream.state_dict()
             chunks = [pose_images[i:i + frames_per_cohort] for i in range(0, len(pose_images), frames_per_cohort)]
             progress = host.Progress(len(chunks) + int(flush), node_id=unique_id)
             emitted = []
@@ -109,30 +144,45 @@ class RainSampler:
                     frames = stream.push(chunk)
                     if len(frames):
                         emitted.append(frames)
-                    # An interrupt point: a cancel here restores `before` below.
-                    progress.update(index + 1, to_pil(frames[-1], 512) if len(frames) else None)
+                    # An interrupt point: a cancel here restores `before` below. The preview is the last frame
+                    # of the run only (one JPEG per run, not per chunk).
+                    last = index == len(chunks) - 1 and not flush
+                    progress.update(index + 1, to_pil(frames[-1], PREVIEW_MAX) if last and len(frames) else None)
                 if flush:
                     frames = stream.flush()
                     if len(frames):
                         emitted.append(frames)
-                    progress.update(len(chunks) + 1, to_pil(frames[-1], 512) if len(frames) else None)
+                    progress.update(len(chunks) + 1, to_pil(frames[-1], PREVIEW_MAX) if len(frames) else None)
             except BaseException:
                 if created:
-                    registry.close_stream(stream_id)
+                    registry.close_stream(key)
                 else:
                     stream.load_state_dict(before)
                 raise
             entry.runs += 1
             entry.frames_in += len(pose_images)
+            pose_times = entry.extra.setdefault("pose_times", [])
+            pose_times.extend([poses.arrived] * len(pose_images))
+            emitted_count = sum(len(frames) for frames in emitted)
+            origins, entry.extra["pose_times"] = pose_times[:emitted_count], pose_times[emitted_count:]
             if flush:
-                registry.close_stream(stream_id)
+                registry.close_stream(key)
+            # The run succeeded: the pose source may now move past the poses it gave (a cancelled run re-reads
+            # them, so an interrupted then resumed live stream equals an uninterrupted one).
+            poses.commit()
         finally:
-            if not rain_model.keep_loaded:
+            if rain_model.patcher is not None:
+                if not rain_model.keep_loaded:
+                    host.unload_model(rain_model.patcher)
+            elif not rain_model.keep_loaded:
                 models.to("cpu", rain_model.dtype)
+        fps = float(poses.fps)
         if not emitted:
-            return (empty_images(height, width),)
+            # Nothing to hand on (warm-up): the nodes fed from `frames` do not run at all this time.
+            return (host.ExecutionBlocker(None), fps)
         import torch
 
         output = torch.cat([frames.to("cpu", torch.float32) for frames in emitted])
         entry.frames_out += output.shape[0]
-        return (output,)
+        frame_origins.set(output, origins)
+        return (output, fps)

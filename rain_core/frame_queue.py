@@ -29,12 +29,12 @@ class FrameQueueFullError(RuntimeError):
 class FrameQueueStats:
     queued: int  # frames waiting now
     pushed: int  # frames accepted since creation
-    released: int  # frames handed on since creation
+    released_total: int  # frames handed on since creation (a run's own count is called `released` elsewhere)
     dropped: int  # frames discarded by the "drop oldest" policy
     underruns: int  # times a release found the queue empty although frames were due (producer too slow)
     input_fps: float  # measured arrival rate over the recent window
     output_fps: float  # measured release rate over the recent window
-    latency_ms: float  # mean wait in the queue of the frames released by the last release
+    latency_ms: float  # mean time from each released frame's origin (its pose's arrival, else its push) to release
     target_fps: float
 
     def to_dict(self) -> dict:
@@ -81,7 +81,7 @@ class FrameQueue:
         self.clock = clock
         self.configure(capacity=capacity, fps=fps, when_full=when_full)
         self._frames: deque[torch.Tensor] = deque()
-        self._arrivals: deque[float] = deque()
+        self._origins: deque[float] = deque()
         self._pace_origin: float | None = None
         self._released_since_origin = 0
         self._pushed = self._released = self._dropped = self._underruns = 0
@@ -109,8 +109,11 @@ class FrameQueue:
         """(height, width) of the queued frames, or None when empty."""
         return tuple(self._frames[0].shape[:2]) if self._frames else None
 
-    def push(self, frames: torch.Tensor) -> int:
-        """Store frames (N, H, W, 3); returns how many were accepted (all, unless the policy refuses)."""
+    def push(self, frames: torch.Tensor, origins=None) -> int:
+        """Store frames (N, H, W, 3); returns how many were accepted (all, unless the policy refuses).
+
+        `origins`: per frame, when what it shows came in (for a RAIN frame: when its pose arrived, on this
+        queue's clock); latency is measured from there to the frame's release. Default: the push time."""
         if not isinstance(frames, torch.Tensor) or frames.ndim != 4 or frames.shape[-1] != 3:
             found = tuple(frames.shape) if isinstance(frames, torch.Tensor) else type(frames).__name__
             raise ValueError(f"frames: expected an image batch of shape (N, H, W, 3), found {found}.")
@@ -130,14 +133,16 @@ class FrameQueue:
                 "output rate, connect the queue's output to a node that consumes it, flush it, or choose "
                 "when_full = 'drop oldest' (live previews) or 'release now' (never drops a frame).")
         now = self.clock()
+        if origins is None or len(origins) != count:
+            origins = [now] * count
         frames = frames.detach().to("cpu", torch.float32)
-        for frame in frames:
+        for frame, origin in zip(frames, origins):
             self._frames.append(frame)
-            self._arrivals.append(now)
+            self._origins.append(min(float(origin), now))
         if overflow > 0 and self.when_full == "drop oldest":
             for _ in range(min(overflow, len(self._frames))):
                 self._frames.popleft()
-                self._arrivals.popleft()
+                self._origins.popleft()
             self._dropped += overflow
         self._pushed += count
         self._in_rate.add(now, count)
@@ -180,7 +185,7 @@ class FrameQueue:
         """Discard every queued frame; returns how many were discarded."""
         count = len(self._frames)
         self._frames.clear()
-        self._arrivals.clear()
+        self._origins.clear()
         self._pace_origin = None
         return count
 
@@ -188,7 +193,7 @@ class FrameQueue:
         if count <= 0:
             return None
         frames = [self._frames.popleft() for _ in range(count)]
-        waits = [now - self._arrivals.popleft() for _ in range(count)]
+        waits = [now - self._origins.popleft() for _ in range(count)]
         self._released += count
         self._released_since_origin += count
         self._last_latency_ms = 1000.0 * sum(waits) / count
@@ -197,7 +202,7 @@ class FrameQueue:
 
     def stats(self, now: float | None = None) -> FrameQueueStats:
         now = self.clock() if now is None else now
-        return FrameQueueStats(queued=len(self._frames), pushed=self._pushed, released=self._released,
+        return FrameQueueStats(queued=len(self._frames), pushed=self._pushed, released_total=self._released,
                                dropped=self._dropped, underruns=self._underruns,
                                input_fps=self._in_rate.rate(now), output_fps=self._out_rate.rate(now),
                                latency_ms=self._last_latency_ms, target_fps=self.fps)

@@ -79,6 +79,14 @@ class StreamRegistry:
         with self._lock:
             return self._streams.pop(stream_id, None) is not None
 
+    def close_streams(self, predicate: Callable[[StreamEntry], bool]) -> list[str]:
+        """Forget every stream whose entry satisfies `predicate` (e.g. those built on a model being unloaded)."""
+        with self._lock:
+            closed = [key for key, entry in self._streams.items() if predicate(entry)]
+            for key in closed:
+                del self._streams[key]
+            return closed
+
     def stream_ids(self) -> list[str]:
         with self._lock:
             return sorted(self._streams)

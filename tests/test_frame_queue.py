@@ -99,7 +99,7 @@ def test_latency_and_rates_are_measured():
     assert stats.input_fps == pytest.approx(4.0)
     assert stats.output_fps == pytest.approx(4.0, rel=0.3)
     assert stats.latency_ms > 0
-    assert stats.pushed == 16 and stats.released + stats.queued == 16
+    assert stats.pushed == 16 and stats.released_total + stats.queued == 16
 
 
 def test_size_change_is_refused_with_a_fix():

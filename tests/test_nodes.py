@@ -17,7 +17,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "examples"  # real inputs shipped with the pack (examples/README.md)
 PACK_NAME = "renamed_rain_pack"
-CUSTOM_TYPES = {"RAIN_MODEL", "RAIN_POSES", "POSE_KEYPOINT"}
+CUSTOM_TYPES = {"RAIN_MODEL", "RAIN_POSES", "POSE_KEYPOINT", "VIDEO"}
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN"}
 
 
@@ -43,9 +43,11 @@ def host(pack, tmp_path, monkeypatch):
     module = sys.modules[f"{PACK_NAME}.nodes.host"]
     module.sent_events.clear()
     module.progress_hooks.clear()
+    module.set_client_id(None)
     yield module
     module.progress_hooks.clear()
     module.interrupt_processing(False)
+    module.set_client_id(None)
 
 
 def all_inputs(node_class):
@@ -224,7 +226,7 @@ def test_looping_pose_video_is_live_and_advances_each_run(pack, host):
 
 
 def test_pose_stream_without_a_source_names_the_inputs(pack, host):
-    with pytest.raises(ValueError, match="pose_images, pose_keypoint or video_frames"):
+    with pytest.raises(ValueError, match="pose_images, pose_keypoint, video or video_frames"):
         pack.NODE_CLASS_MAPPINGS["RainPoseStream"]().prepare(**pose_stream_args())
 
 
@@ -255,7 +257,7 @@ def test_frame_queue_collect_mode_holds_frames_until_flush(pack, host):
     for batch in batches:
         frames, fps, latency, queued = node.run(**frame_queue_args(batch, mode="collect",
                                                                    unique_id="collect"))["result"]
-        assert frames.shape == (0, 16, 16, 3)
+        assert isinstance(frames, host.ExecutionBlocker) and fps == 16.0  # nothing released: consumers skip
     frames, fps, latency, queued = node.run(**frame_queue_args(torch.zeros(0, 16, 16, 3), mode="collect",
                                                                flush=True, unique_id="collect"))["result"]
     assert torch.equal(frames, torch.cat(batches)) and queued == 0 and latency >= 0
@@ -298,3 +300,71 @@ def test_pose_stream_detects_poses_in_video_frames_with_the_dwpose_files_in_mode
 def test_pose_stream_without_dwpose_files_says_which_file_goes_where(pack, host):
     with pytest.raises(Exception, match=r"(?s)yolox_l\.onnx.*dwpose"):
         pack.NODE_CLASS_MAPPINGS["RainPoseStream"]().prepare(**pose_stream_args(video_frames=torch.rand(1, 32, 32, 3)))
+
+
+def test_frame_queue_released_means_this_run_in_the_event_and_in_the_history(pack, host):
+    node = pack.NODE_CLASS_MAPPINGS["RainFrameQueue"]()
+    for _ in range(2):
+        output = node.run(**frame_queue_args(torch.rand(3, 8, 8, 3), mode="collect", flush=True,
+                                             unique_id="meaning"))
+    event = host.sent_events[-1][1]
+    history = output["ui"]["rain_stats"][0]
+    assert event["released"] == history["released"] == 3  # this run's frames
+    assert event["released_total"] == history["released_total"] == 6  # since the queue began
+
+
+def test_frame_queue_latency_runs_from_the_pose_arrival(pack, host):
+    import time
+
+    convert = sys.modules[f"{PACK_NAME}.nodes.convert"]
+    frames = torch.rand(2, 8, 8, 3)
+    convert.frame_origins.set(frames, [time.monotonic() - 0.25] * 2)  # the poses came in 250 ms ago
+    output = pack.NODE_CLASS_MAPPINGS["RainFrameQueue"]().run(**frame_queue_args(frames, unique_id="latency"))
+    assert output["result"][0].shape[0] >= 1
+    assert 250 <= output["result"][2] < 5000 and output["ui"]["rain_stats"][0]["latency_ms"] >= 250
+
+
+def test_frame_queues_and_events_are_per_client(pack, host):
+    node = pack.NODE_CLASS_MAPPINGS["RainFrameQueue"]()
+    host.set_client_id("tab-a")
+    node.run(**frame_queue_args(torch.rand(5, 8, 8, 3), mode="collect", unique_id="9"))
+    assert host.sent_events[-1][1]["client"] == "tab-a"
+    host.set_client_id("tab-b")
+    output = node.run(**frame_queue_args(torch.rand(2, 8, 8, 3), mode="collect", flush=True, unique_id="9"))
+    assert output["result"][0].shape[0] == 2  # tab-a's five frames stay in tab-a's queue
+    assert host.sent_events[-1][1]["client"] == "tab-b"
+    host.set_client_id("tab-a")
+    output = node.run(**frame_queue_args(torch.zeros(0, 8, 8, 3), mode="collect", flush=True, unique_id="9"))
+    assert output["result"][0].shape[0] == 5
+
+
+def test_video_path_lists_the_input_folder_videos_with_an_upload_button(pack, host, tmp_path, monkeypatch):
+    import shutil
+
+    monkeypatch.setenv("RAIN_INPUT_DIR", str(tmp_path / "input"))
+    (tmp_path / "input").mkdir()
+    shutil.copy(DATA / "anyone-video-2_kps.mp4", tmp_path / "input" / "dance.mp4")
+    (tmp_path / "input" / "notes.txt").write_text("not a video")
+    node = pack.NODE_CLASS_MAPPINGS["RainPoseStream"]
+    choices, options = all_inputs(node)["video_path"]
+    assert choices == ["none", "webcam", "dance.mp4"] and options["video_upload"] is True
+    assert node.VALIDATE_INPUTS(video_path="dance.mp4") is True
+    assert node.VALIDATE_INPUTS(video_path=str(DATA / "anyone-video-1_kps.mp4")) is True  # a full path too
+    assert node.VALIDATE_INPUTS(video_path="webcam:1") is True
+    assert "no file at" in node.VALIDATE_INPUTS(video_path="missing.mp4")
+    poses, _ = node().prepare(**pose_stream_args(video_path="dance.mp4", frames_per_run=4))
+    assert len(poses) == 4 and poses.fps == 30.0  # the container's frame rate travels with the poses
+
+
+def test_pose_stream_takes_a_video_with_its_frame_rate(pack, host):
+    from types import SimpleNamespace
+
+    class Video:  # the interface of ComfyUI's VIDEO (comfy_api VideoInput.get_components)
+        def get_components(self):
+            return SimpleNamespace(images=torch.rand(5, 24, 16, 3), audio=None, frame_rate=25)
+
+    poses, preview = pack.NODE_CLASS_MAPPINGS["RainPoseStream"]().prepare(**pose_stream_args(video=Video()))
+    assert len(poses) == 5 and poses.fps == 25.0 and preview.shape == (5, 24, 16, 3)
+    images, _ = pack.NODE_CLASS_MAPPINGS["RainPoseStream"]().prepare(**pose_stream_args(
+        pose_images=torch.rand(2, 8, 8, 3), fps=12.0))
+    assert images.fps == 12.0

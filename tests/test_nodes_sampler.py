@@ -38,9 +38,11 @@ def host(pack, tmp_path, monkeypatch, small_models):
     registry = pack_registry()
     registry.clear()
     module.progress_hooks.clear()
+    module.set_client_id(None)
     yield module
     module.progress_hooks.clear()
     module.interrupt_processing(False)
+    module.set_client_id(None)
     registry.clear()
 
 
@@ -78,11 +80,21 @@ def reference():
                         torch.full((40, 28), 0.5)], -1)[None]  # (1, 40, 28, 3): another size than the stream
 
 
-def run(pack, model, poses, stream_id="s", flush=False, reset=False, image=None, seed=0, keep_loaded=True):
+def blocked(value) -> bool:
+    """ComfyUI's ExecutionBlocker (the standalone stand-in here): the nodes fed from this output do not run."""
+    return type(value).__name__ == "ExecutionBlocker"
+
+
+def run(pack, model, poses, stream_id="s", flush=False, reset=False, image=None, seed=0, keep_loaded=True,
+        raw=False):
+    """The sampler's frames; a blocked output (no frames this run) as an empty batch unless `raw`."""
     model.keep_loaded = keep_loaded
     node = pack.NODE_CLASS_MAPPINGS["RainSampler"]()
-    return node.sample(model, reference() if image is None else image, poses, SIZE, SIZE, 2, 2, 2, 3.5, seed,
-                       stream_id, reset, flush, unique_id="3")[0]
+    output = node.sample(model, reference() if image is None else image, poses, SIZE, SIZE, 2, 2, 2, 3.5, seed,
+                         stream_id, reset, flush, unique_id="3")
+    if raw:
+        return output
+    return torch.zeros(0, SIZE, SIZE, 3) if blocked(output[0]) else output[0]
 
 
 def chunk(poses, start, stop):
@@ -122,7 +134,7 @@ def test_interrupted_first_run_leaves_no_stream_behind(pack, host, model, pose_v
     host.progress_hooks.append(lambda node_id, value, total, preview: host.interrupt_processing())
     with pytest.raises(host.Interrupted):
         run(pack, model, pose_video_frames, stream_id="new")
-    assert "new" not in pack_registry().stream_ids()
+    assert host.state_key("stream", "new") not in pack_registry().stream_ids() and not pack_registry().stream_ids()
 
 
 def test_resumed_stream_with_other_settings_is_refused_until_reset(pack, model, pose_video_frames, whole):
@@ -176,5 +188,81 @@ def test_sampler_into_frame_queue_paces_and_flushes_everything(pack, model, pose
         released.append(queue.run(frames, "pace", 1.0, 64, "error", False, False, unique_id="q")["result"][0])
     released.append(queue.run(torch.zeros(0, SIZE, SIZE, 3), "pace", 1.0, 64, "error", True, False,
                               unique_id="q")["result"][0])
+    released = [torch.zeros(0, SIZE, SIZE, 3) if blocked(frames) else frames for frames in released]
     assert released[0].shape[0] == 0 and released[1].shape[0] == 1  # 1 fps: one frame at a time
     assert torch.equal(torch.cat(released), whole)
+
+
+def test_warm_up_run_blocks_downstream_nodes_and_passes_the_pose_fps(pack, model, pose_video_frames):
+    frames, fps = run(pack, model, chunk(pose_video_frames, 0, 2), stream_id="warm", raw=True)
+    assert blocked(frames) and frames.message is None  # silently: Save Image / Preview Image just do not run
+    frames, fps = run(pack, model, chunk(pose_video_frames, 2, 4), stream_id="warm", raw=True)
+    assert frames.shape == (2, SIZE, SIZE, 3)
+    assert pose_video_frames.fps == 30.0 and fps == 16.0  # chunk() made pose images without a frame rate
+    assert run(pack, model, pose_video_frames, stream_id="fps", flush=True, raw=True)[1] == 30.0
+
+
+def test_decoder_is_part_of_what_a_load_returns(pack, host):
+    loader = pack.NODE_CLASS_MAPPINGS["LoadRainModel"]()
+    auto = loader.load("tiny-test", "auto", "auto", "auto", "fp32", "cpu", True)[0]
+    vae = loader.load("tiny-test", "auto", "auto", "vae", "fp32", "cpu", True)[0]
+    # Regression: a cache keyed without the decoder handed the "auto" load back for "vae", and a stream started
+    # on one then refused every later run ("|auto|" -> "|vae|").
+    assert vae is not auto and vae.decoder == "vae"
+    assert auto.decoder == "vae"  # no fast decoder in this model: auto means the codec, and says so
+
+
+def test_two_clients_with_one_stream_id_get_two_streams(pack, host, model, pose_video_frames, whole):
+    host.set_client_id("tab-a")
+    first_a = run(pack, model, chunk(pose_video_frames, 0, 2), stream_id="live")
+    host.set_client_id("tab-b")
+    first_b = run(pack, model, chunk(pose_video_frames, 0, 2), stream_id="live")  # not tab-a's continuation
+    host.set_client_id("tab-a")
+    rest_a = run(pack, model, chunk(pose_video_frames, 2, 6), stream_id="live", flush=True)
+    assert torch.equal(torch.cat([first_a, rest_a]), whole) and torch.equal(first_b, first_a)
+    host.set_client_id("tab-b")
+    assert pack_registry().stream_ids() == [host.state_key("stream", "live")]  # only tab-b's is still open
+
+
+def test_shared_stream_id_is_one_stream_for_every_client(pack, host, model, pose_video_frames, whole):
+    host.set_client_id("tab-a")
+    first = run(pack, model, chunk(pose_video_frames, 0, 2), stream_id="shared:stage")
+    host.set_client_id("tab-b")
+    rest = run(pack, model, chunk(pose_video_frames, 2, 6), stream_id="shared:stage", flush=True)
+    assert torch.equal(torch.cat([first, rest]), whole)
+
+
+def test_streams_go_when_their_model_handle_goes(pack, host, pose_video_frames):
+    import gc
+    import weakref
+
+    loader = pack.NODE_CLASS_MAPPINGS["LoadRainModel"]()
+    handle = loader.load("tiny-test", "auto", "auto", "vae", "fp32", "cpu", True)[0]
+    run(pack, handle, chunk(pose_video_frames, 0, 2), stream_id="held")
+    networks = weakref.ref(handle.models)
+    assert pack_registry().stream_ids()
+    del handle  # what ComfyUI does on POST /free {"free_memory": true}, or when another model is loaded
+    gc.collect()
+    assert not pack_registry().stream_ids() and networks() is None  # nothing keeps the weights in memory
+
+
+def test_live_pose_position_moves_on_only_when_the_sampler_run_succeeds(pack, host, model):
+    node = pack.NODE_CLASS_MAPPINGS["RainPoseStream"]()
+    prompt = {"3": {"class_type": "RainPoseStream", "inputs": {}},
+              "4": {"class_type": "RainSampler", "inputs": {"poses": ["3", 0]}}}
+    args = pose_stream_args(video_path=str(DATA / "anyone-video-1_kps.mp4"), frames_per_run=2, loop=True,
+                            unique_id="3", prompt=prompt)
+    first = node.prepare(**args)[0]
+    again = node.prepare(**args)[0]  # the first batch was never committed (its run failed): same poses
+    assert torch.equal(first.images, again.images)
+    host.progress_hooks.append(lambda node_id, value, total, preview: host.interrupt_processing())
+    with pytest.raises(host.Interrupted):
+        run(pack, model, again, stream_id="poses")
+    host.progress_hooks.clear()
+    retry = node.prepare(**args)[0]
+    assert torch.equal(retry.images, first.images)  # the interrupted run's poses come again
+    run(pack, model, retry, stream_id="poses")
+    following = node.prepare(**args)[0]
+    assert not torch.equal(following.images, first.images)
+    assert torch.equal(following.images, node.prepare(**pose_stream_args(
+        video_path=str(DATA / "anyone-video-1_kps.mp4"), start_frame=2, frames_per_run=2))[0].images)
