@@ -1,6 +1,7 @@
-"""DWPose detector: pre/post-processing on crafted arrays, and the whole path on tiny random ONNX models
-exported from torch with the real input/output signatures (YOLOX: image → (1, anchors, 6); pose: image
-→ SimCC x (1, 133, 2w), SimCC y (1, 133, 2h))."""
+"""DWPose detector: pre/post-processing on crafted arrays, and the whole path on tiny ONNX models exported from
+torch with the real input/output signatures (YOLOX: image → (1, anchors, 6); pose: image → SimCC x (1, 133, 2w),
+SimCC y (1, 133, 2h)) whose outputs are planted: two people and a duplicate box, so every keypoint the detector
+returns is known in advance."""
 
 import subprocess
 import sys
@@ -13,6 +14,7 @@ import torch
 from rain_core.pose.detector import (
     DetectorUnavailable,
     DWPoseDetector,
+    _nms,
     detector_postprocess,
     detector_preprocess,
     pose_postprocess,
@@ -22,46 +24,54 @@ from rain_core.pose.detector import (
 
 DETECTOR_SIZE = (64, 64)
 POSE_SIZE = (32, 24)  # (h, w), the real model's 256x192 shrunk
+ANCHORS = 8 * 8 + 4 * 4 + 2 * 2  # stride 8, 16 and 32 grids of a 64x64 input
+IMAGE_SIZE = 128  # a 128x128 image: the detector sees it at ratio 0.5
 
 
-class TinyYolox(torch.nn.Module):
-    """Three strided heads (8, 16, 32) flattened and concatenated like YOLOX's decoded-free output."""
+def planted_yolox_output() -> torch.Tensor:
+    """Raw YOLOX output (1, anchors, 6) = [dx, dy, log(w/8), log(h/8), objectness, person] on the stride-8 grid.
+    Person A: centre (20, 28), 16x32 in the input → box (24, 24, 56, 88) in the image, score 0.81.
+    A's duplicate one cell right (centre 22, 28), score 0.64: suppressed by NMS.
+    Person B: centre (52, 12), 8x8 → box (96, 16, 112, 32), score 0.9025: first by score, smaller by area."""
+    raw = torch.zeros(1, ANCHORS, 6)
+    raw[0, 3 * 8 + 2] = torch.tensor([0.5, 0.5, np.log(2.0), np.log(4.0), 0.9, 0.9])
+    raw[0, 3 * 8 + 3] = torch.tensor([-0.75, 0.5, np.log(2.0), np.log(4.0), 0.8, 0.8])
+    raw[0, 1 * 8 + 6] = torch.tensor([0.5, 0.5, 0.0, 0.0, 0.95, 0.95])
+    return raw
 
-    def __init__(self):
+
+def planted_simcc_outputs() -> tuple[torch.Tensor, torch.Tensor]:
+    """Every keypoint at the centre of the crop (x 12 of 24, y 16 of 32) with score 0.9, except the nose (0) at
+    its top-left corner (0, 0) with score 0.6."""
+    simcc_x, simcc_y = torch.zeros(1, 133, POSE_SIZE[1] * 2), torch.zeros(1, 133, POSE_SIZE[0] * 2)
+    simcc_x[0, 1:, POSE_SIZE[1]] = 0.9
+    simcc_y[0, 1:, POSE_SIZE[0]] = 0.9
+    simcc_x[0, 0, 0] = simcc_y[0, 0, 0] = 0.6
+    return simcc_x, simcc_y
+
+
+class PlantedOutputs(torch.nn.Module):
+    """Returns fixed tensors whatever the image (the image still flows in, so the graph keeps its input)."""
+
+    def __init__(self, *outputs):
         super().__init__()
-        self.stem = torch.nn.Conv2d(3, 8, 3, stride=8, padding=1)
-        self.down16 = torch.nn.Conv2d(8, 8, 3, stride=2, padding=1)
-        self.down32 = torch.nn.Conv2d(8, 8, 3, stride=2, padding=1)
-        self.head = torch.nn.Conv2d(8, 6, 1)
+        for i, output in enumerate(outputs):
+            self.register_buffer(f"out{i}", output)
+        self.count = len(outputs)
 
     def forward(self, image):
-        p8 = self.stem(image / 255.0)
-        p16 = self.down16(p8)
-        p32 = self.down32(p16)
-        return torch.cat([self.head(p).flatten(2) for p in (p8, p16, p32)], dim=2).transpose(1, 2)
-
-
-class TinySimcc(torch.nn.Module):
-    def __init__(self, height, width):
-        super().__init__()
-        self.features = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, stride=4, padding=1), torch.nn.AdaptiveAvgPool2d(2))
-        self.to_x = torch.nn.Linear(16, 133 * width * 2)
-        self.to_y = torch.nn.Linear(16, 133 * height * 2)
-        self.height, self.width = height, width
-
-    def forward(self, image):
-        feature = self.features(image).flatten(1)
-        return self.to_x(feature).view(-1, 133, self.width * 2), self.to_y(feature).view(-1, 133, self.height * 2)
+        zero = image.sum() * 0.0
+        outputs = tuple(getattr(self, f"out{i}") + zero for i in range(self.count))
+        return outputs if self.count > 1 else outputs[0]
 
 
 def write_tiny_dwpose(folder):
-    """Tiny random YOLOX + SimCC ONNX files under the real DWPose file names in `folder`."""
-    torch.manual_seed(0)
+    """Tiny YOLOX + SimCC ONNX files with planted outputs under the real DWPose file names in `folder`."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(TinyYolox().eval(), (torch.zeros(1, 3, *DETECTOR_SIZE),), str(folder / "yolox_l.onnx"),
-                          input_names=["images"], output_names=["output"], dynamo=False)
-        torch.onnx.export(TinySimcc(*POSE_SIZE).eval(), (torch.zeros(1, 3, *POSE_SIZE),),
+        torch.onnx.export(PlantedOutputs(planted_yolox_output()).eval(), (torch.zeros(1, 3, *DETECTOR_SIZE),),
+                          str(folder / "yolox_l.onnx"), input_names=["images"], output_names=["output"], dynamo=False)
+        torch.onnx.export(PlantedOutputs(*planted_simcc_outputs()).eval(), (torch.zeros(1, 3, *POSE_SIZE),),
                           str(folder / "dw-ll_ucoco_384.onnx"), input_names=["input"],
                           output_names=["simcc_x", "simcc_y"], dynamo=False)
     return folder
@@ -120,12 +130,42 @@ def test_wholebody_to_person_builds_openpose_order_with_neck():
     assert person.face[0, 0] == pytest.approx(0.023) and person.right_hand[20, 0] == pytest.approx(0.132)
 
 
-def test_detector_runs_tiny_onnx_models_and_keeps_one_session(tiny_models):
-    detector = DWPoseDetector(tiny_models, providers=("CPUExecutionProvider",))
+def test_nms_uses_pixel_inclusive_areas_like_yolox():
+    boxes = np.array([[0.0, 0.0, 5.0, 5.0], [2.0, 0.0, 7.0, 5.0], [40.0, 40.0, 50.0, 50.0]])
+    # 6x6-pixel boxes overlapping 4x6: IoU 24/48 = 0.5 counted in pixels (0.43 as continuous areas)
+    assert _nms(boxes, np.array([0.8, 0.9, 0.7]), 0.45) == [1, 2]
+    assert _nms(boxes, np.array([0.8, 0.9, 0.7]), 0.5) == [1, 0, 2]
+
+
+# (box, nose, centre) in image pixels of the planted people. The pose crop is the box padded 1.25x and fitted to
+# the pose input's 3:4 aspect: A 40x80 → 60x80 (widened), nose at its top-left corner (40 - 30, 56 - 40);
+# B 20x20 → 20x26.67 (heightened), nose at (104 - 10, 24 - 13.33).
+PERSON_B = ([96, 16, 112, 32], (94.0, 24 - 40 / 3), (104.0, 24.0))
+PERSON_A = ([24, 24, 56, 88], (10.0, 16.0), (40.0, 56.0))
+
+
+def test_detector_finds_the_planted_people_and_their_keypoints(tiny_models):
+    detector = DWPoseDetector(tiny_models, providers=("CPUExecutionProvider",), max_people=None)
     assert detector.detector_size == DETECTOR_SIZE and detector.pose_size == POSE_SIZE
-    image = (np.random.default_rng(0).random((80, 60, 3)) * 255).astype(np.uint8)
+    image = (np.random.default_rng(0).random((IMAGE_SIZE, IMAGE_SIZE, 3)) * 255).astype(np.uint8)
+    boxes = detector.boxes(image)  # B first by score, then A; A's duplicate suppressed
+    np.testing.assert_allclose(boxes, [PERSON_B[0], PERSON_A[0]], atol=1e-5)  # float32 log sizes
     frame = detector(image)
-    assert (frame.canvas_width, frame.canvas_height) == (60, 80) and len(frame.people) <= 1
+    assert (frame.canvas_width, frame.canvas_height) == (IMAGE_SIZE, IMAGE_SIZE) and len(frame.people) == 2
+    for person, (_, nose, centre) in zip(frame.people, (PERSON_B, PERSON_A)):
+        nose, centre = np.array(nose) / IMAGE_SIZE, np.array(centre) / IMAGE_SIZE
+        np.testing.assert_allclose(person.body[0], [*nose, 0.6], atol=1e-5)
+        np.testing.assert_allclose(person.body[1], [*centre, 1.0], atol=1e-5)  # neck: mid-shoulders
+        np.testing.assert_allclose(person.body[2:], np.tile([*centre, 0.9], (16, 1)), atol=1e-5)
+        np.testing.assert_allclose(person.right_hand, np.tile([*centre, 0.9], (21, 1)), atol=1e-5)
+
+
+def test_detector_poses_only_the_largest_person_by_default_and_keeps_one_session(tiny_models):
+    detector = DWPoseDetector(tiny_models, providers=("CPUExecutionProvider",))
+    image = np.zeros((IMAGE_SIZE, IMAGE_SIZE, 3), np.uint8)
+    frame = detector(image)
+    assert len(frame.people) == 1  # A: lower score than B, but the larger box
+    np.testing.assert_allclose(frame.people[0].body[1, :2], np.array(PERSON_A[2]) / IMAGE_SIZE, atol=1e-5)
     again = DWPoseDetector(tiny_models, providers=("CPUExecutionProvider",))
     assert again.pose is detector.pose and again.detector is detector.detector
     assert detector(image.astype(np.float32) / 255.0) == frame  # float input gives the same result
