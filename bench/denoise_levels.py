@@ -59,15 +59,16 @@ def main(argv=None) -> int:
     parser.add_argument("--frames", type=int, default=8)
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--guidance", type=float, default=None, help="w fed to the w-embedding (LCM models)")
+    parser.add_argument("--world", default="v1", choices=("v1", "v2"), help="synthetic world of the held-out clips")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     from rain_core.loading import load_rain
 
-    clips = heldout_clips(args.clips, args.frames, args.size)
+    clips = heldout_clips(args.clips, args.frames, args.size, args.world)
     copy = np.mean([psnr(np.repeat(r[None], len(t), 0), t).mean() for r, t, _ in clips])
     timesteps = [999, 749, 499, 249]
-    print(f"held-out {args.clips} clips × {args.frames} frames at {args.size}px; copying the reference: {copy:.2f} dB")
+    print(f"held-out world {args.world}: {args.clips} clips × {args.frames} frames at {args.size}px; copying the reference: {copy:.2f} dB")
     print("| model | " + " | ".join(f"x0 PSNR t={t}" for t in timesteps) + " |")
     print("|---|" + "---|" * len(timesteps))
     for folder in args.models:

@@ -1,16 +1,29 @@
-"""Quality of RAIN on held-out synthetic characters and motions, where every frame has a ground truth.
+"""Quality of RAIN on held-out synthetic characters and motions, where every frame has an exact ground truth.
 
-Prints one table: PSNR and SSIM against the ground truth, temporal flicker (mean |Δ output| minus mean
-|Δ ground truth| between consecutive frames, in [0, 255] units: above 0 means the output shimmers more
-than the motion explains) and drift (PSNR of the last 100 frames of a long stream minus that of its first
-100), for
-- the RAIN stream window (p levels × m frames per cohort, default 4 × 4),
-- the StreamDiffusion-style baseline (m = 1, no motion modules; a separately trained model, --baseline),
-- offline denoising of the same model (every frame of a window at the same level, all LCM steps),
-- copying the reference image as the output (the floor any model must beat).
+Scores, per held-out clip, then as a mean over clips with a bootstrap 95 % interval:
+- PSNR and SSIM against the ground truth;
+- temporal error: mean |Δ output − Δ ground truth| between consecutive frames, in [0, 255] units. 0 means the
+  output changes from frame to frame exactly as the ground truth does; flicker, wrong motion and frozen detail
+  all raise it (unlike flicker, mean |Δ output| − mean |Δ truth|, which is also printed and can cancel out);
+- drift: PSNR of the last `edge` frames of a stream of `--drift-frames` frames minus that of its first `edge`
+  frames, per drift clip (`--drift-clips`).
+
+Rows (methods):
+- `rain`: the RAIN stream window, p levels × m frames per cohort (default 4 × 4);
+- `baseline`: the StreamDiffusion-style stream, m = 1 without motion modules (a separately trained model);
+- ablations of the same RAIN model, by flag: `--windows 4x2,2x4,4x1` (4x1 keeps the motion modules),
+  `--offline` (every frame of a window at the same level, all LCM steps), `--operating-points` (the authors'
+  live-demo guidance 2.5 vs the offline 3.5 of the main row);
+- `copy`: the reference image as the output (the floor any model must beat).
+
+And the paired difference RAIN − baseline per clip (same clips, same seeds), with its bootstrap interval.
+`--json` writes everything (default bench/results/quality.json); `--picture` draws one clip's ground truth,
+RAIN and baseline frames and the per-frame temporal error of both (docs/quality_strip.png,
+docs/temporal_error.png).
 
     .venv/bin/python bench/quality.py                       # the shipped tiny model, short run
-    .venv/bin/python bench/quality.py --baseline runs/tiny-m1-s3/final --drift-frames 10000 --jobs 2
+    .venv/bin/python bench/quality.py --model A --baseline B --clips 16 --frames 32 --windows 4x2,2x4,4x1 \
+        --offline --drift-frames 256 --drift-clips 8 --jobs 2 --picture
 
 Numbers, never pass/fail: CI only checks that it runs.
 """
@@ -19,8 +32,11 @@ from __future__ import annotations
 
 import argparse
 import functools
+import json
 import math
+import os
 import sys
+import tempfile
 import time
 from collections import deque
 from pathlib import Path
@@ -35,10 +51,13 @@ if str(ROOT) not in sys.path:
 
 from rain_core.scheduler import LCMStepper, trailing_timesteps  # noqa: E402
 from rain_core.stream import RainStream, StreamConfig  # noqa: E402
-from rain_core.train.synthetic import SyntheticWorld, render_character, render_skeleton  # noqa: E402
+from rain_core.train.synthetic import WORLDS, SyntheticWorld, render_character, render_skeleton  # noqa: E402
 
 SHIPPED = ROOT / "rain_core" / "assets" / "tiny-rain"
+RESULTS = ROOT / "bench" / "results" / "quality.json"
+DOCS = ROOT / "docs"
 FPS = 12.0
+METRICS = ("psnr", "ssim", "temporal_error", "flicker", "drift_db")
 
 
 # ---- metrics (images float32 (N, H, W, 3) in [0, 1]) ------------------------------------------
@@ -66,11 +85,44 @@ def ssim(output: np.ndarray, truth: np.ndarray) -> np.ndarray:
     return np.array(scores)
 
 
+def temporal_error_per_frame(output: np.ndarray, truth: np.ndarray) -> np.ndarray:
+    """mean |Δ output − Δ truth| for each pair of consecutive frames (N − 1 values), in 0–255 units."""
+    if output.shape != truth.shape:
+        raise ValueError(f"temporal error: output {output.shape} and truth {truth.shape} must have one shape")
+    delta = np.diff(output.astype(np.float64), axis=0) - np.diff(truth.astype(np.float64), axis=0)
+    return np.abs(delta).reshape(len(delta), -1).mean(axis=1) * 255
+
+
+def temporal_error(output: np.ndarray, truth: np.ndarray) -> float:
+    """Mean over the clip of `temporal_error_per_frame` (nan for a single frame)."""
+    return float(temporal_error_per_frame(output, truth).mean()) if len(output) > 1 else float("nan")
+
+
 def flicker(output: np.ndarray, truth: np.ndarray) -> float:
-    """mean |Δ output| − mean |Δ truth| over consecutive frames, in 0–255 units."""
+    """mean |Δ output| − mean |Δ truth| over consecutive frames, in 0–255 units (can cancel out; see above)."""
     if len(output) < 2:
         return float("nan")
     return float((np.abs(np.diff(output, axis=0)).mean() - np.abs(np.diff(truth, axis=0)).mean()) * 255)
+
+
+def bootstrap_ci(values, resamples: int = 10_000, seed: int = 0, level: float = 0.95) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean of `values` (per-clip scores, or per-clip paired differences)."""
+    values = np.asarray(values, dtype=np.float64)
+    values = values[np.isfinite(values)]
+    if len(values) == 0:
+        return float("nan"), float("nan")
+    rng = np.random.default_rng(seed)
+    means = values[rng.integers(0, len(values), size=(resamples, len(values)))].mean(axis=1)
+    tail = (1 - level) / 2 * 100
+    return float(np.percentile(means, tail)), float(np.percentile(means, 100 - tail))
+
+
+def summary(values) -> dict:
+    """{"mean", "ci95": [low, high], "n"} of per-clip values (non-finite values dropped)."""
+    values = np.asarray(values, dtype=np.float64)
+    finite = values[np.isfinite(values)]
+    mean = float(finite.mean()) if len(finite) else float("nan")
+    return {"mean": mean, "ci95": list(bootstrap_ci(finite)), "n": int(len(finite))}
 
 
 # ---- held-out material ------------------------------------------------------------------------
@@ -85,6 +137,12 @@ def heldout_clip(world: SyntheticWorld, index: int, frames: int, size: int, star
     truth = np.stack([render_character(character, p, size, size) for p in poses])
     skeletons = np.stack([render_skeleton(p, size, size) for p in poses])
     return reference / 255.0, truth.astype(np.float32) / 255.0, skeletons.astype(np.float32) / 255.0
+
+
+def clip_label(world: SyntheticWorld, index: int) -> str:
+    heldout_id = SyntheticWorld.ids("heldout", 1, start=index)[0]
+    motion = world.motion(heldout_id)
+    return f"{motion.kind}/{motion.tempo}" if world.version == "v2" else motion.kind
 
 
 # ---- ways to render ---------------------------------------------------------------------------
@@ -126,13 +184,14 @@ def offline_render(models, reference, poses, window, steps, guidance, seed) -> n
     return np.concatenate(outputs)
 
 
-def drift(models, world, levels, frames_per_cohort, guidance, total, size, seed=0, edge=100) -> tuple[float, float]:
-    """Stream `total` frames of one held-out clip in chunks; mean PSNR of the first and of the last `edge`
+def drift(models, world, index, levels, frames_per_cohort, guidance, total, size, seed=0, edge=100) -> tuple[float, float]:
+    """Stream `total` frames of held-out clip `index` in chunks; mean PSNR of the first and of the last `edge`
     frames against their ground truth. Nothing but the stream's own state is kept between chunks."""
+    edge = min(edge, total // 2)
     config = StreamConfig(levels=levels, frames_per_cohort=frames_per_cohort, steps=levels, guidance=guidance,
                           height=size, width=size, seed=seed)
     stream = RainStream(models, config)
-    reference, _, _ = heldout_clip(world, 0, 1, size)
+    reference, _, _ = heldout_clip(world, index, 1, size)
     stream.set_reference(torch.from_numpy(reference).float())
     waiting = deque()  # ground truth of frames pushed but not yet emitted
     first, last, emitted = [], [], 0
@@ -149,7 +208,7 @@ def drift(models, world, levels, frames_per_cohort, guidance, total, size, seed=
 
     chunk = 64
     for start in range(0, total, chunk):
-        _, truth, poses = heldout_clip(world, 0, min(chunk, total - start), size, start_frame=start)
+        _, truth, poses = heldout_clip(world, index, min(chunk, total - start), size, start_frame=start)
         waiting.extend(truth)
         score(stream.push(torch.from_numpy(poses)).numpy())
     score(stream.flush().numpy())
@@ -159,70 +218,196 @@ def drift(models, world, levels, frames_per_cohort, guidance, total, size, seed=
 # ---- the table --------------------------------------------------------------------------------
 
 
-def evaluate(models, clips, levels, frames_per_cohort, guidance, mode="stream", seed=0):
-    size = clips[0][1].shape[1]
-    scores = {"psnr": [], "ssim": [], "flicker": []}
-    for index, (reference, truth, poses) in enumerate(clips):
-        if mode == "stream":
-            out = stream_render(models, reference, poses, levels, frames_per_cohort, guidance, seed + index, size)
-        elif mode == "offline":
-            out = offline_render(models, reference, poses, levels * frames_per_cohort, levels, guidance, seed + index)
-        else:  # copy the reference
-            out = np.repeat(reference[None].astype(np.float32), len(truth), axis=0)
-        scores["psnr"].append(psnr(out, truth).mean())
-        scores["ssim"].append(ssim(out, truth).mean())
-        scores["flicker"].append(flicker(out, truth))
-    return {k: float(np.nanmean(v)) for k, v in scores.items()}
-
-
 @functools.lru_cache(maxsize=2)
-def heldout_clips(count: int, frames: int, size: int) -> tuple:
+def heldout_clips(count: int, frames: int, size: int, world: str = "v1") -> tuple:
     """The first `count` held-out clips, rendered once per process (every row of the table scores the same ones)."""
-    world = SyntheticWorld(0)
-    return tuple(heldout_clip(world, i, frames, size) for i in range(count))
+    synthetic = SyntheticWorld(0, version=world)
+    return tuple(heldout_clip(synthetic, i, frames, size) for i in range(count))
+
+
+def render(models, clip, job: dict, seed: int) -> np.ndarray:
+    reference, truth, poses = clip
+    p, m, guidance, size = job["levels"], job["frames_per_cohort"], job["guidance"], job["size"]
+    if job["mode"] == "stream":
+        return stream_render(models, reference, poses, p, m, guidance, seed, size)
+    if job["mode"] == "offline":
+        return offline_render(models, reference, poses, p * m, p, guidance, seed)
+    return np.repeat(reference[None].astype(np.float32), len(truth), axis=0)  # copy the reference
 
 
 def score_row(job: dict) -> dict:
-    """One row of the table (runs in a worker process with --jobs > 1): scores on the held-out clips, then the
-    drift stream if asked. The model is loaded here from its folder, so rows can run side by side."""
+    """One row of the table (runs in a worker process with --jobs > 1): per-clip scores on the held-out clips,
+    then the drift streams if asked. The model is loaded here from its folder, so rows can run side by side."""
     from rain_core.loading import load_rain
 
     torch.set_num_threads(job["threads"])
-    clips = heldout_clips(job["clips"], job["frames"], job["size"])
+    started = time.time()
+    clips = heldout_clips(job["clips"], job["frames"], job["size"], job["world"])
     models = None if job["mode"] == "copy" else load_rain(job["model"]).eval()  # copying needs no network
-    p, m, guidance = job["levels"], job["frames_per_cohort"], job["guidance"]
-    row = {"name": job["name"], "scores": evaluate(models, clips, p, m, guidance, job["mode"]), "drift": None}
+    per_clip = {name: [] for name in METRICS}
+    picture, curve = None, None
+    for index, clip in enumerate(clips):
+        truth = clip[1]
+        out = render(models, clip, job, seed=index)
+        per_clip["psnr"].append(float(psnr(out, truth).mean()))
+        per_clip["ssim"].append(float(ssim(out, truth).mean()))
+        per_clip["temporal_error"].append(temporal_error(out, truth))
+        per_clip["flicker"].append(flicker(out, truth))
+        if index == job["picture_clip"]:
+            picture, curve = out, temporal_error_per_frame(out, truth).tolist()
+    drift_pairs = []
     if job["drift_frames"] and job["mode"] == "stream":
-        row["drift"] = drift(models, SyntheticWorld(0), p, m, guidance, job["drift_frames"], job["size"])
-    return row
+        world = SyntheticWorld(0, version=job["world"])
+        for index in range(job["drift_clips"]):
+            drift_pairs.append(drift(models, world, index, job["levels"], job["frames_per_cohort"], job["guidance"],
+                                     job["drift_frames"], job["size"], seed=index, edge=job["drift_edge"]))
+    per_clip["drift_db"] = [last - first for first, last in drift_pairs]
+    return {"key": job["key"], "name": job["name"], "model": job["model"], "levels": job["levels"],
+            "frames_per_cohort": job["frames_per_cohort"], "guidance": job["guidance"], "mode": job["mode"],
+            "per_clip": per_clip, "drift_first_last": drift_pairs, "picture": picture, "curve": curve,
+            "seconds": time.time() - started}
+
+
+def paired(row: dict, other: dict) -> dict:
+    """Per-clip differences row − other (same clips, same seeds) with bootstrap intervals."""
+    result = {}
+    for name in METRICS:
+        a, b = np.asarray(row["per_clip"][name], float), np.asarray(other["per_clip"][name], float)
+        if len(a) == 0 or len(a) != len(b):
+            continue
+        entry = summary(a - b)
+        base = float(np.nanmean(b))
+        if name in ("temporal_error",) and base:
+            entry["relative"] = entry["mean"] / base
+            entry["relative_ci95"] = [x / base for x in entry["ci95"]]
+        result[name] = entry
+    return result
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "wb") as stream:
+            stream.write(data)
+        os.replace(temp, path)
+    except BaseException:
+        Path(temp).unlink(missing_ok=True)
+        raise
+
+
+def write_png(path: Path, image_rgb: np.ndarray) -> None:
+    ok, encoded = cv2.imencode(path.suffix or ".png", np.ascontiguousarray(image_rgb[..., ::-1]))
+    if not ok:
+        raise RuntimeError(f"{path}: OpenCV could not encode the image")
+    write_atomic(path, encoded.tobytes())
+
+
+def draw_strip(rows: list[tuple[str, np.ndarray]], every: int, scale: int = 2) -> np.ndarray:
+    """Frames 0, every, 2·every, … of each (label, frames) row side by side, a label on the left; uint8 RGB."""
+    label_w, gap = 120, 2
+    tiles = []
+    for label, frames in rows:
+        chosen = frames[::every]
+        tile = np.concatenate([np.pad((f * 255).clip(0, 255).astype(np.uint8), ((gap, gap), (gap, gap), (0, 0)),
+                                      constant_values=255) for f in chosen], axis=1)
+        tile = cv2.resize(tile, (tile.shape[1] * scale, tile.shape[0] * scale), interpolation=cv2.INTER_NEAREST)
+        head = np.full((tile.shape[0], label_w, 3), 255, np.uint8)
+        cv2.putText(head, label, (6, tile.shape[0] // 2 + 5), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 1, cv2.LINE_AA)
+        tiles.append(np.concatenate([head, tile], axis=1))
+    return np.concatenate(tiles, axis=0)
+
+
+def draw_curves(curves: list[tuple[str, list[float], tuple[int, int, int]]], title: str,
+                size: tuple[int, int] = (720, 360)) -> np.ndarray:
+    """A line plot of per-frame temporal error drawn with OpenCV (matplotlib is not a dependency); uint8 RGB."""
+    width, height = size
+    left, right, top, bottom = 60, 20, 40, 40
+    image = np.full((height, width, 3), 255, np.uint8)
+    top_value = max(max(c) for _, c, _ in curves) * 1.1 or 1.0
+    count = max(len(c) for _, c, _ in curves)
+
+    def point(i, value):
+        x = left + (width - left - right) * i / max(1, count - 1)
+        y = height - bottom - (height - top - bottom) * value / top_value
+        return int(round(x)), int(round(y))
+
+    cv2.rectangle(image, (left, top), (width - right, height - bottom), (0, 0, 0), 1)
+    for k in range(5):
+        value = top_value * k / 4
+        y = point(0, value)[1]
+        cv2.line(image, (left - 4, y), (left, y), (0, 0, 0), 1)
+        cv2.putText(image, f"{value:.1f}", (4, y + 4), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (0, 0, 0), 1, cv2.LINE_AA)
+    for i in range(0, count, max(1, count // 8)):
+        x = point(i, 0)[0]
+        cv2.putText(image, str(i + 1), (x - 6, height - bottom + 16), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (0, 0, 0), 1, cv2.LINE_AA)
+    cv2.putText(image, title, (left, 24), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 1, cv2.LINE_AA)
+    cv2.putText(image, "frame pair", (width // 2 - 30, height - 6), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (0, 0, 0), 1, cv2.LINE_AA)
+    for n, (label, values, colour) in enumerate(curves):
+        points = np.array([point(i, v) for i, v in enumerate(values)], np.int32)
+        cv2.polylines(image, [points], False, colour, 2, cv2.LINE_AA)
+        cv2.putText(image, label, (width - right - 250, top + 20 + 18 * n), cv2.FONT_HERSHEY_SIMPLEX, 0.45, colour, 1, cv2.LINE_AA)
+    return image
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default=str(SHIPPED), help="RAIN model folder (default: the shipped tiny model)")
     parser.add_argument("--baseline", default=None, help="m = 1 model folder trained the same way (optional)")
-    parser.add_argument("--clips", type=int, default=8, help="held-out character/motion pairs")
-    parser.add_argument("--frames", type=int, default=48, help="frames per clip")
+    parser.add_argument("--world", default="v2", choices=WORLDS, help="synthetic world of the held-out clips")
+    parser.add_argument("--clips", type=int, default=16, help="held-out character/motion pairs")
+    parser.add_argument("--frames", type=int, default=32, help="frames per clip")
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--levels", type=int, default=4)
     parser.add_argument("--frames-per-cohort", type=int, default=4)
     parser.add_argument("--guidance", type=float, default=3.5)
-    parser.add_argument("--drift-frames", type=int, default=0, help="length of the drift stream (10000 for the full check)")
+    parser.add_argument("--windows", default="", help="ablation windows of the RAIN model, e.g. 4x2,2x4,4x1")
+    parser.add_argument("--offline", action="store_true", help="add offline denoising of the RAIN model")
+    parser.add_argument("--operating-points", action="store_true",
+                        help="add the RAIN model at the authors' live-demo guidance 2.5 (the main row uses 3.5)")
+    parser.add_argument("--no-copy", action="store_true", help="leave out the copy-the-reference row")
+    parser.add_argument("--drift-frames", type=int, default=0, help="length of each drift stream (10000 for the full check)")
+    parser.add_argument("--drift-clips", type=int, default=1, help="held-out clips streamed for drift")
+    parser.add_argument("--drift-edge", type=int, default=100, help="frames averaged at each end of a drift stream")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per row")
     parser.add_argument("--jobs", type=int, default=1, help="rows computed side by side in worker processes")
+    parser.add_argument("--json", default=str(RESULTS), help="where to write the results ('' for nowhere)")
+    parser.add_argument("--picture", action="store_true", help="draw the strip and the temporal-error plot into docs/")
+    parser.add_argument("--picture-clip", type=int, default=None, help="held-out clip of the picture (default: a spin)")
+    parser.add_argument("--docs", default=str(DOCS), help="folder of the pictures")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
 
     p, m = args.levels, args.frames_per_cohort
+    world = SyntheticWorld(0, version=args.world)
+    picture_clip = args.picture_clip
+    if picture_clip is None:
+        labels = [clip_label(world, i) for i in range(args.clips)]
+        picture_clip = next((i for i, label in enumerate(labels) if label.startswith("spin")), 0)
     common = {"clips": args.clips, "frames": args.frames, "size": args.size, "levels": p, "guidance": args.guidance,
-              "drift_frames": args.drift_frames, "threads": args.threads}
-    jobs = [{**common, "name": f"RAIN stream (p={p}, m={m})", "model": args.model, "frames_per_cohort": m, "mode": "stream"}]
+              "drift_frames": args.drift_frames, "drift_clips": args.drift_clips, "drift_edge": args.drift_edge,
+              "threads": args.threads, "world": args.world, "picture_clip": picture_clip if args.picture else -1}
+    jobs = [{**common, "key": "rain", "name": f"RAIN stream (p={p}, m={m})", "model": args.model,
+             "frames_per_cohort": m, "mode": "stream"}]
     if args.baseline:
-        jobs.append({**common, "name": f"baseline stream (p={p}, m=1, no motion)", "model": args.baseline,
+        jobs.append({**common, "key": "baseline", "name": f"baseline stream (p={p}, m=1, no motion)", "model": args.baseline,
                      "frames_per_cohort": 1, "mode": "stream"})
-    jobs.append({**common, "name": f"offline, same model ({p} steps, window {p * m})", "model": args.model,
-                 "frames_per_cohort": m, "mode": "offline"})
-    jobs.append({**common, "name": "copy the reference", "model": None, "frames_per_cohort": m, "mode": "copy"})
+    for window in filter(None, args.windows.split(",")):
+        try:
+            wp, wm = (int(x) for x in window.lower().split("x"))
+        except ValueError:
+            parser.error(f"--windows: expected p×m pairs like 4x2,2x4; found {window!r}")
+        jobs.append({**common, "key": f"rain_{wp}x{wm}", "name": f"RAIN model, window p={wp} × m={wm}", "model": args.model,
+                     "levels": wp, "frames_per_cohort": wm, "mode": "stream", "drift_frames": 0})
+    if args.operating_points:
+        jobs.append({**common, "key": "rain_w2.5", "name": f"RAIN stream (p={p}, m={m}), guidance 2.5", "model": args.model,
+                     "frames_per_cohort": m, "mode": "stream", "guidance": 2.5, "drift_frames": 0})
+    if args.offline:
+        jobs.append({**common, "key": "offline", "name": f"offline, same model ({p} steps, window {p * m})",
+                     "model": args.model, "frames_per_cohort": m, "mode": "offline"})
+    if not args.no_copy:
+        jobs.append({**common, "key": "copy", "name": "copy the reference", "model": None, "frames_per_cohort": m,
+                     "mode": "copy"})
     started = time.time()
     if args.jobs > 1:
         from concurrent.futures import ProcessPoolExecutor
@@ -231,19 +416,70 @@ def main(argv=None) -> int:
             rows = list(pool.map(score_row, jobs))
     else:
         rows = [score_row(job) for job in jobs]
-    print(f"held-out: {args.clips} clips × {args.frames} frames at {args.size}px, guidance {args.guidance}, model {args.model}"
-          + (f", baseline {args.baseline}" if args.baseline else ""))
-    print("| method | PSNR dB | SSIM | flicker | drift dB (first 100 → last 100) |")
-    print("|---|---|---|---|---|")
+    elapsed = time.time() - started
+
+    methods = {}
     for row in rows:
-        score, drift_text = row["scores"], "–"
-        if row["drift"] is not None:
-            first, last = row["drift"]
-            drift_text = f"{last - first:+.2f} ({first:.2f} → {last:.2f})"
-        print(f"| {row['name']} | {score['psnr']:.2f} | {score['ssim']:.3f} | {score['flicker']:+.2f} | {drift_text} |")
-    print(f"({time.time() - started:.0f} s; drift streams of {args.drift_frames} frames)" if args.drift_frames
-          else f"({time.time() - started:.0f} s)")
-    if not all(math.isfinite(row["scores"]["psnr"]) for row in rows):
+        entry = {k: row[k] for k in ("name", "model", "levels", "frames_per_cohort", "guidance", "mode", "seconds")}
+        for name in METRICS:
+            entry[name] = summary(row["per_clip"][name])
+        entry["per_clip"] = row["per_clip"]
+        entry["drift_first_last"] = row["drift_first_last"]
+        methods[row["key"]] = entry
+    by_key = {row["key"]: row for row in rows}
+    comparisons = {}
+    if "baseline" in by_key:
+        comparisons["rain - baseline"] = paired(by_key["rain"], by_key["baseline"])
+        if "offline" in by_key:
+            comparisons["offline - baseline"] = paired(by_key["offline"], by_key["baseline"])
+    for key in by_key:
+        if key.startswith("rain_"):
+            comparisons[f"{key} - rain"] = paired(by_key[key], by_key["rain"])
+
+    setup = {"world": args.world, "clips": args.clips, "frames": args.frames, "size": args.size, "fps": FPS,
+             "guidance": args.guidance, "levels": p, "frames_per_cohort": m, "model": args.model,
+             "baseline": args.baseline, "drift_frames": args.drift_frames, "drift_clips": args.drift_clips,
+             "drift_edge": min(args.drift_edge, args.drift_frames // 2) if args.drift_frames else None,
+             "clip_labels": [clip_label(world, i) for i in range(args.clips)], "bootstrap": "percentile, 10,000 resamples of clips",
+             "seconds": elapsed, "threads_per_row": args.threads, "jobs": args.jobs}
+    print(f"held-out world {args.world}: {args.clips} clips × {args.frames} frames at {args.size}px, guidance {args.guidance}, "
+          f"model {args.model}" + (f", baseline {args.baseline}" if args.baseline else ""))
+    print("| method | PSNR dB | SSIM | temporal error | flicker | drift dB |")
+    print("|---|---|---|---|---|---|")
+
+    def cell(stat, digits):
+        if not stat["n"]:
+            return "–"
+        low, high = stat["ci95"]
+        return f"{stat['mean']:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
+
+    for entry in methods.values():
+        print(f"| {entry['name']} | {cell(entry['psnr'], 2)} | {cell(entry['ssim'], 3)} | {cell(entry['temporal_error'], 2)} "
+              f"| {cell(entry['flicker'], 2)} | {cell(entry['drift_db'], 2)} |")
+    for label, diffs in comparisons.items():
+        parts = [f"{name} {cell(stat, 3)}" + (f" ({stat['relative'] * 100:+.1f} %)" if "relative" in stat else "")
+                 for name, stat in diffs.items()]
+        print(f"paired {label}: " + "; ".join(parts))
+    print(f"({elapsed:.0f} s" + (f"; drift streams of {args.drift_frames} frames × {args.drift_clips} clips)" if args.drift_frames else ")"))
+
+    if args.json:
+        payload = {"setup": setup, "methods": methods, "paired": comparisons}
+        write_atomic(Path(args.json), (json.dumps(payload, indent=1, default=float) + "\n").encode())
+        print(f"wrote {args.json}")
+    if args.picture:
+        docs = Path(args.docs)
+        truth = heldout_clips(args.clips, args.frames, args.size, args.world)[picture_clip][1]
+        strip_rows = [("ground truth", truth)] + [(row["key"], row["picture"]) for row in rows
+                                                  if row["key"] in ("rain", "baseline") and row["picture"] is not None]
+        write_png(docs / "quality_strip.png", draw_strip(strip_rows, every=max(1, args.frames // 8)))
+        colours = {"rain": (30, 90, 220), "baseline": (220, 60, 30)}
+        curves = [(f"{row['key']}: mean {np.mean(row['curve']):.2f}", row["curve"], colours[row["key"]])
+                  for row in rows if row["key"] in colours and row["curve"]]
+        if curves:
+            title = f"temporal error |d output - d truth| (0-255), held-out clip {picture_clip} ({clip_label(world, picture_clip)})"
+            write_png(docs / "temporal_error.png", draw_curves(curves, title))
+        print(f"wrote {docs / 'quality_strip.png'}, {docs / 'temporal_error.png'}")
+    if not all(math.isfinite(entry["psnr"]["mean"]) for entry in methods.values()):
         return 1
     return 0
 

@@ -2,8 +2,10 @@
 measured PSNR floor and at least 3 dB above copying their reference image (NOTES.md, training section)."""
 
 import importlib.util
+import json
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -63,14 +65,53 @@ def test_shipped_model_beats_copying_the_reference_by_3_db(heldout_scores):
     assert model >= copy + 3.0, f"shipped model {model:.2f} dB is not 3 dB above copying the reference ({copy:.2f} dB)"
 
 
-def test_quality_bench_prints_its_table_on_the_shipped_model(capsys):
+def _quality_module():
     spec = importlib.util.spec_from_file_location("bench_quality", Path(__file__).parents[1] / "bench" / "quality.py")
     quality = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(quality)
-    assert quality.main(["--clips", "1", "--frames", "8", "--drift-frames", "100"]) == 0
+    return quality
+
+
+def test_quality_bench_prints_its_table_and_writes_json_and_pictures(capsys, tmp_path):
+    quality = _quality_module()
+    results = tmp_path / "quality.json"
+    argv = ["--clips", "2", "--frames", "6", "--drift-frames", "16", "--drift-clips", "2", "--drift-edge", "4",
+            "--offline", "--baseline", str(SHIPPED), "--json", str(results), "--picture", "--docs", str(tmp_path)]
+    assert quality.main(argv) == 0
     table = capsys.readouterr().out
-    for row in ("RAIN stream (p=4, m=4)", "offline, same model", "copy the reference"):
+    for row in ("RAIN stream (p=4, m=4)", "baseline stream (p=4, m=1", "offline, same model", "copy the reference",
+                "paired rain - baseline"):
         assert row in table
-    # identical images: infinite-ish PSNR and SSIM 1
-    truth = np.random.default_rng(0).random((3, 8, 8, 3))
+    payload = json.loads(results.read_text())
+    assert payload["setup"]["world"] == "v2" and len(payload["setup"]["clip_labels"]) == 2
+    for key in ("rain", "baseline", "offline", "copy"):
+        for metric in ("psnr", "ssim", "temporal_error", "drift_db"):
+            assert "ci95" in payload["methods"][key][metric], (key, metric)
+    rain = payload["methods"]["rain"]
+    low, high = rain["psnr"]["ci95"]
+    assert low <= rain["psnr"]["mean"] <= high and rain["drift_db"]["n"] == 2
+    assert set(payload["paired"]["rain - baseline"]) >= {"psnr", "ssim", "temporal_error", "drift_db"}
+    for name in ("quality_strip.png", "temporal_error.png"):
+        assert cv2.imread(str(tmp_path / name)) is not None
+
+
+def test_quality_metrics_measure_what_they_claim():
+    quality = _quality_module()
+    rng = np.random.default_rng(0)
+    truth = rng.random((5, 8, 8, 3))
+    # identical images: infinite-ish PSNR and SSIM 1, no temporal error
     assert quality.psnr(truth, truth).min() > 100 and np.allclose(quality.ssim(truth, truth), 1.0)
+    assert quality.temporal_error(truth, truth) == 0.0
+    # a constant offset is wrong in every frame but changes exactly as the truth does: zero temporal error
+    assert quality.temporal_error(truth + 0.1, truth) < 1e-9 and quality.psnr(truth + 0.1, truth).max() < 21
+    # an output whose frame-to-frame change is unrelated to the truth's (a frozen frame plus shuffled changes of
+    # the same size) has a large temporal error
+    frozen = np.repeat(truth[:1], 5, axis=0)
+    noisy = frozen + rng.permutation(np.diff(truth, axis=0, prepend=truth[:1]).ravel()).reshape(truth.shape)
+    assert quality.temporal_error(noisy, truth) > 30
+    # the bootstrap interval brackets the mean and narrows with more clips
+    few, many = rng.normal(1.0, 1.0, 8), rng.normal(1.0, 1.0, 200)
+    low, high = quality.bootstrap_ci(few)
+    assert low < few.mean() < high
+    assert np.subtract(*quality.bootstrap_ci(many)[::-1]) < high - low
+    assert quality.bootstrap_ci([2.0, 2.0, 2.0]) == (2.0, 2.0)
