@@ -5,7 +5,7 @@ parameter random, save reference_unet.pth / motion_unet.pth / pose_guider.pth / 
 outputs into RUN/ (ckpt/, inputs.pt, outputs.pt, sizes.json). Step 2 (this script): load RUN/ckpt with
 `load_rain`, feed the same inputs, print the relative error of each output. No code of theirs is here.
 
-    .venv/bin/python bench/compare_authors.py /work/fidelity/run
+    .venv/bin/python bench/compare_authors.py RUN_FOLDER   (written by the authors-side script, outside the repo)
 """
 
 from __future__ import annotations

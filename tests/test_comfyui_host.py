@@ -1,10 +1,10 @@
 """Real-host tier: a real ComfyUI with this pack linked in, driven over its HTTP API.
 
 Opt-in: set COMFYUI_DIR to a ComfyUI checkout and COMFY_PYTHON to the python of its venv (with this pack's
-requirements.txt installed, as ComfyUI-Manager would). ../shared/tools/comfyui-host/ builds both.
+requirements.txt installed, as ComfyUI-Manager would). NOTES.md says how to build both from a ComfyUI snapshot.
 Without them every test here is skipped and the reason printed.
 
-    COMFYUI_DIR=/work/comfy COMFY_PYTHON=/work/comfy-venv/bin/python .venv/bin/pytest tests/test_comfyui_host.py -m comfyui -s
+    COMFYUI_DIR=$COMFY COMFY_PYTHON=$COMFY_VENV/bin/python .venv/bin/pytest tests/test_comfyui_host.py -m comfyui -s
 
 The pack is linked under another folder name (registry installs rename it). The shipped workflows are
 converted to API format with rain_core.comfy_client.ui_to_api and the server's own /object_info; those that
