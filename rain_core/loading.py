@@ -17,6 +17,7 @@ import logging
 import math
 import os
 import pickle
+import re
 import zipfile
 from pathlib import Path
 
@@ -82,6 +83,13 @@ def read_state_dict(path: str | os.PathLike, part: str = "checkpoint") -> dict[s
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except (SafetensorError, RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, OSError) as error:
+        if "Weights only load failed" in str(error):  # a pickled object, refused by weights_only=True
+            held = re.search(r"GLOBAL ([\w.]+)", str(error))
+            raise RainLoadError(
+                f"{path}: holds pickled Python objects{f' ({held.group(1)})' if held else ''} besides tensors, which "
+                f"are refused for safety (loading them could run code); expected {expected} saved as a plain state "
+                "dict. Use the released file, or a copy saved as tensors only (a state dict or .safetensors)."
+            ) from None
         found = _describe_unreadable(path)
         raise RainLoadError(
             f"{path}: cannot be read as a checkpoint ({found}: {str(error).splitlines()[0][:200]}); "
