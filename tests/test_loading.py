@@ -20,7 +20,7 @@ from rain_core.loading import (
 )
 from rain_core.models import DenoisingUNet, PoseGuider, RainModelConfig, ReferenceUNet
 
-MANIFEST = Path(__file__).resolve().parents[2] / "shared" / "spec" / "official-rain-keys.json"
+MANIFEST = Path(__file__).resolve().parent / "fixtures" / "official-rain-keys.json"  # see fixtures/README.md
 
 
 def _assert_same_weights(a, b):
@@ -30,7 +30,6 @@ def _assert_same_weights(a, b):
         assert torch.equal(sa[key], sb[key]), key
 
 
-@pytest.mark.skipif(not MANIFEST.exists(), reason="shared/spec/official-rain-keys.json not present")
 def test_every_official_tensor_maps_to_a_parameter_with_its_shape():
     manifest = json.loads(MANIFEST.read_text())
     config = RainModelConfig.sd15()

@@ -2,7 +2,7 @@
 
 The fixtures were rendered by our renderer from tests/fixtures/pose/people.json; separately (not in the
 repository) our renderer was checked equal to the RAIN authors' DWPose drawing on 300 random renders
-(see NOTES.md, "pose"). These tests pin that output so any drift in limb order, colours, rounding or
+(how: tests/fixtures/README.md). These tests pin that output so any drift in limb order, colours, rounding or
 dimming fails.
 """
 
