@@ -1,0 +1,51 @@
+"""The declared dependency ranges are the ones CI's minimum-versions tier installs, and the repository stands alone."""
+
+import re
+import subprocess
+from pathlib import Path
+
+import tomllib
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def requirement_floors(lines) -> dict[str, str]:
+    floors = {}
+    for line in lines:
+        line = line.split("#")[0].strip()
+        if match := re.fullmatch(r"([A-Za-z0-9_.\-]+)\s*(>=|==)\s*([0-9][0-9A-Za-z.]*)", line):
+            floors[match[1].lower().replace("_", "-")] = match[3]
+    return floors
+
+
+def test_every_lower_bound_is_installed_exactly_by_the_minimum_versions_tier():
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    declared = requirement_floors(project["dependencies"] + project["optional-dependencies"]["train"])
+    pinned = requirement_floors((ROOT / ".ci" / "min-versions.txt").read_text().splitlines())
+    assert set(declared) == set(pinned)
+    for name, floor in declared.items():
+        # ">=0.30" is satisfied exactly by "0.30.0": compare with trailing zeros dropped
+        assert pinned[name].split(".")[: len(floor.split("."))] == floor.split("."), (name, floor, pinned[name])
+        assert all(part == "0" for part in pinned[name].split(".")[len(floor.split(".")):]), (name, pinned[name])
+
+
+def test_requirements_txt_lists_the_same_runtime_dependencies_without_torch():
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    requirements = (ROOT / "requirements.txt").read_text().splitlines()
+    assert requirement_floors(requirements) == requirement_floors(project["dependencies"])
+    names = {re.split(r"[<>=!~ ]", line.strip())[0].lower() for line in requirements if line.strip() and not line.startswith("#")}
+    assert not names & {"torch", "torchvision", "torchaudio"}
+    assert "accelerate" not in names  # training only: the `train` extra
+
+
+def test_no_tracked_file_names_the_workspace_or_its_shared_folder():
+    files = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
+    pattern = re.compile(r"\.\./shared|/work/")
+    offenders = []
+    for name in files:
+        path = ROOT / name
+        if name.startswith("tests/test_packaging.py") or path.suffix not in {".py", ".md", ".json", ".js", ".toml", ".txt", ""}:
+            continue
+        if path.is_file() and pattern.search(path.read_text(errors="ignore")):
+            offenders.append(name)
+    assert offenders == [], f"files naming ../shared or a /work/ path that a user's clone does not have: {offenders}"
