@@ -10,7 +10,16 @@ import sys
 import traceback
 
 from . import animate, bench, convert, demo, download, info, live, queue, train
-from .common import EXIT_BAD_INPUT, EXIT_INTERNAL, EXIT_OK, UsageError, builtin_model_dir, is_input_error
+from .common import (
+    EXIT_BAD_INPUT,
+    EXIT_INTERNAL,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    Interrupted,
+    UsageError,
+    builtin_model_dir,
+    is_input_error,
+)
 
 __all__ = ["main", "build_parser", "UsageError", "builtin_model_dir", "EXIT_OK", "EXIT_INTERNAL", "EXIT_BAD_INPUT"]
 
@@ -40,9 +49,14 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "train":
             return train.run(args, rest)
         return args.handler(args)
+    except Interrupted as interrupted:
+        print(f"rain {args.command}: {interrupted}", file=sys.stderr)
+        return EXIT_INTERRUPTED
     except KeyboardInterrupt:
-        print("rain: interrupted", file=sys.stderr)
-        return 130
+        print(f"rain {args.command}: interrupted; nothing written.", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:  # `rain info | head`: the reader left, nothing to report
+        return EXIT_OK
     except Exception as error:  # the one place that turns exceptions into exit codes
         if is_input_error(error):
             print(f"rain {args.command}: {error}", file=sys.stderr)

@@ -7,13 +7,21 @@ from pathlib import Path
 
 from .common import (
     EXIT_OK,
+    MODEL_HELP,
+    Interrupted,
     UsageError,
     add_model_flags,
     add_stream_flags,
+    apply_umask,
     check_output_path,
+    check_pose_frames,
     emit,
+    is_keypoint_source,
     load_models,
+    model_folder_size,
+    partial_path,
     pose_frames,
+    positive_int,
     read_image,
     run_stream_to_sink,
     stream_config,
@@ -22,50 +30,85 @@ from .common import (
 
 def add_parser(sub) -> None:
     p = sub.add_parser("animate", help="reference image + pose video/images/JSON → video")
-    add_model_flags(p, required=True, help="checkpoint folder (authors' .pth files or rain safetensors)")
+    add_model_flags(p, required=True, help=MODEL_HELP + " (the authors' .pth files or rain safetensors)")
     p.add_argument("--reference", required=True, help="reference character image")
     p.add_argument("--poses", required=True, help="pose video, folder of pose images, or POSE_KEYPOINT/OpenPose JSON")
     p.add_argument("--out", required=True, help="output .mp4 (or a folder name for PNG frames)")
-    p.add_argument("--max-frames", type=int, default=None)
+    p.add_argument("--max-frames", type=positive_int, default=None, help="stop after this many pose frames")
+    p.add_argument("--keep-partial", action="store_true",
+                   help="on Ctrl-C, flush and keep the frames made so far as OUT.partial.mp4 (a second Ctrl-C skips "
+                   "the flush); without it an interrupted run writes nothing and leaves OUT as it was")
+    p.add_argument("--no-pose-check", dest="pose_check", action="store_false",
+                   help="do not refuse a pose video that does not look like rendered skeletons")
     p.add_argument("--json", action="store_true")
     add_stream_flags(p, {})
     p.set_defaults(handler=run)
+
+
+def _input_fps(poses: Path) -> float | None:
+    from ..video import VideoSourceError, open_pose_source
+
+    if is_keypoint_source(poses):
+        return None
+    try:
+        probe = open_pose_source(poses)
+    except VideoSourceError:
+        return None  # reading the frames reports the problem with its own message
+    try:
+        return getattr(probe, "fps", None)
+    finally:
+        probe.close()
 
 
 def run(args) -> int:
     from tqdm import tqdm
 
     from ..stream import RainStream
-    from ..video import VideoSink, open_pose_source
+    from ..video import VideoSink
 
     out = check_output_path(args.out)
-    if not Path(args.poses).exists():
+    poses = Path(args.poses)
+    if not poses.exists():
         raise UsageError(f"--poses {args.poses}: not found; expected a pose video, a folder of pose images, "
                          "or a POSE_KEYPOINT / OpenPose .json")
+    args.height, args.width = model_folder_size(args)
     reference = read_image(args.reference, args.height, args.width)
-    fps = args.fps
-    if fps is None:
-        try:
-            probe = open_pose_source(Path(args.poses)) if Path(args.poses).suffix.lower() != ".json" else None
-            fps = getattr(probe, "fps", None) or 16.0
-            if probe is not None and hasattr(probe, "close"):
-                probe.close()
-        except ValueError:
-            fps = 16.0
+    fps = args.fps or _input_fps(poses) or 16.0
+    frames = pose_frames(args, args.height, args.width)
+    if not is_keypoint_source(poses):
+        frames = check_pose_frames(frames, args.poses, args.pose_check)
     models, folder = load_models(args)
     stream = RainStream(models, stream_config(args))
     stream.set_reference(reference)
     start = time.perf_counter()
-    with VideoSink(out, fps=fps) as sink, tqdm(desc="rain animate", unit="frame", disable=args.json) as bar:
-        count, _ = run_stream_to_sink(stream, pose_frames(args, args.height, args.width), sink,
-                                      args.frames_per_cohort, args.max_frames, bar)
+    sink = VideoSink(out, fps=fps)
+    try:
+        with tqdm(desc="rain animate", unit="frame", disable=args.json) as bar:
+            count, interrupted = run_stream_to_sink(stream, frames, sink, args.frames_per_cohort, args.max_frames,
+                                                    bar, flush_on_interrupt=args.keep_partial)
+        if interrupted:
+            if args.keep_partial and sink.frames_written:
+                sink.output_path = partial_path(sink.output_path)  # the sink renames its temporary file to this
+                kept = sink.close()
+                apply_umask(kept)
+                raise Interrupted(f"interrupted after {count} pose frames; the {sink.frames_written} frames made so "
+                                  f"far are in {kept}; {out} was not changed.")
+            raise Interrupted(f"interrupted after {count} pose frames; nothing written, {out} was not changed "
+                              "(--keep-partial keeps the frames made so far).")
+        written = sink.close()
+    except BaseException:
+        sink.abort()  # a failed or interrupted run leaves an existing output as it was (no-op once closed)
+        raise
     if count == 0:
         raise UsageError(f"--poses {args.poses}: no pose frames found")
+    apply_umask(written)
     seconds = time.perf_counter() - start
     stats = stream.stats
-    summary = {"output": str(sink.output_path), "frames": stats["frames_out"], "fps": stats["frames_out"] / seconds,
-               "ms_per_tick": stats["mean_ms_per_tick"], "latency_frames": stats["latency_frames"], "model": str(folder)}
-    emit(args, summary, [f"wrote {summary['output']} ({summary['frames']} frames)",
+    summary = {"output": str(written), "frames": stats["frames_out"], "fps": stats["frames_out"] / seconds,
+               "output_fps": fps, "size": [args.height, args.width], "ms_per_tick": stats["mean_ms_per_tick"],
+               "latency_frames": stats["latency_frames"], "model": str(folder)}
+    emit(args, summary, [f"wrote {summary['output']} ({summary['frames']} frames, {args.height}×{args.width}, "
+                         f"{fps:g} fps)",
                          f"speed: {summary['fps']:.2f} fps, {summary['ms_per_tick'] or 0:.1f} ms per tick, "
                          f"latency {summary['latency_frames']} frames + compute"])
     return EXIT_OK

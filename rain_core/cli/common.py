@@ -7,15 +7,56 @@ import json
 import os
 from pathlib import Path
 
-from ..layout import builtin_model_dir, resolve_model_folder
+from ..layout import builtin_model_dir, model_size, readme_layout_parts, resolve_model_folder
 
-EXIT_OK, EXIT_INTERNAL, EXIT_BAD_INPUT = 0, 1, 2
+EXIT_OK, EXIT_INTERNAL, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
 
-__all__ = ["EXIT_OK", "EXIT_INTERNAL", "EXIT_BAD_INPUT", "UsageError", "builtin_model_dir"]
+__all__ = ["EXIT_OK", "EXIT_INTERNAL", "EXIT_BAD_INPUT", "EXIT_INTERRUPTED", "UsageError", "builtin_model_dir"]
 
 
 class UsageError(ValueError):
     """Bad arguments or inputs detected by the command line itself."""
+
+
+class Interrupted(Exception):
+    """Ctrl-C stopped a run; `message` says what was (not) written. main() exits 130 with it."""
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer ≥ 1 (argparse turns the error into exit 2 with the flag's name)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number ≥ 1, found {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number ≥ 1, found {value}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number > 0, found {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a number > 0, found {value}")
+    return value
+
+
+def apply_umask(path: Path) -> None:
+    """Give an output the user's umask: temporary files are created 0600 and folders 0700 by tempfile."""
+    if path is None:
+        return
+    mask = os.umask(0)
+    os.umask(mask)
+    path = Path(path)
+    if path.is_dir():
+        os.chmod(path, 0o777 & ~mask)
+        for child in path.iterdir():
+            if child.is_file():
+                os.chmod(child, 0o666 & ~mask)
+    elif path.is_file():
+        os.chmod(path, 0o666 & ~mask)
 
 
 def is_input_error(error: BaseException) -> bool:
@@ -55,24 +96,40 @@ def add_stream_flags(parser: argparse.ArgumentParser, defaults: dict) -> None:
                        help="m: frames sharing one noise level")
     group.add_argument("--steps", type=int, default=defaults.get("steps", 4), help="LCM steps per frame (multiple of --levels)")
     group.add_argument("--guidance", type=float, default=defaults.get("guidance", 3.5), help="LCM w-embedding value")
-    group.add_argument("--height", type=int, default=defaults.get("height", 512))
-    group.add_argument("--width", type=int, default=defaults.get("width", 512))
+    size_help = "default: the model's own size (64 for the built-in tiny model, 512 for RAIN-v0.1)"
+    group.add_argument("--height", type=positive_int, default=defaults.get("height"),
+                       help=None if "height" in defaults else size_help)
+    group.add_argument("--width", type=positive_int, default=defaults.get("width"),
+                       help=None if "width" in defaults else size_help)
     group.add_argument("--seed", type=int, default=0)
     group.add_argument("--decoder", choices=["auto", "taesdv", "vae"], default="auto",
                        help="auto: TAESDV when the model has it, else the full decoder")
     group.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 … (auto: cuda when available)")
     group.add_argument("--dtype", choices=["auto", "float32", "float16", "bfloat16"], default="auto")
-    group.add_argument("--fps", type=float, default=None, help="output video fps (default: the input's, or 16)")
+    group.add_argument("--fps", type=positive_float, default=None,
+                       help="output video fps (default: the input's when it has one, else 16)")
     group.add_argument("--threads", type=int, default=None,
                        help="CPU threads for torch (default on CPU: half the cores)")
 
 
+MODEL_HELP = "model folder, or 'tiny' / 'builtin' for the built-in 64 px model"
+
+
 def add_model_flags(parser: argparse.ArgumentParser, required: bool = False, help: str | None = None) -> None:
     parser.add_argument("--model", required=required, default=None,
-                        help=help or "model folder (default: the built-in tiny model)")
-    parser.add_argument("--vae", default=None, help="sd-vae-ft-mse diffusers folder (default: beside the model)")
-    parser.add_argument("--image-encoder", default=None, help="sd-image-variations image_encoder folder")
-    parser.add_argument("--taesdv", default=None, help="taesdv.pth")
+                        help=help or MODEL_HELP + " (default: the built-in model)")
+    parser.add_argument("--vae", default=None, help="sd-vae-ft-mse diffusers folder (default: beside the model, or "
+                        "models/vae/sd-vae-ft-mse of the README layout)")
+    parser.add_argument("--image-encoder", default=None, help="sd-image-variations image_encoder folder (default: "
+                        "beside the model, or models/clip_vision/sd-image-variations)")
+    parser.add_argument("--taesdv", default=None, help="taesdv.pth (default: beside the model, or "
+                        "models/vae_approx/taesdv.pth)")
+
+
+def model_parts(args, folder: Path) -> dict:
+    """vae / image_encoder / taesdv: the flags when given, else the README layout around the model folder."""
+    found = readme_layout_parts(folder)
+    return {part: getattr(args, part, None) or found.get(part) for part in ("vae", "image_encoder", "taesdv")}
 
 
 def resolve_device(name: str):
@@ -114,9 +171,14 @@ def load_models(args):
         torch.set_num_threads(threads)
     dtype = resolve_dtype(args.dtype, device)
     folder = resolve_model_folder(getattr(args, "model", None))
-    models = load_rain(folder, vae=getattr(args, "vae", None), image_encoder=getattr(args, "image_encoder", None),
-                       taesdv=getattr(args, "taesdv", None), device=device, dtype=dtype)
+    models = load_rain(folder, **model_parts(args, folder), device=device, dtype=dtype)
     return models, folder
+
+
+def model_folder_size(args) -> tuple[int, int]:
+    """--height / --width, each defaulting to the model's own size (read from its folder, before loading)."""
+    height, width = model_size(resolve_model_folder(getattr(args, "model", None)))
+    return args.height or height, args.width or width
 
 
 # --------------------------------------------------------------------------- inputs
@@ -129,8 +191,7 @@ def pose_frames(args, height: int, width: int):
     from ..video import open_pose_source
 
     source = Path(args.poses)
-    if source.suffix.lower() == ".json" or (source.is_dir() and any(source.glob("*.json"))
-                                             and not any(source.glob("*.png"))):
+    if is_keypoint_source(source):
         from ..pose import load_openpose_json, render_pose
 
         frames = load_openpose_json(source)
@@ -164,13 +225,59 @@ def read_image(path: str, height: int, width: int):
         image = image.convert("RGBA")
         background = Image.new("RGBA", image.size, (255, 255, 255, 255))
         image = Image.alpha_composite(background, image)
-    return np.asarray(image.convert("RGB"), dtype=np.float32) / 255
+    return check_reference(np.asarray(image.convert("RGB"), dtype=np.float32) / 255, path)
 
 
-def run_stream_to_sink(stream, frames, sink, frames_per_cohort: int, limit: int | None, progress=None):
-    """Push frames m at a time, write what comes out; Ctrl-C stops reading but still flushes what was pushed.
+def check_reference(image, path: str):
+    """Refuse a reference that cannot be a character picture (1×1, blank): the output would ignore it."""
+    from ..metrics import reference_problem
 
-    Returns (pose frames read, interrupted).
+    problem = reference_problem(image)
+    if problem:
+        raise UsageError(f"--reference {path}: {problem}.")
+    return image
+
+
+POSE_CHECK_FRAMES = 8
+
+
+def check_pose_frames(frames, source: str, enabled: bool = True):
+    """Look at the first frames of a pose video or image folder before any compute: refuse camera footage given
+    where rendered skeletons are expected (the output would be colour noise). Returns an iterator over all frames."""
+    import itertools
+
+    from ..metrics import dark_fraction, looks_like_pose_render
+
+    frames = iter(frames)
+    first = list(itertools.islice(frames, POSE_CHECK_FRAMES))
+    if enabled and first and not looks_like_pose_render(first):
+        raise UsageError(
+            f"--poses {source}: these frames do not look like rendered skeletons ({dark_fraction(first):.0%} of the "
+            "pixels are black; a DWPose/OpenPose render is ~95% black with thin coloured limbs). RAIN needs pose "
+            "renders, not camera footage: extract the poses first (e.g. `rain live --source VIDEO --poses detector "
+            "--out poses.mp4` or ComfyUI's DWPose preprocessor), or pass --no-pose-check if this really is a render.")
+    return itertools.chain(first, frames)
+
+
+def is_keypoint_source(path) -> bool:
+    source = Path(path)
+    return source.suffix.lower() == ".json" or (source.is_dir() and any(source.glob("*.json"))
+                                                and not any(source.glob("*.png")))
+
+
+def partial_path(path: Path) -> Path:
+    """Where --keep-partial puts an interrupted run's frames: anim.mp4 → anim.partial.mp4, frames → frames.partial."""
+    path = Path(path)
+    return path.with_name(f"{path.stem}.partial{path.suffix}")
+
+
+def run_stream_to_sink(stream, frames, sink, frames_per_cohort: int, limit: int | None, progress=None,
+                       flush_on_interrupt: bool = False):
+    """Push frames m at a time and write what comes out; at the end push the rest and flush.
+
+    Ctrl-C stops reading. With `flush_on_interrupt` the frames already pushed are still flushed (the warm-up's
+    p − 1 ticks at most), and a second Ctrl-C skips that flush; without it nothing more is computed. Returns
+    (pose frames read, interrupted).
     """
     import numpy as np
 
@@ -193,8 +300,13 @@ def run_stream_to_sink(stream, frames, sink, frames_per_cohort: int, limit: int 
                 break
     except KeyboardInterrupt:
         interrupted = True
-    if batch:
-        write(stream.push(np.stack(batch)))
-    if count:
-        write(stream.flush())
+    if interrupted and not flush_on_interrupt:
+        return count, True
+    try:
+        if batch and not interrupted:
+            write(stream.push(np.stack(batch)))
+        if count:
+            write(stream.flush())
+    except KeyboardInterrupt:  # a second Ctrl-C (or the first, during the final flush): stop now
+        interrupted = True
     return count, interrupted

@@ -4,13 +4,20 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .common import EXIT_OK, UsageError, emit
+from .common import EXIT_OK, UsageError, apply_umask, emit, model_parts
 
 
 def add_parser(sub) -> None:
     p = sub.add_parser("convert", help="convert the authors' .pth files to safetensors (+ rain_config.json)")
-    p.add_argument("source", help="folder with reference_unet.pth, motion_unet.pth, pose_guider.pth")
-    p.add_argument("target", help="output folder")
+    p.add_argument("source", help="folder with reference_unet.pth, motion_unet.pth, pose_guider.pth "
+                   "(e.g. models/rain/RAIN-v0.1)")
+    p.add_argument("target", help="output folder (e.g. models/rain/RAIN-v0.1-st)")
+    p.add_argument("--vae", default=None, help="sd-vae-ft-mse folder (default: beside SOURCE, or "
+                   "models/vae/sd-vae-ft-mse of the README layout)")
+    p.add_argument("--image-encoder", default=None, help="sd-image-variations image_encoder folder (default: "
+                   "beside SOURCE, or models/clip_vision/sd-image-variations)")
+    p.add_argument("--taesdv", default=None, help="taesdv.pth (default: beside SOURCE, or "
+                   "models/vae_approx/taesdv.pth)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=run)
 
@@ -22,7 +29,9 @@ def run(args) -> int:
     if not source.is_dir():
         raise UsageError(f"SOURCE {source}: expected a folder holding reference_unet.pth, motion_unet.pth and "
                          "pose_guider.pth (the authors' RAIN-v0.1 files); it does not exist or is not a folder.")
-    folder = convert_official(source, target)
-    files = sorted(str(p) for p in Path(folder).iterdir())
-    emit(args, {"written": files}, [f"wrote {f}" for f in files])
+    folder = convert_official(source, target, **model_parts(args, source))
+    files = sorted(Path(folder).iterdir())
+    for file in files:
+        apply_umask(file)
+    emit(args, {"written": [str(f) for f in files]}, [f"wrote {f}" for f in files])
     return EXIT_OK

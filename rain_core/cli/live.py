@@ -9,26 +9,35 @@ from .common import (
     UsageError,
     add_model_flags,
     add_stream_flags,
+    apply_umask,
     check_output_path,
+    check_pose_frames,
     emit,
     load_models,
+    model_folder_size,
+    positive_int,
     read_image,
     run_stream_to_sink,
     stream_config,
 )
 
+SCREEN_EXTRA = "pip install 'comfyui-rain[screen]' (or pip install mss)"
+
 
 def add_parser(sub) -> None:
     p = sub.add_parser("live", help="webcam / video / screen → live animation (window or --out file)")
-    add_model_flags(p, help="checkpoint folder (default: the built-in tiny model)")
+    add_model_flags(p)
     p.add_argument("--reference", required=True)
     p.add_argument("--source", default="0", help="webcam index, video file, or 'screen'")
     p.add_argument("--poses", choices=["skeleton", "detector"], default="skeleton",
                    help="skeleton: the source already shows rendered poses; detector: run DWPose on it")
-    p.add_argument("--dwpose-dir", default=None, help="folder with the DWPose ONNX files")
+    p.add_argument("--dwpose-dir", default=None, help="folder with the DWPose ONNX files (default: models/rain/dwpose; "
+                   "`rain download --what dwpose` fetches them)")
     p.add_argument("--loop", action="store_true", help="loop a video file source")
     p.add_argument("--out", default=None, help="write to this file instead of a window")
-    p.add_argument("--max-frames", type=int, default=None)
+    p.add_argument("--max-frames", type=positive_int, default=None, help="stop after this many source frames")
+    p.add_argument("--no-pose-check", dest="pose_check", action="store_false",
+                   help="with --poses skeleton, do not refuse a source that does not look like rendered skeletons")
     p.add_argument("--json", action="store_true")
     add_stream_flags(p, {})
     p.set_defaults(handler=run)
@@ -44,7 +53,7 @@ def _live_source(args, height: int, width: int):
         try:
             import mss  # optional: screen capture
         except ImportError:
-            raise UsageError("--source screen needs the optional package mss: `pip install mss`") from None
+            raise UsageError(f"--source screen needs the optional package mss: {SCREEN_EXTRA}") from None
         from ..video import letterbox
 
         with mss.mss() as grabber:
@@ -64,13 +73,43 @@ def _live_source(args, height: int, width: int):
             return
 
 
+def _source_fps(args) -> float | None:
+    """The frame rate the source reports (a video file's, a webcam's when it says), else None."""
+    from ..video import VideoSourceError, open_pose_source
+
+    if args.source == "screen":
+        return None
+    source = int(args.source) if str(args.source).isdigit() else args.source
+    try:
+        probe = open_pose_source(source)
+    except VideoSourceError:
+        return None  # opening the source for frames reports the problem
+    try:
+        fps = getattr(probe, "fps", None)
+        return fps if fps and fps > 0 else None
+    finally:
+        probe.close()
+
+
+def _detector(args):
+    from ..pose import DWPoseDetector
+    from ..pose.detector import DetectorUnavailable
+
+    try:
+        return DWPoseDetector(args.dwpose_dir) if args.dwpose_dir else DWPoseDetector()
+    except DetectorUnavailable as error:
+        reason = str(error).replace("folder configurable with folder=", "another folder: --dwpose-dir FOLDER")
+        raise UsageError(f"--poses detector: {reason} `rain download --what dwpose` fetches the ONNX files into "
+                         "models/rain/dwpose.") from None
+
+
 def run(args) -> int:
     import numpy as np
 
     from ..stream import RainStream
     from ..video import VideoSink
 
-    height, width = args.height, args.width
+    height, width = args.height, args.width = model_folder_size(args)
     out = check_output_path(args.out) if args.out else None
     window = out is None
     if window:
@@ -82,24 +121,26 @@ def run(args) -> int:
             raise UsageError("no window can be opened here (opencv-python-headless has no GUI, or no display); "
                              "pass --out FILE.mp4 to write the stream to a file instead") from None
     reference = read_image(args.reference, height, width)
-    detector = None
-    if args.poses == "detector":
-        from ..pose import DWPoseDetector, render_pose
-
-        detector = DWPoseDetector(args.dwpose_dir) if args.dwpose_dir else DWPoseDetector()
+    detector = _detector(args) if args.poses == "detector" else None
+    fps = args.fps or _source_fps(args) or 16.0
+    frames = _live_source(args, height, width)
+    if detector is None:
+        frames = check_pose_frames(frames, f"skeleton (--source {args.source})", args.pose_check)
     models, _ = load_models(args)
     stream = RainStream(models, stream_config(args))
     stream.set_reference(reference)
 
     def poses():
-        for frame in _live_source(args, height, width):
+        from ..pose import render_pose
+
+        for frame in frames:
             if detector is None:
                 yield frame
             else:
                 people = detector((frame * 255).astype(np.uint8))
                 yield render_pose(people, height, width).astype(np.float32) / 255
 
-    sink = VideoSink(out, fps=args.fps or 16.0) if out else None
+    sink = VideoSink(out, fps=fps) if out else None
     shown = 0
     start = time.perf_counter()
 
@@ -122,15 +163,18 @@ def run(args) -> int:
 
     target = sink if sink is not None else _Overlay()
     try:
-        _, interrupted = run_stream_to_sink(stream, poses(), target, args.frames_per_cohort, args.max_frames)
+        # Ctrl-C is how a live run ends: the frames in flight are flushed; a second Ctrl-C skips the flush.
+        _, interrupted = run_stream_to_sink(stream, poses(), target, args.frames_per_cohort, args.max_frames,
+                                            flush_on_interrupt=True)
     except BaseException:
         if sink is not None:
             sink.abort()
         raise
     if sink is not None:
-        sink.close()
+        apply_umask(sink.close())
     stats = stream.stats
     summary = {"output": str(sink.output_path) if sink else None, "frames": stats["frames_out"],
+               "output_fps": fps if sink else None, "size": [height, width],
                "interrupted": interrupted, "ms_per_tick": stats["mean_ms_per_tick"],
                "latency_frames": stats["latency_frames"]}
     emit(args, summary, [f"live: {summary['frames']} frames" + (f" → {summary['output']}" if sink else "")

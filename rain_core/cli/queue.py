@@ -28,6 +28,7 @@ def run(args) -> int:
     from ..comfy_client import (
         ComfyClient,
         JobResult,
+        ServerError,
         WorkflowError,
         apply_overrides,
         error_messages,
@@ -59,7 +60,10 @@ def run(args) -> int:
         sweeps.append((key, [Path(f) for f in files]))
 
     client = ComfyClient(args.server, timeout=args.timeout)
-    object_info = client.object_info()
+    try:
+        object_info = client.object_info()
+    except ServerError as error:
+        raise UsageError(f"--server {args.server}: {error}") from None
     base_prompt = apply_overrides(ui_to_api(workflow, object_info), overrides)
 
     def sweep_targets(key):
