@@ -4,6 +4,7 @@ from pathlib import Path
 
 from . import host
 from .frame_queue import FrameQueueNode
+from .keypoints import LoadPoseKeypoints
 from .model_loader import LoadRainModel
 from .pose_stream import PoseStream
 from .sampler import RainSampler
@@ -11,12 +12,14 @@ from .sampler import RainSampler
 host.register_model_folders()
 # The shipped workflows name these inputs: copy them into ComfyUI's input folder (never over a user's file).
 host.install_examples(Path(__file__).resolve().parent.parent / "examples")
+host.install_examples(Path(__file__).resolve().parent.parent / "examples" / "keypoints", (".json",))
 
 NODE_CLASS_MAPPINGS = {
     "LoadRainModel": LoadRainModel,
     "RainPoseStream": PoseStream,
     "RainSampler": RainSampler,
     "RainFrameQueue": FrameQueueNode,
+    "RainLoadPoseKeypoints": LoadPoseKeypoints,
 }
 
 NODE_DISPLAY_NAME_MAPPINGS = {
@@ -24,4 +27,5 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "RainPoseStream": "Pose Stream",
     "RainSampler": "RAIN Sampler",
     "RainFrameQueue": "Frame Queue",
+    "RainLoadPoseKeypoints": "Load Pose Keypoints (JSON)",
 }

@@ -296,7 +296,7 @@ def send_event(event: str, data: dict) -> None:
 # ---------------------------------------------------------------------------------------- example inputs
 
 
-def install_examples(source: Path, suffixes=(".png", ".mp4", ".json")) -> list[str]:
+def install_examples(source: Path, suffixes=(".png", ".mp4")) -> list[str]:
     """Copy the pack's example inputs into ComfyUI's input folder so the shipped workflows run as shipped.
 
     A file already there is never touched (it may be the user's); a copy appears under its final name only when

@@ -58,10 +58,10 @@ def all_inputs(node_class):
 # ------------------------------------------------------------------------------------------------- contract
 
 
-def test_pack_exports_four_nodes_with_display_names_and_web_directory(pack):
+def test_pack_exports_its_nodes_with_display_names_and_web_directory(pack):
     assert set(pack.NODE_CLASS_MAPPINGS) == set(pack.NODE_DISPLAY_NAME_MAPPINGS)
-    assert sorted(pack.NODE_DISPLAY_NAME_MAPPINGS.values()) == ["Frame Queue", "Load RAIN Model", "Pose Stream",
-                                                                "RAIN Sampler"]
+    assert sorted(pack.NODE_DISPLAY_NAME_MAPPINGS.values()) == ["Frame Queue", "Load Pose Keypoints (JSON)",
+                                                                "Load RAIN Model", "Pose Stream", "RAIN Sampler"]
     assert (ROOT / pack.WEB_DIRECTORY / "rain_frame_queue.js").is_file()
 
 
@@ -368,3 +368,23 @@ def test_pose_stream_takes_a_video_with_its_frame_rate(pack, host):
     images, _ = pack.NODE_CLASS_MAPPINGS["RainPoseStream"]().prepare(**pose_stream_args(
         pose_images=torch.rand(2, 8, 8, 3), fps=12.0))
     assert images.fps == 12.0
+
+
+def test_load_pose_keypoints_reads_the_shipped_example_with_its_frame_rate(pack, host, tmp_path, monkeypatch):
+    import shutil
+
+    monkeypatch.setenv("RAIN_INPUT_DIR", str(tmp_path / "input"))
+    (tmp_path / "input").mkdir()
+    shutil.copy(DATA / "keypoints" / "rain-dance-keypoints.json", tmp_path / "input")
+    (tmp_path / "input" / "broken.json").write_text('{"frames": [{"people": "nobody"}]}')
+    node = pack.NODE_CLASS_MAPPINGS["RainLoadPoseKeypoints"]
+    assert all_inputs(node)["file"][0] == ["broken.json", "rain-dance-keypoints.json"]
+    keypoints, fps = node().load("rain-dance-keypoints.json", 0.0)
+    assert len(keypoints) == 60 and fps == 30.0
+    assert node().load("rain-dance-keypoints.json", 12.0)[1] == 12.0
+    poses, preview = pack.NODE_CLASS_MAPPINGS["RainPoseStream"]().prepare(**pose_stream_args(
+        pose_keypoint=keypoints, fps=fps))
+    assert len(poses) == 60 and poses.fps == 30.0 and preview.shape[0] == 60
+    with pytest.raises(ValueError, match="broken.json"):
+        node().load("broken.json", 0.0)
+    assert "no 'missing.json'" in node.VALIDATE_INPUTS("missing.json")

@@ -1,4 +1,4 @@
-"""The example workflows in workflows/: UI format 0.4, a thumbnail each, known nodes, typed links, valid widgets.
+"""The example workflows in example_workflows/: UI format 0.4, a thumbnail each, known nodes, typed links, valid widgets.
 
 Our nodes are checked against their INPUT_TYPES; ComfyUI core and third-party nodes against the widget
 lists pinned below (ComfyUI 0.3.64, comfyui_controlnet_aux). The real-host tier (test_comfyui_host.py)
@@ -13,16 +13,14 @@ from test_nodes import load_pack
 
 from rain_core.comfy_client import ui_to_api
 
-WORKFLOWS = sorted((Path(__file__).resolve().parents[1] / "workflows").glob("*.json"))
+WORKFLOWS = sorted((Path(__file__).resolve().parents[1] / "example_workflows").glob("*.json"))
 FRONTEND_ONLY = {"Note", "MarkdownNote", "Reroute"}
 # Widget inputs, in order, of the non-RAIN nodes the workflows use: (name, spec) as /object_info gives them.
 PINNED = {
     "LoadImage": {"input": {"required": {"image": [["anyone-1.png", "anyone-2.png", "anime-portrait.png"],
                                                    {"image_upload": True}]}},
                   "output": ["IMAGE", "MASK"]},
-    "LoadVideo": {"input": {"required": {"file": [["anyone-video-1_kps.mp4", "dance.mp4", "portrait.mp4"], {}]}},
-                  "output": ["VIDEO"]},
-    "GetVideoComponents": {"input": {"required": {"video": ["VIDEO", {}]}}, "output": ["IMAGE", "AUDIO", "FLOAT"]},
+    "LoadVideo": {"input": {"required": {"file": [["anyone-video-1_kps.mp4"], {}]}}, "output": ["VIDEO"]},
     "CreateVideo": {"input": {"required": {"images": ["IMAGE", {}], "fps": ["FLOAT", {"min": 1.0, "max": 120.0}]},
                               "optional": {"audio": ["AUDIO", {}]}}, "output": ["VIDEO"]},
     "SaveVideo": {"input": {"required": {"video": ["VIDEO", {}], "filename_prefix": ["STRING", {}],
@@ -31,15 +29,13 @@ PINNED = {
     "PreviewImage": {"input": {"required": {"images": ["IMAGE", {}]}}, "output": []},
     "SaveImage": {"input": {"required": {"images": ["IMAGE", {}], "filename_prefix": ["STRING", {}]}},
                   "output": []},
-    "DWPreprocessor": {"input": {"required": {"image": ["IMAGE", {}]}, "optional": {
-        "detect_hand": [["enable", "disable"], {}], "detect_body": [["enable", "disable"], {}],
-        "detect_face": [["enable", "disable"], {}], "resolution": ["INT", {"min": 64, "max": 16384}],
-        "bbox_detector": [["None", "yolox_l.torchscript.pt", "yolox_l.onnx", "yolo_nas_l_fp16.onnx",
-                           "yolo_nas_m_fp16.onnx", "yolo_nas_s_fp16.onnx"], {}],
-        "pose_estimator": [["dw-ll_ucoco_384_bs5.torchscript.pt", "dw-ll_ucoco_384.onnx", "dw-ll_ucoco.onnx"], {}],
-        "scale_stick_for_xinsr_cn": [["disable", "enable"], {}]}}, "output": ["IMAGE", "POSE_KEYPOINT"],
-        "pack": "comfyui_controlnet_aux"},
 }
+# Combos that list the files of ComfyUI's input folder: a shipped workflow may only name the example inputs the
+# pack ships (and copies there), so it runs as it is right after install.
+FILE_COMBOS = {("LoadImage", "image"), ("LoadVideo", "file"), ("RainPoseStream", "video_path"),
+               ("RainLoadPoseKeypoints", "file")}
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+SHIPPED_INPUTS = {p.name for p in EXAMPLES.iterdir()} | {p.name for p in (EXAMPLES / "keypoints").iterdir()}
 
 
 def object_info():
@@ -57,6 +53,8 @@ def widget_inputs(spec):
     for section in ("required", "optional"):
         for name, value in spec["input"].get(section, {}).items():
             kind, options = value[0], value[1] if len(value) > 1 else {}
+            if options.get("forceInput"):
+                continue  # a socket only, never a widget
             if isinstance(kind, list) or kind in ("INT", "FLOAT", "STRING", "BOOLEAN"):
                 yield name, kind, options
 
@@ -75,6 +73,12 @@ def test_workflow_is_ui_format_0_4_with_a_jpeg_thumbnail(path):
     assert workflow["version"] == 0.4 and workflow["nodes"] and "links" in workflow
     thumbnail = path.with_suffix(".jpg")
     assert thumbnail.read_bytes()[:3] == b"\xff\xd8\xff"
+
+
+def test_titles_are_readable():
+    # Browse Templates (frontend 1.27) shows a custom node template under its file name.
+    for path in WORKFLOWS:
+        assert path.stem.startswith("RAIN ") and " - " in path.stem and "_" not in path.stem
 
 
 @pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.stem)
@@ -117,9 +121,9 @@ def test_widget_values_are_valid_for_their_inputs(path):
         assert len(values) == len(widgets) + extra, f"{path.name} node {node['id']} ({node['type']})"
         for (name, kind, options), value in zip(widgets, values):
             where = f"{path.name} node {node['id']} ({node['type']}).{name} = {value!r}"
-            if isinstance(kind, list):
-                if node["type"] in ("LoadImage", "LoadVideo"):
-                    continue  # files the user puts in ComfyUI/input; the Note says which
+            if (node["type"], name) in FILE_COMBOS:
+                assert value in SHIPPED_INPUTS | {"none"}, where
+            elif isinstance(kind, list):
                 assert value in kind, where
             elif kind == "INT":
                 assert isinstance(value, int) and not isinstance(value, bool), where
@@ -143,3 +147,11 @@ def test_api_conversion_gives_every_required_input_of_our_nodes(path):
         required = info[node["class_type"]]["input"]["required"]
         missing = set(required) - set(node["inputs"])
         assert not missing, f"{path.name} node {node_id}: {missing}"
+
+
+def test_no_other_folder_comfyui_scans_for_templates_holds_json():
+    # ComfyUI lists *.json in example_workflows/, example/, examples/, workflow/ and workflows/ as templates, but
+    # serves them from the first of these folders only: a .json elsewhere would be listed and then fail to load.
+    root = Path(__file__).resolve().parents[1]
+    for folder in ("example", "examples", "workflow", "workflows"):
+        assert not list((root / folder).glob("*.json")), folder
