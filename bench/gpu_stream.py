@@ -59,7 +59,6 @@ except ImportError as error:  # pragma: no cover - depends on the machine
 
 from rain_core.accel import (  # noqa: E402
     FastPath,
-    StaticTick,
     count_flops,
     latency_seconds,
     parameter_bytes,
@@ -69,7 +68,8 @@ from rain_core.accel import (  # noqa: E402
 from rain_core.models import RainModelConfig, RainModels  # noqa: E402
 from rain_core.models.config import ClipConfig  # noqa: E402
 from rain_core.models.testing import randomize_parameters  # noqa: E402
-from rain_core.stream import RainStream, StreamConfig  # noqa: E402
+from rain_core.scheduler import LCMStepper, ladder  # noqa: E402
+from rain_core.stream import RainStream, SeededNoise, StreamConfig, Tick, TickNoise  # noqa: E402
 
 GIB = 1024**3
 SD_VAE = {  # sd-vae-ft-mse's AutoencoderKL config (random weights here; only its shape matters)
@@ -389,7 +389,7 @@ def random_poses(stream_cfg: StreamConfig, count: int, seed: int) -> torch.Tenso
     return torch.rand(count, stream_cfg.height, stream_cfg.width, 3, generator=generator)
 
 
-def warm_tick_state(tick: StaticTick, seed: int) -> None:
+def warm_tick_state(tick: Tick, seed: int) -> None:
     """Fill the window with a plausible mid-stream state (random latents/features, zero decoder memory)."""
     generator = torch.Generator().manual_seed(seed)
     tick.load_state(
@@ -399,7 +399,7 @@ def warm_tick_state(tick: StaticTick, seed: int) -> None:
     )
 
 
-def given_noise(tick: StaticTick, seed: int):
+def given_noise(tick: Tick, seed: int):
     generator = torch.Generator().manual_seed(seed)
     return (
         torch.randn(tick.initial_noise.shape, generator=generator),
@@ -411,7 +411,7 @@ def section_cost(run: Run, master, stream_cfg: StreamConfig, clip_tokens, refere
     """FLOPs per tick and per stage (eager fp32 tick), bytes, and the host syncs of one static tick."""
     cost = {}
     for cached in (True, False):
-        tick = StaticTick(
+        tick = Tick(
             master, stream_cfg, clip_tokens, reference, FastPath(reference_kv_cache=cached), noise="device"
         )
         warm_tick_state(tick, 1)
@@ -460,13 +460,13 @@ def section_engine(run: Run, master, half, stream_cfg: StreamConfig, args, devic
     poses = random_poses(stream_cfg, stream_cfg.window + stream_cfg.frames_per_cohort * (args.engine_ticks + 1), 7)
     m = stream_cfg.frames_per_cohort
     # What the stream picks by itself on CUDA; forced on elsewhere so that the --tiny CPU run covers the same code.
-    fast_path = "auto" if device.type == "cuda" else "static"
+    fast_path = "auto" if device.type == "cuda" else "graph"
     for label, models in (("fp32", master), ("half", half)):
         if models is None or (label == "half" and device.type != "cuda"):
             engine[f"{label}_skipped"] = "no half-precision networks" if models is None else "CPU: fp32 only"
             continue
         pushed = {}
-        for path, key in (("off", label), (fast_path, f"{label}_fast")):
+        for path, key in (("eager", label), (fast_path, f"{label}_fast")):
             stream = RainStream(models, dataclasses.replace(stream_cfg, fast_path=path))
             stream.set_reference(random_poses(stream_cfg, 1, args.seed)[0])
             stream.push(poses[: stream_cfg.window])  # warm-up: the window fills, the first cohort leaves
@@ -483,12 +483,12 @@ def section_engine(run: Run, master, half, stream_cfg: StreamConfig, args, devic
                 f"  RainStream.push {label} fast_path={path}: {statistics.median(times):.1f} ms per tick, "
                 f"{engine[f'{key}_fps']:.1f} fps"
             )
-            if path != "off":
+            if path != "eager":
                 stats = stream.stats
                 engine[f"{key}_path"] = stats["fast_path"]
-                engine[f"{key}_static_ticks"] = stats["static_ticks"]
+                engine[f"{key}_graph_ticks"] = stats["graph_ticks"]
                 engine[f"{key}_stats_ms_per_tick"] = stats["ms_per_tick"]  # CUDA events on CUDA
-                engine[f"{key}_vs_eager_relative_error"] = relative_error(pushed[path], pushed["off"])
+                engine[f"{key}_vs_eager_relative_error"] = relative_error(pushed[path], pushed["eager"])
                 print(f"  fast vs eager stream ({label}): frames rel. error {engine[f'{key}_vs_eager_relative_error']}")
             elif label == "fp32":
                 engine["static_vs_stream_relative_error"] = _static_matches_stream(stream, models, stream_cfg, poses)
@@ -501,30 +501,26 @@ def section_engine(run: Run, master, half, stream_cfg: StreamConfig, args, devic
 
 
 def _static_matches_stream(stream: RainStream, models, stream_cfg: StreamConfig, poses) -> dict:
-    """One more stream tick, and the static tick on the same state, poses and noise: relative errors."""
-    from rain_core.stream import SeededNoise
-
+    """One more stream tick, and the tick driven alone on the same state, poses and noise: relative errors."""
     state = stream.state_dict()
     meta, tensors = state["meta"], state["tensors"]
-    noise = SeededNoise(stream.config.seed)
-    m, calls = stream_cfg.frames_per_cohort, stream_cfg.calls_per_tick
-    c, h, w = tensors["window_latents"].shape[1], *tensors["window_latents"].shape[-2:]
-    cohorts = list(meta["cohorts"]) + [meta["next_cohort"]]
-    done = list(meta["ticks_done"]) + [0]
-    initial = noise.initial(meta["next_cohort"], (1, c, m, h, w))
-    step_noise = torch.stack(
-        [
-            torch.cat([noise.step(k, d * calls + call, (1, c, m, h, w)) for k, d in zip(cohorts, done)], dim=2)
-            for call in range(calls)
-        ]
-    )  # the finishing cohort's noise is multiplied by 0 in both
+    m = stream_cfg.frames_per_cohort
+    latents = tensors["window_latents"]
+    assembly = TickNoise(
+        ladder(stream_cfg.levels, stream_cfg.steps).tolist(),
+        LCMStepper(stream_cfg.steps).step_length,
+        m,
+        (latents.shape[1], *latents.shape[3:]),
+    )
+    cohorts = [*meta["cohorts"], meta["next_cohort"]]
+    initial, step_noise = assembly.draw(SeededNoise(stream.config.seed), cohorts, 0, True)
     memory = [tensors[f"decoder_memory.{i}"] for i in range(sum(k.startswith("decoder_memory.") for k in tensors))]
     new_poses = poses[-m:]
     expected = stream.push(new_poses)
     expected_latents = stream.state_dict()["tensors"]["window_latents"]
     reference = stream._reference  # noqa: SLF001 - same objects the stream used; nothing is changed
-    tick = StaticTick(models, stream_cfg, reference["clip_tokens"], reference["cache"], FastPath())
-    tick.load_state(tensors["window_latents"], tensors["window_pose_features"], memory or None)
+    tick = Tick(models, stream_cfg, reference["clip_tokens"], reference["cache"], FastPath())
+    tick.load_state(latents, tensors["window_pose_features"], memory or None)
     tick.set_inputs(new_poses, initial, step_noise)
     frames = tick.run().cpu()
     return {"frames": relative_error(frames, expected), "latents": relative_error(tick.latents.cpu(), expected_latents)}
@@ -542,7 +538,7 @@ def section_check(
     the first tick and after `check_ticks` ticks (drift)."""
     ticks = {}
     for label, models, options in (("fp32", master, FastPath()), ("fast", half, fast)):
-        tick = StaticTick(models, stream_cfg, clip_tokens, reference, options)
+        tick = Tick(models, stream_cfg, clip_tokens, reference, options)
         warm_tick_state(tick, 3)
         ticks[label] = tick
     ticks["fast"].load_state(ticks["fp32"].latents, ticks["fp32"].pose_features, None)
@@ -635,7 +631,7 @@ def time_row(run: Run, row, models, stream_cfg, clip_tokens, reference, device, 
     try:
         before = allocated(device)
         reset_peak(device)
-        tick = StaticTick(models, stream_cfg, clip_tokens, reference, fast, noise="device")
+        tick = Tick(models, stream_cfg, clip_tokens, reference, fast, noise="device")
         warm_tick_state(tick, 5)
         setup = time.perf_counter()
         if fast.compile:
@@ -658,14 +654,14 @@ def time_row(run: Run, row, models, stream_cfg, clip_tokens, reference, device, 
         stage_marks = []
         for _ in range(min(len(per_tick), args.split_ticks)):
             points = [clock.mark()]
-            for name in StaticTick.STAGES:
+            for name in Tick.STAGES:
                 tick.run_stage(name)
                 points.append(clock.mark())
             stage_marks.append(points)
         clock.finish()
         stages = {
             name: statistics.median(clock.ms(p[i], p[i + 1]) for p in stage_marks)
-            for i, name in enumerate(StaticTick.STAGES)
+            for i, name in enumerate(Tick.STAGES)
         }
         weights = parameter_bytes(models.denoising_unet, models.pose_guider, models.fast_decoder)
         ms = statistics.median(per_tick)
@@ -739,7 +735,7 @@ def section_memory(run: Run, half, stream_cfg, clip_tokens, reference, device, a
     half.image_encoder = None
     free_memory(device)
     reset_peak(device)
-    tick = StaticTick(
+    tick = Tick(
         half,
         stream_cfg,
         clip_tokens,
@@ -877,8 +873,6 @@ def section_authors(run: Run, args, stream_cfg: StreamConfig, device, ours_unet_
         },
         "cond_proj_dim": 512,
     }
-    from rain_core.scheduler import ladder
-
     payload = {
         "path": str(Path(args.authors).resolve()),
         "device": str(device),

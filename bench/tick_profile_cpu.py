@@ -5,7 +5,7 @@
    rate and copy bandwidth you pass (defaults: what an H100 here measured, 798 TFLOP/s and 3.0 TB/s).
 2. Tiny networks on the CPU, through `RainStream.push` as it is: every op that reads a value back to the host
    (on CUDA each is a sync), with the line that does it; whether consecutive ticks run the same op sequence with
-   the same shapes (what graph capture needs); the same for the static tick (`rain_core.accel.StaticTick`).
+   the same shapes (what graph capture needs); the same for the one tick driven alone (`rain_core.stream.Tick`).
 
     .venv/bin/python bench/tick_profile_cpu.py [--tflops 798] [--tbps 3.0] [--ticks 3]
 """
@@ -18,10 +18,10 @@ from collections import Counter
 
 import torch
 
-from rain_core.accel import FastPath, StaticTick, count_flops, parameter_bytes, trace_ops
+from rain_core.accel import FastPath, count_flops, parameter_bytes, trace_ops
 from rain_core.models import RainModelConfig, RainModels
 from rain_core.models.testing import randomize_parameters
-from rain_core.stream import RainStream, StreamConfig
+from rain_core.stream import RainStream, StreamConfig, Tick
 
 SD_VAE = {
     "block_out_channels": [128, 256, 512, 512],
@@ -54,7 +54,7 @@ def full_size_costs(args) -> None:
     )
     totals = {}
     for cached in (True, False):
-        tick = StaticTick(models, stream_config, clip, cache, FastPath(reference_kv_cache=cached), noise="device")
+        tick = Tick(models, stream_config, clip, cache, FastPath(reference_kv_cache=cached), noise="device")
         stages = {name: count_flops(fn)[1] for name, fn in tick.stage_functions().items()}
         totals[cached] = sum(stages.values())
         if cached:
@@ -116,11 +116,11 @@ def stream_profile(args) -> None:
     for (op, where), count in sites.most_common():
         print(f"    {count:4d} × {op:22s} {where}")
 
-    reference = stream._reference  # noqa: SLF001 - read only, to build the static tick on the same reference
-    tick = StaticTick(models, stream_config, reference["clip_tokens"], reference["cache"], FastPath(), noise="device")
+    reference = stream._reference  # noqa: SLF001 - read only, to build a tick on the same reference
+    tick = Tick(models, stream_config, reference["clip_tokens"], reference["cache"], FastPath(), noise="device")
     traces = [trace_ops(tick.run)[1] for _ in range(2)]
     print(
-        f"\nStaticTick (same networks): {len(traces[0].ops)} aten ops, {len(traces[0].syncs)} host reads, "
+        f"\nTick driven alone, steady state (same networks): {len(traces[0].ops)} aten ops, {len(traces[0].syncs)} host reads, "
         f"consecutive ticks identical: {traces[0].ops == traces[1].ops}"
     )
 

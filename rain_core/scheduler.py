@@ -184,3 +184,52 @@ class LCMStepper:
         if noise.shape != sample.shape:
             raise ScheduleError(f"noise: expected the sample's shape {tuple(sample.shape)}, found {tuple(noise.shape)}")
         return alpha_next.sqrt() * denoised + (1 - alpha_next).sqrt() * noise, denoised
+
+
+class FusedLCMStep:
+    """The per-frame LCM step for fixed timesteps as one multiply-add per element.
+
+    With ᾱ, ᾱ' the alphas of t and of the next timestep (1 past the end), and c_skip, c_out the boundary
+    scalings of t (see `LCMStepper`):
+        z' = sqrt(ᾱ')·(c_out·(sqrt(ᾱ)·z − sqrt(1−ᾱ)·v) + c_skip·z) + sqrt(1−ᾱ')·ε = A·z + B·v + C·ε.
+    A, B, C are computed once in float64 from the stepper's float32 schedule, one per (call, frame); the
+    update runs in float32 like `LCMStepper.step` and needs no host check of the timesteps.
+    """
+
+    def __init__(self, stepper: LCMStepper, timesteps: torch.Tensor, device=None):
+        """timesteps: (calls, F) int, the timesteps of every frame for each UNet call of a tick."""
+        if timesteps.dim() != 2:
+            raise ValueError(f"FusedLCMStep: expected timesteps (calls, frames), found {tuple(timesteps.shape)}")
+        alphas = alphas_cumprod("cpu").to(torch.float64)  # the schedule's values, wherever the stepper lives
+        t = timesteps.to("cpu", torch.int64)
+        if bool(((t < 0) | (t >= alphas.shape[0])).any()):  # checked once here, never inside a tick
+            raise ValueError(f"FusedLCMStep: timesteps outside 0…{alphas.shape[0] - 1}: {t.tolist()}")
+        previous = stepper.next_timesteps(t)
+        alpha = alphas[t]
+        alpha_next = torch.where(previous < 0, torch.ones_like(alpha), alphas[previous.clamp(min=0)])
+        c_skip, c_out = (c.to(torch.float64) for c in stepper.boundary_scalings(t))
+        device = device if device is not None else stepper.alphas_cumprod.device
+        shape = (*t.shape[:1], 1, 1, t.shape[1], 1, 1)  # (calls, B=1, C=1, F, 1, 1) broadcasts over (B, C, F, h, w)
+        self.sample_scale = (
+            (alpha_next.sqrt() * (c_out * alpha.sqrt() + c_skip)).reshape(shape).to(device, torch.float32)
+        )
+        self.v_scale = (-alpha_next.sqrt() * c_out * (1 - alpha).sqrt()).reshape(shape).to(device, torch.float32)
+        self.noise_scale = (1 - alpha_next).sqrt().reshape(shape).to(device, torch.float32)
+        self.timesteps = t
+
+    def __call__(
+        self,
+        call: int,
+        sample: torch.Tensor,
+        v: torch.Tensor,
+        noise: torch.Tensor | None,
+        frames: slice = slice(None),
+    ) -> torch.Tensor:
+        """Next sample (float32) for UNet call number `call` of the tick, for the frames `frames` of the
+        timesteps given at construction (a partial window); `noise` may be None only where every frame finishes
+        (its scale is 0)."""
+        sample_scale = self.sample_scale[call][:, :, frames]
+        out = sample_scale * sample.float() + self.v_scale[call][:, :, frames] * v.float()
+        if noise is not None:
+            out = out + self.noise_scale[call][:, :, frames] * noise
+        return out

@@ -1,6 +1,7 @@
-"""The fast-path helpers: the static steady-state tick equals RainStream's tick, the fused LCM step equals
-LCMStepper, the static tick reads nothing back to the host (so it can be captured as a CUDA graph), and the GPU
-benchmark script runs end to end on CPU with --tiny."""
+"""The one tick driven on its own (as the benchmarks drive it) and the speed helpers: a `Tick` loaded with a stream's
+state and given the noise `TickNoise` lays out equals the stream's next tick bit for bit, the fused LCM step equals
+LCMStepper, the tick reads nothing back to the host (so it can be captured as a CUDA graph), and the GPU benchmark
+script runs end to end on CPU with --tiny."""
 
 from __future__ import annotations
 
@@ -13,18 +14,10 @@ import pytest
 import torch
 from conftest import build_tiny_models
 
-from rain_core.accel import (
-    CudaGraphed,
-    FastPath,
-    FusedLCMStep,
-    StaticTick,
-    latency_seconds,
-    to_channels_last,
-    trace_ops,
-)
+from rain_core.accel import CudaGraphed, FastPath, latency_seconds, to_channels_last, trace_ops
 from rain_core.models import RainModelConfig, RainModels
-from rain_core.scheduler import LCMStepper, ladder
-from rain_core.stream import RainStream, SeededNoise, StreamConfig
+from rain_core.scheduler import FusedLCMStep, LCMStepper, ladder
+from rain_core.stream import RainStream, SeededNoise, StreamConfig, Tick, TickNoise
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -38,37 +31,19 @@ def small_models() -> RainModels:
     return build_tiny_models(config, seed=7)
 
 
-class RecordingNoise(SeededNoise):
-    """SeededNoise that remembers what it handed out, so the static tick can be given the same noise."""
-
-    def __init__(self, seed: int):
-        super().__init__(seed)
-        self.initial_draws: dict[int, torch.Tensor] = {}
-        self.step_draws: dict[tuple[int, int], torch.Tensor] = {}
-
-    def initial(self, cohort, shape):
-        self.initial_draws[cohort] = super().initial(cohort, shape)
-        return self.initial_draws[cohort]
-
-    def step(self, cohort, step, shape):
-        self.step_draws[(cohort, step)] = super().step(cohort, step, shape)
-        return self.step_draws[(cohort, step)]
-
-
 def _steady_stream(models, config: StreamConfig):
-    noise = RecordingNoise(config.seed)
-    stream = RainStream(models, config, noise=noise)
+    stream = RainStream(models, config)
     generator = torch.Generator().manual_seed(3)
     stream.set_reference(torch.rand(config.height, config.width, 3, generator=generator))
     poses = torch.rand(config.window + config.frames_per_cohort, config.height, config.width, 3, generator=generator)
     stream.push(poses[: config.window])  # the window fills and the first cohort leaves: steady state
-    return stream, noise, poses[config.window :]
+    return stream, poses[config.window :]
 
 
 @pytest.mark.parametrize("levels, steps", [(3, 3), (2, 4)])
-def test_static_tick_equals_stream_tick_on_a_full_window(small_models, levels, steps):
+def test_tick_driven_alone_equals_the_stream_tick_on_a_full_window(small_models, levels, steps):
     config = StreamConfig(levels=levels, frames_per_cohort=2, steps=steps, height=16, width=16, seed=5)
-    stream, noise, new_poses = _steady_stream(small_models, config)
+    stream, new_poses = _steady_stream(small_models, config)
     state = stream.state_dict()
     meta, tensors = state["meta"], state["tensors"]
     memory = [tensors[f"decoder_memory.{i}"] for i in range(sum(k.startswith("decoder_memory.") for k in tensors))]
@@ -76,27 +51,19 @@ def test_static_tick_equals_stream_tick_on_a_full_window(small_models, levels, s
     expected_frames = stream.push(new_poses)
     expected_latents = stream.state_dict()["tensors"]["window_latents"]
 
-    m, calls = config.frames_per_cohort, config.calls_per_tick
-    shape = (1, small_models.config.latent_channels, m, *tensors["window_latents"].shape[-2:])
-    cohorts = [*meta["cohorts"], meta["next_cohort"]]
-    done = [*meta["ticks_done"], 0]
-    step_noise = torch.stack(
-        [
-            torch.cat(
-                [noise.step_draws.get((k, d * calls + call), torch.zeros(shape)) for k, d in zip(cohorts, done)], 2
-            )
-            for call in range(calls)
-        ]
-    )
+    latents = tensors["window_latents"]
+    latent_shape = (latents.shape[1], *latents.shape[3:])
+    assembly = TickNoise(ladder(levels, steps).tolist(), LCMStepper(steps).step_length, 2, latent_shape)
+    initial, step_noise = assembly.draw(SeededNoise(config.seed), [*meta["cohorts"], meta["next_cohort"]], 0, True)
     reference = stream._reference  # noqa: SLF001 - the exact reference the stream used, read only
-    tick = StaticTick(small_models, config, reference["clip_tokens"], reference["cache"], FastPath())
+    tick = Tick(small_models, config, reference["clip_tokens"], reference["cache"], FastPath())
     tick.load_state(tensors["window_latents"], tensors["window_pose_features"], memory)
-    tick.set_inputs(new_poses, noise.initial_draws[meta["next_cohort"]], step_noise)
+    tick.set_inputs(new_poses, initial, step_noise)
     frames = tick.run()
 
-    assert frames.shape == expected_frames.shape == (m, 16, 16, 3)
-    torch.testing.assert_close(frames, expected_frames, atol=2e-6, rtol=0)
-    torch.testing.assert_close(tick.latents, expected_latents, atol=2e-6, rtol=0)
+    assert frames.shape == expected_frames.shape == (2, 16, 16, 3)
+    assert torch.equal(frames, expected_frames)
+    assert torch.equal(tick.latents, expected_latents)
 
 
 @pytest.mark.parametrize("levels, steps", [(4, 4), (4, 8), (3, 6)])
@@ -116,7 +83,7 @@ def test_fused_lcm_step_refuses_timesteps_off_the_schedule():
         FusedLCMStep(LCMStepper(4), torch.tensor([[249, 1000]]))
 
 
-def test_full_size_static_tick_runs_on_meta_so_it_reads_no_value_back():
+def test_full_size_tick_runs_on_meta_so_it_reads_no_value_back():
     """A meta tensor has no values: any .item()/bool() in the tick would raise. Full SD-1.5 size, no memory used."""
     config = RainModelConfig.sd15()
     config.vae = {
@@ -130,23 +97,23 @@ def test_full_size_static_tick_runs_on_meta_so_it_reads_no_value_back():
         models = RainModels.build(config, with_image_encoder=False)
         clip = torch.randn(1, 1, 768)
         cache = models.reference_unet(torch.randn(1, 4, 64, 64), clip)
-    tick = StaticTick(models, StreamConfig(height=512, width=512), clip, cache, noise="device")
+    tick = Tick(models, StreamConfig(height=512, width=512), clip, cache, noise="device")
     frames = tick.run()
     assert frames.device.type == "meta" and frames.shape == (4, 512, 512, 3)
     assert tick.latents.shape == (1, 4, 12, 64, 64) and tick.pose_features.shape == (1, 320, 12, 64, 64)
 
 
-def test_static_tick_trace_has_no_host_syncs_but_lcm_stepper_does(small_models):
+def test_tick_trace_has_no_host_syncs_but_lcm_stepper_does(small_models):
     config = StreamConfig(levels=2, frames_per_cohort=2, steps=2, height=16, width=16)
     clip = torch.randn(1, 1, small_models.config.cross_attention_dim)
     with torch.no_grad():
         cache = small_models.reference_unet(torch.randn(1, small_models.config.latent_channels, 8, 8), clip)
-    tick = StaticTick(small_models, config, clip, cache, FastPath(), noise="device")
+    tick = Tick(small_models, config, clip, cache, FastPath(), noise="device")
     _, trace = trace_ops(tick.run)
     assert trace.syncs == []
     assert len(trace.ops) > 100 and trace.bytes_written > 0
 
-    unfused = StaticTick(small_models, config, clip, cache, FastPath(fused_step=False), noise="device")
+    unfused = Tick(small_models, config, clip, cache, FastPath(fused_step=False), noise="device")
     _, trace = trace_ops(unfused.run)
     assert any("scheduler.py" in where for _, where in trace.syncs), trace.syncs
 
@@ -165,7 +132,7 @@ def test_channels_last_tick_gives_the_same_frames(small_models):
             for part in parts:
                 to_channels_last(part)
         try:
-            tick = StaticTick(small_models, config, clip, cache, FastPath(channels_last=channels_last))
+            tick = Tick(small_models, config, clip, cache, FastPath(channels_last=channels_last))
             tick.set_inputs(poses, *noise)
             outputs.append(tick.run().clone())
         finally:

@@ -5,23 +5,26 @@ import torch
 
 from rain_core.scheduler import LCMStepper, ScheduleError, alphas_cumprod, check_steps, ladder, trailing_timesteps
 
-# ᾱ(t) of RAIN's schedule at a few t, as produced by the authors' LCMScheduler (float32, hex exact).
-AUTHORS_ALPHAS_CUMPROD = {
-    0: float.fromhex("0x1.ff90960000000p-1"),
-    249: float.fromhex("0x1.4ef1d80000000p-1"),
-    499: float.fromhex("0x1.f059ea0000000p-3"),
-    749: float.fromhex("0x1.0fbd940000000p-5"),
-    874: float.fromhex("0x1.57fffe0000000p-8"),
-    998: float.fromhex("0x1.a69dee0000000p-23"),
-}
+
+def closed_form_alphas_cumprod() -> torch.Tensor:
+    """RAIN's ᾱ(t) computed by hand in float64 (rain-method.md §2): scaled_linear betas (linear in sqrt(β) from
+    0.00085 to 0.012 over 1000 steps), ᾱ = Π(1 − β), then the zero-terminal-SNR rescale of Lin et al. (2024):
+    sqrt(ᾱ) shifted so its last value is 0 and scaled so its first value is unchanged."""
+    betas = torch.linspace(0.00085**0.5, 0.012**0.5, 1000, dtype=torch.float64) ** 2
+    root = torch.cumprod(1 - betas, 0).sqrt()
+    first, last = root[0].clone(), root[-1].clone()
+    return ((root - last) * first / (first - last)) ** 2
 
 
-def test_schedule_is_zero_terminal_snr_and_matches_the_authors_values():
+def test_schedule_is_the_zero_terminal_snr_closed_form():
     alphas = alphas_cumprod()
     assert alphas.shape == (1000,) and alphas.dtype == torch.float32
-    assert alphas[999].item() == 0.0
-    for t, value in AUTHORS_ALPHAS_CUMPROD.items():
-        assert alphas[t].item() == value
+    assert alphas[999].item() == 0.0  # exactly: v-prediction at t = 999 sees pure noise
+    expected = closed_form_alphas_cumprod()
+    # float32 products over up to 1000 steps: measured ≤ 5.1e-7 absolute, ≤ 2.6e-6 relative for t < 990
+    torch.testing.assert_close(alphas.double(), expected, rtol=0, atol=1e-6)
+    torch.testing.assert_close(alphas[:990].double(), expected[:990], rtol=1e-5, atol=0)
+    assert bool((alphas[1:] < alphas[:-1]).all())  # strictly noisier at every step
 
 
 def test_trailing_timesteps_are_the_authors_not_diffusers_lcm():

@@ -254,7 +254,11 @@ def test_taesdv_memory_is_carried_from_tick_to_tick_and_saved(tmp_path):
     decoder = models.fast_decoder
     clean = []
     original_decode = decoder.decode
-    decoder.decode = lambda latents, memory: (clean.append(latents.clone()), original_decode(latents, memory))[1]
+    # The tick sizes its memory buffers with one decode without memory; the stream's own decodes carry memory.
+    decoder.decode = lambda latents, memory: (
+        memory is not None and clean.append(latents.clone()),
+        original_decode(latents, memory),
+    )[1]
     poses = pose_frames(20, seed=5)
     stream = new_stream(models, decoder="auto")
     assert stream.stats["decoder"] == "taesdv"
