@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import stat
 
 import pytest
@@ -160,3 +161,29 @@ def test_rain_download_bad_cases_exit_2_with_a_message(case, tmp_path, monkeypat
     err = capsys.readouterr().err
     assert code == 2, err
     assert expected in err and "Traceback" not in err
+
+
+def test_download_then_convert_gives_a_loadable_safetensors_model(tmp_path, tiny_models, monkeypatch):
+    import torch
+    from conftest import write_official_checkpoint
+
+    from rain_core.loading import load_rain
+
+    # the tiny stand-in of the release, served in the real repositories' layout
+    official = write_official_checkpoint(tiny_models, tmp_path / "official")
+    files = {("Pscgylotti/RAIN-v0.1", name): (official / name).read_bytes()
+             for name in ("reference_unet.pth", "motion_unet.pth", "pose_guider.pth")}
+    for file in (official / "image_encoder").iterdir():
+        files[("lambdalabs/sd-image-variations-diffusers", f"image_encoder/{file.name}")] = file.read_bytes()
+    models = tmp_path / "models"
+    folder = models / "rain" / "RAIN-v0.1"
+    folder.mkdir(parents=True)
+    # the released model is SD-1.5 sized and needs no config; the tiny stand-in brings its own
+    shutil.copy(official / "rain_config.json", folder / "rain_config.json")
+    with LocalHub(files) as server:
+        monkeypatch.setenv("HF_ENDPOINT", server.url)
+        monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+        result = download_models(["rain", "image-encoder"], models, convert=True)
+    converted = load_rain(result["converted"])
+    for (name, x), (_, y) in zip(tiny_models.state_dict().items(), converted.state_dict().items()):
+        assert torch.equal(x, y), name

@@ -15,6 +15,7 @@ from .common import (
     apply_umask,
     check_output_path,
     check_pose_frames,
+    check_reference,
     emit,
     is_keypoint_source,
     load_models,
@@ -72,7 +73,7 @@ def run(args) -> int:
         raise UsageError(f"--poses {args.poses}: not found; expected a pose video, a folder of pose images, "
                          "or a POSE_KEYPOINT / OpenPose .json")
     args.height, args.width = model_folder_size(args)
-    reference = read_image(args.reference, args.height, args.width)
+    reference = check_reference(read_image(args.reference, args.height, args.width), args.reference)
     fps = args.fps or _input_fps(poses) or 16.0
     frames = pose_frames(args, args.height, args.width)
     if not is_keypoint_source(poses):

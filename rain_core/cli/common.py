@@ -185,47 +185,24 @@ def model_folder_size(args) -> tuple[int, int]:
 
 
 def pose_frames(args, height: int, width: int):
-    """Yield pose images (H, W, 3) float in [0, 1] from a video, an image folder or POSE_KEYPOINT/OpenPose JSON."""
-    import numpy as np
+    """Yield pose images (H, W, 3) float in [0, 1] from a video, an image folder or POSE_KEYPOINT/OpenPose JSON,
+    through the engine's one input path (`rain_core.inputs`): the stream fits them to its size as it does for the
+    nodes' frames."""
+    from ..inputs import pose_source_frames
 
-    from ..video import open_pose_source
-
-    source = Path(args.poses)
-    if is_keypoint_source(source):
-        from ..pose import load_openpose_json, render_pose
-
-        frames = load_openpose_json(source)
-        for frame in frames:
-            yield render_pose(frame, height, width).astype(np.float32) / 255
-        return
-    reader = open_pose_source(source, size=(height, width))
-    try:
-        for frame in reader:
-            yield frame
-    finally:
-        close = getattr(reader, "close", None)
-        if close:
-            close()
+    for frame in pose_source_frames(Path(args.poses), height, width):
+        yield frame.numpy()
 
 
 def read_image(path: str, height: int, width: int):
-    """Reference image as float (H, W, 3) in [0, 1]; alpha is composited on white."""
-    import numpy as np
-    from PIL import Image, UnidentifiedImageError
+    """Reference image as float (H, W, 3) in [0, 1]; alpha is composited on white (`rain_core.inputs.read_image`)."""
+    from ..inputs import InputError
+    from ..inputs import read_image as read_reference
 
-    file = Path(path)
-    if not file.is_file():
-        raise UsageError(f"--reference {path}: file not found")
     try:
-        image = Image.open(file)
-        image.load()
-    except (UnidentifiedImageError, OSError) as error:
-        raise UsageError(f"--reference {path}: not a readable image ({error}); use a PNG or JPEG") from None
-    if image.mode in ("RGBA", "LA", "P"):
-        image = image.convert("RGBA")
-        background = Image.new("RGBA", image.size, (255, 255, 255, 255))
-        image = Image.alpha_composite(background, image)
-    return check_reference(np.asarray(image.convert("RGB"), dtype=np.float32) / 255, path)
+        return read_reference(path, "--reference")[0].numpy()
+    except InputError as error:
+        raise UsageError(str(error)) from None
 
 
 def check_reference(image, path: str):
@@ -254,8 +231,9 @@ def check_pose_frames(frames, source: str, enabled: bool = True):
         raise UsageError(
             f"--poses {source}: these frames do not look like rendered skeletons ({dark_fraction(first):.0%} of the "
             "pixels are black; a DWPose/OpenPose render is ~95% black with thin coloured limbs). RAIN needs pose "
-            "renders, not camera footage: extract the poses first (e.g. `rain live --source VIDEO --poses detector "
-            "--out poses.mp4` or ComfyUI's DWPose preprocessor), or pass --no-pose-check if this really is a render.")
+            "renders, not camera footage: for footage of a person use `rain live --source VIDEO --poses detector` "
+            "(DWPose), or render the poses first (e.g. ComfyUI's DWPose preprocessor); pass --no-pose-check if this "
+            "really is a render.")
     return itertools.chain(first, frames)
 
 

@@ -12,6 +12,7 @@ from .common import (
     apply_umask,
     check_output_path,
     check_pose_frames,
+    check_reference,
     emit,
     load_models,
     model_folder_size,
@@ -120,7 +121,7 @@ def run(args) -> int:
         except cv2.error:
             raise UsageError("no window can be opened here (opencv-python-headless has no GUI, or no display); "
                              "pass --out FILE.mp4 to write the stream to a file instead") from None
-    reference = read_image(args.reference, height, width)
+    reference = check_reference(read_image(args.reference, height, width), args.reference)
     detector = _detector(args) if args.poses == "detector" else None
     fps = args.fps or _source_fps(args) or 16.0
     frames = _live_source(args, height, width)
