@@ -146,6 +146,11 @@ class DenoiseForward(nn.Module):
         super().__init__()
         self.models = models
 
+    def clip_input(self, reference_images: torch.Tensor) -> torch.Tensor | None:
+        """CLIP pixel values (B, 3, S, S) of reference images (B, 3, H, W) in [0, 1]; None without an image encoder."""
+        encoder = self.models.image_encoder
+        return None if encoder is None else encoder.preprocess(reference_images.permute(0, 2, 3, 1))
+
     def clip_tokens(self, clip: torch.Tensor | None, drop: bool, batch: int, like: torch.Tensor) -> torch.Tensor:
         """(B, 1, D) CLIP tokens from `clip`: CLIP pixel values (B, 3, S, S) go through the image encoder, tokens
         (B, 1, D) are used as they are. A dropped condition is the image encoder's tokens of a zero image, as in the
@@ -214,11 +219,15 @@ def select_trainable(models: RainModels, config: TrainConfig) -> list[nn.Paramet
     """Freeze everything, then unfreeze the parts this stage trains; returns the trainable parameters.
 
     Like the reference (train_stage_1.py), the reference UNet's last up block (`up_blocks.3` at SD size) stays
-    frozen unless `freeze_reference_last_up` is off. Of that block only what runs before the captured attn1
-    inputs matters at all: its tail (the last attn1's output, attn2, the feed-forward, proj_out) feeds nothing and
-    gets no gradient, which would also stall DDP without find_unused_parameters. The frozen resnets and the norms
-    before the captured inputs do get gradients; freezing them is the reference's choice, kept so that the recipe
-    matches it (bench/compare_training.py)."""
+    frozen unless `freeze_reference_last_up` is off. Only part of that block's output is unused: the reference pass
+    feeds nothing but the captured attn1 inputs, so the tail after the last capture (that transformer's attn1
+    projections, attn2, feed-forward and proj_out) never gets a gradient. The rest does: measured on the 4-level
+    tiny UNet with the freeze off, 56 of the block's 76 tensors (92 k of 113 k parameters: its resnets and the
+    earlier transformers) receive gradients, 20 (21 k) never do. Freezing the used part is the reference's choice,
+    with no published reason; no measurement here says otherwise, so the default keeps the recipe equal to the
+    reference (bench/compare_training.py checks the trainable sets are the same). The untouched tail would also
+    need find_unused_parameters under DDP, which the trainer sets anyway (condition dropout skips the whole
+    reference UNet)."""
     parts = config.train_parts
     if parts == "auto":
         parts = {1: "all", 2: "motion", 3: "unet"}[config.stage]
@@ -472,10 +481,9 @@ class Trainer:
             clip = batch["clip_tokens"].to(self.device)
         elif "clip_pixels" in batch:
             clip = batch["clip_pixels"].to(self.device)
-        elif self._models.image_encoder is not None:
-            clip = self._models.image_encoder.preprocess(batch["reference"].permute(0, 2, 3, 1)).to(self.device)
         else:
-            clip = None
+            clip = self.accelerator.unwrap_model(self.forward).clip_input(batch["reference"])
+            clip = None if clip is None else clip.to(self.device)
         return latents, ref_latent, clip
 
     def loss(self, batch, step: int, draws: StepDraws | None = None) -> torch.Tensor:
