@@ -134,7 +134,7 @@ def _head(remote: RemoteFile, path_in_repo: str, endpoint: str):
 
 def _plan(remote: RemoteFile, models_dir: Path, endpoint: str) -> _Plan:
     """Ask the hub for the file's size (trying the alternatives in turn); decide whether it is already complete."""
-    from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, RepositoryNotFoundError
+    from huggingface_hub.utils import EntryNotFoundError, HfHubHTTPError, RepositoryNotFoundError
 
     plan = _Plan(remote, models_dir / remote.target)
     if remote.url is not None:
