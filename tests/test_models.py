@@ -236,3 +236,34 @@ def test_build_tiny_models_is_reproducible():
     a, b = build_tiny_models(), build_tiny_models()
     for (name, p), q in zip(a.state_dict().items(), b.state_dict().values()):
         assert torch.equal(p, q), name
+
+
+def test_gradient_checkpointing_keeps_fewer_activations_and_gives_the_same_gradients():
+    """diffusers' enable_gradient_checkpointing() on both UNets: the blocks' activations are not kept for the
+    backward pass but recomputed there, with the reference tokens each block saw in the forward."""
+    models = build_tiny_models(seed=3).train()
+    sample, t, clip, pose, ref_latent = _inputs(models)
+
+    def gradients():
+        kept = []  # elements of every tensor autograd keeps for the backward pass outside checkpointed blocks
+        models.zero_grad(set_to_none=True)
+        with torch.autograd.graph.saved_tensors_hooks(lambda x: kept.append(x.numel()) or x, lambda x: x):
+            reference = models.reference_unet(ref_latent, clip)
+            v = models.denoising_unet(sample, t, clip, models.pose_guider(pose), models.guidance_embedding(3.5),
+                                      reference, use_reference_kv_cache=False)  # training path: grads reach tokens
+        (v**2).mean().backward()
+        return sum(kept), {name: p.grad.clone() for name, p in models.named_parameters() if p.grad is not None}
+
+    plain_kept, plain = gradients()
+    assert not models.denoising_unet.is_gradient_checkpointing
+    for unet in (models.reference_unet, models.denoising_unet):
+        unet.enable_gradient_checkpointing()
+    assert models.denoising_unet.is_gradient_checkpointing and models.reference_unet.is_gradient_checkpointing
+    checkpointed_kept, checkpointed = gradients()
+    assert checkpointed_kept < plain_kept / 4
+    assert plain.keys() == checkpointed.keys() and any("reference_unet" in name for name in plain)
+    for name, grad in plain.items():
+        torch.testing.assert_close(checkpointed[name], grad, rtol=1e-5, atol=1e-6, msg=name)
+    for unet in (models.reference_unet, models.denoising_unet):
+        unet.disable_gradient_checkpointing()
+    assert not models.denoising_unet.is_gradient_checkpointing

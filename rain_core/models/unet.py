@@ -5,6 +5,11 @@ Every 2D op runs on frames folded into the batch, "(b f) c h w": convolutions, G
 authors' InflatedGroupNorm), spatial transformers; the time embedding is computed per frame, so each frame of
 a window can sit at its own noise level. Only the motion modules look across frames. Parameter names equal
 the authors' checkpoints (and diffusers' UNet2DConditionModel for the shared parts).
+
+Both UNets are diffusers `ModelMixin`s: `enable_gradient_checkpointing()` recomputes each down/mid/up block in
+the backward pass, handing the recomputation the reference-attention state the block saw in the forward.
+They are not `ConfigMixin`s: one `RainModelConfig` sizes every network of a model and is saved once, in
+rain_config.json, beside the authors' file names (rain_core/loading.py); a config.json per UNet would split it.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ from __future__ import annotations
 import torch
 from diffusers.models.downsampling import Downsample2D
 from diffusers.models.embeddings import TimestepEmbedding, Timesteps
+from diffusers.models.modeling_utils import ModelMixin
 from diffusers.models.resnet import ResnetBlock2D
 from diffusers.models.transformers.transformer_2d import Transformer2DModel
 from diffusers.models.upsampling import Upsample2D
@@ -24,7 +30,11 @@ from .reference import CaptureProcessor, ReferenceAttnProcessor, ReferenceCache
 
 
 class _Block(nn.Module):
-    """A down, mid or up block: resnet -> spatial transformer -> motion module, repeated."""
+    """A down, mid or up block: resnet -> spatial transformer -> motion module, repeated. The UNet's
+    `enable_gradient_checkpointing()` sets `gradient_checkpointing` (the attribute diffusers looks for)."""
+
+    gradient_checkpointing = False
+    _gradient_checkpointing_func = None
 
     def _run_layer(self, i, hidden, temb, context, num_frames):
         hidden = self.resnets[i](hidden, temb)
@@ -137,10 +147,35 @@ class UpBlock(_Block):
         return hidden
 
 
-class _RainUNet(nn.Module):
+class _ReplayReference:
+    """Calls a block with the reference-attention state (reference tokens or K/V, frame count) that its
+    processors hold now. Gradient checkpointing recomputes the block in the backward pass, after the UNet has
+    cleared that state; this puts it back for the recomputation and restores what was there after."""
+
+    def __init__(self, block: nn.Module):
+        self.block = block
+        self.processors = [
+            m.processor for m in block.modules() if isinstance(getattr(m, "processor", None), ReferenceAttnProcessor)
+        ]
+        self.state = [(p.reference, p.num_frames) for p in self.processors]
+
+    def __call__(self, *args):
+        previous = [(p.reference, p.num_frames) for p in self.processors]
+        for processor, (reference, frames) in zip(self.processors, self.state):
+            processor.reference, processor.num_frames = reference, frames
+        try:
+            return self.block(*args)
+        finally:
+            for processor, (reference, frames) in zip(self.processors, previous):
+                processor.reference, processor.num_frames = reference, frames
+
+
+class _RainUNet(ModelMixin):
     """The SD-1.5 trunk over frames folded into the batch. `denoising` adds what only the video UNet has:
     motion modules, the w-embedding `cond_proj` and the output head (the released reference_unet.pth has no
     conv_norm_out/conv_out: the reference pass only needs the captured tokens)."""
+
+    _supports_gradient_checkpointing = True
 
     def __init__(self, config: RainModelConfig, denoising: bool, processor):
         super().__init__()
@@ -203,6 +238,19 @@ class _RainUNet(nn.Module):
             condition = guidance.to(dtype).expand(batch, -1).repeat_interleave(frames, dim=0)
         return self.time_embedding(t_emb, condition)
 
+    def _set_gradient_checkpointing(self, enable: bool = True, gradient_checkpointing_func=None) -> None:
+        """What diffusers' `enable_gradient_checkpointing()` / `disable_gradient_checkpointing()` call. Only our
+        blocks are checkpointed (diffusers would also flag the Transformer2DModels inside them, whose
+        recomputation could not see the reference state: see `_ReplayReference`)."""
+        for block in [*self.down_blocks, self.mid_block, *self.up_blocks]:
+            block.gradient_checkpointing = enable
+            block._gradient_checkpointing_func = gradient_checkpointing_func
+
+    def _block(self, block: _Block, *args):
+        if block.gradient_checkpointing and torch.is_grad_enabled():
+            return block._gradient_checkpointing_func(_ReplayReference(block), *args)
+        return block(*args)
+
     def _trunk(self, hidden, temb, context, num_frames, pose_features=None):
         hidden = self.conv_in(hidden)
         if pose_features is not None:
@@ -212,14 +260,14 @@ class _RainUNet(nn.Module):
         force_size = any(s % overall for s in hidden.shape[-2:])
         skips = (hidden,)
         for block in self.down_blocks:
-            hidden, block_skips = block(hidden, temb, context, num_frames)
+            hidden, block_skips = self._block(block, hidden, temb, context, num_frames)
             skips += block_skips
-        hidden = self.mid_block(hidden, temb, context, num_frames)
+        hidden = self._block(self.mid_block, hidden, temb, context, num_frames)
         for i, block in enumerate(self.up_blocks):
             count = len(block.resnets)
             block_skips, skips = skips[-count:], skips[:-count]
             size = skips[-1].shape[-2:] if force_size and i < len(self.up_blocks) - 1 else None
-            hidden = block(hidden, block_skips, temb, context, num_frames, upsample_size=size)
+            hidden = self._block(block, hidden, block_skips, temb, context, num_frames, size)
         return hidden
 
 
