@@ -83,7 +83,9 @@ def read_state_dict(path: str | os.PathLike, part: str = "checkpoint") -> dict[s
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except (SafetensorError, RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, OSError) as error:
-        if "Weights only load failed" in str(error):  # a pickled object, refused by weights_only=True
+        # a pickled object, refused by weights_only=True ("This file can still be loaded"; a text file fails the
+        # same check without that sentence and is described below)
+        if "Weights only load failed" in str(error) and "This file can still be loaded" in str(error):
             held = re.search(r"GLOBAL ([\w.]+)", str(error))
             raise RainLoadError(
                 f"{path}: holds pickled Python objects{f' ({held.group(1)})' if held else ''} besides tensors, which "
