@@ -70,16 +70,10 @@ class PoseBatch:
         """
         if self.frames is None:
             return self.images
-        from ..rain_core import pose as rain_pose
+        from ..rain_core.inputs import render_keypoints
 
-        fitted = [frame.letterboxed(height, width) for frame in self.frames]
-        if self.render_options.get("mode", "body") == "face-morph":
-            params = rain_pose.FaceMorphParams(**self.render_options.get("face_morph", {}))
-            morpher = rain_pose.FaceMorpher(params)  # fills landmarks missing in a frame from the previous one
-            drawn = [morpher(frame, height, width) for frame in fitted]
-        else:
-            drawn = [rain_pose.render_pose(frame, height, width) for frame in fitted]
-        return uint8_to_image(np.stack(drawn))
+        return render_keypoints(self.frames, height, width, self.render_options.get("mode", "body"),
+                                self.render_options.get("face_morph", {}))
 
 
 class TensorMemo:
@@ -119,13 +113,9 @@ def image_batch(value, input_name: str) -> torch.Tensor:
                          f"converted), found shape {tuple(value.shape)}.")
     if value.shape[0] == 0:
         raise ValueError(f"{input_name}: the image batch is empty; connect a node that outputs at least one image.")
-    value = value.float()
-    if value.shape[-1] == 1:
-        value = value.expand(*value.shape[:-1], 3)
-    elif value.shape[-1] == 4:
-        rgb, alpha = value[..., :3], value[..., 3:4]
-        value = rgb * alpha + (1.0 - alpha)
-    return value.clamp(0.0, 1.0).contiguous()
+    from ..rain_core.inputs import alpha_over_white
+
+    return alpha_over_white(value.float()).clamp(0.0, 1.0).contiguous()
 
 
 def tensor_fingerprint(value: torch.Tensor) -> str:

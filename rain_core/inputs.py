@@ -130,7 +130,7 @@ def reference_image(value, name: str = "reference") -> torch.Tensor:
     """A reference as the stream takes it: (1, H, W, 3) float32 in [0, 1]. Accepts (H, W, C) or (N, H, W, C) with
     C = 1, 3 or 4 (the first image of a batch is used), float in [0, 1] or uint8."""
     if isinstance(value, np.ndarray):
-        value = torch.from_numpy(np.ascontiguousarray(value))
+        value = torch.from_numpy(np.array(value))  # a copy: PIL's arrays are read-only
     if not isinstance(value, torch.Tensor):
         raise InputError(f"{name}: expected an image tensor or array (H, W, 3), found {type(value).__name__}")
     if value.dim() == 3:
