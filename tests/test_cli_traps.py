@@ -317,3 +317,19 @@ def test_a_second_ctrl_c_ends_a_keep_partial_run_at_once(tmp_path, long_poses):
     assert out.read_bytes() == b"previous good file" and "Traceback" not in err
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")], "no temporary file may be left behind"
     assert seconds < 20
+
+
+@pytest.mark.slow
+def test_ctrl_c_ends_rain_live_promptly_and_keeps_what_was_animated(tmp_path, long_poses):
+    out = tmp_path / "live.mp4"
+    rain = _Rain("live", "--model", "tiny", "--reference", REFERENCE, "--source", long_poses, "--out", out,
+                 "--threads", 1, "--json")
+    deadline = time.monotonic() + 120
+    while not [p for p in tmp_path.iterdir() if p.name.startswith(".live.")]:  # the sink's temporary file
+        assert time.monotonic() < deadline and rain.process.poll() is None, rain.err.decode(errors="replace")
+        time.sleep(0.2)
+    code, err, seconds = rain.interrupt_and_wait()
+    assert code == 0, err  # Ctrl-C is how a live run ends
+    summary = json.loads(rain.process.stdout.read())
+    assert summary["interrupted"] and probe_video(out).frame_count == summary["frames"] > 0
+    assert seconds < 20
