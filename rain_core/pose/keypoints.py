@@ -163,17 +163,19 @@ class PoseFrame:
         measured on a canvas of another aspect ratio keeps its proportions (black bars, like `letterbox`).
         """
         scale = min(width / self.canvas_width, height / self.canvas_height)
-        sx = self.canvas_width * scale / width
-        sy = self.canvas_height * scale / height
-        ox, oy = (1.0 - sx) / 2.0, (1.0 - sy) / 2.0
+        size = np.array([self.canvas_width * scale / width, self.canvas_height * scale / height])
+        return self.map_points(lambda xy: xy * size + (1.0 - size) / 2.0, width, height)
+
+    def map_points(self, mapping, width: int, height: int) -> PoseFrame:
+        """The same people on a (width, height) canvas with every present point's normalised (x, y) mapped by
+        `mapping`: an (N, 2) array → an (N, 2) array. Missing points stay missing; confidences are kept."""
         people = []
         for person in self.people:
             parts = {}
             for part in PARTS:
                 array = person.part(part).copy()
                 present = array[:, 2] > 0
-                array[present, 0] = array[present, 0] * sx + ox
-                array[present, 1] = array[present, 1] * sy + oy
+                array[present, :2] = mapping(array[present, :2])
                 parts[part] = array
             people.append(Person(**parts))
         return PoseFrame(people, width, height)

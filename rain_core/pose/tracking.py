@@ -211,18 +211,12 @@ def apply_alignment(frame: PoseFrame, alignment: Alignment, reference: PoseFrame
     """Map a frame through `alignment` onto the reference's canvas."""
     source_size = np.array([frame.canvas_width, frame.canvas_height], dtype=np.float64)
     target_size = np.array([reference.canvas_width, reference.canvas_height], dtype=np.float64)
-    people = []
-    for person in frame.people:
-        parts = {}
-        for part in PARTS:
-            array = person.part(part).copy()
-            present = array[:, 2] > 0
-            pixels = array[present, :2] * source_size
-            array[present, :2] = (alignment.scale * (pixels - alignment.source_anchor)
-                                  + alignment.reference_anchor) / target_size
-            parts[part] = array
-        people.append(Person(**parts))
-    return PoseFrame(people, reference.canvas_width, reference.canvas_height)
+    return frame.map_points(
+        lambda xy: (alignment.scale * (xy * source_size - alignment.source_anchor) + alignment.reference_anchor)
+        / target_size,
+        reference.canvas_width,
+        reference.canvas_height,
+    )
 
 
 def align_to_reference(sequence: Iterable[PoseFrame], reference_frame: PoseFrame, anchor: str = "neck") -> list[PoseFrame]:
