@@ -6,6 +6,10 @@ the ground truth). A model that has learnt the pose → image mapping scores wel
 also learnt to denoise scores higher still at t = 249, which is the level whose estimate the stream emits.
 A quick training diagnostic (seconds per checkpoint), not the quality table: that is bench/quality.py.
 
+With `--motion-off` every model that has motion modules is scored a second time without them (the same
+weights, the temporal layers removed): the gap in x0 PSNR and in x0 temporal error (mean |Δ x0 − Δ truth|
+between consecutive frames of the window, 0–255 units) is what the motion modules contribute so far.
+
     .venv/bin/python bench/denoise_levels.py runs/tiny-s1/checkpoint-001000/model [more folders...]
 """
 
@@ -22,17 +26,25 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench.quality import heldout_clips, psnr  # noqa: E402
+from bench.quality import heldout_clips, psnr, temporal_error  # noqa: E402
 from rain_core.train import objectives  # noqa: E402
 from rain_core.train.trainer import DenoiseForward  # noqa: E402
 
 
 @torch.no_grad()
 def level_psnr(models, clips, timesteps, guidance: float | None, seed: int = 0) -> dict[int, float]:
+    """x0 PSNR per level (see `level_scores`)."""
+    return {t: scores[0] for t, scores in level_scores(models, clips, timesteps, guidance, seed).items()}
+
+
+@torch.no_grad()
+def level_scores(models, clips, timesteps, guidance: float | None, seed: int = 0) -> dict[int, tuple[float, float]]:
+    """(x0 PSNR, x0 temporal error) per level t: each clip's frames form one window, all noised to t."""
     forward = DenoiseForward(models).eval()
     codec = models.codec
     generator = torch.Generator().manual_seed(seed)
     scores = {t: [] for t in timesteps}
+    changes = {t: [] for t in timesteps}
     w = None if guidance is None else torch.tensor([guidance])
     for reference, truth, poses in clips:
         frames = torch.from_numpy(truth).permute(0, 3, 1, 2).float()  # (F,3,H,W)
@@ -40,23 +52,25 @@ def level_psnr(models, clips, timesteps, guidance: float | None, seed: int = 0) 
         ref = torch.from_numpy(reference).permute(2, 0, 1).float()[None]
         ref_latent = codec.encode(ref).float()
         pose = torch.from_numpy(poses).permute(0, 3, 1, 2).float()[None]
-        keep = torch.ones(1)
+        clip = forward.clip_input(ref)  # CLIP pixel values of the reference (None without an image encoder)
         for t in timesteps:
             noise = torch.randn(latents.shape, generator=generator)
             steps = torch.full((1, latents.shape[2]), t)
             noisy = objectives.add_noise(latents, noise, steps)
-            v = forward(noisy, steps, ref_latent, ref, pose, keep, guidance=w)
+            v = forward(noisy, steps, ref_latent, clip, pose, guidance=w)
             x0 = objectives.x0_from_v(noisy, v, steps)
             images = codec.decode(x0[0].permute(1, 0, 2, 3)).clamp(0, 1).permute(0, 2, 3, 1).numpy()
             scores[t].append(psnr(images, truth).mean())
-    return {t: float(np.mean(v)) for t, v in scores.items()}
+            changes[t].append(temporal_error(images, truth))
+    return {t: (float(np.mean(scores[t])), float(np.mean(changes[t]))) for t in timesteps}
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("models", nargs="+", help="RAIN model folders")
     parser.add_argument("--clips", type=int, default=6)
-    parser.add_argument("--frames", type=int, default=8)
+    parser.add_argument("--frames", type=int, default=8, help="frames per clip: one window through the UNet")
+    parser.add_argument("--motion-off", action="store_true", help="also score each model without its motion modules")
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--guidance", type=float, default=None, help="w fed to the w-embedding (LCM models)")
     parser.add_argument("--world", default="v1", choices=("v1", "v2"), help="synthetic world of the held-out clips")
@@ -69,12 +83,19 @@ def main(argv=None) -> int:
     copy = np.mean([psnr(np.repeat(r[None], len(t), 0), t).mean() for r, t, _ in clips])
     timesteps = [999, 749, 499, 249]
     print(f"held-out world {args.world}: {args.clips} clips × {args.frames} frames at {args.size}px; copying the reference: {copy:.2f} dB")
-    print("| model | " + " | ".join(f"x0 PSNR t={t}" for t in timesteps) + " |")
+    print("| model | " + " | ".join(f"x0 PSNR / temporal error t={t}" for t in timesteps) + " |")
     print("|---|" + "---|" * len(timesteps))
     for folder in args.models:
         models = load_rain(folder).eval()
-        scores = level_psnr(models, clips, timesteps, args.guidance)
-        print(f"| {folder} | " + " | ".join(f"{scores[t]:.2f}" for t in timesteps) + " |", flush=True)
+        variants = [(folder, models)]
+        if args.motion_off and models.config.motion is not None:
+            from rain_core.train.trainer import without_motion
+
+            variants.append((f"{folder} without motion modules", without_motion(models).eval()))
+        for name, variant in variants:
+            scores = level_scores(variant, clips, timesteps, args.guidance)
+            print(f"| {name} | " + " | ".join(f"{scores[t][0]:.2f} / {scores[t][1]:.2f}" for t in timesteps) + " |",
+                  flush=True)
     return 0
 
 

@@ -49,6 +49,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from rain_core import metrics  # noqa: E402
+from rain_core.metrics import bootstrap_ci, temporal_error, temporal_error_per_frame  # noqa: E402,F401
 from rain_core.scheduler import LCMStepper, trailing_timesteps  # noqa: E402
 from rain_core.stream import RainStream, StreamConfig  # noqa: E402
 from rain_core.train.synthetic import WORLDS, SyntheticWorld, render_character, render_skeleton  # noqa: E402
@@ -64,9 +66,8 @@ METRICS = ("psnr", "ssim", "temporal_error", "flicker", "drift_db")
 
 
 def psnr(output: np.ndarray, truth: np.ndarray) -> np.ndarray:
-    """Per-frame PSNR in dB."""
-    mse = ((output.astype(np.float64) - truth.astype(np.float64)) ** 2).reshape(len(output), -1).mean(axis=1)
-    return 10 * np.log10(1.0 / np.maximum(mse, 1e-12))
+    """Per-frame PSNR in dB (the project's one PSNR, rain_core.metrics)."""
+    return metrics.psnr(output, truth, per_frame=True)
 
 
 def ssim(output: np.ndarray, truth: np.ndarray) -> np.ndarray:
@@ -85,36 +86,11 @@ def ssim(output: np.ndarray, truth: np.ndarray) -> np.ndarray:
     return np.array(scores)
 
 
-def temporal_error_per_frame(output: np.ndarray, truth: np.ndarray) -> np.ndarray:
-    """mean |Δ output − Δ truth| for each pair of consecutive frames (N − 1 values), in 0–255 units."""
-    if output.shape != truth.shape:
-        raise ValueError(f"temporal error: output {output.shape} and truth {truth.shape} must have one shape")
-    delta = np.diff(output.astype(np.float64), axis=0) - np.diff(truth.astype(np.float64), axis=0)
-    return np.abs(delta).reshape(len(delta), -1).mean(axis=1) * 255
-
-
-def temporal_error(output: np.ndarray, truth: np.ndarray) -> float:
-    """Mean over the clip of `temporal_error_per_frame` (nan for a single frame)."""
-    return float(temporal_error_per_frame(output, truth).mean()) if len(output) > 1 else float("nan")
-
-
 def flicker(output: np.ndarray, truth: np.ndarray) -> float:
     """mean |Δ output| − mean |Δ truth| over consecutive frames, in 0–255 units (can cancel out; see above)."""
     if len(output) < 2:
         return float("nan")
     return float((np.abs(np.diff(output, axis=0)).mean() - np.abs(np.diff(truth, axis=0)).mean()) * 255)
-
-
-def bootstrap_ci(values, resamples: int = 10_000, seed: int = 0, level: float = 0.95) -> tuple[float, float]:
-    """Percentile bootstrap interval of the mean of `values` (per-clip scores, or per-clip paired differences)."""
-    values = np.asarray(values, dtype=np.float64)
-    values = values[np.isfinite(values)]
-    if len(values) == 0:
-        return float("nan"), float("nan")
-    rng = np.random.default_rng(seed)
-    means = values[rng.integers(0, len(values), size=(resamples, len(values)))].mean(axis=1)
-    tail = (1 - level) / 2 * 100
-    return float(np.percentile(means, tail)), float(np.percentile(means, 100 - tail))
 
 
 def summary(values) -> dict:
@@ -346,7 +322,8 @@ def draw_curves(curves: list[tuple[str, list[float], tuple[int, int, int]]], tit
     for n, (label, values, colour) in enumerate(curves):
         points = np.array([point(i, v) for i, v in enumerate(values)], np.int32)
         cv2.polylines(image, [points], False, colour, 2, cv2.LINE_AA)
-        cv2.putText(image, label, (width - right - 250, top + 20 + 18 * n), cv2.FONT_HERSHEY_SIMPLEX, 0.45, colour, 1, cv2.LINE_AA)
+        y = height - bottom - 12 - 18 * (len(curves) - 1 - n)
+        cv2.putText(image, label, (left + 10, y), cv2.FONT_HERSHEY_SIMPLEX, 0.45, colour, 1, cv2.LINE_AA)
     return image
 
 
@@ -472,8 +449,9 @@ def main(argv=None) -> int:
         strip_rows = [("ground truth", truth)] + [(row["key"], row["picture"]) for row in rows
                                                   if row["key"] in ("rain", "baseline") and row["picture"] is not None]
         write_png(docs / "quality_strip.png", draw_strip(strip_rows, every=max(1, args.frames // 8)))
-        colours = {"rain": (30, 90, 220), "baseline": (220, 60, 30)}
-        curves = [(f"{row['key']}: mean {np.mean(row['curve']):.2f}", row["curve"], colours[row["key"]])
+        colours = {"rain": (30, 90, 220), "baseline": (220, 60, 30), "copy": (140, 140, 140)}
+        names = {"rain": "RAIN", "baseline": "baseline m=1", "copy": "|d truth| (copying the reference)"}
+        curves = [(f"{names[row['key']]}: mean {np.mean(row['curve']):.2f}", row["curve"], colours[row["key"]])
                   for row in rows if row["key"] in colours and row["curve"]]
         if curves:
             title = f"temporal error |d output - d truth| (0-255), held-out clip {picture_clip} ({clip_label(world, picture_clip)})"
