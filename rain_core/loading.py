@@ -323,78 +323,78 @@ def _find_part(folder: Path, part: str) -> Path:
     )
 
 
+def _component_path(explicit, defaults: list[Path], missing: str) -> Path | None:
+    """Where to load a VAE or image encoder from: `explicit` when given (RainLoadError `missing` when it is
+    neither a .safetensors file nor a folder), else the first of `defaults` that is one, else None."""
+
+    def usable(path: Path) -> bool:
+        return (path.suffix == ".safetensors" and path.is_file()) or path.is_dir()
+
+    if explicit is not None:
+        if not usable(Path(explicit)):
+            raise RainLoadError(f"{explicit}: {missing}")
+        return Path(explicit)
+    return next((path for path in defaults if usable(path)), None)
+
+
+def _from_pretrained(model_class, path: Path, expected: str):
+    """A diffusers / transformers model from its save_pretrained folder, offline; RainLoadError if it is not one."""
+    try:
+        return model_class.from_pretrained(str(path), local_files_only=True)
+    except Exception as error:
+        raise RainLoadError(
+            f"{path}: not a loadable {model_class.__name__} folder ({type(error).__name__}: "
+            f"{str(error).splitlines()[0][:200]}); expected {expected}."
+        ) from error
+
+
 def _load_codec(folder: Path, config: RainModelConfig, extras: dict, vae_path) -> nn.Module:
     if config.codec == "space_to_depth":
         return SpaceToDepthCodec(config.codec_factor)
     from diffusers import AutoencoderKL
 
-    candidates = (
-        [Path(vae_path)]
-        if vae_path is not None
-        else [folder / "vae.safetensors", folder / "sd-vae-ft-mse", folder.parent / "sd-vae-ft-mse"]
-    )
-    for path in candidates:
-        if path.suffix == ".safetensors" and path.is_file():
-            vae_config = extras.get("vae") or config.vae
-            if vae_config is None:
-                raise RainLoadError(f"{path}: no VAE config in {folder / CONFIG_NAME}; cannot rebuild the VAE.")
-            with torch.device("meta"):
-                vae = AutoencoderKL.from_config(vae_config)
-            state = read_state_dict(path, "vae")
-            check_state_dict(state, vae, path, "vae")
-            return VaeCodec(_assign(vae, state), config.vae_scaling_factor)
-        if path.is_dir():
-            try:
-                vae = AutoencoderKL.from_pretrained(str(path), local_files_only=True)
-            except Exception as error:
-                raise RainLoadError(
-                    f"{path}: not a loadable diffusers AutoencoderKL folder ({type(error).__name__}: "
-                    f"{str(error).splitlines()[0][:200]}); expected sd-vae-ft-mse (config.json + "
-                    "diffusion_pytorch_model.safetensors)."
-                ) from error
-            return VaeCodec(vae, config.vae_scaling_factor)
-        if vae_path is not None:
-            raise RainLoadError(f"{path}: VAE not found; expected a diffusers AutoencoderKL folder (sd-vae-ft-mse).")
-    raise RainLoadError(
-        f"{folder}: this model decodes with the SD VAE but none was given or found; pass vae= the sd-vae-ft-mse "
-        "folder (Hugging Face stabilityai/sd-vae-ft-mse, e.g. models/vae/sd-vae-ft-mse)."
-    )
+    defaults = [folder / "vae.safetensors", folder / "sd-vae-ft-mse", folder.parent / "sd-vae-ft-mse"]
+    path = _component_path(vae_path, defaults, "VAE not found; expected a diffusers AutoencoderKL folder (sd-vae-ft-mse).")
+    if path is None:
+        raise RainLoadError(
+            f"{folder}: this model decodes with the SD VAE but none was given or found; pass vae= the sd-vae-ft-mse "
+            "folder (Hugging Face stabilityai/sd-vae-ft-mse, e.g. models/vae/sd-vae-ft-mse)."
+        )
+    if path.is_dir():
+        vae = _from_pretrained(AutoencoderKL, path, "sd-vae-ft-mse (config.json + diffusion_pytorch_model.safetensors)")
+        return VaeCodec(vae, config.vae_scaling_factor)
+    vae_config = extras.get("vae") or config.vae
+    if vae_config is None:
+        raise RainLoadError(f"{path}: no VAE config in {folder / CONFIG_NAME}; cannot rebuild the VAE.")
+    with torch.device("meta"):
+        vae = AutoencoderKL.from_config(vae_config)
+    state = read_state_dict(path, "vae")
+    check_state_dict(state, vae, path, "vae")
+    return VaeCodec(_assign(vae, state), config.vae_scaling_factor)
 
 
 def _load_image_encoder(folder: Path, config: RainModelConfig, extras: dict, encoder_path) -> ClipImageEncoder:
     from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
-    candidates = (
-        [Path(encoder_path)]
-        if encoder_path is not None
-        else [folder / "image_encoder.safetensors", folder / "image_encoder", folder.parent / "image_encoder"]
-    )
-    for path in candidates:
-        if path.suffix == ".safetensors" and path.is_file():
-            clip_config = CLIPVisionConfig.from_dict(extras["image_encoder"]) if "image_encoder" in extras else None
-            from .models.image_encoder import build_clip
+    from .models.image_encoder import build_clip
 
-            with torch.device("meta"):
-                model = CLIPVisionModelWithProjection(clip_config) if clip_config else build_clip(config.clip)
-            state = read_state_dict(path, "image_encoder")
-            check_state_dict(state, model, path, "image_encoder", allow_missing=("position_ids",))
-            model = _assign_clip(model, state)
-            return ClipImageEncoder(model)
-        if path.is_dir():
-            try:
-                model = CLIPVisionModelWithProjection.from_pretrained(str(path), local_files_only=True)
-            except Exception as error:
-                raise RainLoadError(
-                    f"{path}: not a loadable CLIPVisionModelWithProjection folder ({type(error).__name__}: "
-                    f"{str(error).splitlines()[0][:200]}); expected the sd-image-variations image_encoder folder."
-                ) from error
-            return ClipImageEncoder(model)
-        if encoder_path is not None:
-            raise RainLoadError(f"{path}: image encoder not found; expected a CLIP image_encoder folder.")
-    raise RainLoadError(
-        f"{folder}: no image encoder given or found; pass image_encoder= the sd-image-variations image_encoder "
-        "folder (lambdalabs/sd-image-variations-diffusers/image_encoder, e.g. models/clip_vision/sd-image-variations)."
-    )
+    defaults = [folder / "image_encoder.safetensors", folder / "image_encoder", folder.parent / "image_encoder"]
+    path = _component_path(encoder_path, defaults, "image encoder not found; expected a CLIP image_encoder folder.")
+    if path is None:
+        raise RainLoadError(
+            f"{folder}: no image encoder given or found; pass image_encoder= the sd-image-variations image_encoder "
+            "folder (lambdalabs/sd-image-variations-diffusers/image_encoder, e.g. models/clip_vision/sd-image-variations)."
+        )
+    if path.is_dir():
+        return ClipImageEncoder(
+            _from_pretrained(CLIPVisionModelWithProjection, path, "the sd-image-variations image_encoder folder")
+        )
+    clip_config = CLIPVisionConfig.from_dict(extras["image_encoder"]) if "image_encoder" in extras else None
+    with torch.device("meta"):
+        model = CLIPVisionModelWithProjection(clip_config) if clip_config else build_clip(config.clip)
+    state = read_state_dict(path, "image_encoder")
+    check_state_dict(state, model, path, "image_encoder", allow_missing=("position_ids",))
+    return ClipImageEncoder(_assign_clip(model, state))
 
 
 def _assign_clip(model: nn.Module, state: dict[str, torch.Tensor]) -> nn.Module:

@@ -78,6 +78,30 @@ def test_save_rain_round_trip_is_bit_exact(tiny_models, tmp_path):
     _assert_same_weights(load_rain(save_rain(tiny_models, tmp_path / "ours")), tiny_models)
 
 
+def test_a_vae_model_loads_from_our_layout_the_official_folder_and_an_explicit_path(tmp_path):
+    from conftest import build_tiny_models, tiny_config, write_official_checkpoint
+
+    models = build_tiny_models(tiny_config(codec="vae", codec_factor=8, block_out_channels=(16, 32), attention_heads=2))
+    ours = save_rain(models, tmp_path / "ours")
+    assert (ours / "vae.safetensors").exists()
+    _assert_same_weights(load_rain(ours), models)  # vae.safetensors, rebuilt on the meta device
+    official = write_official_checkpoint(models, tmp_path / "official")
+    _assert_same_weights(load_rain(official), models)  # the sibling sd-vae-ft-mse folder (save_pretrained)
+    moved = official.rename(tmp_path / "elsewhere")
+    (tmp_path / "official").mkdir()
+    for name in ("reference_unet.pth", "motion_unet.pth", "pose_guider.pth", "rain_config.json"):
+        (moved / name).rename(tmp_path / "official" / name)
+    with pytest.raises(RainLoadError, match="decodes with the SD VAE but none was given or found"):
+        load_rain(tmp_path / "official", image_encoder=moved / "image_encoder")
+    explicit = load_rain(tmp_path / "official", vae=moved / "sd-vae-ft-mse", image_encoder=moved / "image_encoder")
+    _assert_same_weights(explicit, models)
+    with pytest.raises(RainLoadError, match="vae.pt: VAE not found; expected a diffusers AutoencoderKL folder"):
+        load_rain(tmp_path / "official", vae=tmp_path / "vae.pt", image_encoder=moved / "image_encoder")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(RainLoadError, match="empty: not a loadable AutoencoderKL folder"):
+        load_rain(tmp_path / "official", vae=tmp_path / "empty", image_encoder=moved / "image_encoder")
+
+
 def test_safetensors_are_preferred_when_both_layouts_exist(official_checkpoint, tiny_models):
     save_rain(tiny_models, official_checkpoint)
     (official_checkpoint / "motion_unet.pth").write_text("not read: the safetensors twin wins")
