@@ -27,7 +27,9 @@ The built-in tiny-rain model needs none of them (it is a small demo model, not t
 
 
 def builtin_model_dir() -> Path:
-    return Path(__file__).resolve().parent.parent / "rain_core" / "assets" / "tiny-rain"
+    from ..rain_core.layout import builtin_model_dir as engine_builtin_model_dir  # the one path to it
+
+    return engine_builtin_model_dir()
 
 
 def rain_model_choices() -> list[str]:
