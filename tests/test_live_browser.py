@@ -22,6 +22,8 @@ import pytest
 from PIL import Image
 from test_comfyui_host import DATA, REASON, Server
 
+REFERENCE = "live-reference.png"  # a file of the server's input folder, as a Load Image node names it
+
 CHROMIUM = os.environ.get("RAIN_CHROMIUM", shutil.which("chromium") or "/usr/bin/chromium")
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
         "--disable-component-update", "--disable-sync"]
@@ -55,6 +57,7 @@ def write_y4m(video: Path, path: Path, width: int = 256, height: int = 352) -> P
 def server(tmp_path_factory):
     instance = Server(tmp_path_factory.mktemp("comfy-browser"))
     instance.start()
+    shutil.copy(DATA / "anyone-1.png", instance.workdir / "input" / REFERENCE)  # as a Load Image upload would
     yield instance
     instance.stop()
 
@@ -101,7 +104,7 @@ def test_panel_streams_the_fake_camera_and_shows_input_and_animation_side_by_sid
         page.select_option("#rain-live-source", "webcam")
         page.select_option("#rain-live-mode", "pose")  # the fake camera shows a pose video
         set_fields(page, model="tiny-rain (built-in)", width=64, height=64, levels=2, frames_per_cohort=2, steps=2,
-                   reference="anyone-1.png")
+                   reference=REFERENCE)
         page.click("#rain-live-start")
         page.wait_for_function("() => Number(document.querySelector('#rain-live-output').dataset.frames || 0) >= 6",
                                timeout=180_000)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import shutil
 import struct
 import time
 import urllib.request
@@ -23,19 +24,22 @@ import pytest
 from PIL import Image
 from test_comfyui_host import DATA, REASON, Server
 
+REFERENCE = "live-reference.png"  # a file of the server's input folder, as a Load Image node names it
+
 pytestmark = [pytest.mark.comfyui] + ([pytest.mark.skip(reason=REASON)] if REASON else [])
 
 aiohttp = pytest.importorskip("aiohttp", reason="the websocket client of this tier needs aiohttp (pip install aiohttp)")
 
 FPS = 30.0
 SETTINGS = {"type": "start", "model": "tiny-rain (built-in)", "width": 64, "height": 64, "levels": 2,
-            "frames_per_cohort": 2, "steps": 2, "seed": 5, "reference": "anyone-1.png", "mode": "pose"}
+            "frames_per_cohort": 2, "steps": 2, "seed": 5, "reference": REFERENCE, "mode": "pose"}
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     instance = Server(tmp_path_factory.mktemp("comfy-live"))
     instance.start()
+    shutil.copy(DATA / "anyone-1.png", instance.workdir / "input" / REFERENCE)  # as a Load Image upload would
     yield instance
     instance.stop()
 
