@@ -13,7 +13,11 @@ _fingerprints = TensorMemo()
 
 
 def _fingerprint(reference, prepared) -> str:
-    version = (reference.data_ptr(), tuple(reference.shape), reference._version)  # changed in place: hash again
+    try:
+        counter = reference._version  # changed in place: hash again
+    except RuntimeError:  # inference-mode tensors (ComfyUI runs nodes in inference mode) keep no version counter
+        counter = None
+    version = (reference.data_ptr(), tuple(reference.shape), counter)
     cached = _fingerprints.get(reference)
     if cached is not None and cached[0] == version:
         return cached[1]

@@ -95,3 +95,42 @@ def test_overrides_by_id_title_or_class_and_helpful_error():
 def test_parse_value_reads_json_scalars_and_keeps_plain_strings():
     assert parse_value("7") == 7 and parse_value("true") is True and parse_value("2.5") == 2.5
     assert parse_value("refs/a.png") == "refs/a.png"
+
+
+# ------------------------------------------------------------------------------------ jobs over several servers
+
+
+def test_jobs_are_spread_over_the_servers_and_a_failed_servers_job_moves():
+    import threading
+    import time
+
+    from rain_core.comfy_client import JobResult, ServerUnreachable, spread_jobs
+
+    ran, lock = [], threading.Lock()
+
+    def attempt(server, job):
+        time.sleep(0.02)
+        if server == "http://down" and job >= 2:  # this server dies while holding its second job
+            raise ServerUnreachable("connection refused")
+        with lock:
+            ran.append((server, job))
+        return JobResult(name=f"job-{job}", status="success" if job != 5 else "error", error=None)
+
+    results = spread_jobs(list(range(8)), ["http://a", "http://down", "http://b"], attempt)
+    assert [r.name for r in results] == [f"job-{i}" for i in range(8)]  # every job once, in job order
+    assert sorted(job for _, job in ran) == list(range(8))
+    assert {server for server, _ in ran} == {"http://a", "http://down", "http://b"}  # all took jobs
+    moved = [r for r in results if r.moved_from]
+    assert len(moved) == 1 and moved[0].moved_from == ["http://down"] and moved[0].server != "http://down"
+    assert results[5].status == "error"  # a job's own failure stays with it: not moved
+
+
+def test_every_server_down_fails_the_remaining_jobs_with_the_reason():
+    from rain_core.comfy_client import ServerUnreachable, spread_jobs
+
+    def attempt(server, job):
+        raise ServerUnreachable(f"{server} refused")
+
+    results = spread_jobs(["x", "y", "z"], ["http://a", "http://b"], attempt, name=lambda job: job)
+    assert [r.name for r in results] == ["x", "y", "z"] and all(r.status == "error" for r in results)
+    assert all("no server left" in r.error and "refused" in r.error for r in results)

@@ -266,3 +266,11 @@ def test_live_pose_position_moves_on_only_when_the_sampler_run_succeeds(pack, ho
     assert not torch.equal(following.images, first.images)
     assert torch.equal(following.images, node.prepare(**pose_stream_args(
         video_path=str(DATA / "anyone-video-1_kps.mp4"), start_frame=2, frames_per_run=2))[0].images)
+
+
+def test_runs_under_inference_mode_as_comfyui_calls_nodes(pack, model, pose_video_frames, whole):
+    with torch.inference_mode():  # ComfyUI executes nodes in inference mode: inference tensors have no version
+        image = reference().clone()
+        first = run(pack, model, chunk(pose_video_frames, 0, 2), stream_id="inference", image=image)
+        rest = run(pack, model, chunk(pose_video_frames, 2, 6), stream_id="inference", image=image, flush=True)
+    assert torch.equal(torch.cat([first, rest]), whole)
