@@ -274,3 +274,31 @@ def test_stage3_target_is_a_constant_rate_ema_of_the_student(micro_config, tmp_p
         torch.testing.assert_close(param, before[name], rtol=1e-6, atol=1e-6, msg=name)
     # the EMA's shadow tensors are the target network's parameters: no third copy of the UNet
     assert [s.data_ptr() for s in trainer.ema.shadow_params] == [p.data_ptr() for p in target.parameters()]
+
+
+def test_8bit_adamw_trains_and_resumes_to_the_same_next_loss(tmp_path):
+    """--optimizer adamw8bit (bitsandbytes, the reference's stage-2 optimizer): its quantised state goes through the
+    safetensors checkpoint and a resumed run continues to the same loss."""
+    pytest.importorskip("bitsandbytes")
+    config = RainModelConfig.tiny(block_out_channels=(32, 32), cross_attention_dim=16, cond_proj_dim=16,
+                                  clip_hidden_size=16, clip_layers=1, clip_image_size=16)
+    path = tmp_path / "rain_config.json"
+    path.write_text(json.dumps(config.to_dict()))
+    options = dict(model=str(path), optimizer="adamw8bit", steps=3, checkpoint_every=2)
+    Trainer(_config(str(path), tmp_path / "run", **options)).train()
+    straight = read_loss_csv(tmp_path / "run" / "loss.csv")
+    resumed = Trainer(_config(str(path), tmp_path / "run", resume=True, **options))
+    quantised = [s for s in resumed.optimizer.state.values() if any(torch.is_tensor(v) and v.dtype == torch.uint8 for v in s.values())]
+    assert resumed.step == 2 and quantised  # 8-bit moments restored from the checkpoint
+    resumed.train()
+    assert read_loss_csv(tmp_path / "run" / "loss.csv")[2]["loss"] == pytest.approx(straight[2]["loss"], rel=1e-5)
+
+
+def test_8bit_adamw_without_bitsandbytes_names_the_extra(micro_config, tmp_path, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "bitsandbytes", None)  # what `import bitsandbytes` sees when it is not installed
+    with pytest.raises(ImportError, match=r"comfyui-rain\[train-8bit\]"):
+        Trainer(_config(micro_config, tmp_path, optimizer="adamw8bit"))
+    with pytest.raises(ValueError, match="adamw or adamw8bit"):
+        Trainer(_config(micro_config, tmp_path, optimizer="sgd"))

@@ -332,14 +332,23 @@ def step_generator(seed: int, step: int, process_index: int) -> torch.Generator:
 
 
 def _save_optimizer(optimizer: torch.optim.Optimizer, folder: Path) -> None:
+    """The optimizer's state as safetensors (tensors) + JSON (the rest); nested per-parameter entries (bitsandbytes
+    keeps its 8-bit state in a dict) are flattened to dotted names."""
     state = optimizer.state_dict()
     tensors, scalars = {}, {}
-    for index, entries in state["state"].items():
+
+    def flatten(prefix: str, entries: dict) -> None:
         for key, value in entries.items():
-            if torch.is_tensor(value):
-                tensors[f"{index}.{key}"] = value.detach().cpu().contiguous()
+            name = f"{prefix}.{key}"
+            if isinstance(value, dict):
+                flatten(name, value)
+            elif torch.is_tensor(value):  # a copy each: bitsandbytes shares its quantisation maps across parameters
+                tensors[name] = value.detach().to("cpu", copy=True).contiguous()
             else:
-                scalars[f"{index}.{key}"] = value
+                scalars[name] = value
+
+    for index, entries in state["state"].items():
+        flatten(str(index), entries)
     save_file(tensors, folder / "optimizer.safetensors")
     (folder / "optimizer.json").write_text(json.dumps({"param_groups": state["param_groups"], "scalars": scalars}))
 
@@ -349,8 +358,11 @@ def _load_optimizer(optimizer: torch.optim.Optimizer, folder: Path) -> None:
     tensors = load_file(folder / "optimizer.safetensors")
     state: dict[int, dict] = {}
     for name, value in [*tensors.items(), *meta["scalars"].items()]:
-        index, key = name.split(".", 1)
-        state.setdefault(int(index), {})[key] = value
+        index, *path, key = name.split(".")
+        entries = state.setdefault(int(index), {})
+        for part in path:
+            entries = entries.setdefault(part, {})
+        entries[key] = value
     optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
 
 
