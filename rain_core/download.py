@@ -308,3 +308,10 @@ def convert_downloaded(models_dir: str | os.PathLike) -> Path:
     taesdv = paths["taesdv"] if paths["taesdv"].is_file() else None
     return convert_official(paths["rain"], paths["rain"].parent / "RAIN-v0.1-st", vae=vae,
                             image_encoder=paths["image_encoder"], taesdv=taesdv)
+
+
+def item_status(models_dir: str | os.PathLike) -> dict[str, list[str]]:
+    """For each item: the files of the README layout still missing under `models_dir` (empty: complete)."""
+    root = Path(models_dir)
+    return {name: [remote.target for remote in remotes if not _on_disk(remote, root)]
+            for name, (_, remotes) in ITEMS.items()}

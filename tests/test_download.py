@@ -187,3 +187,13 @@ def test_download_then_convert_gives_a_loadable_safetensors_model(tmp_path, tiny
     converted = load_rain(result["converted"])
     for (name, x), (_, y) in zip(tiny_models.state_dict().items(), converted.state_dict().items()):
         assert torch.equal(x, y), name
+
+
+def test_rain_info_says_which_items_are_downloaded(hub, tmp_path, capsys):
+    download_models("dwpose", tmp_path)
+    code = main(["info", "--models-dir", str(tmp_path), "--json"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    downloads = json.loads(out)["downloads"]
+    assert downloads["dwpose"] == "complete"
+    assert downloads["taesdv"] == {"missing": ["vae_approx/taesdv.pth"]}
