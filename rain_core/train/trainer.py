@@ -185,36 +185,6 @@ class DenoiseForward(nn.Module):
                                      use_reference_kv_cache=False)
 
 
-def enable_gradient_checkpointing(unet: nn.Module) -> None:
-    """Recompute each UNet block in the backward pass instead of keeping its activations.
-
-    The reference-attention processors hold per-call state (the reference tokens, the frame count) that
-    the UNet clears after its forward; each checkpointed block remembers that state and puts it back
-    while it is recomputed.
-    """
-    from torch.utils.checkpoint import checkpoint
-
-    for block in [*unet.down_blocks, unet.mid_block, *unet.up_blocks]:
-        processors = [m.processor for m in block.modules() if hasattr(m, "processor") and hasattr(m.processor, "num_frames")]
-
-        def checkpointed(*args, _forward=block.forward, _processors=processors, **kwargs):
-            state = [(p.reference, p.num_frames) for p in _processors]
-
-            def run(*inner_args, **inner_kwargs):
-                previous = [(p.reference, p.num_frames) for p in _processors]
-                for p, (reference, frames) in zip(_processors, state):
-                    p.reference, p.num_frames = reference, frames
-                try:
-                    return _forward(*inner_args, **inner_kwargs)
-                finally:
-                    for p, (reference, frames) in zip(_processors, previous):
-                        p.reference, p.num_frames = reference, frames
-
-            return checkpoint(run, *args, use_reentrant=False, **kwargs)
-
-        block.forward = checkpointed  # instance attribute: parameter names and the class stay untouched
-
-
 def select_trainable(models: RainModels, config: TrainConfig) -> list[nn.Parameter]:
     """Freeze everything, then unfreeze the parts this stage trains; returns the trainable parameters.
 
@@ -408,8 +378,8 @@ class Trainer:
         if config.stage == 3 and self.models.config.cond_proj_dim is None:
             raise ValueError("stage 3 needs a denoising UNet with a w-embedding (cond_proj_dim); this model has none")
         if config.gradient_checkpointing:
-            enable_gradient_checkpointing(self.models.reference_unet)
-            enable_gradient_checkpointing(self.models.denoising_unet)
+            self.models.reference_unet.enable_gradient_checkpointing()  # diffusers ModelMixin's
+            self.models.denoising_unet.enable_gradient_checkpointing()
         self.params = select_trainable(self.models, config)
         self.optimizer = build_optimizer(self.params, config)
         self.forward = DenoiseForward(self.models)
