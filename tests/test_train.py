@@ -58,6 +58,13 @@ def test_stepped_timesteps_keep_cohorts_one_level_apart_over_all_offsets():
     assert set(distilled[:, 0].tolist()) == set(range(24, 250, 25))
 
 
+def test_one_level_draws_one_timestep_per_clip_over_the_whole_schedule_like_the_reference_stage_2():
+    generator = torch.Generator().manual_seed(0)
+    timesteps = objectives.sample_stepped_timesteps(20000, levels=1, frames_per_cohort=4, generator=generator)
+    assert torch.equal(timesteps, timesteps[:, :1].expand(-1, 4))  # every frame of a clip at the same t
+    assert timesteps.min() == 0 and timesteps.max() == 999 and len(timesteps[:, 0].unique()) == 1000
+
+
 def test_noise_and_velocity_match_the_schedule_per_frame():
     latents, noise = torch.randn(2, 3, 4, 2, 2), torch.randn(2, 3, 4, 2, 2)
     timesteps = torch.tensor([[0, 250, 500, 999], [10, 20, 30, 40]])

@@ -1,4 +1,8 @@
-"""The loss curve: appended to a CSV as training goes, drawn to a PNG with OpenCV (no matplotlib)."""
+"""The loss curve: appended to a CSV as training goes, drawn to a PNG with OpenCV (no matplotlib).
+
+Not accelerate's trackers: they log to TensorBoard, W&B and the like (each another package to install) and would not
+remove this file: the CSV is what a resumed run trims back to its checkpoint, and the PNG is what a CPU user looks at.
+"""
 
 from __future__ import annotations
 
