@@ -66,6 +66,18 @@ def test_animate_with_the_builtin_model_runs_at_its_own_size(name, tmp_path, cap
     assert round(info.fps) == 30, "the output keeps the pose video's frame rate"
 
 
+def test_demo_and_bench_run_at_the_models_own_size(tmp_path, capsys):
+    code, stdout, err = run(["demo", "--model", "tiny", "--frames", 4, "--scale", 1, "--no-side-by-side",
+                             "--out", tmp_path / "demo.mp4", "--json"], capsys)
+    assert code == 0, err
+    assert json.loads(stdout)["size"] == [64, 64]
+    assert (probe_video(tmp_path / "demo.mp4").height, probe_video(tmp_path / "demo.mp4").width) == (64, 64)
+    code, stdout, err = run(["bench", "--model", "builtin", "--frames", 12, "--levels", 2, "--frames-per-cohort", 2,
+                             "--steps", 2, "--no-baseline", "--json"], capsys)
+    assert code == 0, err
+    assert json.loads(stdout)["size"] == [64, 64]
+
+
 def test_live_from_a_30_fps_file_writes_30_fps_at_the_models_size(tmp_path, capsys):
     out = tmp_path / "live.mp4"
     code, stdout, err = run(["live", "--model", "tiny", "--reference", REFERENCE, "--source", POSES_30FPS,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from .common import EXIT_OK, add_model_flags, add_stream_flags, emit, load_models
+from .common import EXIT_OK, add_model_flags, add_stream_flags, emit, load_models, model_folder_size
 
 
 def add_parser(sub) -> None:
@@ -13,7 +13,7 @@ def add_parser(sub) -> None:
     p.add_argument("--frames", type=int, default=128)
     p.add_argument("--no-baseline", dest="baseline", action="store_false")
     p.add_argument("--json", action="store_true")
-    add_stream_flags(p, {"height": 64, "width": 64})
+    add_stream_flags(p, {})
     p.set_defaults(handler=run)
 
 
@@ -23,8 +23,8 @@ def run(args) -> int:
 
     from ..stream import RainStream, StreamConfig
 
+    height, width = args.height, args.width = model_folder_size(args)
     models, folder = load_models(args)
-    height, width = args.height, args.width
     rng = np.random.default_rng(0)
     reference = rng.random((height, width, 3), dtype=np.float32)
     poses = (rng.random((args.frames, height, width, 3), dtype=np.float32) > 0.97).astype(np.float32)
@@ -52,5 +52,5 @@ def run(args) -> int:
     lines = [f"model {folder} on {device}, {height}×{width}, {args.frames} pose frames",
              f"{'mode':<20} {'fps':>8} {'ms/tick':>9} {'latency (frames)':>17}"]
     lines += [f"{r['mode']:<20} {r['fps'] or 0:>8.1f} {r['ms_per_tick'] or 0:>9.1f} {r['latency_frames']:>17}" for r in rows]
-    emit(args, {"device": device, "rows": rows}, lines)
+    emit(args, {"device": device, "size": [height, width], "model": str(folder), "rows": rows}, lines)
     return EXIT_OK

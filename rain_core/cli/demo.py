@@ -4,15 +4,26 @@ from __future__ import annotations
 
 import time
 
-from .common import EXIT_OK, add_stream_flags, check_output_path, emit, load_models, stream_config
+from .common import (
+    EXIT_OK,
+    MODEL_HELP,
+    add_stream_flags,
+    check_output_path,
+    emit,
+    load_models,
+    model_folder_size,
+    positive_int,
+    stream_config,
+)
 
 
 def add_parser(sub) -> None:
     p = sub.add_parser("demo", help="built-in tiny model + a synthetic character → video, with fps, latency, PSNR")
     p.add_argument("--out", default="rain-demo.mp4", help="output video (.mp4) or folder for PNG frames")
-    p.add_argument("--model", default=None, help="model folder (default: the built-in tiny model)")
+    p.add_argument("--model", default=None, help=MODEL_HELP + " (default: the built-in model)")
     p.add_argument("--frames", type=int, default=96, help="pose frames to animate")
-    p.add_argument("--size", type=int, default=64, help="model resolution (the tiny model is trained at 64)")
+    p.add_argument("--size", type=positive_int, default=None,
+                   help="square size, sets --height and --width (default: the model's own, 64 for the built-in)")
     p.add_argument("--character", type=int, default=0, help="held-out character index")
     p.add_argument("--motion", type=int, default=0, help="held-out motion index")
     p.add_argument("--motion-kind", choices=["walk", "dance", "wave", "turn", "jump"], default=None)
@@ -21,7 +32,7 @@ def add_parser(sub) -> None:
     p.add_argument("--no-side-by-side", dest="side_by_side", action="store_false",
                    help="write only the animation (default: pose | RAIN | ground truth panels)")
     p.add_argument("--json", action="store_true")
-    add_stream_flags(p, {"height": 64, "width": 64, "guidance": 3.5})
+    add_stream_flags(p, {"guidance": 3.5})
     p.set_defaults(handler=run)
 
 
@@ -45,14 +56,15 @@ def run(args) -> int:
 
     out = check_output_path(args.out)
     models, folder = load_models(args)
-    height = width = args.size
+    if args.size:
+        args.height = args.width = args.size
+    height, width = args.height, args.width = model_folder_size(args)
     world = SyntheticWorld(seed=args.world_seed)
     character = world.character(world.ids("heldout", 1, start=args.character)[0])
     motion = world.motion(world.ids("heldout", 1, start=args.motion)[0], kind=args.motion_kind)
     reference = render_character(character, world.reference_pose(character), height, width).astype(np.float32) / 255
     poses = world.clip_poses(character, motion, args.frames, fps=args.fps or 12.0)
 
-    args.height, args.width = height, width
     stream = RainStream(models, stream_config(args))
     stream.set_reference(reference)
     psnrs, copy_psnrs, shown = [], [], 0
