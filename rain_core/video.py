@@ -171,7 +171,7 @@ def _open_video(path: str | Path, name: str):
     """(container, first video stream) of a file, or VideoSourceError naming the input."""
     try:
         container = av.open(str(path))
-    except (av.FFmpegError, OSError, UnicodeDecodeError) as error:
+    except (av.error.FFmpegError, OSError, UnicodeDecodeError) as error:
         raise VideoSourceError(
             f"{name}: cannot open {str(path)!r} as a video ({type(error).__name__}: {str(error)[:160]}); expected a "
             "video file (mp4/H.264, webm, mov…) such as a rendered DWPose skeleton video. Re-encode it "
@@ -239,7 +239,7 @@ def _decode_rgb(container, stream, path, name: str, start: int = 0) -> Iterator[
                     continue  # between the keyframe the seek found and the frame asked for
             decoded += 1
             yield frame.to_ndarray(format="rgb24")
-    except av.FFmpegError as error:
+    except av.error.FFmpegError as error:
         raise VideoReadError(
             f"{name}: {str(path)!r} fails to decode after frame {start + decoded} ({type(error).__name__}: "
             f"{str(error)[:160]}); the file is damaged. Re-encode it or download it again.",
@@ -442,16 +442,16 @@ class VideoSink:
             self._temp = Path(name)
             try:
                 self._container = av.open(name, mode="w", options={"movflags": "+faststart"})
-                self._stream = self._container.add_stream("libx264", rate=Fraction(self.fps).limit_denominator(1001))
+                rate = Fraction(self.fps).limit_denominator(1001)
+                self._stream = self._container.add_stream("libx264", rate=rate, options=dict(H264_OPTIONS))
                 self._stream.width, self._stream.height = _even(width), _even(height)
                 self._stream.pix_fmt = "yuv420p"
-                self._stream.options = dict(H264_OPTIONS)
                 self.padded = (height, width) != (_even(height), _even(width))
                 if self.padded:
                     log.info("VideoSink: %dx%d is odd; yuv420p needs even sizes, the video is padded to %dx%d",
                              height, width, _even(height), _even(width))
                 return
-            except (av.FFmpegError, ValueError) as error:
+            except (av.error.FFmpegError, ValueError) as error:
                 self._release()
                 self._temp.unlink(missing_ok=True)
                 self.as_video = False
@@ -537,7 +537,7 @@ class VideoSink:
         self._closed = True
         try:
             self._release()
-        except av.FFmpegError as error:  # the partial file is removed below anyway
+        except av.error.FFmpegError as error:  # the partial file is removed below anyway
             log.debug("VideoSink.abort: %s", error)
         if self._temp is not None:
             shutil.rmtree(self._temp, ignore_errors=True) if self._temp.is_dir() else self._temp.unlink(missing_ok=True)
