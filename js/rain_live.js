@@ -281,6 +281,7 @@ class LivePanel {
   }
 
   stop(reason) {
+    this.ready = false;
     clearInterval(this.timer);
     this.timer = null;
     const socket = this.socket;
@@ -349,7 +350,10 @@ class LivePanel {
   onMessage(event) {
     if (typeof event.data !== "string") { this.showFrame(event.data); return; }
     const message = JSON.parse(event.data);
-    if (message.type === "error") this.say(message.message);
+    if (message.type === "error") {
+      if (!this.ready) this.stop(null); // the stream could not start (model, reference, settings): say why, reset
+      this.say(message.message);
+    }
     else if (message.type === "stats") { this.serverStats = message; this.showStats(); }
     else if (message.type === "recorded") {
       const href = api.apiURL(message.url);
@@ -357,6 +361,7 @@ class LivePanel {
         " (ComfyUI output folder)");
     } else if (message.type === "status") {
       if (message.state === "ready") {
+        this.ready = true;
         this.output.width = message.width;
         this.output.height = message.height;
         this.say(`streaming: ${message.model}, ${message.width}×${message.height}, window ${message.window} ` +

@@ -148,3 +148,28 @@ def test_no_camera_gives_a_clear_message_in_the_panel(server, playwright):
         assert not errors, errors
     finally:
         browser.close()
+
+
+def test_example_pose_video_needs_no_camera_and_a_missing_model_is_reported(server, playwright):
+    """The no-download path: the pack's example pose video plays in the page and drives the built-in model."""
+    browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)  # no camera at all
+    errors: list[str] = []
+    try:
+        page = open_comfyui(browser, server, errors)
+        page.click("#rain-live-toggle")
+        page.select_option("#rain-live-source", "example")
+        set_fields(page, model="no-such-model", width=64, height=64, levels=2, frames_per_cohort=2, steps=2)
+        page.click("#rain-live-start")
+        page.wait_for_function("() => document.querySelector('#rain-live-message').textContent.includes('no-such')",
+                               timeout=60_000)
+        page.wait_for_function("() => !document.querySelector('#rain-live-start').disabled", timeout=10_000)
+        page.fill("#rain-live-model", "tiny-rain (built-in)")
+        page.click("#rain-live-start")
+        page.wait_for_function("() => Number(document.querySelector('#rain-live-output').dataset.frames || 0) >= 4",
+                               timeout=180_000)
+        assert page.evaluate("() => document.querySelector('#rain-live-input').videoWidth") == 512
+        assert "streaming" in page.text_content("#rain-live-message")
+        page.click("#rain-live-stop")
+        assert not errors, errors
+    finally:
+        browser.close()
