@@ -207,6 +207,7 @@ def _fetch_url(plan: _Plan, callback, state: dict) -> None:
             raise HubUnreachable(f"cannot download {url} ({_describe_network_error(error)}); fetch it by hand "
                                  f"into {plan.final}.") from None
         raise
+    os.chmod(plan.final, _umask_mode())  # torch writes through a 0600 temporary file
     state["done"] += plan.final.stat().st_size
     state["total"] = max(state["total"], state["done"])
     if callback is not None:

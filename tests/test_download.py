@@ -66,7 +66,8 @@ def test_every_item_lands_in_the_readme_layout_with_progress_and_the_users_umask
     assert all(d2 >= d1 for (d1, _, _), (d2, _, _) in zip(calls, calls[1:])), "progress never goes back"
     umask = os.umask(0)
     os.umask(umask)
-    assert stat.S_IMODE((models / "rain/RAIN-v0.1/motion_unet.pth").stat().st_mode) == 0o666 & ~umask
+    for name in ("rain/RAIN-v0.1/motion_unet.pth", "vae_approx/taesdv.pth"):
+        assert stat.S_IMODE((models / name).stat().st_mode) == 0o666 & ~umask, name
 
 
 def test_a_second_run_requests_no_file_and_a_wrong_size_file_is_fetched_again(hub, tmp_path):
