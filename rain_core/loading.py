@@ -323,9 +323,10 @@ def _find_part(folder: Path, part: str) -> Path:
     )
 
 
-def _component_path(explicit, defaults: list[Path], missing: str) -> Path | None:
+def _component_path(explicit, defaults: list[Path], missing: str, absent: str) -> Path:
     """Where to load a VAE or image encoder from: `explicit` when given (RainLoadError `missing` when it is
-    neither a .safetensors file nor a folder), else the first of `defaults` that is one, else None."""
+    neither a .safetensors file nor a folder), else the first of `defaults` that is one (RainLoadError `absent`
+    when none is)."""
 
     def usable(path: Path) -> bool:
         return (path.suffix == ".safetensors" and path.is_file()) or path.is_dir()
@@ -334,7 +335,10 @@ def _component_path(explicit, defaults: list[Path], missing: str) -> Path | None
         if not usable(Path(explicit)):
             raise RainLoadError(f"{explicit}: {missing}")
         return Path(explicit)
-    return next((path for path in defaults if usable(path)), None)
+    found = next((path for path in defaults if usable(path)), None)
+    if found is None:
+        raise RainLoadError(absent)
+    return found
 
 
 def _from_pretrained(model_class, path: Path, expected: str):
@@ -354,12 +358,13 @@ def _load_codec(folder: Path, config: RainModelConfig, extras: dict, vae_path) -
     from diffusers import AutoencoderKL
 
     defaults = [folder / "vae.safetensors", folder / "sd-vae-ft-mse", folder.parent / "sd-vae-ft-mse"]
-    path = _component_path(vae_path, defaults, "VAE not found; expected a diffusers AutoencoderKL folder (sd-vae-ft-mse).")
-    if path is None:
-        raise RainLoadError(
-            f"{folder}: this model decodes with the SD VAE but none was given or found; pass vae= the sd-vae-ft-mse "
-            "folder (Hugging Face stabilityai/sd-vae-ft-mse, e.g. models/vae/sd-vae-ft-mse)."
-        )
+    path = _component_path(
+        vae_path,
+        defaults,
+        "VAE not found; expected a diffusers AutoencoderKL folder (sd-vae-ft-mse).",
+        f"{folder}: this model decodes with the SD VAE but none was given or found; pass vae= the sd-vae-ft-mse "
+        "folder (Hugging Face stabilityai/sd-vae-ft-mse, e.g. models/vae/sd-vae-ft-mse).",
+    )
     if path.is_dir():
         vae = _from_pretrained(AutoencoderKL, path, "sd-vae-ft-mse (config.json + diffusion_pytorch_model.safetensors)")
         return VaeCodec(vae, config.vae_scaling_factor)
@@ -379,12 +384,13 @@ def _load_image_encoder(folder: Path, config: RainModelConfig, extras: dict, enc
     from .models.image_encoder import build_clip
 
     defaults = [folder / "image_encoder.safetensors", folder / "image_encoder", folder.parent / "image_encoder"]
-    path = _component_path(encoder_path, defaults, "image encoder not found; expected a CLIP image_encoder folder.")
-    if path is None:
-        raise RainLoadError(
-            f"{folder}: no image encoder given or found; pass image_encoder= the sd-image-variations image_encoder "
-            "folder (lambdalabs/sd-image-variations-diffusers/image_encoder, e.g. models/clip_vision/sd-image-variations)."
-        )
+    path = _component_path(
+        encoder_path,
+        defaults,
+        "image encoder not found; expected a CLIP image_encoder folder.",
+        f"{folder}: no image encoder given or found; pass image_encoder= the sd-image-variations image_encoder "
+        "folder (lambdalabs/sd-image-variations-diffusers/image_encoder, e.g. models/clip_vision/sd-image-variations).",
+    )
     if path.is_dir():
         return ClipImageEncoder(
             _from_pretrained(CLIPVisionModelWithProjection, path, "the sd-image-variations image_encoder folder")
