@@ -40,7 +40,8 @@ _HELP = {
     "lr_scheduler": "diffusers get_scheduler name: constant_with_warmup (constant after --warmup-steps; 0 = the reference's "
     "constant), constant, linear, cosine, polynomial, … (the decaying ones depend on --steps)",
     "warmup_steps": "linear warm-up from 0 over N steps (diffusers' warm-up)",
-    "optimizer": "adamw (torch) or adamw8bit (bitsandbytes, CUDA; pip install 'comfyui-rain[train-8bit]')",
+    "optimizer": "adamw (torch) or adamw8bit (bitsandbytes' 8-bit AdamW, the reference's stage-2 choice, for GPU memory; "
+    "pip install 'comfyui-rain[train-8bit]')",
     "weight_decay": "AdamW weight decay (the reference: 1e-2)",
 }
 

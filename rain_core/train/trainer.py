@@ -72,7 +72,7 @@ class TrainConfig:
     lr_scheduler: str = "constant_with_warmup"  # any diffusers get_scheduler name; with 0 warm-up steps: the reference's constant
     warmup_steps: int = 0
     decay_steps: int = 0  # the last `decay_steps` steps anneal the learning rate linearly down to lr / 10
-    optimizer: str = "adamw"  # "adamw" (torch) or "adamw8bit" (bitsandbytes, the reference's stage 2; GPU; extra train-8bit)
+    optimizer: str = "adamw"  # "adamw" (torch) or "adamw8bit" (bitsandbytes, the reference's stage 2; extra train-8bit)
     weight_decay: float = 1e-2  # the reference's AdamW weight decay
     max_grad_norm: float = 1.0
     condition_dropout: float = 0.1  # the reference's uncond_ratio
@@ -235,7 +235,8 @@ def select_trainable(models: RainModels, config: TrainConfig) -> list[nn.Paramet
 
 def build_optimizer(params: list[nn.Parameter], config: TrainConfig) -> torch.optim.Optimizer:
     """AdamW as the reference sets it up (betas 0.9/0.999, eps 1e-8, weight decay `config.weight_decay`), from torch
-    or, with `optimizer="adamw8bit"`, bitsandbytes' 8-bit AdamW (the reference's stage 2; CUDA)."""
+    or, with `optimizer="adamw8bit"`, bitsandbytes' 8-bit AdamW (the reference's stage 2: moments in 8 bits, for GPU
+    memory at SD size; bitsandbytes >= 0.45 also runs it on the CPU)."""
     kwargs = dict(lr=config.lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=config.weight_decay)
     if config.optimizer == "adamw":
         return torch.optim.AdamW(params, **kwargs)
