@@ -9,12 +9,12 @@
 
 `download_models(what, models_dir, progress=callback)` is the engine entry point (the `rain download` command and
 the Load RAIN Model node call it). What it guarantees:
-- never a partial file under a final name: the hub writes a temporary file and renames it when complete, and a
-  file that must move (the image encoder leaves its `image_encoder/` subfolder) moves with `os.replace`;
-- sizes checked: the hub compares the bytes received with the size it announced, and a file already on disk is
-  kept only when its size equals the hub's;
-- a dropped connection resumes where it stopped (the hub's own Range retry); re-running after an interruption
-  skips every file already complete;
+- never a partial file under a final name: bytes go to `.NAME.incomplete` beside it, renamed when complete;
+- sizes checked: huggingface_hub's download compares the bytes received with the size the hub announced, and a
+  file already on disk is kept only when its size equals the hub's;
+- resumable: a dropped connection resumes within the run (the hub client's Range retry), and a run stopped by
+  Ctrl-C or a network loss leaves its `.incomplete` file, which the next run resumes when the hub still serves the
+  same version (its ETag); files already complete are skipped;
 - `HF_HUB_OFFLINE=1` is honoured: nothing is requested, and what is missing is named;
 - an unreachable hub raises `HubUnreachable` naming the endpoint (the CLI exits 2 with it).
 `HF_ENDPOINT` (a mirror, or the local hub of the tests) is read when the function runs, not at import.
@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import inspect
 import os
-import shutil
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -123,6 +122,7 @@ class _Plan:
     final: Path
     path_in_repo: str | None = None
     size: int | None = None
+    etag: str | None = None
     skip: bool = False
 
 
@@ -160,7 +160,7 @@ def _plan(remote: RemoteFile, models_dir: Path, endpoint: str) -> _Plan:
             raise HubUnreachable(f"cannot reach the hub at {endpoint} ({_describe_network_error(error)}). Check the "
                                  "network or proxy, set HF_ENDPOINT to a mirror, or place the files by hand under "
                                  f"{models_dir} (see the README's model table).") from None
-        plan.path_in_repo, plan.size = name, meta.size
+        plan.path_in_repo, plan.size, plan.etag = name, meta.size, meta.etag
         if index:  # an alternative keeps its own name (a .bin is not a .safetensors)
             plan.final = plan.final.with_name(Path(name).name)
         break
@@ -214,36 +214,54 @@ def _fetch_url(plan: _Plan, callback, state: dict) -> None:
         callback(state["done"], state["total"], plan.final.name)
 
 
-def _fetch_hub(plan: _Plan, models_dir: Path, endpoint: str, callback, state: dict, quiet: bool) -> None:
-    from huggingface_hub import hf_hub_download
+def _fetch_hub(plan: _Plan, endpoint: str, callback, state: dict, quiet: bool) -> None:
+    """One hub file through huggingface_hub's own HTTP download (Range resume, size check, progress), into
+    `.NAME.incomplete` beside the final name, renamed when complete. The partial file outlives an interrupted run
+    (Ctrl-C, a lost network) and the next run resumes it when the hub still serves the same version (ETag)."""
+    from huggingface_hub import hf_hub_url
+    from huggingface_hub.file_download import http_get
+    from huggingface_hub.utils import build_hf_headers
 
-    # The hub's local_dir mode downloads into <staging>/<path_in_repo> through a temporary file renamed when complete.
-    staging = models_dir / ".cache" / "rain-download" / plan.remote.repo_id.replace("/", "--")
-    kwargs = {"local_dir": staging, "endpoint": endpoint}
-    if "tqdm_class" in inspect.signature(hf_hub_download).parameters:
+    url = hf_hub_url(plan.remote.repo_id, plan.path_in_repo, endpoint=endpoint)
+    part = plan.final.with_name(f".{plan.final.name}.incomplete")
+    version = part.with_name(part.name + ".etag")  # which version of the file the partial bytes are
+    if part.exists() and (not version.is_file() or version.read_text() != (plan.etag or "")
+                          or (plan.size is not None and part.stat().st_size > plan.size)):
+        part.unlink()
+    version.write_text(plan.etag or "")
+    kwargs = {}
+    parameters = inspect.signature(http_get).parameters
+    if "tqdm_class" in parameters:
         kwargs["tqdm_class"] = _progress_class(callback, state, plan.final.name, quiet)
+    if "displayed_filename" in parameters:
+        kwargs["displayed_filename"] = plan.final.name
     try:
-        path = Path(hf_hub_download(plan.remote.repo_id, plan.path_in_repo, **kwargs))
+        with open(part, "ab") as file:
+            resume = file.tell()
+            state["done"] += resume
+            http_get(url, file, resume_size=resume, headers=build_hf_headers(), expected_size=plan.size, **kwargs)
     except Exception as error:
         if _is_network_error(error):
             raise HubUnreachable(f"{endpoint}: the connection failed while downloading {plan.remote.repo_id}/"
                                  f"{plan.path_in_repo} ({_describe_network_error(error)}); run the same command "
-                                 "again: complete files are kept and skipped.") from None
+                                 "again: complete files are skipped and this one resumes.") from None
         if isinstance(error, OSError) and "Consistency check failed" in str(error):
+            part.unlink(missing_ok=True)
             raise DownloadError(f"{plan.remote.repo_id}/{plan.path_in_repo}: the bytes received do not match the "
                                 "size the hub announced (nothing was kept under the final name); run again.") from None
         raise
-    size = path.stat().st_size
+    size = part.stat().st_size
     if plan.size is not None and size != plan.size:
-        path.unlink(missing_ok=True)
+        part.unlink(missing_ok=True)
         raise DownloadError(f"{plan.remote.repo_id}/{plan.path_in_repo}: received {size} bytes, the hub announced "
                             f"{plan.size}; run the download again.")
-    os.chmod(path, _umask_mode())
-    os.replace(path, plan.final)  # same file system: atomic, the final name only ever holds a complete file
+    os.chmod(part, _umask_mode())
+    os.replace(part, plan.final)  # same folder: atomic, the final name only ever holds a complete file
+    version.unlink(missing_ok=True)
     if "tqdm_class" not in kwargs:
-        state["done"] += size
-        if callback is not None:
-            callback(state["done"], state["total"], plan.final.name)
+        state["done"] += size - resume
+    if callback is not None:
+        callback(state["done"], state["total"], plan.final.name)
 
 
 def download_models(
@@ -278,12 +296,9 @@ def download_models(
             if plan.remote.url is not None:
                 _fetch_url(plan, progress, state)
             else:
-                _fetch_hub(plan, models_dir, endpoint, progress, state, quiet)
+                _fetch_hub(plan, endpoint, progress, state, quiet)
         result["files"][plan.remote.target] = "present" if plan.skip else "downloaded"
     result["bytes"] = state["done"]
-    staging = models_dir / ".cache" / "rain-download"
-    if staging.is_dir():
-        shutil.rmtree(staging, ignore_errors=True)  # the hub's bookkeeping for files now moved into place
     if convert:
         result["converted"] = str(convert_downloaded(models_dir))
     return result

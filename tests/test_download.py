@@ -198,3 +198,33 @@ def test_rain_info_says_which_items_are_downloaded(hub, tmp_path, capsys):
     downloads = json.loads(out)["downloads"]
     assert downloads["dwpose"] == "complete"
     assert downloads["taesdv"] == {"missing": ["vae_approx/taesdv.pth"]}
+
+
+def _leave_partial(folder, name: str, content: bytes, etag: str) -> None:
+    """What an interrupted run leaves beside the final name."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f".{name}.incomplete").write_bytes(content)
+    (folder / f".{name}.incomplete.etag").write_text(etag)
+
+
+def test_a_run_resumes_the_partial_file_an_interrupted_run_left(hub, tmp_path):
+    import hashlib
+
+    content = _release()[("Pscgylotti/RAIN-v0.1", "motion_unet.pth")]
+    folder = tmp_path / "rain/RAIN-v0.1"
+    _leave_partial(folder, "motion_unet.pth", content[:1000], hashlib.sha256(content).hexdigest())
+    download_models("rain", tmp_path)
+    ranges = [r for m, p, r in hub.requests if m == "GET" and p.endswith("motion_unet.pth")]
+    assert ranges == ["bytes=1000-"], ranges
+    assert (folder / "motion_unet.pth").read_bytes() == content
+    assert not [p.name for p in folder.iterdir() if p.name.startswith(".")]
+
+
+def test_a_partial_file_of_another_version_is_started_again(hub, tmp_path):
+    content = _release()[("Pscgylotti/RAIN-v0.1", "motion_unet.pth")]
+    folder = tmp_path / "rain/RAIN-v0.1"
+    _leave_partial(folder, "motion_unet.pth", b"x" * 1000, "an older version")
+    download_models("rain", tmp_path)
+    ranges = [r for m, p, r in hub.requests if m == "GET" and p.endswith("motion_unet.pth")]
+    assert ranges == [None], ranges
+    assert (folder / "motion_unet.pth").read_bytes() == content

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .common import EXIT_OK, emit
+from .common import EXIT_OK, Interrupted, emit
 
 
 def add_parser(sub) -> None:
@@ -24,7 +24,11 @@ def add_parser(sub) -> None:
 def run(args) -> int:
     from ..download import download_models
 
-    result = download_models(args.what, args.models_dir, convert=args.convert, quiet=args.json)
+    try:
+        result = download_models(args.what, args.models_dir, convert=args.convert, quiet=args.json)
+    except KeyboardInterrupt:
+        raise Interrupted("interrupted; complete files are kept, and the file in progress resumes when the same "
+                          "command runs again.") from None
     lines = [f"{status:>10}  {args.models_dir}/{target}" for target, status in result["files"].items()]
     lines.append(f"{result['bytes'] / 1e6:.1f} MB downloaded")
     if result["converted"]:
