@@ -191,13 +191,18 @@ def _frame_rate(stream) -> float | None:
 
 
 def _frame_count(stream) -> tuple[int, bool]:
-    """(frame count, exact): the container's index (mp4, mov) when it lists one, else duration × fps."""
+    """(frame count, exact): the container's index (mp4, mov) when it lists one, else duration × fps (webm, mkv
+    keep no count), else 0 (unknown)."""
     if stream.frames > 0:
         return int(stream.frames), True
     rate = _frame_rate(stream)
-    if stream.duration is not None and rate:
-        return max(0, round(float(stream.duration * stream.time_base) * rate)), False
-    return 0, False
+    if stream.duration is not None:
+        seconds = float(stream.duration * stream.time_base)
+    elif stream.container.duration is not None:
+        seconds = stream.container.duration / av.time_base
+    else:
+        return 0, False
+    return (max(0, round(seconds * rate)), False) if rate else (0, False)
 
 
 @dataclass(frozen=True)
@@ -257,6 +262,8 @@ def read_video_frames(path: str | Path, start: int, count: int, loop: bool = Fal
     container, stream = _open_video(path, name)
     with container:
         total, exact = _frame_count(stream)
+        if total <= 0:  # a container that says nothing about its length: count by decoding once
+            total, exact = sum(1 for _ in _decode_rgb(container, stream, path, name)), True
         if total <= 0:
             raise VideoSourceError(f"{name}: {str(path)!r} has no frames.")
         if start >= total and not loop:

@@ -92,6 +92,23 @@ def test_a_video_cut_before_its_index_cannot_be_opened(tmp_path):
         open_pose_source(cut)
 
 
+def test_a_webm_without_a_frame_index_is_counted_from_its_duration(tmp_path):
+    path = tmp_path / "levels.webm"  # VP8 in WebM: the container keeps a duration, no frame count
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libvpx", rate=10)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        for i in range(12):
+            frame = av.VideoFrame.from_ndarray(np.full((48, 64, 3), i * 20, np.uint8), format="rgb24")
+            frame.pts = i
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode(None))
+    info = probe_video(path)
+    assert (info.frame_count, info.exact, info.fps, info.codec) == (12, False, 10.0, "vp8")
+    frames, next_start, total = read_video_frames(path, 10, 4, loop=True)
+    levels = [int(frame.mean()) for frame in frames]
+    assert total == 12 and next_start == 2 and [round(level / 20) for level in levels] == [10, 11, 0, 1]
+
+
 def test_read_video_frames_names_the_input_of_an_unreadable_file(tmp_path):
     bad = tmp_path / "poses.mp4"
     bad.write_bytes(b"not a video")
