@@ -228,3 +228,28 @@ def test_a_partial_file_of_another_version_is_started_again(hub, tmp_path):
     ranges = [r for m, p, r in hub.requests if m == "GET" and p.endswith("motion_unet.pth")]
     assert ranges == [None], ranges
     assert (folder / "motion_unet.pth").read_bytes() == content
+
+
+def test_ctrl_c_mid_file_keeps_the_partial_bytes_and_the_next_run_resumes_them(hub, tmp_path, monkeypatch):
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "DOWNLOAD_CHUNK_SIZE", 512)
+
+    chunks = []
+
+    def ctrl_c_after_a_kilobyte(done, total, name):
+        chunks.append(name)
+        if chunks.count("motion_unet.pth") == 3:  # two 512-byte chunks of it are written
+            raise KeyboardInterrupt  # what Ctrl-C raises in the middle of the read loop
+
+    with pytest.raises(KeyboardInterrupt):
+        download_models("rain", tmp_path, progress=ctrl_c_after_a_kilobyte)
+    folder = tmp_path / "rain/RAIN-v0.1"
+    assert not (folder / "motion_unet.pth").exists(), "never a partial file under the final name"
+    kept = (folder / ".motion_unet.pth.incomplete").stat().st_size
+    assert kept == 1024
+    hub.requests.clear()
+    download_models("rain", tmp_path)
+    ranges = [r for m, p, r in hub.requests if m == "GET" and p.endswith("motion_unet.pth")]
+    assert ranges == [f"bytes={kept}-"], ranges
+    assert (folder / "motion_unet.pth").read_bytes() == _release()[("Pscgylotti/RAIN-v0.1", "motion_unet.pth")]
