@@ -137,7 +137,9 @@ def auto_dtype(device):
 
     if IN_COMFYUI:
         return _comfy_mm.unet_dtype(device=device, supported_dtypes=[torch.float16, torch.bfloat16, torch.float32])
-    return torch.float16 if device.type == "cuda" else torch.float32
+    from ..rain_core.stream.config import resolve_precision  # the engine's one "auto" rule
+
+    return resolve_precision("auto", device)
 
 
 # ------------------------------------------------------------------------------------------ model memory

@@ -10,9 +10,17 @@ import pytest
 import torch
 from conftest import build_tiny_models, tiny_config
 
-from rain_core.accel import trace_ops
+from rain_core.accel import FastPath, trace_ops
 from rain_core.models import RainModels
-from rain_core.stream import Occupancy, RainStream, SeededNoise, StreamConfig, StreamConfigError, Tick
+from rain_core.stream import (
+    Occupancy,
+    RainStream,
+    SeededNoise,
+    StreamConfig,
+    StreamConfigError,
+    Tick,
+    resolve_precision,
+)
 
 SIZE = 16
 REFERENCE = torch.rand(SIZE, SIZE, 3, generator=torch.Generator().manual_seed(99))
@@ -168,3 +176,24 @@ def test_whole_stream_on_meta_reads_no_device_value():
     # The only values read are the CPU pose frames' (input checks and "is there a pose at all")
     assert {where.split(" ")[-1] for _, where in traces[2].syncs} <= {"(as_frames)", "(_push_frames)"}
     assert stream.flush().shape == (4, SIZE, SIZE, 3)
+
+
+def test_speed_options_reach_the_tick_and_the_unfused_step_agrees(models):
+    poses = pose_frames(14, seed=8)
+    fused = render(make_stream(models), poses, chunk=14)
+    unfused_stream = RainStream(models, make_stream(models).config, fast=FastPath(fused_step=False))
+    unfused_stream.set_reference(REFERENCE)
+    unfused = render(unfused_stream, poses, chunk=14)
+    assert unfused_stream._tick_object.fast.fused_step is False  # noqa: SLF001
+    # LCMStepper.step vs the fused multiply-add, through warm-up, steady state and flush: float32 rounding only
+    torch.testing.assert_close(unfused, fused, rtol=0, atol=5e-6)
+
+
+def test_auto_precision_is_one_rule():
+    assert resolve_precision("auto", "cpu") == torch.float32
+    assert resolve_precision(None, "cpu") == torch.float32
+    assert resolve_precision("auto", torch.device("cuda")) == torch.float16  # the authors' inference precision
+    assert resolve_precision("bf16", "cuda") == torch.bfloat16 and resolve_precision("float32", "cuda") == torch.float32
+    assert resolve_precision(torch.float16, "cpu") == torch.float16
+    with pytest.raises(ValueError, match="precision"):
+        resolve_precision("fp8", "cuda")

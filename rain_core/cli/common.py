@@ -141,11 +141,9 @@ def resolve_device(name: str):
 
 
 def resolve_dtype(name: str, device):
-    import torch
+    from ..stream.config import resolve_precision  # the one "auto" rule
 
-    if name == "auto":
-        return torch.float16 if device.type == "cuda" else torch.float32
-    return getattr(torch, name)
+    return resolve_precision(name, device)
 
 
 def stream_config(args):

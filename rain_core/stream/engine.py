@@ -42,11 +42,16 @@ class RainStream(StreamStateMixin):
     as it was before the call.
     """
 
-    def __init__(self, models, config: StreamConfig | None = None, noise: NoiseSource | None = None):
+    def __init__(self, models, config: StreamConfig | None = None, noise: NoiseSource | None = None, fast=None):
+        """models: `RainModels`; noise: where the randomness comes from (default `SeededNoise(config.seed)`);
+        fast: the tick's speed options (`rain_core.accel.FastPath`); default: the models' dtype and layout, the
+        caller's tf32 settings, the fused LCM step, and the CUDA graph as `config.fast_path` says. Its `dtype`
+        and `channels_last` are not applied to the networks here: convert them first."""
         config = config or StreamConfig()
         config.validate(models)
         self.models = models
         self._custom_noise = noise
+        self._fast = fast
         self._configure(config)
         self._reference: dict[str, Any] | None = None
         self._clear_stream()
@@ -274,10 +279,13 @@ class RainStream(StreamStateMixin):
             from ..accel import FastPath
 
             reference = self._reference
-            fast = FastPath(tf32=None, fused_step=True, cuda_graph=self._fast_path == "graph")
+            fast = self._fast or FastPath(tf32=None, fused_step=True)
+            fast = fast.replace(cuda_graph=self._fast_path == "graph")
             self._tick_object = Tick(
                 self.models, self.config, reference["clip_tokens"], reference["cache"], fast, decoder=self._decoder
             )
+            if fast.compile:  # one compiled graph per window occupancy (warm-up and flush shapes too), cached
+                self._tick_object.compile_unet(fast.compile)
             self._tick_holds = None
         return self._tick_object
 
