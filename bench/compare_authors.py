@@ -6,6 +6,16 @@ outputs into RUN/ (ckpt/, inputs.pt, outputs.pt, sizes.json). Step 2 (this scrip
 `load_rain`, feed the same inputs, print the relative error of each output. No code of theirs is here.
 
     .venv/bin/python bench/compare_authors.py RUN_FOLDER   (written by the authors-side script, outside the repo)
+
+RUN_FOLDER holds: ckpt/{reference_unet,motion_unet,pose_guider,taesdv}.pth (their state dicts, every parameter
+random); sizes.json {"channels": UNet block_out_channels, "cross_dim", "pose_channels"}; inputs.pt {"w" (1,),
+"pose" (1, 3, F, 8h, 8w), "ref_latent" (1, 4, h, w), "clip" (1, 1, cross_dim), "sample" (1, 4, F, h, w),
+"timesteps" (1, F), "taesdv_latents" (1, T, 4, h, w)}; outputs.pt {"w_embedding", "pose_features",
+"reference.<our attn1 name>" (their writer bank per transformer block), "v" (their UNet3D with the bank in fp32),
+"v_pipeline_fp16_bank" (their default fp16 bank), "taesdv_images" (two decode_slice calls, clamped to [0, 1]),
+"taesdv_memory.<i>"}. The authors' side builds their UNet2DConditionModel / UNet3DConditionModel (configs/unet.json
+with the rain_morpher unet_additional_kwargs) / PoseGuider / TAESDV(checkpoint_path=None) in their own venv
+(shared/tools/authors-code/README.md).
 """
 
 from __future__ import annotations
