@@ -264,6 +264,8 @@ def test_gradient_checkpointing_keeps_fewer_activations_and_gives_the_same_gradi
     assert plain.keys() == checkpointed.keys() and any("reference_unet" in name for name in plain)
     for name, grad in plain.items():
         torch.testing.assert_close(checkpointed[name], grad, rtol=1e-5, atol=1e-6, msg=name)
-    for unet in (models.reference_unet, models.denoising_unet):
+    for unet in (models.reference_unet, models.denoising_unet):  # nothing recomputed stays behind in a processor
+        for layer in unet.reference_layers.values():
+            assert getattr(layer.processor, "captured", None) is None and getattr(layer.processor, "reference", None) is None
         unet.disable_gradient_checkpointing()
     assert not models.denoising_unet.is_gradient_checkpointing

@@ -148,26 +148,33 @@ class UpBlock(_Block):
 
 
 class _ReplayReference:
-    """Calls a block with the reference-attention state (reference tokens or K/V, frame count) that its
-    processors hold now. Gradient checkpointing recomputes the block in the backward pass, after the UNet has
-    cleared that state; this puts it back for the recomputation and restores what was there after."""
+    """Calls a block with the reference-attention state its processors hold now (the reference tokens or K/V
+    and frame count they read; the tokens the reference UNet's capture records). Gradient checkpointing
+    recomputes the block in the backward pass, after the UNet has cleared that state; this puts it back for the
+    recomputation and restores what was there after, so nothing recomputed outlives the backward pass."""
 
     def __init__(self, block: nn.Module):
         self.block = block
         self.processors = [
-            m.processor for m in block.modules() if isinstance(getattr(m, "processor", None), ReferenceAttnProcessor)
+            m.processor
+            for m in block.modules()
+            if isinstance(getattr(m, "processor", None), (ReferenceAttnProcessor, CaptureProcessor))
         ]
-        self.state = [(p.reference, p.num_frames) for p in self.processors]
+        self.state = [dict(vars(p)) for p in self.processors]
+        self.forward_done = False
 
     def __call__(self, *args):
-        previous = [(p.reference, p.num_frames) for p in self.processors]
-        for processor, (reference, frames) in zip(self.processors, self.state):
-            processor.reference, processor.num_frames = reference, frames
+        if not self.forward_done:  # the forward pass itself: the processors hold its state already
+            self.forward_done = True
+            return self.block(*args)
+        previous = [dict(vars(p)) for p in self.processors]
+        for processor, state in zip(self.processors, self.state):
+            vars(processor).update(state)
         try:
             return self.block(*args)
         finally:
-            for processor, (reference, frames) in zip(self.processors, previous):
-                processor.reference, processor.num_frames = reference, frames
+            for processor, state in zip(self.processors, previous):
+                vars(processor).update(state)
 
 
 class _RainUNet(ModelMixin):
