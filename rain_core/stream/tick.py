@@ -232,7 +232,8 @@ class Tick:
     def _context(self):
         stack = contextlib.ExitStack()
         stack.enter_context(torch.no_grad())
-        stack.enter_context(attention_backend(self.fast.attention))
+        if self.fast.attention != "auto":  # "auto" changes nothing: skip the context (a tick's only host overhead)
+            stack.enter_context(attention_backend(self.fast.attention))
         if self.device.type == "cuda" and self.fast.tf32 is not None:
             stack.enter_context(tf32_matmuls(self.fast.tf32))
         return stack
