@@ -1,4 +1,4 @@
-"""The RAIN stream engine (rain_core/stream.py) on real tiny networks.
+"""The RAIN stream engine (rain_core/stream/) on real tiny networks.
 
 The networks are the tiny RAIN with two UNet levels and every parameter random; frames are 16×16 px (an 8×8
 latent with the tiny space_to_depth codec), so that a tick costs tens of ms.
