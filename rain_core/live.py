@@ -373,7 +373,8 @@ class LiveSession:
         self._recorder: LiveRecorder | None = None
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
-        self.errors = 0
+        self.errors = 0  # worker steps that reported an error
+        self.failed = 0  # frames taken but not pushed (each reported as an error)
         self.closed = False
 
     # ------------------------------------------------------------------ input
@@ -407,19 +408,35 @@ class LiveSession:
         return self._face_params.to_dict()
 
     # ------------------------------------------------------------------ the engine
-    def step(self, timeout: float | None = 0.0) -> list[LiveOutput]:
-        """Take the waiting frames (waiting up to `timeout` s for one), push them, return the frames that left."""
+    def step(self, timeout: float | None = 0.0, emit: Callable[[list[LiveOutput]], None] | None = None
+             ) -> list[LiveOutput]:
+        """Take the waiting frames (waiting up to `timeout` s for one), push them, return the frames that left.
+
+        emit: called with the frames of each tick as soon as they leave the stream (before the next tick runs).
+        A frame that fails (unreadable, no detector) is counted in `failed` and skipped, the others still go in;
+        the first such error is raised at the end (the stream is unchanged by a failed frame)."""
         frames = self.intake.take(timeout=timeout)
         if not frames:
             return []
+        errors = []
         with self._lock:
             outputs = []
             try:
                 for frame in frames:
-                    outputs.extend(self._push_one(frame))
+                    try:
+                        left = self._push_one(frame)
+                    except Exception as error:
+                        self.failed += 1
+                        errors.append(error)
+                        continue
+                    if left and emit is not None:
+                        emit(left)
+                    outputs.extend(left)
             finally:
                 self._stream_stats = self.stream.stats
-            return outputs
+        if errors:
+            raise errors[0]
+        return outputs
 
     def _push_one(self, frame: LiveFrame) -> list[LiveOutput]:
         m = self.config.frames_per_cohort
@@ -500,15 +517,12 @@ class LiveSession:
         def work():
             while not self._stop.is_set():
                 try:
-                    outputs = self.step(timeout=poll_s)
+                    self.step(timeout=poll_s, emit=on_outputs)
                 except Exception as error:  # a bad frame or a failed tick: the stream is unchanged, go on
                     self.errors += 1
                     log.warning("live session: %s", error)
                     if on_error is not None:
                         on_error(str(error))
-                    continue
-                if outputs:
-                    on_outputs(outputs)
 
         self._stop.clear()
         self._thread = threading.Thread(target=work, name="rain-live", daemon=True)
@@ -577,6 +591,7 @@ class LiveSession:
             "pushed": pushed,
             "emitted": emitted,
             "in_flight": pushed - emitted,
+            "failed": self.failed,
             "dropped_share": counts["dropped"] / counts["received"] if counts["received"] else 0.0,
             "input_fps": input_fps,
             "output_fps": output_fps,

@@ -3,6 +3,7 @@ face-morph changes from the next tick, recording, bad frames — on the built-in
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import threading
@@ -192,7 +193,8 @@ def test_detect_mode_without_the_detector_says_what_is_missing(models, reference
     session.submit(pose_jpegs[0])
     with pytest.raises(LiveInputError, match="needs the DWPose detector.*mode 'pose'"):
         session.step()
-    assert session.stats()["pushed"] == 0  # nothing reached the stream
+    stats = session.stats()
+    assert stats["pushed"] == 0 and stats["failed"] == 1 == stats["taken"]  # nothing reached the stream
     session.close()
 
 
@@ -226,3 +228,115 @@ def test_close_stops_the_worker_frees_the_stream_and_refuses_frames(models, refe
     assert list(tmp_path.iterdir()) == []  # the aborted recording left nothing
     with pytest.raises(LiveInputError, match="closed"):
         session.submit(pose_jpegs[1])
+
+
+# ------------------------------------------------------------------------------------------- the route's pieces
+# nodes/live_route.py without ComfyUI: the pack imported as ComfyUI imports it (a package under another name).
+# Its errors are the pack's own copy of LiveInputError, a ValueError.
+
+PACK_NAME = "live_test_rain_pack"
+
+
+@pytest.fixture(scope="module")
+def live_route():
+    import importlib.util
+    import sys
+
+    if PACK_NAME not in sys.modules:
+        spec = importlib.util.spec_from_file_location(PACK_NAME, ROOT / "__init__.py",
+                                                      submodule_search_locations=[str(ROOT)])
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[PACK_NAME] = module
+        spec.loader.exec_module(module)
+    route = sys.modules[f"{PACK_NAME}.nodes.live_route"]
+    assert route.REGISTERED is False  # no ComfyUI server here: nothing registered, nothing failed
+    return route
+
+
+def test_route_frame_messages_round_trip_and_malformed_ones_are_named(live_route):
+    message = live_route.pack_message({"seq": 7, "t": 12.5}, b"jpeg bytes")
+    assert live_route.unpack_message(message) == ({"seq": 7, "t": 12.5}, b"jpeg bytes")
+    for bad, expected in [(b"\x00\x00", "4-byte header length"), (b"\x00\x00\x00\x40{}", "does not fit"),
+                          (b"\x00\x00\x00\x03abc", "not JSON"), (b"\x00\x00\x00\x02[]", "JSON object")]:
+        with pytest.raises(ValueError, match=expected):
+            live_route.unpack_message(bad)
+
+
+def test_route_settings_take_defaults_and_name_a_bad_field(live_route):
+    settings = live_route._settings({"type": "start", "width": "128", "levels": None, "reference": ""})
+    assert settings["width"] == 128 and settings["levels"] == live_route.DEFAULTS["levels"]
+    assert settings["model"] == "tiny-rain (built-in)"
+    with pytest.raises(ValueError, match="levels: expected a whole number, found 'four'"):
+        live_route._settings({"levels": "four"})
+    with pytest.raises(ValueError, match="guidance"):
+        live_route._settings({"guidance": "strong"})
+
+
+def test_route_reads_the_reference_from_the_input_folder_only(live_route, tmp_path, monkeypatch):
+    inputs = tmp_path / "input"
+    inputs.mkdir()
+    monkeypatch.setenv("RAIN_INPUT_DIR", str(inputs))
+    Image.new("RGBA", (8, 6), (0, 0, 0, 0)).save(inputs / "clear.png")
+    (tmp_path / "secret.png").write_bytes((inputs / "clear.png").read_bytes())
+    assert (live_route._reference_image("clear.png [input]") == 255).all()  # transparency over white
+    assert live_route._reference_image("").shape == np.asarray(Image.open(EXAMPLES / "anyone-1.png")).shape[:2] + (3,)
+    for name in ("missing.png", "../secret.png"):
+        with pytest.raises(ValueError, match="no image .* in ComfyUI's input folder.*Load Image"):
+            live_route._reference_image(name)
+
+
+def test_route_streams_over_a_real_websocket_and_frees_the_session_on_close(live_route, pose_jpegs):
+    """The route's handler on a bare aiohttp server (ComfyUI's server is aiohttp too): frames in order, counts
+    that add up, and no session left once the socket closes."""
+    aiohttp = pytest.importorskip("aiohttp")
+    from aiohttp import web
+
+    async def run():
+        routes = web.RouteTableDef()
+        live_route.register(routes)
+        app = web.Application()
+        app.add_routes(routes)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]
+        frames, messages, stats = [], [], None
+        try:
+            async with aiohttp.ClientSession() as client:
+                async with client.ws_connect(f"ws://127.0.0.1:{port}/rain/live") as ws:
+                    start = {"type": "start", **CONFIG, "reference": "", "capacity": 16}  # room for all: none dropped
+                    await ws.send_str(json.dumps(start))
+                    sent = 0
+                    deadline = time.monotonic() + 120
+                    while time.monotonic() < deadline:
+                        message = await ws.receive(timeout=120)
+                        if message.type == aiohttp.WSMsgType.BINARY:
+                            frames.append(live_route.unpack_message(message.data)[0])
+                        else:
+                            messages.append(json.loads(message.data))
+                            if messages[-1].get("type") == "error":
+                                raise AssertionError(messages[-1])
+                            if messages[-1].get("state") == "ready":
+                                for index, data in enumerate(pose_jpegs):
+                                    await ws.send_bytes(live_route.pack_message({"seq": index, "t": 5.0 * index}, data))
+                                    sent += 1
+                            stats = messages[-1] if messages[-1].get("type") == "stats" else None
+                            if stats and stats["pushed"] == sent > 0 and stats["emitted"] == len(frames) > 0:
+                                break
+                    assert live_route.live_sessions()  # open while the socket is
+            for _ in range(100):
+                if not live_route.live_sessions():
+                    break
+                await asyncio.sleep(0.05)
+            return frames, stats
+        finally:
+            await runner.cleanup()
+
+    frames, stats = asyncio.run(run())
+    seqs = [header["seq"] for header in frames]
+    assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)
+    assert [header["t"] for header in frames] == [5.0 * s for s in seqs]  # capture times echoed
+    assert stats["received"] == stats["taken"] == stats["pushed"] == len(pose_jpegs) and stats["dropped"] == 0
+    assert seqs == list(range(len(frames))) and stats["emitted"] == len(frames) == stats["pushed"] - stats["in_flight"]
+    assert stats["dropped_out"] == 0 and live_route.live_sessions() == []
