@@ -5,6 +5,7 @@ Scores, per held-out clip, then as a mean over clips with a bootstrap 95 % inter
 - temporal error: mean |Δ output − Δ ground truth| between consecutive frames, in [0, 255] units. 0 means the
   output changes from frame to frame exactly as the ground truth does; flicker, wrong motion and frozen detail
   all raise it (unlike flicker, mean |Δ output| − mean |Δ truth|, which is also printed and can cancel out);
+  "where the truth is still" restricts it to pixels the ground truth does not change (pure output flicker);
 - drift: PSNR of the last `edge` frames of a stream of `--drift-frames` frames minus that of its first `edge`
   frames, per drift clip (`--drift-clips`).
 
@@ -59,7 +60,7 @@ SHIPPED = ROOT / "rain_core" / "assets" / "tiny-rain"
 RESULTS = ROOT / "bench" / "results" / "quality.json"
 DOCS = ROOT / "docs"
 FPS = 12.0
-METRICS = ("psnr", "ssim", "temporal_error", "flicker", "drift_db")
+METRICS = ("psnr", "ssim", "temporal_error", "temporal_error_static", "flicker", "drift_db")
 
 
 # ---- metrics (images float32 (N, H, W, 3) in [0, 1]) ------------------------------------------
@@ -84,6 +85,16 @@ def ssim(output: np.ndarray, truth: np.ndarray) -> np.ndarray:
         value = ((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / ((mu_a**2 + mu_b**2 + c1) * (var_a + var_b + c2))
         scores.append(value.mean())
     return np.array(scores)
+
+
+def static_temporal_error(output: np.ndarray, truth: np.ndarray) -> float:
+    """Temporal error on the pixels where the truth does not change between the two frames (background, still
+    limbs), in 0–255 units: pure flicker of the output, no motion involved."""
+    if len(output) < 2:
+        return float("nan")
+    still = np.all(np.abs(np.diff(truth.astype(np.float64), axis=0)) < 0.5 / 255, axis=-1)  # (N-1, H, W)
+    change = np.abs(np.diff(output.astype(np.float64), axis=0)).mean(axis=-1)
+    return float(change[still].mean() * 255) if still.any() else float("nan")
 
 
 def flicker(output: np.ndarray, truth: np.ndarray) -> float:
@@ -228,6 +239,7 @@ def score_row(job: dict) -> dict:
         per_clip["psnr"].append(float(psnr(out, truth).mean()))
         per_clip["ssim"].append(float(ssim(out, truth).mean()))
         per_clip["temporal_error"].append(temporal_error(out, truth))
+        per_clip["temporal_error_static"].append(static_temporal_error(out, truth))
         per_clip["flicker"].append(flicker(out, truth))
         if index == job["picture_clip"]:
             picture, curve = out, temporal_error_per_frame(out, truth).tolist()
@@ -253,7 +265,7 @@ def paired(row: dict, other: dict) -> dict:
             continue
         entry = summary(a - b)
         base = float(np.nanmean(b))
-        if name in ("temporal_error",) and base:
+        if name in ("temporal_error", "temporal_error_static") and base:
             entry["relative"] = entry["mean"] / base
             entry["relative_ci95"] = [x / base for x in entry["ci95"]]
         result[name] = entry
@@ -421,8 +433,8 @@ def main(argv=None) -> int:
              "seconds": elapsed, "threads_per_row": args.threads, "jobs": args.jobs}
     print(f"held-out world {args.world}: {args.clips} clips × {args.frames} frames at {args.size}px, guidance {args.guidance}, "
           f"model {args.model}" + (f", baseline {args.baseline}" if args.baseline else ""))
-    print("| method | PSNR dB | SSIM | temporal error | flicker | drift dB |")
-    print("|---|---|---|---|---|---|")
+    print("| method | PSNR dB | SSIM | temporal error | … where the truth is still | flicker | drift dB |")
+    print("|---|---|---|---|---|---|---|")
 
     def cell(stat, digits):
         if not stat["n"]:
@@ -432,7 +444,7 @@ def main(argv=None) -> int:
 
     for entry in methods.values():
         print(f"| {entry['name']} | {cell(entry['psnr'], 2)} | {cell(entry['ssim'], 3)} | {cell(entry['temporal_error'], 2)} "
-              f"| {cell(entry['flicker'], 2)} | {cell(entry['drift_db'], 2)} |")
+              f"| {cell(entry['temporal_error_static'], 2)} | {cell(entry['flicker'], 2)} | {cell(entry['drift_db'], 2)} |")
     for label, diffs in comparisons.items():
         parts = [f"{name} {cell(stat, 3)}" + (f" ({stat['relative'] * 100:+.1f} %)" if "relative" in stat else "")
                  for name, stat in diffs.items()]

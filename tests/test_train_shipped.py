@@ -109,6 +109,12 @@ def test_quality_metrics_measure_what_they_claim():
     frozen = np.repeat(truth[:1], 5, axis=0)
     noisy = frozen + rng.permutation(np.diff(truth, axis=0, prepend=truth[:1]).ravel()).reshape(truth.shape)
     assert quality.temporal_error(noisy, truth) > 30
+    # on pixels the truth keeps still, only the output's own flicker counts
+    still = np.repeat(truth[:1], 5, axis=0)
+    still[2:, :2] = 0.0  # the top rows change once (at frame 2); the rest stays still
+    assert quality.static_temporal_error(still, still) == 0.0
+    speckle = still + rng.normal(0, 0.02, still.shape)
+    assert 3 < quality.static_temporal_error(speckle, still) < 10  # E|N(0, 0.02√2)|·255 ≈ 5.8
     # the bootstrap interval brackets the mean and narrows with more clips
     few, many = rng.normal(1.0, 1.0, 8), rng.normal(1.0, 1.0, 200)
     low, high = quality.bootstrap_ci(few)
