@@ -195,15 +195,21 @@ def test_a_socket_closed_mid_stream_frees_its_stream_and_memory(server, pose_jpe
             assert status(server)["sessions"], "a live session should be open while streaming"
         # leaving the block closes the socket mid-stream: frames are still waiting and in the window
 
-    asyncio.run(one_session(20))
-    assert wait_until(lambda: status(server)["sessions"] == [] and status(server)["connections"] == 0)
-    baseline = server_rss_mb(server)
-    for _ in range(3):
+    def closed() -> bool:
+        return status(server)["sessions"] == [] and status(server)["connections"] == 0
+
+    for _ in range(2):  # warm-up: the model is loaded once and cached; allocator arenas settle
         asyncio.run(one_session(20))
-        assert wait_until(lambda: status(server)["sessions"] == [] and status(server)["connections"] == 0)
+        assert wait_until(closed)
+    baseline = server_rss_mb(server)
+    for _ in range(6):
+        asyncio.run(one_session(20))
+        assert wait_until(closed)
     after = server_rss_mb(server)
-    print(f"\nserver RSS after one session {baseline:.0f} MB, after three more closed mid-stream {after:.0f} MB")
-    assert after < baseline + 40
+    print(f"\nserver RSS after two sessions {baseline:.0f} MB, after six more closed mid-stream {after:.0f} MB")
+    # The built-in networks weigh 16 MB: a session that kept its model (or its stream and thread) would leave
+    # 6 x that behind; allocator noise stays within a few tens of MB.
+    assert after < baseline + 48
 
 
 def test_a_second_tab_takes_the_stream_over_and_the_first_is_told(server):
