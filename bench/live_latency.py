@@ -242,6 +242,7 @@ def main(argv=None) -> int:
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--threads", type=int, default=max(1, (os.cpu_count() or 2) // 2))
     parser.add_argument("--server", help="also measure a running ComfyUI's route, e.g. http://127.0.0.1:8188")
+    parser.add_argument("--json", type=Path, default=RESULTS, help=f"where to write the results (default {RESULTS.relative_to(ROOT)})")
     parser.add_argument("--serve", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.serve:
@@ -287,12 +288,13 @@ def main(argv=None) -> int:
                            "window": window, "lookahead_frames": window - 1},
               "machine": {"cpus": os.cpu_count(), "load_average": os.getloadavg(), "platform": platform.platform()},
               "floor_ms": floor_ms, "rows": rows}
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp = tempfile.mkstemp(prefix=".live_latency.", suffix=".json", dir=RESULTS.parent)
+    target = args.json.resolve()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    handle, temp = tempfile.mkstemp(prefix=f".{target.stem}.", suffix=".json", dir=target.parent)
     with os.fdopen(handle, "w") as out:
         json.dump(result, out, indent=1)
-    os.replace(temp, RESULTS)
-    print(f"wrote {RESULTS.relative_to(ROOT)}")
+    os.replace(temp, target)
+    print(f"wrote {target}")
     return 0
 
 

@@ -361,7 +361,7 @@ class LiveSession:
         self._face_params = _face_params(self.settings.face_morph)
         self._pending_face: Any = None
         self._morpher = None
-        self._in_flight: deque[LiveFrame] = deque()  # pushed frames whose output has not left yet, oldest first
+        self._in_flight: deque[tuple[LiveFrame, np.ndarray | None]] = deque()  # pushed, not yet out; oldest first
         self._pushed = 0
         self._emitted = 0
         self._lock = threading.RLock()  # one step at a time (the event loop never waits on it)
