@@ -13,7 +13,7 @@ from ..scheduler import ScheduleError, check_steps
 DECODERS = ("auto", "taesdv", "vae")
 MISSING_POSE_POLICIES = ("hold", "empty")
 RESIZE_POLICIES = ("letterbox", "stretch", "strict")
-FAST_PATHS = ("auto", "graph", "eager")
+FAST_PATHS = ("auto", "graph", "compile", "eager")
 OUTPUT_DEVICES = ("cpu", "device")
 
 
@@ -48,8 +48,9 @@ class StreamConfig:
     fast_path: every tick runs through the one `rain_core.stream.tick.Tick` (fixed buffers, fused LCM step,
         nothing read back to the host). "graph": a steady-state tick (full window, a new cohort entering) is
         captured once as a CUDA graph and replayed (CUDA only; elsewhere it runs eagerly); "eager": the same
-        code, never captured; "auto" (default): "graph" on CUDA, "eager" elsewhere. Warm-up and flush ticks
-        (partial windows) run the same code eagerly.
+        code, never captured; "compile": the steady-state UNet call compiled by torch.compile (inductor, cached on
+        disk; eager after one log line where no C++ compiler exists: `rain_core.cpu_fast`); "auto" (default):
+        "graph" on CUDA, "eager" elsewhere. Warm-up and flush ticks (partial windows) run the same code eagerly.
     output_device: where returned frames live: "cpu" (default) or "device" (the models' device, no copy back).
     """
 

@@ -286,6 +286,8 @@ class RainStream(StreamStateMixin):
             )
             if fast.compile:  # one compiled graph per window occupancy (warm-up and flush shapes too), cached
                 self._tick_object.compile_unet(fast.compile)
+            elif self._fast_path == "compile":
+                self._tick_object.compile_steady_unet()
             self._tick_holds = None
         return self._tick_object
 

@@ -244,6 +244,15 @@ class Tick:
         self._unet = torch.compile(self._unet_eager, backend=backend, dynamic=False, fullgraph=False, **options)
         self._graph = self._stage_graphs = None
 
+    def compile_steady_unet(self, mode: str | None = None):
+        """The steady-state UNet call compiled, every other occupancy eager (`rain_core.cpu_fast.CompiledUNet`:
+        persistent cache, eager fallback after one log line when there is no compiler or compiling fails)."""
+        from ..cpu_fast import CompiledUNet
+
+        self._unet = CompiledUNet(self._unet_eager, lambda: self.occupancy == self.steady, mode)
+        self._graph = self._stage_graphs = None
+        return self._unet
+
     def capture(self, split: bool = False) -> None:
         """Capture the steady-state tick as one CUDA graph (and, with split=True, each stage as its own graph
         too, sharing one memory pool, for per-stage timing). No-op off CUDA. State is left as it was."""

@@ -1,0 +1,177 @@
+"""CPU speed for the RAIN tick: the OpenMP wait policy, torch.compile with a persistent cache and a clean fallback,
+and what the CPU offers (bf16).
+
+Two things decide the built-in model's speed on a small CPU (measured with `bench/cpu_profile.py` and
+`bench/cpu_live.py`, see NOTES.md):
+
+- **How idle OpenMP threads wait.** A tick of the tiny model is ~5,000 small ops, each a parallel region ending in
+  a barrier. libgomp's default lets a waiting thread spin for ~300,000 iterations; on a machine where other work
+  holds the cores, the thread it waits for is not running, so every barrier burns a time slice: two threads ran a
+  tick 8–10× slower than one. `OMP_WAIT_POLICY=PASSIVE` makes waiting threads sleep. OpenMP reads it once, when
+  torch is imported, so `prefer_passive_wait()` runs from `rain_core/__init__.py` before anything imports torch
+  (the `rain` command, scripts); inside a host that imported torch first (ComfyUI) it is too late and nothing
+  changes. A user's own `OMP_WAIT_POLICY` always wins; `RAIN_CPU_TUNING=0` leaves the environment alone.
+- **Fusion.** Half the ops are elementwise (adds, norms, GEGLU, layout copies). `torch.compile` (inductor's C++
+  backend, with `freezing`: weights become constants and convolutions/linears use pre-packed oneDNN/MKL weights)
+  fuses them. It needs a C++ compiler and takes minutes the first time, so the compiled code goes to a persistent
+  cache (`~/.cache/rain/inductor`, or `TORCHINDUCTOR_CACHE_DIR`) and a second start takes seconds to a minute;
+  without a compiler, or when compiling fails, the tick runs eagerly after one log line. `RAIN_NO_COMPILE=1`
+  behaves as if no compiler were present (what the fallback test uses).
+
+Only the steady-state tick (full window) is compiled: warm-up and flush have other shapes, run a handful of times
+per stream, and would each cost a compile.
+
+This module imports torch only inside functions: `prefer_passive_wait` must run before torch is imported.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+log = logging.getLogger("rain.cpu")
+
+NO_COMPILE_ENV = "RAIN_NO_COMPILE"
+TUNING_ENV = "RAIN_CPU_TUNING"
+CACHE_ENV = "TORCHINDUCTOR_CACHE_DIR"
+
+
+# ---------------------------------------------------------------------- OpenMP threads
+
+
+def prefer_passive_wait(environ=None) -> str | None:
+    """Set OMP_WAIT_POLICY=PASSIVE unless the user chose a policy, `RAIN_CPU_TUNING=0`, or torch is already imported
+    (then OpenMP has read its settings and a change would do nothing). Returns the policy now in the environment."""
+    environ = os.environ if environ is None else environ
+    if environ.get(TUNING_ENV, "1") == "0" or "torch" in sys.modules:
+        return environ.get("OMP_WAIT_POLICY")
+    return environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
+def cpu_summary() -> dict:
+    """What this CPU and process offer: SIMD level, native bf16 (AVX512-BF16 / AMX), threads, OpenMP wait policy."""
+    import torch
+
+    capability = torch.backends.cpu.get_cpu_capability()
+    flags = _cpu_flags()
+    return {
+        "capability": capability,
+        "native_bf16": bool({"avx512_bf16", "amx_bf16"} & flags),
+        "amx": "amx_tile" in flags,
+        "threads": torch.get_num_threads(),
+        "cores": os.cpu_count(),
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "(OpenMP default: spin, then sleep)"),
+    }
+
+
+def _cpu_flags() -> set[str]:
+    try:
+        with open("/proc/cpuinfo") as handle:
+            for line in handle:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+# ---------------------------------------------------------------------- torch.compile
+
+
+def compiler_problem() -> str | None:
+    """Why torch.compile cannot build CPU code here (None: it can): `RAIN_NO_COMPILE`, or no C++ compiler."""
+    if os.environ.get(NO_COMPILE_ENV, "0") not in ("", "0"):
+        return f"{NO_COMPILE_ENV}={os.environ[NO_COMPILE_ENV]}"
+    try:
+        import torch._inductor.config as inductor_config
+
+        names = inductor_config.cpp.cxx
+        names = tuple(names) if isinstance(names, (list, tuple)) else (names,)
+    except Exception as error:  # an unusual torch build
+        return f"torch inductor is unavailable ({error})"
+    candidates = [name for name in (os.environ.get("CXX"), *names, "g++", "c++", "clang++") if name]
+    if not any(shutil.which(name) for name in candidates):
+        return f"no C++ compiler found (looked for {', '.join(dict.fromkeys(candidates))}); install g++ or clang++"
+    return None
+
+
+def cache_dir() -> Path:
+    """Where inductor keeps compiled code: TORCHINDUCTOR_CACHE_DIR if set, else ~/.cache/rain/inductor
+    (XDG_CACHE_HOME respected). Set in the environment before the first compile."""
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV])
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    path = base / "rain" / "inductor"
+    os.environ[CACHE_ENV] = str(path)
+    return path
+
+
+class CompiledUNet:
+    """The tick's UNet call, compiled for the steady-state window and eager for every other shape.
+
+    `eager(sample, timesteps, features)` is the tick's eager UNet call; `steady()` says whether the tick now runs
+    the steady-state occupancy. The first steady call compiles (inductor, static shapes, freezing). When compiling
+    or running the compiled code fails, one line is logged and every later call runs `eager` (the call that failed
+    is repeated eagerly: the UNet call writes nothing before it returns)."""
+
+    def __init__(self, eager: Callable, steady: Callable[[], bool], mode: str | None = None):
+        self.eager, self.steady, self.mode = eager, steady, mode
+        self.problem = compiler_problem()
+        self.compiled_calls = 0
+        self._compiled = None
+        if self.problem is not None:
+            _warn_once(f"RAIN: running the tick eagerly: torch.compile is unavailable ({self.problem})")
+
+    @property
+    def active(self) -> bool:
+        return self.problem is None
+
+    def _build(self):
+        import torch
+
+        cache_dir()
+        options = {} if self.mode in (None, "default") else {"mode": self.mode}
+        return torch.compile(self.eager, dynamic=False, fullgraph=False, **options)
+
+    def __call__(self, sample, timesteps, features):
+        if self.problem is None and self.steady():
+            try:
+                import torch._inductor.config as inductor_config
+
+                if self._compiled is None:
+                    self._compiled = self._build()
+                # freezing: weights become constants, so convolutions and linears use pre-packed oneDNN/MKL weights
+                # (inference only; set per call so other torch.compile users in the process are not affected)
+                with inductor_config.patch(freezing=True):
+                    out = self._compiled(sample, timesteps, features)
+                self.compiled_calls += 1
+                return out
+            except Exception as error:  # compiler missing or broken, unsupported op: the eager tick still works
+                self.problem = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"[:300]
+                _warn_once(f"RAIN: torch.compile failed, running the tick eagerly from now on ({self.problem})")
+        return self.eager(sample, timesteps, features)
+
+
+_warned: set[str] = set()
+
+
+def _warn_once(message: str) -> None:
+    if message not in _warned:
+        _warned.add(message)
+        log.warning(message)
+
+
+__all__ = [
+    "CACHE_ENV",
+    "CompiledUNet",
+    "NO_COMPILE_ENV",
+    "TUNING_ENV",
+    "cache_dir",
+    "compiler_problem",
+    "cpu_summary",
+    "prefer_passive_wait",
+]
