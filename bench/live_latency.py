@@ -89,7 +89,9 @@ def summarise(name: str, latencies: list[float], arrivals: list[float], stats: d
             "above_floor_ms": p50 - floor_ms if p50 is not None else None,
             "times_floor": p50 / floor_ms if p50 is not None and floor_ms else None,
             "taken_fps": taken_fps, "floor_at_taken_rate_ms": floor_taken_ms,
-            "mean_ms_per_tick": stats.get("mean_ms_per_tick")}
+            "mean_ms_per_tick": stats.get("mean_ms_per_tick"),
+            # Latency in ticks: comparable across rows measured under different load (expect about `levels`).
+            "latency_p50_ticks": p50 / stats["mean_ms_per_tick"] if p50 and stats.get("mean_ms_per_tick") else None}
 
 
 # ------------------------------------------------------------------------------------------- engine alone
@@ -269,7 +271,7 @@ def main(argv=None) -> int:
           f"load average {os.getloadavg()[0]:.1f}")
     print(f"structural floor: look-ahead of window - 1 = {window - 1} frames = {floor_ms:.0f} ms at {args.fps:.0f} fps; "
           "with frames dropped at the door the look-ahead counts frames the engine took (floor@taken)")
-    header = f"{'row':<16} {'out fps':>8} {'dropped':>8} {'p50 ms':>8} {'p95 ms':>8} {'p50-floor':>10} {'x floor':>8} {'taken fps':>9} {'floor@taken':>11} {'tick ms':>8}"
+    header = f"{'row':<16} {'out fps':>8} {'dropped':>8} {'p50 ms':>8} {'p95 ms':>8} {'p50-floor':>10} {'x floor':>8} {'taken fps':>9} {'floor@taken':>11} {'tick ms':>8} {'p50 ticks':>9}"
     print(header)
     print("-" * len(header))
 
@@ -281,7 +283,7 @@ def main(argv=None) -> int:
               f"{fmt(row['latency_p50_ms'], '8.0f')} {fmt(row['latency_p95_ms'], '8.0f')} "
               f"{fmt(row['above_floor_ms'], '10.0f')} {fmt(row['times_floor'], '8.1f')} "
               f"{fmt(row['taken_fps'], '9.1f')} {fmt(row['floor_at_taken_rate_ms'], '11.0f')} "
-              f"{fmt(row['mean_ms_per_tick'], '8.0f')}")
+              f"{fmt(row['mean_ms_per_tick'], '8.0f')} {fmt(row['latency_p50_ticks'], '9.1f')}")
     result = {"command": "bench/live_latency.py " + " ".join(argv if argv is not None else sys.argv[1:]),
               "settings": {"size": args.size, "levels": args.levels, "frames_per_cohort": args.frames_per_cohort,
                            "steps": args.steps, "fps": args.fps, "seconds": args.seconds, "threads": args.threads,
