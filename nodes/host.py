@@ -186,6 +186,35 @@ def unload_model(patcher) -> None:
             _comfy_mm.current_loaded_models.remove(loaded)
 
 
+def give_memory_back(delay_s: float = 0.5) -> None:
+    """Once the networks are gone (a moment from now: this is called while the last references are being dropped),
+    return the freed memory to the system: glibc keeps freed heap pages otherwise, so RSS would stay high after
+    POST /free; and CUDA's cache (ComfyUI's soft_empty_cache)."""
+    import threading
+
+    def release():
+        import gc
+
+        gc.collect()
+        try:
+            import ctypes
+
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+        except (OSError, AttributeError):  # not glibc
+            pass
+        if IN_COMFYUI:
+            _comfy_mm.soft_empty_cache()
+        else:
+            import torch
+
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+
+    timer = threading.Timer(delay_s, release)
+    timer.daemon = True
+    timer.start()
+
+
 def is_loaded(patcher) -> bool:
     """Whether ComfyUI holds the networks loaded now (standalone: always)."""
     if patcher is None:

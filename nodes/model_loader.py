@@ -57,7 +57,9 @@ def _close_streams_of(token: str) -> None:
     workflow run): its streams go too, so nothing keeps the networks in memory."""
     from ..rain_core.registry import default_registry
 
-    default_registry().close_streams(lambda entry: entry.extra.get("model_token") == token)
+    closed = default_registry().close_streams(lambda entry: entry.extra.get("model_token") == token)
+    host.logger.info("RAIN: a loaded model was released (%d stream(s) built on it closed)", len(closed))
+    host.give_memory_back()
 
 
 class LoadRainModel:

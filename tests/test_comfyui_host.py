@@ -6,10 +6,13 @@ Without them every test here is skipped and the reason printed.
 
     COMFYUI_DIR=$COMFY COMFY_PYTHON=$COMFY_VENV/bin/python .venv/bin/pytest tests/test_comfyui_host.py -m comfyui -s
 
-The pack is linked under another folder name (registry installs rename it). The shipped workflows are
-converted to API format with rain_core.comfy_client.ui_to_api and the server's own /object_info; those that
-need no downloads run to completion and their files are checked. A run of RAIN Sampler is interrupted at a
-progress point and the stream is resumed: its frames must equal an uninterrupted stream's.
+The pack is linked under another folder name (registry installs rename it) into a server with an empty input
+folder: the pack copies its example inputs there. Every shipped workflow is converted to API format with
+rain_core.comfy_client.ui_to_api and the server's own /object_info and runs exactly as shipped; its files are
+checked (frame count, frame rate). Also: warm-up runs block Save/Preview Image without an error while Frame
+Queue goes on; POST /free gives the networks' memory back; two client ids never share a stream, a pose
+position or a preview event; an interrupted live run resumes as if never interrupted; a RAIN Sampler run is
+interrupted at a progress point and resumed bit-exactly.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import shutil
 import socket
 import subprocess
 import time
+import urllib.parse
 import urllib.request
 import uuid
 from pathlib import Path
@@ -33,8 +37,11 @@ from rain_core.comfy_client import ui_to_api
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "examples"  # real inputs shipped with the pack (examples/README.md)
 PACK_FOLDER = "ComfyUI-RAIN-renamed"
-OUR_NODES = {"LoadRainModel", "RainPoseStream", "RainSampler", "RainFrameQueue"}
+OUR_NODES = {"LoadRainModel", "RainPoseStream", "RainSampler", "RainFrameQueue", "RainLoadPoseKeypoints"}
 TEST_MODEL = "tiny-host-test"
+BIG_MODEL = "host-memory-test"  # large enough for its weights to show in the server's RSS
+WORKFLOWS = sorted((ROOT / "example_workflows").glob("*.json"))
+USER_FILE = "anyone-2.png"  # present in the input folder before the server starts: must not be overwritten
 
 pytestmark = pytest.mark.comfyui
 
@@ -73,10 +80,10 @@ class Server:
         (models / "rain").mkdir(parents=True, exist_ok=True)
         paths = self.workdir / "paths.yaml"
         paths.write_text(f"pack_under_test:\n    custom_nodes: {custom_nodes}\n    rain: {models / 'rain'}\n")
-        inputs = self.workdir / "input"
+        inputs = self.input = self.workdir / "input"
         inputs.mkdir()
-        for name in ("anyone-1.png", "anyone-video-1_kps.mp4"):
-            shutil.copy(DATA / name, inputs / name)
+        # The user's own file of a name the examples use; the pack copies the other examples in at start-up.
+        shutil.copy(DATA / "anime-portrait.png", inputs / USER_FILE)
         self.output = self.workdir / "output"
         self.output.mkdir()
         command = [COMFY_PYTHON, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(self.port),
@@ -116,8 +123,8 @@ class Server:
             body = response.read()
         return json.loads(body) if body else None
 
-    def queue(self, prompt: dict) -> str:
-        return self.post("/prompt", {"prompt": prompt, "client_id": uuid.uuid4().hex})["prompt_id"]
+    def queue(self, prompt: dict, client_id: str | None = None) -> str:
+        return self.post("/prompt", {"prompt": prompt, "client_id": client_id or uuid.uuid4().hex})["prompt_id"]
 
     def wait(self, prompt_id: str, timeout: float = 600) -> dict:
         deadline = time.time() + timeout
@@ -128,8 +135,8 @@ class Server:
             time.sleep(0.25)
         raise TimeoutError(f"prompt {prompt_id} did not finish in {timeout} s")
 
-    def run(self, prompt: dict, timeout: float = 600) -> dict:
-        entry = self.wait(self.queue(prompt), timeout)
+    def run(self, prompt: dict, timeout: float = 600, client_id: str | None = None) -> dict:
+        entry = self.wait(self.queue(prompt, client_id), timeout)
         assert entry["status"]["status_str"] == "success", json.dumps(entry["status"]["messages"])[-3000:]
         return entry
 
@@ -143,6 +150,8 @@ def server(tmp_path_factory):
     instance = Server(tmp_path_factory.mktemp("comfy"))
     save_rain(build_tiny_models(tiny_config(block_out_channels=(16, 32), attention_heads=2, codec_factor=4)),
               instance.workdir / "models" / "rain" / TEST_MODEL)
+    save_rain(build_tiny_models(tiny_config(block_out_channels=(96, 192), attention_heads=2, codec_factor=4)),
+              instance.workdir / "models" / "rain" / BIG_MODEL)
     instance.start()
     yield instance
     instance.stop()
@@ -151,19 +160,6 @@ def server(tmp_path_factory):
 @pytest.fixture(scope="module")
 def object_info(server):
     return server.get("/object_info")
-
-
-def builtin_model_available() -> bool:
-    return (ROOT / "rain_core" / "assets" / "tiny-rain").is_dir()
-
-
-def use_test_model(prompt: dict) -> dict:
-    """Without the shipped tiny-rain (not in this checkout yet) the workflows run on a tiny model saved here."""
-    if not builtin_model_available():
-        for node in prompt.values():
-            if node["class_type"] == "LoadRainModel":
-                node["inputs"]["model"] = TEST_MODEL
-    return prompt
 
 
 def test_pack_imports_under_a_renamed_folder_and_every_node_is_listed(server, object_info):
@@ -185,57 +181,225 @@ def test_front_end_extension_is_served(server):
         assert b"rain.frame" in response.read()
 
 
-def test_workflow_templates_list_the_examples(server):
+def test_workflow_templates_are_listed_under_readable_names(server):
     templates = server.get("/workflow_templates")
-    assert sorted(templates[PACK_FOLDER]) == sorted(p.stem for p in (ROOT / "workflows").glob("*.json"))
+    assert sorted(templates[PACK_FOLDER]) == sorted(p.stem for p in WORKFLOWS)
+    for name in templates[PACK_FOLDER]:  # frontend 1.27 shows a custom node template under its file name
+        assert name.startswith("RAIN ") and "_" not in name
+        with urllib.request.urlopen(f"{server.base}/api/workflow_templates/{PACK_FOLDER}/"
+                                    f"{urllib.parse.quote(name)}.jpg", timeout=30) as response:
+            assert response.read()[:3] == b"\xff\xd8\xff"
 
 
-@pytest.mark.parametrize("name", ["rain_dwpose_to_rain", "rain_face_morph_portrait"])
-def test_workflows_needing_other_packs_name_the_missing_node(object_info, name):
-    from rain_core.comfy_client import WorkflowError
-
-    workflow = json.loads((ROOT / "workflows" / f"{name}.json").read_text())
-    if "DWPreprocessor" in object_info:
-        ui_to_api(workflow, object_info)  # converts once comfyui_controlnet_aux is installed
-    else:
-        with pytest.raises(WorkflowError, match="DWPreprocessor.*not installed"):
-            ui_to_api(workflow, object_info)
+def test_example_inputs_are_copied_into_the_input_folder_and_a_user_file_is_kept(server):
+    for name in ("anyone-1.png", "anime-portrait.png", "anyone-video-1_kps.mp4", "rain-dance-keypoints.json",
+                 "rain-face-keypoints.json"):
+        assert (server.input / name).is_file(), name
+    assert (server.input / USER_FILE).read_bytes() == (DATA / "anime-portrait.png").read_bytes()
+    assert not list(server.input.glob(".*part"))  # no partial copies left behind
 
 
-def test_pose_video_workflow_writes_the_animation(server, object_info):
-    import cv2
+def video_info(path: Path) -> tuple[int, float, tuple[int, int]]:
+    import av
 
-    workflow = json.loads((ROOT / "workflows" / "rain_pose_video_to_animation.json").read_text())
-    prompt = use_test_model(ui_to_api(workflow, object_info))
-    for node in prompt.values():  # 32 px keeps 200 frames within a minute on 2 CPU cores
-        if node["class_type"] == "RainSampler":
-            node["inputs"].update(width=32, height=32)
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        frames = sum(1 for _ in container.decode(stream))
+        return frames, float(stream.average_rate), (stream.codec_context.height, stream.codec_context.width)
+
+
+def saved_files(server, entry, key) -> list[Path]:
+    return [server.output / item["subfolder"] / item["filename"]
+            for output in entry["outputs"].values() for item in output.get(key, []) if item["type"] == "output"]
+
+
+# Poses in each shipped file workflow's input, and the frame rate the output must keep.
+EXPECTED_VIDEOS = {"RAIN 1 - Pose video to animation": (64, 30.0), "RAIN 2 - Pose keypoints to animation": (60, 30.0),
+                   "RAIN 4 - Anime face morph": (60, 30.0)}
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.stem)
+def test_shipped_workflow_runs_as_shipped(server, object_info, path):
+    prompt = ui_to_api(json.loads(path.read_text()), object_info)  # no edits: the workflow as a user loads it
     started = time.time()
-    entry = server.run(prompt)
-    print(f"pose-video workflow: {time.time() - started:.1f} s on this machine")
-    saved = [item for output in entry["outputs"].values() for item in output.get("images", [])]
-    assert len(saved) == 1
-    path = server.output / saved[0]["subfolder"] / saved[0]["filename"]
-    capture = cv2.VideoCapture(str(path))
-    frames = int(capture.get(cv2.CAP_PROP_FRAME_COUNT))
-    ok, frame = capture.read()
-    capture.release()
-    assert ok and frames == 200 and frame.shape[:2] == (32, 32)  # one frame per pose frame of the video
-
-
-def test_live_workflow_advances_the_stream_on_every_run(server, object_info):
-    workflow = json.loads((ROOT / "workflows" / "rain_live_preview.json").read_text())
-    prompt = use_test_model(ui_to_api(workflow, object_info))
-    queue_id = next(k for k, v in prompt.items() if v["class_type"] == "RainFrameQueue")
-    for node in prompt.values():
-        if node["class_type"] == "RainSampler":
-            node["inputs"].update(width=32, height=32)
-    pushed = []
-    for _ in range(6):  # the same prompt, as Auto Queue sends it
+    if path.stem in EXPECTED_VIDEOS:
         entry = server.run(prompt)
-        pushed.append(entry["outputs"][queue_id]["rain_stats"][0]["pushed"])
-    # Each run brings 4 new poses; once the window of 4 levels x 4 frames is warm, each run emits 4 frames.
-    assert pushed[0] == 0 and pushed[-1] - pushed[-2] == 4, pushed
+        print(f"{path.stem}: {time.time() - started:.1f} s on this machine")
+        videos = saved_files(server, entry, "images")
+        assert len(videos) == 1 and videos[0].suffix == ".mp4", entry["outputs"]
+        frames, fps, size = video_info(videos[0])
+        assert (frames, fps) == EXPECTED_VIDEOS[path.stem]  # one frame per pose, at the source's frame rate
+        assert size == (64, 64)  # the built-in model's own size (width/height 0)
+        return
+    # The live workflow, queued again and again as Auto Queue does, by one client.
+    queue_id = next(k for k, v in prompt.items() if v["class_type"] == "RainFrameQueue")
+    client = uuid.uuid4().hex
+    stats = [server.run(prompt, client_id=client)["outputs"].get(queue_id, {}).get("rain_stats", [None])[0]
+             for _ in range(7)]
+    print(f"{path.stem}: 7 runs in {time.time() - started:.1f} s")
+    # Warm-up (4 levels x 4 frames): the first runs emit nothing, and Frame Queue is skipped with the rest; then
+    # every run brings 4 frames.
+    ran = [s for s in stats if s is not None]
+    assert stats[0] is None and len(ran) >= 3 and ran[-1]["pushed"] - ran[-2]["pushed"] == 4, stats
+    assert ran[-1]["target_fps"] == 30.0  # paced at the pose video's rate (the sampler's fps output)
+
+
+def live_prompt(model: str = TEST_MODEL, per_run: int = 4, size: int = 32, save: str | None = "live",
+                queue: bool = False, preview: bool = False) -> dict:
+    prompt = {
+        "1": {"class_type": "LoadRainModel", "inputs": {"model": model, "vae": "auto", "image_encoder": "auto",
+                                                        "decoder": "auto", "precision": "auto", "device": "auto",
+                                                        "keep_loaded": True}},
+        "2": {"class_type": "LoadImage", "inputs": {"image": "anyone-1.png"}},
+        "3": {"class_type": "RainPoseStream", "inputs": {
+            "mode": "body", "video_path": "anyone-video-1_kps.mp4", "start_frame": 0, "frames_per_run": per_run,
+            "loop": True, "smoothing": 0.0, "align_to_reference": False, "face_length": 0.75, "eye_height": 3.0,
+            "eye_width": 1.6, "mouth_height": 1.2, "mouth_width": 0.67, "jaw_width": 0.9}},
+        "4": {"class_type": "RainSampler", "inputs": {
+            "rain_model": ["1", 0], "reference": ["2", 0], "poses": ["3", 0], "width": size, "height": size,
+            "levels": 2, "frames_per_cohort": 2, "steps": 2, "guidance": 3.5, "seed": 3, "stream_id": "live",
+            "reset": False, "flush": False}},
+    }
+    if save:
+        prompt["5"] = {"class_type": "SaveImage", "inputs": {"images": ["4", 0], "filename_prefix": save}}
+    if preview:
+        prompt["6"] = {"class_type": "PreviewImage", "inputs": {"images": ["4", 0]}}
+    if queue:
+        prompt["7"] = {"class_type": "RainFrameQueue", "inputs": {
+            "frames": ["4", 0], "mode": "pace", "fps": ["4", 1], "capacity": 64, "when_full": "drop oldest",
+            "flush": False, "preview": True}}
+    return prompt
+
+
+def saved_images(server, entry, node="5") -> np.ndarray | None:
+    images = entry["outputs"].get(node, {}).get("images")
+    if not images:
+        return None
+    return np.stack([np.asarray(Image.open(server.output / i["subfolder"] / i["filename"])) for i in images])
+
+
+def test_warm_up_runs_skip_save_and_preview_image_and_frame_queue_goes_on(server):
+    client = uuid.uuid4().hex
+    prompt = live_prompt(per_run=2, save="warm", queue=True, preview=True)
+    entries = [server.run(prompt, client_id=client) for _ in range(5)]  # each must succeed: server.run asserts it
+    saved = [saved_images(server, e) for e in entries]
+    # window 2 levels x 2 frames: the first run only warms up; Save Image and Preview Image do not run then
+    assert saved[0] is None and "6" not in entries[0]["outputs"]
+    assert all(s is not None and s.shape == (2, 32, 32, 3) for s in saved[1:])
+    assert all(e["outputs"]["6"]["images"] for e in entries[1:])
+    assert entries[-1]["outputs"]["7"]["rain_stats"][0]["pushed"] == 8
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmRSS")
+
+
+def test_free_gives_the_networks_memory_back(server):
+    from rain_core.loading import load_rain
+
+    weights_mb = sum(p.numel() * p.element_size() for p in load_rain(
+        server.workdir / "models" / "rain" / BIG_MODEL, device="cpu").parameters()) / 2**20
+    before = rss_mb(server.process.pid)
+    server.run(live_prompt(model=BIG_MODEL, save=None, queue=True), client_id=uuid.uuid4().hex)
+    loaded = rss_mb(server.process.pid)
+    server.post("/free", {"unload_models": True, "free_memory": True})
+    deadline, freed = time.time() + 60, loaded
+    while time.time() < deadline and loaded - freed < 0.8 * weights_mb:
+        time.sleep(0.5)
+        freed = rss_mb(server.process.pid)
+    print(f"RSS: {before:.0f} MB before, {loaded:.0f} MB loaded, {freed:.0f} MB after /free; "
+          f"weights {weights_mb:.0f} MB")
+    assert loaded - before > 0.8 * weights_mb
+    assert loaded - freed > 0.8 * weights_mb  # the networks and the stream built on them are gone
+    # and everything still works afterwards (the built-in loads again)
+    server.run(live_prompt(save=None, queue=True), client_id=uuid.uuid4().hex)
+
+
+async def _collect_events(base: str, client: str, events: list, stop):
+    import aiohttp
+
+    async with aiohttp.ClientSession() as session:
+        async with session.ws_connect(f"{base.replace('http', 'ws')}/ws?clientId={client}") as socket:
+            while not stop.is_set():
+                try:
+                    message = await socket.receive(timeout=0.2)
+                except TimeoutError:
+                    continue
+                if message.type == aiohttp.WSMsgType.TEXT:
+                    data = json.loads(message.data)
+                    if data.get("type") == "rain.frame":
+                        events.append(data["data"])
+                elif message.type in (aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.ERROR):
+                    return
+
+
+def listen(base: str, clients: list[str]):
+    """Websocket clients connected as `clients` in a background thread; returns ({client: events}, stop)."""
+    import asyncio
+    import threading
+
+    events = {client: [] for client in clients}
+    stop = threading.Event()
+
+    def main():
+        async def all_clients():
+            await asyncio.gather(*(_collect_events(base, c, events[c], stop) for c in clients))
+        asyncio.run(all_clients())
+
+    thread = threading.Thread(target=main, daemon=True)
+    thread.start()
+    time.sleep(1.0)  # connected
+    return events, stop, thread
+
+
+def test_two_clients_never_share_a_stream_a_pose_position_or_a_preview(server):
+    tab_a, tab_b, idle, solo = (uuid.uuid4().hex for _ in range(4))
+    events, stop, thread = listen(server.base, [tab_a, tab_b, idle])
+    prompt = live_prompt(per_run=2, save="clients", queue=True)
+    try:
+        runs = {tab_a: [], tab_b: []}
+        for _ in range(4):  # the two tabs queue the same workflow in turn, as two Auto Queues do
+            for client in (tab_a, tab_b):
+                runs[client].append(saved_images(server, server.run(prompt, client_id=client)))
+        time.sleep(1.0)
+    finally:
+        stop.set()
+        thread.join(10)
+    alone = [saved_images(server, server.run(prompt, client_id=solo)) for _ in range(4)]
+    for client in (tab_a, tab_b):  # each tab saw the poses 0, 1, 2, ... and its own stream, as if alone
+        assert [r is None for r in runs[client]] == [a is None for a in alone]
+        assert all(np.array_equal(r, a) for r, a in zip(runs[client], alone) if a is not None)
+    assert len(events[tab_a]) == len(events[tab_b]) == 3  # the Frame Queue runs after warm-up, per tab
+    assert events[idle] == []  # a client that queued nothing gets no previews
+    assert [e["pushed"] for e in events[tab_a]] == [2, 4, 6]  # its own queue: the other tab's frames not in it
+
+
+def test_interrupted_live_run_resumes_as_if_never_interrupted(server):
+    reference, cut = uuid.uuid4().hex, uuid.uuid4().hex
+    prompt = live_prompt(per_run=16, save="resume", size=32)
+    expected = [saved_images(server, server.run(prompt, client_id=reference)) for _ in range(3)]
+    got = [saved_images(server, server.run(prompt, client_id=cut))]
+    interrupted = False
+    for delay in (0.3, 0.6, 1.2, 2.4):
+        prompt_id = server.queue(prompt, cut)
+        while not server.get("/queue")["queue_running"]:
+            time.sleep(0.02)
+        time.sleep(delay)
+        server.post("/interrupt")
+        entry = server.wait(prompt_id)
+        if entry["status"]["status_str"] == "success":
+            got.append(saved_images(server, entry))  # finished first: it counts as the next run
+            continue
+        interrupted = dict(entry["status"]["messages"]).get("execution_interrupted", {}).get("node_id") == "4"
+        if interrupted:
+            break
+    assert interrupted, "could not interrupt RAIN Sampler mid-run; see server.log"
+    while len(got) < 3:
+        got.append(saved_images(server, server.run(prompt, client_id=cut)))
+    assert all(np.array_equal(g, e) for g, e in zip(got, expected[:len(got)]))
 
 
 def sampler_prompt(stream_id: str, start: int, count: int, flush: bool, prefix: str) -> dict:
@@ -257,8 +421,8 @@ def sampler_prompt(stream_id: str, start: int, count: int, flush: bool, prefix: 
 
 
 def saved_frames(server, entry) -> np.ndarray:
-    images = entry["outputs"]["5"]["images"]
-    return np.stack([np.asarray(Image.open(server.output / i["subfolder"] / i["filename"])) for i in images])
+    frames = saved_images(server, entry)
+    return np.zeros((0, 32, 32, 3), np.uint8) if frames is None else frames  # a warm-up run saves nothing
 
 
 def test_interrupted_run_leaves_the_stream_and_the_next_run_resumes_it(server):
@@ -284,6 +448,12 @@ def test_interrupted_run_leaves_the_stream_and_the_next_run_resumes_it(server):
     assert np.array_equal(first, expected[0]) and np.array_equal(resumed, expected[1])
 
 
+# The sweeps render 12 poses at 32 px (video_path, read first, takes the place of the linked video): the shipped
+# workflow itself runs in full in test_shipped_workflow_runs_as_shipped.
+SHORT_JOB = ["--set", "RainSampler.width=32", "--set", "RainSampler.height=32", "--set",
+             "RainPoseStream.video_path=anyone-video-1_kps.mp4", "--set", "RainPoseStream.frames_per_run=12"]
+
+
 def test_rain_queue_sweeps_references_downloads_outputs_and_reports_a_failed_job(server, object_info, tmp_path,
                                                                                   capsys):
     from rain_core.cli import main
@@ -293,11 +463,8 @@ def test_rain_queue_sweeps_references_downloads_outputs_and_reports_a_failed_job
     for name in ("anyone-1.png", "anyone-2.png"):
         shutil.copy(DATA / name, refs / name)
     (refs / "broken.png").write_text("not an image")  # this job must fail while the others finish
-    argv = ["queue", str(ROOT / "workflows" / "rain_pose_video_to_animation.json"), "--server", server.base,
-            "--sweep", f"image={refs}/*.png", "--set", "RainSampler.width=32", "--set", "RainSampler.height=32",
-            "--set", "RainPoseStream.frames_per_run=16", "--out", str(tmp_path / "out"), "--json"]
-    if not builtin_model_available():
-        argv += ["--set", f"LoadRainModel.model={TEST_MODEL}"]
+    argv = ["queue", str(ROOT / "example_workflows" / "RAIN 1 - Pose video to animation.json"), "--server", server.base,
+            "--sweep", f"image={refs}/*.png", *SHORT_JOB, "--out", str(tmp_path / "out"), "--json"]
     code = main(argv)
     summary = json.loads(capsys.readouterr().out)
     by_name = {job["name"]: job for job in summary["jobs"]}
@@ -306,3 +473,47 @@ def test_rain_queue_sweeps_references_downloads_outputs_and_reports_a_failed_job
     for name in ("job-anyone-1", "job-anyone-2"):
         assert by_name[name]["status"] == "success"
         assert len(by_name[name]["files"]) == 1 and Path(by_name[name]["files"][0]).stat().st_size > 0
+
+
+def test_rain_queue_spreads_jobs_over_two_servers_and_moves_the_job_of_one_that_dies(server, tmp_path, capsys):
+    import threading
+
+    from rain_core.cli import main
+
+    second = Server(tmp_path / "second")
+    second.workdir.mkdir()
+    second.start()
+    refs = tmp_path / "refs"
+    refs.mkdir()
+    for index in range(4):
+        shutil.copy(DATA / ("anyone-1.png" if index % 2 else "anyone-2.png"), refs / f"ref-{index}.png")
+    killed = threading.Event()
+
+    def kill_second_once_it_runs_a_job():
+        deadline = time.time() + 300
+        while time.time() < deadline:
+            try:
+                if second.get("/queue")["queue_running"]:
+                    second.process.kill()  # the server dies mid-job
+                    killed.set()
+                    return
+            except OSError:
+                return
+            time.sleep(0.05)
+
+    watcher = threading.Thread(target=kill_second_once_it_runs_a_job, daemon=True)
+    watcher.start()
+    try:
+        argv = ["queue", str(ROOT / "example_workflows" / "RAIN 1 - Pose video to animation.json"),
+                "--server", server.base, "--server", second.base, "--sweep", f"image={refs}/*.png", *SHORT_JOB,
+                "--out", str(tmp_path / "out"), "--json"]
+        code = main(argv)
+    finally:
+        watcher.join(5)
+        second.stop()
+    summary = json.loads(capsys.readouterr().out)
+    assert killed.is_set(), "the second server never ran a job"
+    assert code == 0 and summary["failed"] == 0, summary
+    moved = [job for job in summary["jobs"] if job["moved_from"]]
+    assert len(moved) == 1 and moved[0]["moved_from"] == [second.base] and moved[0]["server"] == server.base
+    assert all(len(job["files"]) == 1 and Path(job["files"][0]).stat().st_size > 0 for job in summary["jobs"])
