@@ -16,7 +16,7 @@ medians):
     .venv/bin/python bench/cpu_profile.py --threads 2 --ticks 6 --fast-path compile
 """
 
-from __future__ import annotations
+from __future__ import annotations  # noqa: I001  (rain_core before torch: see below)
 
 import argparse
 import collections
@@ -27,6 +27,7 @@ import statistics
 import time
 from pathlib import Path
 
+import rain_core  # noqa: F401  (before torch: it sets the OpenMP wait policy, read once when torch loads)
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -99,6 +99,14 @@ def compiler_problem() -> str | None:
     return None
 
 
+def auto_fast_path(device) -> str:
+    """What StreamConfig.fast_path "auto" means off CUDA: "compile" on the CPU where torch.compile can build, else
+    "eager"."""
+    import torch
+
+    return "compile" if torch.device(device).type == "cpu" and compiler_problem() is None else "eager"
+
+
 def cache_dir() -> Path:
     """Where inductor keeps compiled code: TORCHINDUCTOR_CACHE_DIR if set, else ~/.cache/rain/inductor
     (XDG_CACHE_HOME respected). Set in the environment before the first compile."""
@@ -133,7 +141,9 @@ class CompiledUNet:
     def _build(self):
         import torch
 
-        cache_dir()
+        where = cache_dir()
+        _warn_once(f"RAIN: compiling the tick for this CPU with torch.compile (once; minutes the first time on a "
+                   f"small CPU, then cached in {where}; {NO_COMPILE_ENV}=1 runs it eagerly)")
         options = {} if self.mode in (None, "default") else {"mode": self.mode}
         return torch.compile(self.eager, dynamic=False, fullgraph=False, **options)
 
@@ -170,6 +180,7 @@ __all__ = [
     "CompiledUNet",
     "NO_COMPILE_ENV",
     "TUNING_ENV",
+    "auto_fast_path",
     "cache_dir",
     "compiler_problem",
     "cpu_summary",

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -20,6 +21,9 @@ TINY_SEED = 1234
 # Tiny networks gain nothing from intra-op threads, and on a 2-core machine shared with other work the thread
 # pool oversubscribes badly (one stream test module took 162 s with 2 threads, 14 s with 1).
 torch.set_num_threads(1)
+# fast_path "auto" compiles the CPU tick (minutes per new shape on a busy machine); the suite runs it eagerly
+# (tests/test_cpu_fast.py compiles on purpose, in the slow tier). Subprocesses (CLI tests) inherit it.
+os.environ.setdefault("RAIN_NO_COMPILE", "1")
 
 
 def tiny_config(**overrides) -> RainModelConfig:

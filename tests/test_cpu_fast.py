@@ -50,6 +50,15 @@ def test_compile_without_a_compiler_runs_the_eager_tick_exactly(tiny_models, mon
     assert len(warnings) <= 1 and all("eagerly" in message for message in warnings)
 
 
+def test_auto_compiles_on_the_cpu_only_where_a_compiler_exists(tiny_models, monkeypatch):
+    config = StreamConfig(levels=2, frames_per_cohort=2, steps=2, height=32, width=32)
+    monkeypatch.setenv(NO_COMPILE_ENV, "1")
+    assert RainStream(tiny_models, config).stats["fast_path"] == "eager"
+    monkeypatch.delenv(NO_COMPILE_ENV)
+    expected = "compile" if compiler_problem() is None else "eager"
+    assert RainStream(tiny_models, config).stats["fast_path"] == expected  # nothing compiles before a tick
+
+
 def test_compiler_problem_names_the_switch_and_a_missing_compiler(monkeypatch):
     monkeypatch.setenv(NO_COMPILE_ENV, "1")
     assert NO_COMPILE_ENV in compiler_problem()
@@ -81,10 +90,12 @@ def test_cpu_summary_reports_the_cpu():
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(compiler_problem() is not None, reason=f"torch.compile cannot build here: {compiler_problem()}")
 def test_compiled_stream_equals_eager_over_warmup_steady_ticks_and_flush(tiny_models, tmp_path, monkeypatch):
     """Minutes the first time on a busy 2-core machine (inductor builds C++), seconds from the cache."""
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", os.environ.get("TORCHINDUCTOR_CACHE_DIR") or str(tmp_path))
+    monkeypatch.delenv(NO_COMPILE_ENV, raising=False)
+    if compiler_problem() is not None:
+        pytest.skip(f"torch.compile cannot build here: {compiler_problem()}")
     poses, reference = _inputs(1)
     eager, _ = _stream_frames(tiny_models, "eager", poses, reference)
     compiled, stream = _stream_frames(tiny_models, "compile", poses, reference)

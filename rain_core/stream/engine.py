@@ -71,7 +71,9 @@ class RainStream(StreamStateMixin):
         self._tick_noise = TickNoise(rows, steps.step_length, config.frames_per_cohort, self._latent_shape)
         fast = config.fast_path
         if fast == "auto":
-            fast = "graph" if self.models.device.type == "cuda" else "eager"
+            from ..cpu_fast import auto_fast_path
+
+            fast = "graph" if self.models.device.type == "cuda" else auto_fast_path(self.models.device)
         self._fast_path = fast
         self._drop_tick()
 

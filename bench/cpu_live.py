@@ -1,0 +1,217 @@
+"""The built-in model live on the CPU: today's default path and the optimised one side by side. Prints figures and
+writes bench/results/cpu_live.json; asserts nothing.
+
+Each path runs in its own process (the OpenMP wait policy is fixed when a process imports torch, so it cannot be
+switched inside one): "default" is the path before the CPU work — the eager tick, the environment untouched
+(`RAIN_CPU_TUNING=0`); "optimised" is what a stream does now — `fast_path` (default "auto") and `OMP_WAIT_POLICY=PASSIVE`
+set by `import rain_core`. Both stream the example pose video through `RainStream.push` (64 px, 4 levels × 4 frames,
+4 steps, the shipped model) with the same reference and seed; the parent asks them for one steady tick each in turn
+(never both at once, so both see the same machine load) and takes medians. Frames of the whole stream (warm-up,
+steady ticks, flush) are compared: max_abs_diff. first_frame_s is the time from starting the process to its first
+frame (imports, model load, reference, warm-up and, for a compiled path, the compile); the optimised path's start-up
+is measured twice more at 2 threads, with an empty compile cache (cold) and then with the cache it filled (warm).
+
+    nice -n 19 .venv/bin/python bench/cpu_live.py                       # 1 and 2 threads, 24 ticks each, cold start
+    .venv/bin/python bench/cpu_live.py --threads 2 --ticks 8 --no-cold
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULT = ROOT / "bench" / "results" / "cpu_live.json"
+
+
+# ---------------------------------------------------------------------- worker (one stream in its own process)
+
+
+def worker(args) -> None:
+    import rain_core  # noqa: F401, I001  (first: it sets the OpenMP wait policy, which only applies before torch loads)
+
+    import numpy as np
+    import torch
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from cpu_profile import MODEL, load_inputs
+
+    from rain_core import RainStream, StreamConfig, load_rain
+
+    torch.set_num_threads(args.threads)
+    models = load_rain(MODEL)
+    reference, poses, _ = load_inputs(64, 64)
+    config = StreamConfig(levels=4, frames_per_cohort=4, steps=4, height=64, width=64, fast_path=args.fast_path)
+    stream = RainStream(models, config)
+    stream.set_reference(reference)
+    frames = [stream.push(poses[: config.window])]  # warm-up; its 4th tick (the first steady one) is the first frame
+    reply({"ready": True, "fast_path": stream.stats["fast_path"], "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY")})
+    m, index = 4, 4
+    for line in sys.stdin:
+        command = line.strip()
+        if command == "tick":
+            chunk = poses[(index * m) % poses.shape[0] :][:m]
+            index += 1
+            started = time.perf_counter()
+            frames.append(stream.push(chunk))
+            reply({"seconds": time.perf_counter() - started})
+        elif command.startswith("end"):
+            frames.append(stream.flush())
+            np.save(command.split(" ", 1)[1], torch.cat(frames).numpy())
+            unet = getattr(stream._tick(), "_unet", None)
+            reply({"done": True, "compiled_calls": getattr(unet, "compiled_calls", None),
+                   "compile_problem": getattr(unet, "problem", None)})
+            return
+
+
+def reply(message: dict) -> None:
+    sys.stdout.write(json.dumps(message) + "\n")
+    sys.stdout.flush()
+
+
+# ---------------------------------------------------------------------- parent
+
+
+class Worker:
+    def __init__(self, name: str, threads: int, fast_path: str, environ: dict):
+        self.name = name
+        self.started = time.perf_counter()
+        command = [sys.executable, str(Path(__file__).resolve()), "--worker", "--threads", str(threads),
+                   "--fast-path", fast_path]
+        self.process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                                        env=environ, cwd=ROOT)
+        self.info = self.read()
+        self.first_frame_s = time.perf_counter() - self.started
+
+    def read(self) -> dict:
+        line = self.process.stdout.readline()
+        if not line:
+            raise RuntimeError(f"worker {self.name} ended early (exit code {self.process.wait()})")
+        return json.loads(line)
+
+    def tick(self) -> float:
+        self.process.stdin.write("tick\n")
+        self.process.stdin.flush()
+        return self.read()["seconds"]
+
+    def end(self, path: str) -> dict:
+        self.process.stdin.write(f"end {path}\n")
+        self.process.stdin.flush()
+        done = self.read()
+        self.process.wait(timeout=120)
+        return done
+
+
+def environments(cache: str) -> tuple[dict, dict]:
+    base = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "RAIN_CPU_TUNING", "RAIN_NO_COMPILE")}
+    base["PYTHONPATH"] = os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])
+    default = {**base, "RAIN_CPU_TUNING": "0"}
+    optimised = {**base, "TORCHINDUCTOR_CACHE_DIR": cache}
+    return default, optimised
+
+
+def side_by_side(args, threads: int, cache: str, scratch: Path) -> dict:
+    import numpy as np
+
+    default_env, optimised_env = environments(cache)
+    default = Worker("default", threads, "eager", default_env)
+    optimised = Worker("optimised", threads, args.fast_path, optimised_env)
+    times = {"default": [], "optimised": []}
+    for _ in range(args.ticks):
+        times["default"].append(default.tick())
+        times["optimised"].append(optimised.tick())
+    ends = {}
+    for worker_ in (default, optimised):
+        ends[worker_.name] = worker_.end(str(scratch / f"{worker_.name}-{threads}.npy"))
+    a = np.load(scratch / f"default-{threads}.npy")
+    b = np.load(scratch / f"optimised-{threads}.npy")
+    default_fps = 4 / statistics.median(times["default"])
+    optimised_fps = 4 / statistics.median(times["optimised"])
+    row = {
+        "threads": threads,
+        "default_fps": round(default_fps, 2),
+        "optimised_fps": round(optimised_fps, 2),
+        "ratio": round(optimised_fps / default_fps, 2),
+        "max_abs_diff": float(np.abs(a - b).max()) if a.shape == b.shape else None,
+        "first_frame_s": round(optimised.first_frame_s, 2),
+        "default_first_frame_s": round(default.first_frame_s, 2),
+        "frames_compared": int(a.shape[0]),
+        "default_ms_per_tick": round(1000 * statistics.median(times["default"]), 1),
+        "optimised_ms_per_tick": round(1000 * statistics.median(times["optimised"]), 1),
+        "optimised_fast_path": optimised.info.get("fast_path"),
+        "optimised_omp_wait_policy": optimised.info.get("omp_wait_policy"),
+        "compiled_calls": ends["optimised"].get("compiled_calls"),
+        "compile_problem": ends["optimised"].get("compile_problem"),
+    }
+    print(f"{threads} thread{'s' if threads > 1 else ''}: default {row['default_fps']} fps "
+          f"({row['default_ms_per_tick']} ms/tick), optimised {row['optimised_fps']} fps "
+          f"({row['optimised_ms_per_tick']} ms/tick), ratio {row['ratio']}, max |Δ| {row['max_abs_diff']:.2e} over "
+          f"{row['frames_compared']} frames; first frame {row['default_first_frame_s']} s (default) / "
+          f"{row['first_frame_s']} s (optimised); load {os.getloadavg()[0]:.1f}", flush=True)
+    return row
+
+
+def start_up(args, cache: str, threads: int) -> float:
+    _, optimised_env = environments(cache)
+    worker_ = Worker("optimised", threads, args.fast_path, optimised_env)
+    worker_.process.stdin.close()  # no ticks: the worker ends after its first frame
+    worker_.process.wait(timeout=3600)
+    return round(worker_.first_frame_s, 2)
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--threads", type=lambda s: [int(x) for x in s.split(",")], default=[1, 2])
+    parser.add_argument("--ticks", type=int, default=24, help="timed steady ticks per path and thread count")
+    parser.add_argument("--fast-path", default="auto", help="StreamConfig.fast_path of the optimised path")
+    parser.add_argument("--cache", default=None, help="inductor cache of the side-by-side runs (default: rain's)")
+    parser.add_argument("--no-cold", action="store_true", help="skip the cold/warm start-up measurement")
+    parser.add_argument("--out", type=Path, default=RESULT)
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.worker:
+        args.threads = args.threads[0]
+        worker(args)
+        return
+
+    from rain_core.cpu_fast import cache_dir, cpu_summary
+
+    machine = {**cpu_summary(), "load_average_start": round(os.getloadavg()[0], 1)}
+    machine.pop("threads")
+    machine.pop("omp_wait_policy")
+    print(f"machine: {machine}", flush=True)
+    result = {"command": "bench/cpu_live.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+              "config": "tiny-rain, 64 px, 4 levels × 4 frames, 4 steps, seed 0, examples/anyone-video-1_kps.mp4",
+              "machine": machine, "rows": []}
+    with tempfile.TemporaryDirectory(prefix="rain-cpu-live-") as scratch:
+        if not args.no_cold:
+            cold_cache = str(Path(scratch) / "cold-cache")
+            args.cache = args.cache or cold_cache
+            cold = start_up(args, cold_cache, args.threads[-1])
+            warm = start_up(args, cold_cache, args.threads[-1])
+            result["start_up"] = {"threads": args.threads[-1], "cold_cache_first_frame_s": cold,
+                                  "warm_cache_first_frame_s": warm}
+            print(f"start-up to the first frame ({args.threads[-1]} threads, optimised): cold cache {cold} s, "
+                  f"warm cache {warm} s", flush=True)
+        cache = args.cache or str(cache_dir())  # the cache the start-up runs filled, if they ran
+        for threads in args.threads:
+            result["rows"].append(side_by_side(args, threads, cache, Path(scratch)))
+    result["machine"]["load_average_end"] = round(os.getloadavg()[0], 1)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=f".{args.out.name}.", suffix=".tmp", dir=args.out.parent)
+    with os.fdopen(handle, "w") as stream:
+        json.dump(result, stream, indent=1, ensure_ascii=False)
+        stream.write("\n")
+    os.replace(temporary, args.out)
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
