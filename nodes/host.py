@@ -110,6 +110,19 @@ def input_directory() -> Path:
     return Path(os.environ.get("RAIN_INPUT_DIR", "input")).resolve()
 
 
+def output_directory() -> Path:
+    """Where nodes write files: ComfyUI's output folder, or ./output (or $RAIN_OUTPUT_DIR)."""
+    if IN_COMFYUI:
+        return Path(_folder_paths.get_output_directory())
+    return Path(os.environ.get("RAIN_OUTPUT_DIR", "output")).resolve()
+
+
+def server_routes():
+    """The running ComfyUI server's route table (to add the pack's own routes), or None outside a server."""
+    instance = getattr(_PromptServer, "instance", None) if _PromptServer is not None else None
+    return None if instance is None else instance.routes
+
+
 def torch_device(choice: str):
     """The torch device for a node's device widget; "auto" follows ComfyUI's choice (or CUDA when present)."""
     import torch
