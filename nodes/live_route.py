@@ -27,7 +27,6 @@ import asyncio
 import gc
 import json
 import logging
-import os
 import struct
 import time
 import uuid
@@ -84,12 +83,7 @@ def live_sessions() -> list[str]:
 
 
 def _output_directory() -> Path:
-    try:
-        import folder_paths
-
-        return Path(folder_paths.get_output_directory())
-    except ImportError:
-        return Path(os.environ.get("RAIN_OUTPUT_DIR", "output")).resolve()
+    return host.output_directory()  # ComfyUI imports stay in host.py
 
 
 def _settings(message: dict) -> dict:
@@ -166,7 +160,7 @@ def _open_session(settings: dict):
                           width=settings["width"], seed=settings["seed"],
                           decoder=getattr(handle, "decoder", "auto"))
     live = LiveSettings(mode=settings["mode"], face_morph=dict(settings["face_morph"]),
-                        capacity=settings["capacity"])
+                        capacity=settings["capacity"], warm_up=True)  # no stall (compile, capture) on live frames
     return LiveSession(handle.models, config, _reference_image(settings["reference"]), live)
 
 
@@ -310,7 +304,7 @@ class LiveConnection:
                         "width": config.width, "height": config.height, "window": config.window,
                         "frames_per_cohort": config.frames_per_cohort, "lookahead_frames": config.window - 1,
                         "mode": settings["mode"], "face_morph": session.face_morph,
-                        "load_s": round(time.monotonic() - started, 2)})
+                        "load_s": round(time.monotonic() - started, 2), "warm_up_s": session.warm_up_s})
 
     async def record(self, on: bool) -> None:
         from ..rain_core.live import LiveInputError
@@ -399,15 +393,11 @@ def register(routes) -> None:
 
 
 def _register_with_comfyui() -> bool:
-    try:
-        from server import PromptServer  # ComfyUI's server; absent in plain Python
-    except ImportError:
-        return False
-    instance = getattr(PromptServer, "instance", None)
-    if instance is None:
+    routes = host.server_routes()  # ComfyUI's server; absent in plain Python
+    if routes is None:
         return False
     try:
-        register(instance.routes)
+        register(routes)
     except Exception:  # never let the live panel stop the nodes from loading
         log.exception("rain live: could not register %s; the live panel is off", ROUTE)
         return False

@@ -312,6 +312,7 @@ class LiveSettings:
     face_morph: dict = field(default_factory=dict)
     capacity: int | None = None  # frames waiting at the door; None: one cohort (frames_per_cohort)
     send_pose: bool = False  # keep the pose frame each output animates (LiveOutput.pose)
+    warm_up: bool = False  # run the first ticks on blank poses before taking frames (see LiveSession.warm_up)
 
     def validate(self) -> None:
         if self.mode not in LIVE_MODES:
@@ -373,9 +374,21 @@ class LiveSession:
         self._recorder: LiveRecorder | None = None
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
+        self.warm_up_s = self.warm_up() if self.settings.warm_up else None
         self.errors = 0  # worker steps that reported an error
         self.failed = 0  # frames taken but not pushed (each reported as an error)
         self.closed = False
+
+    def warm_up(self) -> float:
+        """Tick through a full window and one steady tick on blank poses, then start the stream afresh (same seed,
+        same reference). What a first steady tick pays once (torch.compile, CUDA graph capture, allocator growth)
+        is paid here, before any live frame waits for it. Returns the seconds it took."""
+        started = time.monotonic()
+        count = (self.config.levels + 1) * self.config.frames_per_cohort
+        with self._lock:
+            self.stream.push(np.zeros((count, self.config.height, self.config.width, 3), np.float32))
+            self.stream.reset()
+        return time.monotonic() - started
 
     # ------------------------------------------------------------------ input
     def submit(self, payload, seq: int | None = None, capture_ms: float | None = None) -> bool:

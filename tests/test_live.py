@@ -135,6 +135,15 @@ def test_session_animates_frames_in_order_with_their_capture_times(models, refer
     rest = session.flush()
     assert [o.seq for o in outputs + rest] == list(range(100, 100 + len(pose_jpegs)))
     session.close()
+    # A warmed-up session starts afresh: it animates exactly what a cold one does.
+    warm = LiveSession(models, StreamConfig(**CONFIG), reference, LiveSettings(warm_up=True))
+    assert warm.warm_up_s > 0 and warm.stats()["pushed"] == 0
+    warm_outputs = []
+    for index, data in enumerate(pose_jpegs):
+        warm.submit(data, seq=100 + index)
+        warm_outputs += warm.step()
+    assert np.array_equal(np.stack([o.image for o in warm_outputs]), np.stack([o.image for o in outputs]))
+    warm.close()
 
 
 def test_a_slow_engine_drops_frames_at_the_door_and_the_backlog_stays_bounded(models, reference, pose_jpegs):
