@@ -30,6 +30,7 @@ import logging
 import struct
 import time
 import uuid
+import weakref
 from pathlib import Path
 
 from . import host
@@ -52,7 +53,9 @@ DEFAULTS = {
 INT_FIELDS = ("width", "height", "levels", "frames_per_cohort", "steps", "seed")
 
 _connections: dict[str, LiveConnection] = {}  # every open socket, by connection id
-_model_cache: dict = {}  # (load arguments) -> RainModelHandle of the last model a live session used
+# (load arguments) -> RainModelHandle, while a live session holds it: a second tab or a restart reuses the loaded
+# networks; once the last session closes they are freed (or left to ComfyUI's memory manager, which /free empties).
+_model_cache: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
 
 
 def pack_message(header: dict, body: bytes) -> bytes:
@@ -142,7 +145,6 @@ def _load_model(settings: dict):
     if handle is None:
         (handle,) = LoadRainModel().load(settings["model"], "auto", "auto", settings["decoder"],
                                          settings["precision"], settings["device"], True)
-        _model_cache.clear()  # one model held for live use at a time
         _model_cache[key] = handle
     if getattr(handle, "patcher", None) is not None and hasattr(host, "load_model"):
         host.load_model(handle.patcher)  # onto its device through ComfyUI's memory manager
@@ -161,7 +163,9 @@ def _open_session(settings: dict):
                           decoder=getattr(handle, "decoder", "auto"))
     live = LiveSettings(mode=settings["mode"], face_morph=dict(settings["face_morph"]),
                         capacity=settings["capacity"], warm_up=True)  # no stall (compile, capture) on live frames
-    return LiveSession(handle.models, config, _reference_image(settings["reference"]), live)
+    session = LiveSession(handle.models, config, _reference_image(settings["reference"]), live)
+    session.model_handle = handle  # keeps the networks (and their cache entry) while the session lives
+    return session
 
 
 def _free_memory() -> None:

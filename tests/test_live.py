@@ -4,6 +4,7 @@ face-morph changes from the next tick, recording, bad frames — on the built-in
 from __future__ import annotations
 
 import asyncio
+import gc
 import io
 import json
 import threading
@@ -349,3 +350,5 @@ def test_route_streams_over_a_real_websocket_and_frees_the_session_on_close(live
     assert stats["received"] == stats["taken"] == stats["pushed"] == len(pose_jpegs) and stats["dropped"] == 0
     assert seqs == list(range(len(frames))) and stats["emitted"] == len(frames) == stats["pushed"] - stats["in_flight"]
     assert stats["dropped_out"] == 0 and live_route.live_sessions() == []
+    gc.collect()
+    assert len(live_route._model_cache) == 0  # the last session gone, its networks are not held any more
