@@ -59,6 +59,24 @@ def test_auto_compiles_on_the_cpu_only_where_a_compiler_exists(tiny_models, monk
     assert RainStream(tiny_models, config).stats["fast_path"] == expected  # nothing compiles before a tick
 
 
+def test_a_compile_that_fails_falls_back_to_the_eager_tick_for_good(tiny_models, monkeypatch, caplog):
+    monkeypatch.delenv(NO_COMPILE_ENV, raising=False)
+    if compiler_problem() is not None:
+        pytest.skip(f"torch.compile cannot build here: {compiler_problem()}")
+    poses, reference = _inputs(2)
+    eager, _ = _stream_frames(tiny_models, "eager", poses, reference)
+    config = StreamConfig(levels=2, frames_per_cohort=2, steps=2, height=32, width=32, fast_path="eager")
+    stream = RainStream(tiny_models, config)
+    stream.set_reference(reference)
+    unet = stream._tick().compile_steady_unet(mode="no-such-mode")  # torch.compile refuses it on the first steady call
+    with caplog.at_level(logging.WARNING, logger="rain.cpu"):
+        frames = [stream.push(poses[i : i + 3]) for i in range(0, poses.shape[0], 3)]
+    frames = torch.cat([*frames, stream.flush()])
+    assert torch.equal(frames, eager)  # the failed call was repeated eagerly, and every later one ran eagerly
+    assert not unet.active and "no-such-mode" in unet.problem and unet.compiled_calls == 0
+    assert any("torch.compile failed" in r.getMessage() for r in caplog.records if r.name == "rain.cpu")
+
+
 def test_compiler_problem_names_the_switch_and_a_missing_compiler(monkeypatch):
     monkeypatch.setenv(NO_COMPILE_ENV, "1")
     assert NO_COMPILE_ENV in compiler_problem()
