@@ -31,6 +31,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -241,7 +242,9 @@ class LiveRecorder:
     """Writes the animated frames as a browser-playable H.264 (yuv420p) mp4 with PyAV, atomically.
 
     Frames go to a hidden temporary file beside `path`; `close()` renames it into place (nothing is written
-    when no frame came), `abort()` removes it.
+    when no frame came), `abort()` removes it. A frame written with a `timestamp` (seconds, any clock) is shown
+    at that time (millisecond timestamps): a live recording plays at the source's pace even when most input
+    frames were dropped; without timestamps frames are `fps` apart.
     """
 
     def __init__(self, path, fps: float = 30.0, crf: int = 18):
@@ -260,9 +263,11 @@ class LiveRecorder:
         self._container = av.open(str(self._temp), mode="w", format="mp4")
         self._stream = None
         self._crf = int(crf)
+        self._first: float | None = None
+        self._last_pts = -1
         self.frames_written = 0
 
-    def write(self, frame) -> None:
+    def write(self, frame, timestamp: float | None = None) -> None:
         array = _as_uint8(frame)
         height, width = array.shape[:2]
         if self._stream is None:
@@ -270,8 +275,16 @@ class LiveRecorder:
             self._stream.width, self._stream.height = width - width % 2, height - height % 2
             self._stream.pix_fmt = "yuv420p"
             self._stream.options = {"crf": str(self._crf), "preset": "veryfast"}
+            self._stream.codec_context.time_base = Fraction(1, 1000)
         array = array[: self._stream.height, : self._stream.width]
         video_frame = self._av.VideoFrame.from_ndarray(np.ascontiguousarray(array), format="rgb24")
+        if timestamp is None:
+            pts = self._last_pts + round(1000 / self.fps) if self._last_pts >= 0 else 0
+        else:
+            self._first = timestamp if self._first is None else self._first
+            pts = max(self._last_pts + 1, round((timestamp - self._first) * 1000))
+        video_frame.pts, video_frame.time_base = pts, Fraction(1, 1000)
+        self._last_pts = pts
         for packet in self._stream.encode(video_frame):
             self._container.mux(packet)
         self.frames_written += 1
@@ -477,7 +490,7 @@ class LiveSession:
         with self._record_lock:
             if self._recorder is not None:
                 for output in outputs:
-                    self._recorder.write(output.image)
+                    self._recorder.write(output.image, output.received)  # at the pace the frames came in
         self._emitted += len(outputs)
         self._output_rate.add(now, len(outputs))
         return outputs

@@ -21,6 +21,7 @@ from rain_core.live import (
     MAX_FRAME_BYTES,
     FrameIntake,
     LiveInputError,
+    LiveRecorder,
     LiveSession,
     LiveSettings,
     decode_frame,
@@ -226,6 +227,19 @@ def test_recording_writes_a_browser_playable_h264_mp4(models, reference, pose_jp
         assert sum(1 for _ in container.decode(stream)) == recorded
     assert [p.name for p in tmp_path.iterdir()] == ["live.mp4"]  # no partial file left
     session.close()
+
+
+def test_a_recording_plays_at_the_pace_the_frames_came_in(tmp_path):
+    """Most input frames dropped: the frames that were animated keep their arrival times in the video."""
+    recorder = LiveRecorder(tmp_path / "paced.mp4", fps=30)
+    frame = np.zeros((16, 16, 3), np.uint8)
+    for when in (10.0, 10.5, 10.6, 12.0):
+        recorder.write(frame, timestamp=when)
+    recorder.close()
+    with av.open(str(tmp_path / "paced.mp4")) as container:
+        stream = container.streams.video[0]
+        times = [float(f.pts * f.time_base) for f in container.decode(stream)]
+    assert times == pytest.approx([0.0, 0.5, 0.6, 2.0], abs=0.002)
 
 
 def test_close_stops_the_worker_frees_the_stream_and_refuses_frames(models, reference, pose_jpegs, tmp_path):
