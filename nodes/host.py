@@ -78,6 +78,13 @@ def model_folders(kind: str) -> list[Path]:
     return [_standalone_models_dir() / kind]
 
 
+def models_root() -> Path:
+    """The models folder downloads go to: ComfyUI's models/ (or $RAIN_MODELS_DIR / ./models standalone)."""
+    if IN_COMFYUI:
+        return Path(_folder_paths.models_dir)
+    return _standalone_models_dir()
+
+
 def list_models(kind: str, folders: bool = True, files: bool = True) -> list[str]:
     """Names (relative to their model folder) of the sub-folders and model files found for `kind`."""
     names = set()

@@ -9,6 +9,8 @@ from . import host
 from .convert import RainModelHandle
 
 BUILTIN_MODEL = "tiny-rain (built-in)"
+DOWNLOAD_MODEL = "RAIN-v0.1 (download from Hugging Face)"
+DOWNLOADED_FOLDER = "RAIN-v0.1"
 AUTO = "auto"
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 DEVICES = ("auto", "cpu", "cuda")
@@ -34,7 +36,26 @@ def builtin_model_dir() -> Path:
 
 def rain_model_choices() -> list[str]:
     """Model folders under models/rain, then the built-in tiny model (the default when nothing else is there)."""
-    return host.list_models(host.RAIN_FOLDER, files=False) + [BUILTIN_MODEL]
+    return host.list_models(host.RAIN_FOLDER, files=False) + [BUILTIN_MODEL, DOWNLOAD_MODEL]
+
+
+def _download(decoder: str, node_id=None) -> tuple[Path, Path, Path]:
+    """Fetch what is missing of the released RAIN (+ SD VAE, image encoder, and TAESDV unless decoder is "vae") into
+    ComfyUI's models/ in the README layout, with ComfyUI's progress bar (Cancel stops it; the next run resumes).
+    Returns (RAIN folder, VAE folder, image encoder folder)."""
+    from ..rain_core import download
+
+    root = host.models_root()
+    what = ["rain", "vae", "image-encoder"] + ([] if decoder == "vae" else ["taesdv"])
+    status = download.item_status(root)
+    missing = [name for name in what if status.get(name)]
+    if missing:
+        progress = host.Progress(1000, node_id=node_id)
+        host.logger.info("RAIN: downloading %s into %s", ", ".join(missing), root)
+        download.download_models(missing, root, progress=lambda done, total, name: progress.update(
+            int(1000 * done / total) if total else 0))
+    paths = download.layout_paths(root)
+    return paths["rain"], paths["vae"], paths["image_encoder"]
 
 
 def _taesdv_path() -> Path | None:
@@ -77,7 +98,9 @@ class LoadRainModel:
         return {"required": {
             "model": (rain_model_choices(), {
                 "tooltip": "A folder in models/rain holding the RAIN weights (official .pth files or our "
-                           "safetensors layout). 'tiny-rain (built-in)' ships with the pack."}),
+                           "safetensors layout). 'tiny-rain (built-in)' ships with the pack. 'RAIN-v0.1 (download "
+                           "from Hugging Face)' fetches the released weights, the SD VAE, the image encoder and "
+                           "TAESDV into models/ on first use (about 5 GB; resumable), then loads them."}),
             "vae": ([AUTO] + host.list_models("vae"), {
                 "tooltip": "The SD VAE (sd-vae-ft-mse) in models/vae. auto: the one next to the RAIN weights, or "
                            "none for models with their own codec (tiny-rain)."}),
@@ -97,11 +120,14 @@ class LoadRainModel:
                 "tooltip": "Keep the networks on the device between runs (needed for smooth live streams); "
                            "ComfyUI may still evict them when another model needs the memory. Off: they go back "
                            "to the offload device after each RAIN Sampler run."}),
-        }}
+        }, "hidden": {"unique_id": "UNIQUE_ID"}}
 
-    def load(self, model, vae, image_encoder, decoder, precision, device, keep_loaded):
+    def load(self, model, vae, image_encoder, decoder, precision, device, keep_loaded, unique_id=None):
+        downloaded = None
         if model == BUILTIN_MODEL:
             folder = builtin_model_dir()
+        elif model == DOWNLOAD_MODEL:
+            folder, *downloaded = _download(decoder, unique_id)
         else:
             folder = host.find_model(host.RAIN_FOLDER, model)
         if folder is None or not folder.is_dir():
@@ -111,6 +137,9 @@ class LoadRainModel:
         dtype = _dtype(precision, torch_device)
         vae_path = None if vae == AUTO else host.find_model("vae", vae)
         encoder_path = None if image_encoder == AUTO else host.find_model("clip_vision", image_encoder)
+        if downloaded is not None:  # the layout the download wrote, unless chosen otherwise
+            vae_path = vae_path or downloaded[0]
+            encoder_path = encoder_path or downloaded[1]
         taesdv_path = _taesdv_path() if decoder in ("auto", "taesdv") else None
         if decoder == "taesdv" and taesdv_path is None:
             raise FileNotFoundError("decoder: 'taesdv' needs taesdv.pth in "

@@ -120,13 +120,13 @@ def test_seed_has_no_front_end_randomizer(pack):
 
 def test_builtin_model_is_the_default_when_models_rain_is_empty(pack, host):
     choices = all_inputs(pack.NODE_CLASS_MAPPINGS["LoadRainModel"])["model"][0]
-    assert choices == ["tiny-rain (built-in)"]
+    assert choices == ["tiny-rain (built-in)", "RAIN-v0.1 (download from Hugging Face)"]
 
 
 def test_model_folders_in_models_rain_are_listed_first(pack, host, tmp_path):
     (tmp_path / "models" / "rain" / "RAIN-v0.1").mkdir(parents=True)
     choices = all_inputs(pack.NODE_CLASS_MAPPINGS["LoadRainModel"])["model"][0]
-    assert choices == ["RAIN-v0.1", "tiny-rain (built-in)"]
+    assert choices == ["RAIN-v0.1", "tiny-rain (built-in)", "RAIN-v0.1 (download from Hugging Face)"]
 
 
 def test_missing_model_folder_lists_every_expected_file(pack, host):

@@ -274,3 +274,41 @@ def test_runs_under_inference_mode_as_comfyui_calls_nodes(pack, model, pose_vide
         first = run(pack, model, chunk(pose_video_frames, 0, 2), stream_id="inference", image=image)
         rest = run(pack, model, chunk(pose_video_frames, 2, 6), stream_id="inference", image=image, flush=True)
     assert torch.equal(torch.cat([first, rest]), whole)
+
+
+def test_download_choice_fetches_the_release_into_models_with_progress_then_loads_it(pack, host, tmp_path,
+                                                                                      monkeypatch, pose_video_frames):
+    import shutil
+
+    from conftest import write_official_checkpoint
+    from hub_server import LocalHub
+
+    # A tiny stand-in of the release served by a local hub in the real repositories' layout (no internet).
+    official = write_official_checkpoint(build_tiny_models(tiny_config(block_out_channels=(16, 32),
+                                                                       attention_heads=2, codec_factor=4)),
+                                         tmp_path / "official")
+    files = {("Pscgylotti/RAIN-v0.1", name): (official / name).read_bytes()
+             for name in ("reference_unet.pth", "motion_unet.pth", "pose_guider.pth")}
+    for file in (official / "image_encoder").iterdir():
+        files[("lambdalabs/sd-image-variations-diffusers", f"image_encoder/{file.name}")] = file.read_bytes()
+    for name in ("config.json", "diffusion_pytorch_model.safetensors"):  # not read: this stand-in has its own codec
+        files[("stabilityai/sd-vae-ft-mse", name)] = b"{}"
+    models = tmp_path / "models"
+    (models / "rain" / "RAIN-v0.1").mkdir(parents=True, exist_ok=True)
+    shutil.copy(official / "rain_config.json", models / "rain" / "RAIN-v0.1")  # the release needs none; this does
+    seen = []
+    host.progress_hooks.append(lambda node_id, value, total, preview: seen.append(value))
+    with LocalHub(files) as hub:
+        monkeypatch.setenv("HF_ENDPOINT", hub.url)
+        monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+        monkeypatch.setenv("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+        loader = pack.NODE_CLASS_MAPPINGS["LoadRainModel"]()
+        handle = loader.load("RAIN-v0.1 (download from Hugging Face)", "auto", "auto", "vae", "fp32", "cpu", True,
+                             unique_id="1")[0]
+    assert (models / "rain" / "RAIN-v0.1" / "motion_unet.pth").is_file()
+    assert (models / "clip_vision" / "sd-image-variations" / "config.json").is_file()
+    assert seen and seen[-1] == 1000  # ComfyUI's progress bar (standalone hooks here) reached the end
+    assert run(pack, handle, chunk(pose_video_frames, 0, 2), stream_id="downloaded", flush=True).shape[0] == 2
+    seen.clear()
+    again = loader.load("RAIN-v0.1 (download from Hugging Face)", "auto", "auto", "vae", "fp32", "cpu", True)[0]
+    assert again.source == handle.source and seen == []  # complete: nothing fetched, no hub needed
