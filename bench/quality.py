@@ -19,7 +19,7 @@ Rows (methods):
 
 And the paired difference RAIN − baseline per clip (same clips, same seeds), with its bootstrap interval.
 `--json` writes everything (default bench/results/quality.json); `--picture` draws one clip's ground truth,
-RAIN and baseline frames and the per-frame temporal error of both (docs/quality_strip.png,
+RAIN and baseline frames and the per-frame temporal error of both (docs/quality_strip.jpg,
 docs/temporal_error.png).
 
     .venv/bin/python bench/quality.py                       # the shipped tiny model, short run
@@ -60,6 +60,9 @@ SHIPPED = ROOT / "rain_core" / "assets" / "tiny-rain"
 RESULTS = ROOT / "bench" / "results" / "quality.json"
 DOCS = ROOT / "docs"
 FPS = 12.0
+FAST_PATH = "eager"
+"""The stream's tick runs eagerly here: the figures are about quality, and torch.compile would spend CPU-minutes
+per window shape first (its numerics agree with the eager tick to float32 rounding)."""
 METRICS = ("psnr", "ssim", "temporal_error", "temporal_error_static", "flicker", "drift_db")
 
 
@@ -137,7 +140,7 @@ def clip_label(world: SyntheticWorld, index: int) -> str:
 
 def stream_render(models, reference, poses, levels, frames_per_cohort, guidance, seed, size) -> np.ndarray:
     config = StreamConfig(levels=levels, frames_per_cohort=frames_per_cohort, steps=levels, guidance=guidance,
-                          height=size, width=size, seed=seed)
+                          height=size, width=size, seed=seed, fast_path=FAST_PATH)
     stream = RainStream(models, config)
     stream.set_reference(torch.from_numpy(reference).float())
     outputs = [stream.push(torch.from_numpy(poses)), stream.flush()]
@@ -176,7 +179,7 @@ def drift(models, world, index, levels, frames_per_cohort, guidance, total, size
     frames against their ground truth. Nothing but the stream's own state is kept between chunks."""
     edge = min(edge, total // 2)
     config = StreamConfig(levels=levels, frames_per_cohort=frames_per_cohort, steps=levels, guidance=guidance,
-                          height=size, width=size, seed=seed)
+                          height=size, width=size, seed=seed, fast_path=FAST_PATH)
     stream = RainStream(models, config)
     reference, _, _ = heldout_clip(world, index, 1, size)
     stream.set_reference(torch.from_numpy(reference).float())
@@ -233,7 +236,7 @@ def score_row(job: dict) -> dict:
     models = None if job["mode"] == "copy" else load_rain(job["model"]).eval()  # copying needs no network
     per_clip = {name: [] for name in METRICS}
     picture, curve = None, None
-    for index, clip in enumerate(clips):
+    for index, clip in enumerate(() if job.get("drift_only") else clips):
         truth = clip[1]
         out = render(models, clip, job, seed=index)
         per_clip["psnr"].append(float(psnr(out, truth).mean()))
@@ -278,14 +281,18 @@ def write_atomic(path: Path, data: bytes) -> None:
     try:
         with os.fdopen(handle, "wb") as stream:
             stream.write(data)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(temp, 0o666 & ~umask)  # mkstemp makes 0600; results are ordinary files
         os.replace(temp, path)
     except BaseException:
         Path(temp).unlink(missing_ok=True)
         raise
 
 
-def write_png(path: Path, image_rgb: np.ndarray) -> None:
-    ok, encoded = cv2.imencode(path.suffix or ".png", np.ascontiguousarray(image_rgb[..., ::-1]))
+def write_image(path: Path, image_rgb: np.ndarray) -> None:
+    params = [cv2.IMWRITE_JPEG_QUALITY, 92] if path.suffix.lower() in (".jpg", ".jpeg") else []
+    ok, encoded = cv2.imencode(path.suffix or ".png", np.ascontiguousarray(image_rgb[..., ::-1]), params)
     if not ok:
         raise RuntimeError(f"{path}: OpenCV could not encode the image")
     write_atomic(path, encoded.tobytes())
@@ -334,7 +341,7 @@ def draw_curves(curves: list[tuple[str, list[float], tuple[int, int, int]]], tit
     for n, (label, values, colour) in enumerate(curves):
         points = np.array([point(i, v) for i, v in enumerate(values)], np.int32)
         cv2.polylines(image, [points], False, colour, 2, cv2.LINE_AA)
-        y = height - bottom - 12 - 18 * (len(curves) - 1 - n)
+        y = (top + height - bottom) // 2 + 18 * n  # mid-plot: the errors sit high, the truth's motion low
         cv2.putText(image, label, (left + 10, y), cv2.FONT_HERSHEY_SIMPLEX, 0.45, colour, 1, cv2.LINE_AA)
     return image
 
@@ -397,6 +404,10 @@ def main(argv=None) -> int:
     if not args.no_copy:
         jobs.append({**common, "key": "copy", "name": "copy the reference", "model": None, "frames_per_cohort": m,
                      "mode": "copy"})
+    if args.drift_frames:  # the drift streams run as jobs of their own, side by side with the clip scores
+        for job in [job for job in jobs if job["mode"] == "stream" and job["drift_frames"]]:
+            jobs.append({**job, "key": job["key"] + "/drift", "drift_only": True})
+            job["drift_frames"] = 0
     started = time.time()
     if args.jobs > 1:
         from concurrent.futures import ProcessPoolExecutor
@@ -407,6 +418,13 @@ def main(argv=None) -> int:
         rows = [score_row(job) for job in jobs]
     elapsed = time.time() - started
 
+    drifts = {row["key"].split("/")[0]: row for row in rows if row["key"].endswith("/drift")}
+    rows = [row for row in rows if not row["key"].endswith("/drift")]
+    for row in rows:
+        if row["key"] in drifts:
+            row["per_clip"]["drift_db"] = drifts[row["key"]]["per_clip"]["drift_db"]
+            row["drift_first_last"] = drifts[row["key"]]["drift_first_last"]
+            row["seconds"] += drifts[row["key"]]["seconds"]
     methods = {}
     for row in rows:
         entry = {k: row[k] for k in ("name", "model", "levels", "frames_per_cohort", "guidance", "mode", "seconds")}
@@ -460,15 +478,15 @@ def main(argv=None) -> int:
         truth = heldout_clips(args.clips, args.frames, args.size, args.world)[picture_clip][1]
         strip_rows = [("ground truth", truth)] + [(row["key"], row["picture"]) for row in rows
                                                   if row["key"] in ("rain", "baseline") and row["picture"] is not None]
-        write_png(docs / "quality_strip.png", draw_strip(strip_rows, every=max(1, args.frames // 8)))
+        write_image(docs / "quality_strip.jpg", draw_strip(strip_rows, every=max(1, args.frames // 8)))
         colours = {"rain": (30, 90, 220), "baseline": (220, 60, 30), "copy": (140, 140, 140)}
         names = {"rain": "RAIN", "baseline": "baseline m=1", "copy": "|d truth| (copying the reference)"}
         curves = [(f"{names[row['key']]}: mean {np.mean(row['curve']):.2f}", row["curve"], colours[row["key"]])
                   for row in rows if row["key"] in colours and row["curve"]]
         if curves:
             title = f"temporal error |d output - d truth| (0-255), held-out clip {picture_clip} ({clip_label(world, picture_clip)})"
-            write_png(docs / "temporal_error.png", draw_curves(curves, title))
-        print(f"wrote {docs / 'quality_strip.png'}, {docs / 'temporal_error.png'}")
+            write_image(docs / "temporal_error.png", draw_curves(curves, title))
+        print(f"wrote {docs / 'quality_strip.jpg'}, {docs / 'temporal_error.png'}")
     if not all(math.isfinite(entry["psnr"]["mean"]) for entry in methods.values()):
         return 1
     return 0

@@ -91,7 +91,7 @@ def test_quality_bench_prints_its_table_and_writes_json_and_pictures(capsys, tmp
     low, high = rain["psnr"]["ci95"]
     assert low <= rain["psnr"]["mean"] <= high and rain["drift_db"]["n"] == 2
     assert set(payload["paired"]["rain - baseline"]) >= {"psnr", "ssim", "temporal_error", "drift_db"}
-    for name in ("quality_strip.png", "temporal_error.png"):
+    for name in ("quality_strip.jpg", "temporal_error.png"):
         assert cv2.imread(str(tmp_path / name)) is not None
 
 
