@@ -46,10 +46,29 @@ CACHE_ENV = "TORCHINDUCTOR_CACHE_DIR"
 def prefer_passive_wait(environ=None) -> str | None:
     """Set OMP_WAIT_POLICY=PASSIVE unless the user chose a policy, `RAIN_CPU_TUNING=0`, or torch is already imported
     (then OpenMP has read its settings and a change would do nothing). Returns the policy now in the environment."""
+    global _WAIT_POLICY_TOO_LATE
     environ = os.environ if environ is None else environ
-    if environ.get(TUNING_ENV, "1") == "0" or "torch" in sys.modules:
+    if environ.get(TUNING_ENV, "1") == "0":
+        return environ.get("OMP_WAIT_POLICY")
+    if "torch" in sys.modules:
+        _WAIT_POLICY_TOO_LATE = _WAIT_POLICY_TOO_LATE or "OMP_WAIT_POLICY" not in environ
         return environ.get("OMP_WAIT_POLICY")
     return environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
+_WAIT_POLICY_TOO_LATE = False  # torch was loaded before rain_core with no policy set (e.g. inside ComfyUI)
+
+
+def note_wait_policy() -> None:
+    """Log once where several threads run with OpenMP's spinning default because torch loaded before rain_core
+    (a host such as ComfyUI): the fix is the environment variable, set before the host starts."""
+    import torch
+
+    if _WAIT_POLICY_TOO_LATE and torch.get_num_threads() > 1 and "OMP_WAIT_POLICY" not in os.environ:
+        _warn_once(
+            "RAIN: torch was loaded before rain_core, so OpenMP threads spin while they wait; on a busy CPU that "
+            "made ticks several times slower. Start the host with OMP_WAIT_POLICY=PASSIVE (or use one thread)."
+        )
 
 
 def cpu_summary() -> dict:
@@ -104,6 +123,8 @@ def auto_fast_path(device) -> str:
     "eager"."""
     import torch
 
+    if torch.device(device).type == "cpu":
+        note_wait_policy()
     return "compile" if torch.device(device).type == "cpu" and compiler_problem() is None else "eager"
 
 
@@ -184,5 +205,6 @@ __all__ = [
     "cache_dir",
     "compiler_problem",
     "cpu_summary",
+    "note_wait_policy",
     "prefer_passive_wait",
 ]

@@ -101,6 +101,26 @@ def test_passive_wait_is_set_only_before_torch_and_never_over_the_users_choice()
         assert result.stdout.strip() == expected, (extra, result.stdout, result.stderr)
 
 
+def test_a_host_that_loaded_torch_first_is_told_how_to_stop_spinning(monkeypatch, caplog):
+    import rain_core.cpu_fast as cpu_fast
+
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    monkeypatch.delenv("RAIN_CPU_TUNING", raising=False)
+    monkeypatch.setattr(cpu_fast, "_WAIT_POLICY_TOO_LATE", False)
+    monkeypatch.setattr(cpu_fast, "_warned", set())
+    cpu_fast.prefer_passive_wait()  # torch is loaded in this process: too late, remembered
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        with caplog.at_level(logging.WARNING, logger="rain.cpu"):
+            cpu_fast.note_wait_policy()
+            cpu_fast.note_wait_policy()
+    finally:
+        torch.set_num_threads(threads)
+    messages = [r.getMessage() for r in caplog.records if r.name == "rain.cpu"]
+    assert len(messages) == 1 and "OMP_WAIT_POLICY=PASSIVE" in messages[0]
+
+
 def test_cpu_summary_reports_the_cpu():
     summary = cpu_summary()
     assert summary["capability"] == torch.backends.cpu.get_cpu_capability()
