@@ -179,8 +179,8 @@ def stage_table(models, args, reference, poses, io_seconds) -> None:
             elif name == "pose video decode + letterbox (per tick)":
                 parts = [io_seconds * m]
             else:
-                parts = s.get(name, [0.0])
-            row += f"{1000 * statistics.median(parts):>14.2f}"
+                parts = s.get(name, [])
+            row += f"{1000 * statistics.median(parts):>14.2f}" if parts else f"{'—':>14}"  # compiled: no hooks
         print(row)
     for threads in args.threads:
         tick = statistics.median(samples[threads]["push (whole call)"])

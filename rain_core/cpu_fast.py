@@ -129,10 +129,17 @@ def auto_fast_path(device) -> str:
 
 
 def cache_dir() -> Path:
-    """Where inductor keeps compiled code: TORCHINDUCTOR_CACHE_DIR if set, else ~/.cache/rain/inductor
-    (XDG_CACHE_HOME respected). Set in the environment before the first compile."""
-    if os.environ.get(CACHE_ENV):
-        return Path(os.environ[CACHE_ENV])
+    """Where inductor keeps compiled code: TORCHINDUCTOR_CACHE_DIR if the user set it, else ~/.cache/rain/inductor
+    (XDG_CACHE_HOME respected), put into the environment before the first compile."""
+    chosen = os.environ.get(CACHE_ENV)
+    try:  # importing inductor fills the variable with its own default (/tmp/torchinductor_USER): not a choice
+        from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+
+        inductor_default = os.path.abspath(default_cache_dir())
+    except Exception:
+        inductor_default = None
+    if chosen and os.path.abspath(chosen) != inductor_default:
+        return Path(chosen)
     base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
     path = base / "rain" / "inductor"
     os.environ[CACHE_ENV] = str(path)

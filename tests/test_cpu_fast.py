@@ -121,6 +121,19 @@ def test_a_host_that_loaded_torch_first_is_told_how_to_stop_spinning(monkeypatch
     assert len(messages) == 1 and "OMP_WAIT_POLICY=PASSIVE" in messages[0]
 
 
+def test_compiled_code_is_cached_under_rain_unless_the_user_chose_a_folder(monkeypatch, tmp_path):
+    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+
+    from rain_core.cpu_fast import CACHE_ENV, cache_dir
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    monkeypatch.setenv(CACHE_ENV, default_cache_dir())  # what importing inductor puts there: not a choice
+    assert cache_dir() == tmp_path / "xdg" / "rain" / "inductor"
+    assert os.environ[CACHE_ENV] == str(tmp_path / "xdg" / "rain" / "inductor")
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "mine"))
+    assert cache_dir() == tmp_path / "mine"
+
+
 def test_cpu_summary_reports_the_cpu():
     summary = cpu_summary()
     assert summary["capability"] == torch.backends.cpu.get_cpu_capability()
