@@ -3,12 +3,15 @@
 Starts a real ComfyUI with this pack linked in (as tests/test_comfyui_host.py does), queues the shipped live
 workflow ("RAIN 3 - Live preview (Auto Queue)": a looping pose video, 4 poses per run, the built-in model at its
 64 px, Frame Queue with its preview) again and again as Auto Queue does, and takes each run's execution time from
-the history's timestamps. Then pushes the same poses, 4 at a time, into a RainStream of the same model and
-settings in this process. Prints frames per second of both and their ratio (goal: >= 0.9). Nothing is asserted.
+the history's timestamps. After each run it pushes the same number of poses into a RainStream of the same model
+and settings in this process (interleaved, so both sides see the same load on a shared machine). Prints frames per second of both and their ratio (goal: >= 0.9). Nothing is asserted.
 
     COMFYUI_DIR=/work/comfy COMFY_PYTHON=/work/comfy-venv/bin/python .venv/bin/python bench/comfy_overhead.py
 
-Same threads on both sides (--threads, default 2: OMP_NUM_THREADS for the server, torch.set_num_threads here).
+Same threads on both sides (--threads, default 2: OMP_NUM_THREADS for the server, torch.set_num_threads here),
+and the same OpenMP wait policy: rain_core sets OMP_WAIT_POLICY=PASSIVE before torch loads (rain_core/cpu_fast.py),
+which ComfyUI, importing torch first, never gets unless it is started with it; --same-omp-policy (default on)
+starts the server with this process's policy, --no-same-omp-policy shows what a default ComfyUI start costs.
 """
 
 from __future__ import annotations
@@ -66,7 +69,7 @@ def execution_seconds(entry) -> float:
     return (stamps["execution_success"] - stamps["execution_start"]) / 1000.0
 
 
-def comfy_side(args, workdir: Path) -> tuple[list[float], int]:
+def comfy_side(args, workdir: Path, direct_push) -> tuple[list[float], list[float], int]:
     from rain_core.comfy_client import ui_to_api
 
     custom = workdir / "custom_nodes"
@@ -78,6 +81,10 @@ def comfy_side(args, workdir: Path) -> tuple[list[float], int]:
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
+    if args.same_omp_policy and os.environ.get("OMP_WAIT_POLICY"):
+        env["OMP_WAIT_POLICY"] = os.environ["OMP_WAIT_POLICY"]
+    else:
+        env.pop("OMP_WAIT_POLICY", None)
     log = open(workdir / "server.log", "w")
     process = subprocess.Popen(
         [args.python, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port), "--disable-api-nodes",
@@ -100,15 +107,20 @@ def comfy_side(args, workdir: Path) -> tuple[list[float], int]:
         client = uuid.uuid4().hex
         for _ in range(args.warmup):  # the stream's window fills; the model loads
             run_prompt(base, prompt, client)
-        times = [execution_seconds(run_prompt(base, prompt, client)) for _ in range(args.runs)]
-        return times, frames_per_run
+            direct_push(frames_per_run)
+        times, direct = [], []
+        for _ in range(args.runs):  # interleaved, so that both sides see the same load on a shared machine
+            times.append(execution_seconds(run_prompt(base, prompt, client)))
+            direct.append(direct_push(frames_per_run))
+        return times, direct, frames_per_run
     finally:
         process.terminate()
         process.wait(30)
         log.close()
 
 
-def direct_side(args, frames_per_run: int) -> list[float]:
+def direct_stream(args):
+    """A RainStream of the same model and settings in this process; returns push(n) -> seconds of one push."""
     import numpy as np
     import torch
     from PIL import Image
@@ -125,16 +137,18 @@ def direct_side(args, frames_per_run: int) -> list[float]:
     stream.set_reference(torch.from_numpy(reference))
     poses, _, _ = read_video_frames(ROOT / "examples" / "anyone-video-1_kps.mp4", 0, 0)
     poses = torch.from_numpy(poses.astype(np.float32) / 255.0)
-    position, times = 0, []
-    with torch.inference_mode():
-        for index in range(args.warmup + args.runs):
-            chunk = poses[[(position + i) % len(poses) for i in range(frames_per_run)]]
-            position += frames_per_run
+    position = 0
+
+    def push(count: int) -> float:
+        nonlocal position
+        chunk = poses[[(position + i) % len(poses) for i in range(count)]]
+        position += count
+        with torch.inference_mode():
             started = time.perf_counter()
             stream.push(chunk)
-            if index >= args.warmup:
-                times.append(time.perf_counter() - started)
-    return times
+            return time.perf_counter() - started
+
+    return push
 
 
 def main() -> None:
@@ -144,18 +158,24 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=10, help="steady runs measured (default 10)")
     parser.add_argument("--warmup", type=int, default=6, help="runs before measuring (default 6)")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--same-omp-policy", action=argparse.BooleanOptionalAction, default=True,
+                        help="start ComfyUI with this process's OMP_WAIT_POLICY (default: on)")
     args = parser.parse_args()
     if not (args.comfyui_dir and args.python):
         parser.error("set COMFYUI_DIR and COMFY_PYTHON (or --comfyui-dir / --python): a ComfyUI checkout and its python")
+    import rain_core  # noqa: F401  (first: its OpenMP wait policy must be set before torch loads)
+
     workdir = Path(tempfile.mkdtemp(prefix="rain-comfy-overhead-"))
+    push = direct_stream(args)
     try:
-        comfy, frames_per_run = comfy_side(args, workdir)
+        comfy, direct, frames_per_run = comfy_side(args, workdir, push)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
-    direct = direct_side(args, frames_per_run)
     comfy_fps = frames_per_run / statistics.median(comfy)
     direct_fps = frames_per_run / statistics.median(direct)
-    print(f"frames per run: {frames_per_run}, runs: {args.runs} after {args.warmup} warm-up, threads: {args.threads}")
+    policy = os.environ.get("OMP_WAIT_POLICY") if args.same_omp_policy else "(ComfyUI default)"
+    print(f"frames per run: {frames_per_run}, runs: {args.runs} after {args.warmup} warm-up, threads: {args.threads}, "
+          f"server OMP_WAIT_POLICY: {policy}")
     print(f"ComfyUI live workflow: median {1000 * statistics.median(comfy):.0f} ms per run "
           f"(min {1000 * min(comfy):.0f}) -> {comfy_fps:.1f} fps")
     print(f"RainStream.push direct: median {1000 * statistics.median(direct):.0f} ms per push "
