@@ -355,7 +355,8 @@ def install_examples(source: Path, suffixes=(".png", ".mp4")) -> list[str]:
     if not IN_COMFYUI or not source.is_dir():
         return []
     import shutil
-    import tempfile
+
+    from ..rain_core.fileio import temporary_beside
 
     target = input_directory()
     copied = []
@@ -365,7 +366,7 @@ def install_examples(source: Path, suffixes=(".png", ".mp4")) -> list[str]:
             destination = target / path.name
             if path.suffix.lower() not in suffixes or not path.is_file() or destination.exists():
                 continue
-            handle, temporary = tempfile.mkstemp(dir=target, prefix=f".{path.name}.", suffix=".part")
+            handle, temporary = temporary_beside(destination, suffix=".part")
             os.close(handle)
             try:
                 shutil.copyfile(path, temporary)

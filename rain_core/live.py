@@ -25,7 +25,6 @@ from __future__ import annotations
 import io
 import logging
 import os
-import tempfile
 import threading
 import time
 from collections import deque
@@ -36,6 +35,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from .fileio import temporary_beside
 
 log = logging.getLogger(__name__)
 
@@ -256,7 +257,7 @@ class LiveRecorder:
         if not self.path.parent.is_dir():
             raise LiveInputError(f"record: output folder {self.path.parent} does not exist")
         self.fps = max(1, round(float(fps)))
-        handle, name = tempfile.mkstemp(prefix=f".{self.path.stem}.", suffix=".partial.mp4", dir=self.path.parent)
+        handle, name = temporary_beside(self.path, suffix=".partial.mp4")
         os.close(handle)
         self._temp = Path(name)
         self._av = av

@@ -30,6 +30,8 @@ import av
 import cv2
 import numpy as np
 
+from .fileio import temporary_beside, user_folder_mode
+
 log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
@@ -444,7 +446,7 @@ class VideoSink:
     def _start(self, height: int, width: int) -> None:
         folder = self.path.parent
         if self.as_video:
-            handle, name = tempfile.mkstemp(prefix=f".{self.path.stem}.", suffix=f".partial{self.path.suffix}", dir=folder)
+            handle, name = temporary_beside(folder / self.path.name, suffix=f".partial{self.path.suffix}")
             os.close(handle)
             self._temp = Path(name)
             try:
@@ -466,6 +468,7 @@ class VideoSink:
                 log.warning("VideoSink: cannot write H.264 here (%s); writing PNG frames to %s instead",
                             error, self.output_path)
         self._temp = Path(tempfile.mkdtemp(prefix=f".{self.output_path.name}.", suffix=".partial", dir=folder))
+        os.chmod(self._temp, user_folder_mode())  # mkdtemp makes 0700
 
     def _encode(self, frame: np.ndarray | None) -> None:
         """Encode one uint8 RGB frame (None flushes the encoder) and mux what comes out."""

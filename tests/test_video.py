@@ -225,3 +225,20 @@ def test_video_sink_rejects_missing_folder_and_mixed_frame_sizes(tmp_path):
         sink.write(np.zeros((10, 10, 3), np.uint8))
     sink.abort()
     assert list(tmp_path.iterdir()) == []
+
+
+def test_written_video_and_png_folder_get_the_users_umask(tmp_path):
+    import os
+
+    from rain_core.video import VideoSink
+
+    old = os.umask(0o022)
+    try:
+        frames = np.zeros((4, 16, 16, 3), dtype=np.float32)
+        for target in (tmp_path / "clip.mp4", tmp_path / "frames"):
+            sink = VideoSink(target, fps=10)
+            sink.write(frames)
+            written = Path(sink.close())
+            assert (written.stat().st_mode & 0o777) == (0o755 if written.is_dir() else 0o644), written
+    finally:
+        os.umask(old)

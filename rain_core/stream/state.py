@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from ..fileio import temporary_beside
 from .config import StreamConfig, StreamConfigError, StreamStateError
 from .timing import TickClock
 from .window import Window, is_consecutive
@@ -146,7 +146,7 @@ class StreamStateMixin:
         path = Path(path)
         tensors = {name: t.contiguous().cpu() for name, t in state["tensors"].items()}
         metadata = {"rain_stream": json.dumps(_jsonable(state["meta"]))}
-        handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        handle, temporary = temporary_beside(path)
         os.close(handle)
         try:
             save_file(tensors, temporary, metadata=metadata)
