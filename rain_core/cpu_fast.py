@@ -119,13 +119,18 @@ def compiler_problem() -> str | None:
 
 
 def auto_fast_path(device) -> str:
-    """What StreamConfig.fast_path "auto" means off CUDA: "compile" on the CPU where torch.compile can build, else
-    "eager"."""
+    """What StreamConfig.fast_path "auto" means off CUDA: "eager".
+
+    "compile" is opt-in, not the default: it is 1.33× faster per tick at 2 threads on an idle 2-core machine, but
+    its first frame comes after ~60 s there (~5 min on a busy one) and again at every process start (freezing
+    keeps inductor from caching the graph), so `rain demo`, a short `rain animate` or a live panel that must start
+    promptly would be slower end to end (bench/results/cpu_live.json). The passive OpenMP wait, the gain that
+    holds under load, applies to the eager tick too."""
     import torch
 
     if torch.device(device).type == "cpu":
         note_wait_policy()
-    return "compile" if torch.device(device).type == "cpu" and compiler_problem() is None else "eager"
+    return "eager"
 
 
 def cache_dir() -> Path:

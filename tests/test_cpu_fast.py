@@ -3,6 +3,7 @@ no compiler exists runs the eager tick exactly, and the OpenMP wait policy is se
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import subprocess
@@ -50,13 +51,12 @@ def test_compile_without_a_compiler_runs_the_eager_tick_exactly(tiny_models, mon
     assert len(warnings) <= 1 and all("eagerly" in message for message in warnings)
 
 
-def test_auto_compiles_on_the_cpu_only_where_a_compiler_exists(tiny_models, monkeypatch):
+def test_auto_runs_eagerly_on_the_cpu_and_compile_is_opt_in(tiny_models, monkeypatch):
     config = StreamConfig(levels=2, frames_per_cohort=2, steps=2, height=32, width=32)
-    monkeypatch.setenv(NO_COMPILE_ENV, "1")
-    assert RainStream(tiny_models, config).stats["fast_path"] == "eager"
-    monkeypatch.delenv(NO_COMPILE_ENV)
-    expected = "compile" if compiler_problem() is None else "eager"
-    assert RainStream(tiny_models, config).stats["fast_path"] == expected  # nothing compiles before a tick
+    monkeypatch.delenv(NO_COMPILE_ENV, raising=False)
+    assert RainStream(tiny_models, config).stats["fast_path"] == "eager"  # a compiler here or not: start promptly
+    asked = dataclasses.replace(config, fast_path="compile")
+    assert RainStream(tiny_models, asked).stats["fast_path"] == "compile"  # nothing compiles before a tick
 
 
 def test_a_compile_that_fails_falls_back_to_the_eager_tick_for_good(tiny_models, monkeypatch, caplog):

@@ -110,6 +110,9 @@ def add_stream_flags(parser: argparse.ArgumentParser, defaults: dict) -> None:
                        help="output video fps (default: the input's when it has one, else 16)")
     group.add_argument("--threads", type=int, default=None,
                        help="CPU threads for torch (default on CPU: half the cores)")
+    group.add_argument("--fast-path", choices=["auto", "eager", "compile", "graph"], default="auto",
+                       help="auto: a CUDA graph on CUDA, eager on the CPU; compile: torch.compile the steady tick "
+                            "(faster per tick on the CPU, but the first frame waits a minute or more)")
 
 
 MODEL_HELP = "model folder, or 'tiny' / 'builtin' for the built-in 64 px model"
@@ -151,7 +154,7 @@ def stream_config(args):
 
     return StreamConfig(levels=args.levels, frames_per_cohort=args.frames_per_cohort, steps=args.steps,
                         guidance=args.guidance, height=args.height, width=args.width, seed=args.seed,
-                        decoder=args.decoder)
+                        decoder=args.decoder, fast_path=getattr(args, "fast_path", "auto"))
 
 
 def load_models(args):
