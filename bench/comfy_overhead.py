@@ -6,7 +6,7 @@ workflow ("RAIN 3 - Live preview (Auto Queue)": a looping pose video, 4 poses pe
 the history's timestamps. After each run it pushes the same number of poses into a RainStream of the same model
 and settings in this process (interleaved, so both sides see the same load on a shared machine). Prints frames per second of both and their ratio (goal: >= 0.9). Nothing is asserted.
 
-    COMFYUI_DIR=/work/comfy COMFY_PYTHON=/work/comfy-venv/bin/python .venv/bin/python bench/comfy_overhead.py
+    COMFYUI_DIR=$COMFY COMFY_PYTHON=$COMFY_VENV/bin/python .venv/bin/python bench/comfy_overhead.py
 
 Same threads on both sides (--threads, default 2: OMP_NUM_THREADS for the server, torch.set_num_threads here),
 and the same OpenMP wait policy: rain_core sets OMP_WAIT_POLICY=PASSIVE before torch loads (rain_core/cpu_fast.py),

@@ -10,14 +10,14 @@ the loss and of every trainable parameter's gradient (the worst tensor, and all 
 Set up the reference side once (outside this repository; nothing of it is committed):
 
     fetch github:MooreThreads/Moore-AnimateAnyone, then
-    git --git-dir=MIRROR archive HEAD | tar -x -C /work/fidelity-train/maa
-    python3 -m venv /work/authors-venv && /work/authors-venv/bin/pip install -q torch==2.13.0 diffusers==0.24.0 \\
+    git --git-dir=MIRROR archive HEAD | tar -x -C $MAA_SRC
+    python3 -m venv $REF_VENV && $REF_VENV/bin/pip install -q torch==2.13.0 diffusers==0.24.0 \\
         huggingface-hub==0.25.1 transformers==4.44.2 omegaconf einops "numpy<2" safetensors
 
 Then:
 
-    .venv/bin/python bench/compare_training.py --reference-python /work/authors-venv/bin/python \\
-        --reference-src /work/fidelity-train/maa [--run RUN_DIR]
+    .venv/bin/python bench/compare_training.py --reference-python $REF_VENV/bin/python \\
+        --reference-src $MAA_SRC [--run RUN_DIR]
 
 Rows: stage 1 (one image per sample) and stage 2 with one level (`--levels 1`: 4 frames, one t per clip, motion
 modules trained), each with min-SNR γ = 0 / 5 and condition dropout off / on (the whole batch dropped). The

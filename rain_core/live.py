@@ -18,6 +18,9 @@ client can measure latency from capture to display; the session measures its own
 and the structural floor, the look-ahead of window − 1 frames: a frame cannot leave before the poses of the
 window − 1 frames after it have arrived. Nothing here imports ComfyUI; the ComfyUI route (nodes/live_route.py)
 and the `rain` command drive the same session.
+
+Why one file over 500 lines: intake, meters, recorder and LiveSession are the engine side of one feature
+used by the route, the CLI and the bench; each piece is short and only meaningful with the others.
 """
 
 from __future__ import annotations

@@ -8,6 +8,9 @@ Layouts of a checkpoint folder
   image_encoder, and vae / taesdv when the model has them. Preferred when both layouts are present.
 Our parameter names equal the authors', so no renaming happens; every file is checked against the network it
 fills (missing, unexpected and mis-shaped tensors) before anything is loaded.
+
+Why one file over 500 lines: every loading path (authors' .pth, our safetensors, SD/AnimateDiff init) goes
+through the same file checks and the same descriptions of wrong files, which must stay one vocabulary.
 """
 
 from __future__ import annotations

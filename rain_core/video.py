@@ -13,6 +13,9 @@ A video file whose frames stop before the count its container lists, or fail to 
 `VideoSink` writes H.264 yuv420p in an mp4/mov (PyAV, libx264: what browsers and ComfyUI's previews play)
 or a PNG sequence (when the path has no video suffix or H.264 writing is unavailable). Output goes to a temporary sibling and is renamed into place by `close()`; on error or
 `abort()` the partial output is removed and any earlier file at the path is left untouched.
+
+Why one file over 500 lines: sources and sinks share the PyAV/OpenCV container handling, the frame-count
+checks and the letterbox geometry; split, each half would import the other's private helpers.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ Chromium driven by Playwright (the system browser through executable_path; never
 Opt-in: the `browser` marker, plus a real ComfyUI as in tests/test_comfyui_host.py and Playwright's Python
 package:
 
-    COMFYUI_DIR=/work/comfy COMFY_PYTHON=/work/comfy-venv/bin/python .venv/bin/pytest tests/test_browser.py -m browser -s
+    COMFYUI_DIR=$COMFY COMFY_PYTHON=$COMFY_VENV/bin/python .venv/bin/pytest tests/test_browser.py -m browser -s
 
 Each shipped workflow loads with every node known and no console error from the pack's JS; the live workflow is
 queued several times from the page (as the Run button does) and the Frame Queue widget shows frames and its

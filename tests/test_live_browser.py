@@ -4,7 +4,7 @@ fake camera that plays the real pose video (a .y4m made here from examples/anyon
 Opt-in: the `browser` marker, plus a real ComfyUI as in tests/test_comfyui_host.py and Playwright's Python
 package with the system Chromium (never a downloaded browser):
 
-    COMFYUI_DIR=/work/comfy COMFY_PYTHON=/work/comfy-venv/bin/python \
+    COMFYUI_DIR=$COMFY COMFY_PYTHON=$COMFY_VENV/bin/python \
         .venv/bin/pytest tests/test_live_browser.py -m browser -s
 
 The panel opens, Start streams the camera to /rain/live, animated frames come back and are drawn beside the

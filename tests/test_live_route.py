@@ -2,7 +2,7 @@
 
 Opt-in like tests/test_comfyui_host.py (COMFYUI_DIR and COMFY_PYTHON; skipped with the reason otherwise):
 
-    COMFYUI_DIR=/work/comfy COMFY_PYTHON=/work/comfy-venv/bin/python .venv/bin/pytest tests/test_live_route.py -m comfyui -s
+    COMFYUI_DIR=$COMFY COMFY_PYTHON=$COMFY_VENV/bin/python .venv/bin/pytest tests/test_live_route.py -m comfyui -s
 
 The built-in tiny model runs at 64 px with a 2-level × 2-frame window so that a CPU gets through several ticks
 in a few seconds. Frames must come back in order, the counts must add up the way the dropping policy says,
