@@ -94,6 +94,32 @@ def model_loader(g):
     return g.add("LoadRainModel", [BUILTIN, "auto", "auto", "auto", "auto", "auto", True], (0, 0))
 
 
+def feed_sampler(g, model, reference, poses, rain):
+    g.link(model, "rain_model", rain, "rain_model")
+    g.link(reference, "IMAGE", rain, "reference")
+    g.link(poses, "poses", rain, "poses")
+
+
+def save_video(g, source, prefix: str, x: int):
+    """Create Video + Save Video at the frame rate that travels with `source`'s frames."""
+    create = g.add("CreateVideo", [16.0], (x, 0), (260, 90))
+    save = g.add("SaveVideo", [prefix, "auto", "auto"], (x + 300, 0), (360, 360))
+    g.link(source, "frames", create, "images")
+    g.link(source, "fps", create, "fps")
+    g.link(create, "VIDEO", save, "video")
+
+
+def keypoint_poses(g, name: str, pose_stream_widgets: list, preview_title: str):
+    """Load Pose Keypoints -> Pose Stream (+ a preview of the drawn poses)."""
+    keypoints = g.add("RainLoadPoseKeypoints", [name, 0.0], (360, 300), (320, 120))
+    poses = g.add("RainPoseStream", pose_stream_widgets, (720, 300), (320, 480))
+    preview = g.add("PreviewImage", [], (720, 820), (320, 260), title=preview_title)
+    g.link(keypoints, "pose_keypoint", poses, "pose_keypoint")
+    g.link(keypoints, "fps", poses, "fps")
+    g.link(poses, "pose_preview", preview, "images")
+    return poses
+
+
 def animate_pose_video():
     """(1) Reference image + rendered pose video -> animation file at the video's frame rate."""
     g = Graph()
@@ -108,15 +134,9 @@ def animate_pose_video():
     video = g.add("LoadVideo", ["anyone-video-1_kps.mp4", "image"], (360, 300), (320, 360))
     poses = g.add("RainPoseStream", pose_stream(), (720, 300), (320, 480))
     rain = g.add("RainSampler", sampler(flush=True, stream_id="pose-video"), (1080, 0), (320, 380))
-    create = g.add("CreateVideo", [16.0], (1440, 0), (260, 90))
-    save = g.add("SaveVideo", ["rain/animation", "auto", "auto"], (1740, 0), (360, 360))
     g.link(video, "VIDEO", poses, "video")
-    g.link(model, "rain_model", rain, "rain_model")
-    g.link(reference, "IMAGE", rain, "reference")
-    g.link(poses, "poses", rain, "poses")
-    g.link(rain, "frames", create, "images")
-    g.link(rain, "fps", create, "fps")
-    g.link(create, "VIDEO", save, "video")
+    feed_sampler(g, model, reference, poses, rain)
+    save_video(g, rain, "rain/animation", 1440)
     return g.workflow()
 
 
@@ -130,21 +150,10 @@ def keypoints_to_animation():
            "Saved at the keypoints' frame rate to output/rain/.", (0, -300), (460, 260))
     model = model_loader(g)
     reference = g.add("LoadImage", ["anyone-2.png", "image"], (0, 300), (320, 360))
-    keypoints = g.add("RainLoadPoseKeypoints", ["rain-dance-keypoints.json", 0.0], (360, 300), (320, 120))
-    poses = g.add("RainPoseStream", pose_stream(smoothing=0.3), (720, 300), (320, 480))
-    preview = g.add("PreviewImage", [], (720, 820), (320, 260), title="Pose preview")
+    poses = keypoint_poses(g, "rain-dance-keypoints.json", pose_stream(smoothing=0.3), "Pose preview")
     rain = g.add("RainSampler", sampler(flush=True, stream_id="keypoints"), (1080, 0), (320, 380))
-    create = g.add("CreateVideo", [16.0], (1440, 0), (260, 90))
-    save = g.add("SaveVideo", ["rain/keypoints", "auto", "auto"], (1740, 0), (360, 360))
-    g.link(keypoints, "pose_keypoint", poses, "pose_keypoint")
-    g.link(keypoints, "fps", poses, "fps")
-    g.link(poses, "pose_preview", preview, "images")
-    g.link(model, "rain_model", rain, "rain_model")
-    g.link(reference, "IMAGE", rain, "reference")
-    g.link(poses, "poses", rain, "poses")
-    g.link(rain, "frames", create, "images")
-    g.link(rain, "fps", create, "fps")
-    g.link(create, "VIDEO", save, "video")
+    feed_sampler(g, model, reference, poses, rain)
+    save_video(g, rain, "rain/keypoints", 1440)
     return g.workflow()
 
 
@@ -163,9 +172,7 @@ def live_preview():
                   (360, 300), (320, 480))
     rain = g.add("RainSampler", sampler(stream_id="live"), (720, 0), (320, 380))
     queue = g.add("RainFrameQueue", ["pace", 16.0, 64, "drop oldest", False, True], (1080, 0), (320, 420))
-    g.link(model, "rain_model", rain, "rain_model")
-    g.link(reference, "IMAGE", rain, "reference")
-    g.link(poses, "poses", rain, "poses")
+    feed_sampler(g, model, reference, poses, rain)
     g.link(rain, "frames", queue, "frames")
     g.link(rain, "fps", queue, "fps")
     return g.workflow()
@@ -183,24 +190,13 @@ def face_morph_portrait():
            (460, 280))
     model = model_loader(g)
     reference = g.add("LoadImage", ["anime-portrait.png", "image"], (0, 300), (320, 360))
-    keypoints = g.add("RainLoadPoseKeypoints", ["rain-face-keypoints.json", 0.0], (360, 300), (320, 120))
-    poses = g.add("RainPoseStream", pose_stream(mode="face-morph", smoothing=0.3), (720, 300), (320, 480))
-    preview = g.add("PreviewImage", [], (720, 820), (320, 260), title="Face dots")
+    poses = keypoint_poses(g, "rain-face-keypoints.json", pose_stream(mode="face-morph", smoothing=0.3), "Face dots")
     rain = g.add("RainSampler", sampler(flush=True, stream_id="face-morph", guidance=2.5), (1080, 0), (320, 380))
     queue = g.add("RainFrameQueue", ["collect", 16.0, 4096, "release now", True, True], (1440, 0), (320, 420))
-    create = g.add("CreateVideo", [16.0], (1800, 0), (260, 90))
-    save = g.add("SaveVideo", ["rain/face-morph", "auto", "auto"], (2100, 0), (360, 360))
-    g.link(keypoints, "pose_keypoint", poses, "pose_keypoint")
-    g.link(keypoints, "fps", poses, "fps")
-    g.link(poses, "pose_preview", preview, "images")
-    g.link(model, "rain_model", rain, "rain_model")
-    g.link(reference, "IMAGE", rain, "reference")
-    g.link(poses, "poses", rain, "poses")
+    feed_sampler(g, model, reference, poses, rain)
     g.link(rain, "frames", queue, "frames")
     g.link(rain, "fps", queue, "fps")
-    g.link(queue, "frames", create, "images")
-    g.link(queue, "fps", create, "fps")
-    g.link(create, "VIDEO", save, "video")
+    save_video(g, queue, "rain/face-morph", 1800)
     return g.workflow()
 
 

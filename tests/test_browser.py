@@ -14,26 +14,14 @@ stats. Screenshots are kept in the test's temporary folder.
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import time
-from pathlib import Path
 
 import pytest
-from test_comfyui_host import REASON, ROOT, WORKFLOWS, Server
+from test_comfyui_host import BROWSER_MARKS, CHROMIUM, CHROMIUM_ARGS, ROOT, WORKFLOWS, Server
 
-CHROMIUM = os.environ.get("RAIN_CHROMIUM", shutil.which("chromium") or "/usr/bin/chromium")
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync"]
 PACK_JS = "rain_frame_queue"
 
-if REASON:
-    SKIP = REASON
-elif not Path(CHROMIUM).exists():
-    SKIP = f"browser tier skipped: no Chromium at {CHROMIUM} (apt-get install chromium, or set RAIN_CHROMIUM)"
-else:
-    SKIP = None
-pytestmark = [pytest.mark.browser, pytest.mark.comfyui] + ([pytest.mark.skip(reason=SKIP)] if SKIP else [])
+pytestmark = BROWSER_MARKS
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +37,7 @@ def page(server, tmp_path_factory):
     sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright (uses the system Chromium)")
     errors: list[str] = []
     with sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
         page = browser.new_page(viewport={"width": 1600, "height": 1000})
 
         def on_console(message):

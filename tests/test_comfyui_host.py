@@ -57,6 +57,28 @@ if REASON:
     print(REASON)
     pytestmark = [pytest.mark.comfyui, pytest.mark.skip(reason=REASON)]
 
+# The browser tiers (test_browser.py, test_live_browser.py) share these: Debian's Chromium, never a downloaded one.
+CHROMIUM = os.environ.get("RAIN_CHROMIUM", shutil.which("chromium") or "/usr/bin/chromium")
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync"]
+if REASON:
+    BROWSER_SKIP = REASON
+elif not Path(CHROMIUM).exists():
+    BROWSER_SKIP = f"browser tier skipped: no Chromium at {CHROMIUM} (apt-get install chromium, or set RAIN_CHROMIUM)"
+else:
+    BROWSER_SKIP = None
+BROWSER_MARKS = [pytest.mark.browser, pytest.mark.comfyui] + ([pytest.mark.skip(reason=BROWSER_SKIP)] if BROWSER_SKIP else [])
+LIVE_REFERENCE = "live-reference.png"  # a file of the server's input folder, as a Load Image node names it
+
+
+def live_server(tmp_path_factory, name: str):
+    """A real ComfyUI with the pack and a reference in its input folder, for the live tiers (yield from it)."""
+    instance = Server(tmp_path_factory.mktemp(name))
+    instance.start()
+    shutil.copy(DATA / "anyone-1.png", instance.workdir / "input" / LIVE_REFERENCE)  # as a Load Image upload would
+    yield instance
+    instance.stop()
+
 
 def free_port() -> int:
     with socket.socket() as probe:

@@ -13,28 +13,18 @@ input, and a screenshot shows both. A browser with no camera gets a clear messag
 
 from __future__ import annotations
 
-import os
-import shutil
+import contextlib
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
-from test_comfyui_host import DATA, REASON, Server
+from test_comfyui_host import BROWSER_MARKS, CHROMIUM, CHROMIUM_ARGS, DATA, LIVE_REFERENCE, live_server
 
-REFERENCE = "live-reference.png"  # a file of the server's input folder, as a Load Image node names it
+REFERENCE = LIVE_REFERENCE
 
-CHROMIUM = os.environ.get("RAIN_CHROMIUM", shutil.which("chromium") or "/usr/bin/chromium")
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync"]
 
-if REASON:
-    SKIP = REASON
-elif not Path(CHROMIUM).exists():
-    SKIP = f"browser tier skipped: no Chromium at {CHROMIUM} (apt-get install chromium, or set RAIN_CHROMIUM)"
-else:
-    SKIP = None
-pytestmark = [pytest.mark.browser, pytest.mark.comfyui] + ([pytest.mark.skip(reason=SKIP)] if SKIP else [])
+pytestmark = BROWSER_MARKS
 
 
 def write_y4m(video: Path, path: Path, width: int = 256, height: int = 352) -> Path:
@@ -55,11 +45,7 @@ def write_y4m(video: Path, path: Path, width: int = 256, height: int = 352) -> P
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    instance = Server(tmp_path_factory.mktemp("comfy-browser"))
-    instance.start()
-    shutil.copy(DATA / "anyone-1.png", instance.workdir / "input" / REFERENCE)  # as a Load Image upload would
-    yield instance
-    instance.stop()
+    yield from live_server(tmp_path_factory, "comfy-browser")
 
 
 @pytest.fixture(scope="module")
@@ -92,16 +78,25 @@ def set_fields(page, **values):
         page.fill(f"#rain-live-{name}", str(value))
 
 
-def test_panel_streams_the_fake_camera_and_shows_input_and_animation_side_by_side(server, playwright, tmp_path):
-    y4m = write_y4m(DATA / "anyone-video-1_kps.mp4", tmp_path / "poses.y4m")
-    browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS + [
-        "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
-        f"--use-file-for-fake-video-capture={y4m}"])
+@contextlib.contextmanager
+def live_panel(playwright, server, source: str, extra_args=()):
+    """A ComfyUI page in a new Chromium with the live panel open on `source`; yields (page, pack JS errors)."""
+    browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS + list(extra_args))
     errors: list[str] = []
     try:
         page = open_comfyui(browser, server, errors)
         page.click("#rain-live-toggle")
-        page.select_option("#rain-live-source", "webcam")
+        page.select_option("#rain-live-source", source)
+        yield page, errors
+    finally:
+        browser.close()
+
+
+def test_panel_streams_the_fake_camera_and_shows_input_and_animation_side_by_side(server, playwright, tmp_path):
+    y4m = write_y4m(DATA / "anyone-video-1_kps.mp4", tmp_path / "poses.y4m")
+    fake_camera = ["--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
+                   f"--use-file-for-fake-video-capture={y4m}"]
+    with live_panel(playwright, server, "webcam", fake_camera) as (page, errors):
         page.select_option("#rain-live-mode", "pose")  # the fake camera shows a pose video
         set_fields(page, model="tiny-rain (built-in)", width=64, height=64, levels=2, frames_per_cohort=2, steps=2,
                    reference=REFERENCE)
@@ -128,17 +123,10 @@ def test_panel_streams_the_fake_camera_and_shows_input_and_animation_side_by_sid
             assert crop.std() > 10, crop.std()
         page.click("#rain-live-stop")
         assert not errors, errors
-    finally:
-        browser.close()
 
 
 def test_no_camera_gives_a_clear_message_in_the_panel(server, playwright):
-    browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)  # no camera at all
-    errors: list[str] = []
-    try:
-        page = open_comfyui(browser, server, errors)
-        page.click("#rain-live-toggle")
-        page.select_option("#rain-live-source", "webcam")
+    with live_panel(playwright, server, "webcam") as (page, errors):  # no camera at all
         page.click("#rain-live-start")
         page.wait_for_function("() => document.querySelector('#rain-live-message').textContent.length > 0",
                                timeout=30_000)
@@ -146,18 +134,11 @@ def test_no_camera_gives_a_clear_message_in_the_panel(server, playwright):
         assert "No camera found" in message or "Camera refused" in message, message
         assert page.is_enabled("#rain-live-start") and not page.is_enabled("#rain-live-stop")
         assert not errors, errors
-    finally:
-        browser.close()
 
 
 def test_example_pose_video_needs_no_camera_and_a_missing_model_is_reported(server, playwright):
     """The no-download path: the pack's example pose video plays in the page and drives the built-in model."""
-    browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)  # no camera at all
-    errors: list[str] = []
-    try:
-        page = open_comfyui(browser, server, errors)
-        page.click("#rain-live-toggle")
-        page.select_option("#rain-live-source", "example")
+    with live_panel(playwright, server, "example") as (page, errors):  # no camera at all
         set_fields(page, model="no-such-model", width=64, height=64, levels=2, frames_per_cohort=2, steps=2)
         page.click("#rain-live-start")
         page.wait_for_function("() => document.querySelector('#rain-live-message').textContent.includes('no-such')",
@@ -171,5 +152,3 @@ def test_example_pose_video_needs_no_camera_and_a_missing_model_is_reported(serv
         assert "streaming" in page.text_content("#rain-live-message")
         page.click("#rain-live-stop")
         assert not errors, errors
-    finally:
-        browser.close()

@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import io
 import json
-import shutil
 import struct
 import time
 import urllib.request
@@ -22,9 +21,9 @@ import urllib.request
 import numpy as np
 import pytest
 from PIL import Image
-from test_comfyui_host import DATA, REASON, Server
+from test_comfyui_host import DATA, LIVE_REFERENCE, REASON, live_server
 
-REFERENCE = "live-reference.png"  # a file of the server's input folder, as a Load Image node names it
+REFERENCE = LIVE_REFERENCE
 
 pytestmark = [pytest.mark.comfyui] + ([pytest.mark.skip(reason=REASON)] if REASON else [])
 
@@ -37,11 +36,7 @@ SETTINGS = {"type": "start", "model": "tiny-rain (built-in)", "width": 64, "heig
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    instance = Server(tmp_path_factory.mktemp("comfy-live"))
-    instance.start()
-    shutil.copy(DATA / "anyone-1.png", instance.workdir / "input" / REFERENCE)  # as a Load Image upload would
-    yield instance
-    instance.stop()
+    yield from live_server(tmp_path_factory, "comfy-live")
 
 
 @pytest.fixture(scope="module")

@@ -37,9 +37,9 @@ def pack():
     return load_pack()
 
 
-@pytest.fixture
-def host(pack, tmp_path, monkeypatch):
-    monkeypatch.setenv("RAIN_MODELS_DIR", str(tmp_path / "models"))
+def standalone_host(monkeypatch, models_dir):
+    """nodes/host.py in standalone mode with a clean slate for one test (a generator for fixtures to yield from)."""
+    monkeypatch.setenv("RAIN_MODELS_DIR", str(models_dir))
     module = sys.modules[f"{PACK_NAME}.nodes.host"]
     module.sent_events.clear()
     module.progress_hooks.clear()
@@ -48,6 +48,11 @@ def host(pack, tmp_path, monkeypatch):
     module.progress_hooks.clear()
     module.interrupt_processing(False)
     module.set_client_id(None)
+
+
+@pytest.fixture
+def host(pack, tmp_path, monkeypatch):
+    yield from standalone_host(monkeypatch, tmp_path / "models")
 
 
 def all_inputs(node_class):

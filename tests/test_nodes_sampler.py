@@ -1,12 +1,11 @@
 """Load RAIN Model + RAIN Sampler + Frame Queue executed standalone on a real tiny RAIN saved to disk."""
 
 import importlib
-import sys
 
 import pytest
 import torch
 from conftest import build_tiny_models, tiny_config
-from test_nodes import DATA, PACK_NAME, load_pack, pose_stream_args
+from test_nodes import DATA, PACK_NAME, load_pack, pose_stream_args, standalone_host
 
 from rain_core.loading import save_rain
 
@@ -33,16 +32,9 @@ def small_models():
 @pytest.fixture
 def host(pack, tmp_path, monkeypatch, small_models):
     save_rain(small_models, tmp_path / "models" / "rain" / "tiny-test")
-    monkeypatch.setenv("RAIN_MODELS_DIR", str(tmp_path / "models"))
-    module = sys.modules[f"{PACK_NAME}.nodes.host"]
     registry = pack_registry()
     registry.clear()
-    module.progress_hooks.clear()
-    module.set_client_id(None)
-    yield module
-    module.progress_hooks.clear()
-    module.interrupt_processing(False)
-    module.set_client_id(None)
+    yield from standalone_host(monkeypatch, tmp_path / "models")
     registry.clear()
 
 

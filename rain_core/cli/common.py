@@ -121,11 +121,16 @@ MODEL_HELP = "model folder, or 'tiny' / 'builtin' for the built-in 64 px model"
 def add_model_flags(parser: argparse.ArgumentParser, required: bool = False, help: str | None = None) -> None:
     parser.add_argument("--model", required=required, default=None,
                         help=help or MODEL_HELP + " (default: the built-in model)")
-    parser.add_argument("--vae", default=None, help="sd-vae-ft-mse diffusers folder (default: beside the model, or "
+    add_part_flags(parser, beside="the model")
+
+
+def add_part_flags(parser: argparse.ArgumentParser, beside: str) -> None:
+    """--vae, --image-encoder, --taesdv: the parts of the README layout that may sit outside a model folder."""
+    parser.add_argument("--vae", default=None, help=f"sd-vae-ft-mse diffusers folder (default: beside {beside}, or "
                         "models/vae/sd-vae-ft-mse of the README layout)")
     parser.add_argument("--image-encoder", default=None, help="sd-image-variations image_encoder folder (default: "
-                        "beside the model, or models/clip_vision/sd-image-variations)")
-    parser.add_argument("--taesdv", default=None, help="taesdv.pth (default: beside the model, or "
+                        f"beside {beside}, or models/clip_vision/sd-image-variations)")
+    parser.add_argument("--taesdv", default=None, help=f"taesdv.pth (default: beside {beside}, or "
                         "models/vae_approx/taesdv.pth)")
 
 

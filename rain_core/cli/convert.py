@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .common import EXIT_OK, UsageError, apply_umask, emit, model_parts
+from .common import EXIT_OK, UsageError, add_part_flags, apply_umask, emit, model_parts
 
 
 def add_parser(sub) -> None:
@@ -12,12 +12,7 @@ def add_parser(sub) -> None:
     p.add_argument("source", help="folder with reference_unet.pth, motion_unet.pth, pose_guider.pth "
                    "(e.g. models/rain/RAIN-v0.1)")
     p.add_argument("target", help="output folder (e.g. models/rain/RAIN-v0.1-st)")
-    p.add_argument("--vae", default=None, help="sd-vae-ft-mse folder (default: beside SOURCE, or "
-                   "models/vae/sd-vae-ft-mse of the README layout)")
-    p.add_argument("--image-encoder", default=None, help="sd-image-variations image_encoder folder (default: "
-                   "beside SOURCE, or models/clip_vision/sd-image-variations)")
-    p.add_argument("--taesdv", default=None, help="taesdv.pth (default: beside SOURCE, or "
-                   "models/vae_approx/taesdv.pth)")
+    add_part_flags(p, beside="SOURCE")
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=run)
 
