@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from ..inputs import is_keypoint_source
 from .common import (
     EXIT_OK,
     MODEL_HELP,
@@ -17,7 +18,6 @@ from .common import (
     check_pose_frames,
     check_reference,
     emit,
-    is_keypoint_source,
     load_models,
     model_folder_size,
     partial_path,

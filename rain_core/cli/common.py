@@ -243,12 +243,6 @@ def check_pose_frames(frames, source: str, enabled: bool = True):
     return itertools.chain(first, frames)
 
 
-def is_keypoint_source(path) -> bool:
-    source = Path(path)
-    return source.suffix.lower() == ".json" or (source.is_dir() and any(source.glob("*.json"))
-                                                and not any(source.glob("*.png")))
-
-
 def partial_path(path: Path) -> Path:
     """Where --keep-partial puts an interrupted run's frames: anim.mp4 → anim.partial.mp4, frames → frames.partial."""
     path = Path(path)
