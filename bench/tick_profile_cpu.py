@@ -2,7 +2,7 @@
 
 1. Full size (SD-1.5, 512², 4 levels × 4 frames) on meta tensors (no memory, no arithmetic): FLOPs per stage,
    bytes every unfused aten op reads/writes, weight bytes, and the floors those give on a card whose bf16 matmul
-   rate and copy bandwidth you pass (defaults: what an H100 here measured, 798 TFLOP/s and 3.0 TB/s).
+   rate and copy bandwidth you pass (defaults: 798 TFLOP/s and 3.0 TB/s, assumed H100 rates, not measured by this project; NVIDIA's datasheet says ~989 dense bf16).
 2. Tiny networks on the CPU, through `RainStream.push` as it is: every op that reads a value back to the host
    (on CUDA each is a sync), with the line that does it; whether consecutive ticks run the same op sequence with
    the same shapes (what graph capture needs); the same for the one tick driven alone (`rain_core.stream.Tick`).
@@ -13,8 +13,10 @@
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from collections import Counter
+from pathlib import Path
 
 import torch
 
@@ -23,18 +25,13 @@ from rain_core.models import RainModelConfig, RainModels
 from rain_core.models.testing import randomize_parameters
 from rain_core.stream import RainStream, StreamConfig, Tick
 
-SD_VAE = {
-    "block_out_channels": [128, 256, 512, 512],
-    "down_block_types": ["DownEncoderBlock2D"] * 4,
-    "up_block_types": ["UpDecoderBlock2D"] * 4,
-    "layers_per_block": 2,
-    "latent_channels": 4,
-}
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a plain checkout
+from bench.gpu.build import SD_VAE  # noqa: E402  (the one sd-vae-ft-mse config of the benches)
 
 
 def full_size_costs(args) -> None:
     config = RainModelConfig.sd15()
-    config.vae = SD_VAE
+    config.vae = dict(SD_VAE)
     stream_config = StreamConfig(
         levels=args.levels,
         frames_per_cohort=args.frames_per_cohort,
