@@ -53,15 +53,56 @@ def post(base, path, payload):
         return json.loads(response.read() or b"null")
 
 
-def run_prompt(base, prompt, client) -> dict:
-    prompt_id = post(base, "/prompt", {"prompt": prompt, "client_id": client})["prompt_id"]
-    while True:
-        entry = get(base, f"/history/{prompt_id}").get(prompt_id)
-        if entry and entry["status"].get("completed") is not None:
-            if entry["status"]["status_str"] != "success":
-                raise RuntimeError(json.dumps(entry["status"]["messages"])[-2000:])
-            return entry
-        time.sleep(0.02)
+class PromptRunner:
+    """Queues a prompt and waits for its end on ComfyUI's websocket, then reads its history once. (Polling
+    /history every 20 ms, as this script first did, had the server answer ~25 requests during each run on the
+    same two cores: part of what it measured was its own polling.)"""
+
+    def __init__(self, base: str, client: str):
+        import asyncio
+
+        self.base, self.client = base, client
+        self.loop = asyncio.new_event_loop()
+        self.session, self.socket = self.loop.run_until_complete(self._connect())
+
+    async def _connect(self):
+        import aiohttp
+
+        session = aiohttp.ClientSession()
+        socket = await session.ws_connect(self.base.replace("http", "ws", 1) + f"/ws?clientId={self.client}")
+        return session, socket
+
+    async def _finished(self, prompt_id: str) -> None:
+        import aiohttp
+
+        async for message in self.socket:
+            if message.type != aiohttp.WSMsgType.TEXT:
+                continue
+            event = json.loads(message.data)
+            data = event.get("data") or {}
+            if data.get("prompt_id") == prompt_id and event.get("type") in (
+                    "execution_success", "execution_error", "execution_interrupted"):
+                return
+        raise RuntimeError("ComfyUI closed the websocket")
+
+    def run(self, prompt) -> dict:
+        import asyncio
+
+        prompt_id = post(self.base, "/prompt", {"prompt": prompt, "client_id": self.client})["prompt_id"]
+        self.loop.run_until_complete(asyncio.wait_for(self._finished(prompt_id), 600))
+        entry = None
+        while entry is None:  # the history entry is stored just after the success event goes out
+            entry = get(self.base, f"/history/{prompt_id}").get(prompt_id)
+            if entry is None:
+                time.sleep(0.01)
+        if entry["status"]["status_str"] != "success":
+            raise RuntimeError(json.dumps(entry["status"]["messages"])[-2000:])
+        return entry
+
+    def close(self) -> None:
+        self.loop.run_until_complete(self.socket.close())
+        self.loop.run_until_complete(self.session.close())
+        self.loop.close()
 
 
 def execution_seconds(entry) -> float:
@@ -104,14 +145,17 @@ def comfy_side(args, workdir: Path, direct_push) -> tuple[list[float], list[floa
         prompt = ui_to_api(json.loads(WORKFLOW.read_text()), object_info)
         frames_per_run = next(n for n in prompt.values()
                               if n["class_type"] == "RainPoseStream")["inputs"]["frames_per_run"]
-        client = uuid.uuid4().hex
-        for _ in range(args.warmup):  # the stream's window fills; the model loads
-            run_prompt(base, prompt, client)
-            direct_push(frames_per_run)
-        times, direct = [], []
-        for _ in range(args.runs):  # interleaved, so that both sides see the same load on a shared machine
-            times.append(execution_seconds(run_prompt(base, prompt, client)))
-            direct.append(direct_push(frames_per_run))
+        runner = PromptRunner(base, uuid.uuid4().hex)
+        try:
+            for _ in range(args.warmup):  # the stream's window fills; the model loads
+                runner.run(prompt)
+                direct_push(frames_per_run)
+            times, direct = [], []
+            for _ in range(args.runs):  # interleaved, so that both sides see the same load on a shared machine
+                times.append(execution_seconds(runner.run(prompt)))
+                direct.append(direct_push(frames_per_run))
+        finally:
+            runner.close()
         return times, direct, frames_per_run
     finally:
         process.terminate()

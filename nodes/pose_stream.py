@@ -66,6 +66,20 @@ def _video_fps(path: str) -> float:
     return _fps_cache[key]
 
 
+_decoded_videos = None
+
+
+def _video_cache():
+    """Decoded pose videos shared by every Pose Stream in the process: a live workflow reads 4 frames of the same
+    short clip each run, and decoding them from the file each time cost an eighth of a tick (rain_core.video)."""
+    global _decoded_videos
+    if _decoded_videos is None:
+        from ..rain_core.video import DecodedVideoCache
+
+        _decoded_videos = DecodedVideoCache()
+    return _decoded_videos
+
+
 def _consumed_by_sampler(prompt, unique_id) -> bool:
     """Whether a RAIN Sampler of this prompt takes this node's poses (it then commits the position on success)."""
     if not isinstance(prompt, dict) or unique_id is None:
@@ -212,7 +226,6 @@ class PoseStream:
                 pose_images=None, pose_keypoint=None, video_frames=None, reference_pose=None, video=None, fps=None,
                 unique_id=None, prompt=None, **face_sliders):
         from ..rain_core import pose as rain_pose
-        from ..rain_core.video import read_video_frames
 
         live = _is_live(video_path, loop)
         state = _live_state.setdefault(host.state_key("poses", unique_id), {}) if live else {}
@@ -231,7 +244,7 @@ class PoseStream:
             if state.get("path") != path:
                 state.update(path=path, position=start_frame)
             first = state["position"] if live else start_frame
-            decoded, next_position, _ = read_video_frames(path, first, frames_per_run, loop, name="video_path")
+            decoded, next_position, _ = _video_cache().read(path, first, frames_per_run, loop, name="video_path")
             if live:
                 def commit(state=state, path=path, position=next_position):
                     if state.get("path") == path:

@@ -301,6 +301,60 @@ def read_video_frames(path: str | Path, start: int, count: int, loop: bool = Fal
         return np.stack(frames), position % total, total
 
 
+class DecodedVideoCache:
+    """Short videos decoded once and kept as uint8, for a node that reads a few frames of the same clip on every
+    run (Pose Stream looping a pose video under Auto Queue): opening, seeking and decoding 4 frames of the
+    704 × 512 example cost 31 ms per run, an eighth of a tick of the built-in model. `read` answers exactly as
+    `read_video_frames` does. Entries are keyed by path, size and modification time (an edited file is decoded
+    again) and the least recently used go first when `max_bytes` would be exceeded; a video whose frames alone
+    exceed it is read from the file a few frames at a time, as before."""
+
+    def __init__(self, max_bytes: int = 256 << 20):
+        import threading
+        from collections import OrderedDict
+
+        self.max_bytes = max_bytes
+        self._entries: OrderedDict[tuple, np.ndarray] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def read(self, path: str | Path, start: int, count: int, loop: bool = False,
+             name: str = "video") -> tuple[np.ndarray, int, int]:
+        frames = self._frames(path, name)
+        if frames is None:
+            return read_video_frames(path, start, count, loop, name)
+        total = len(frames)
+        if start >= total and not loop:
+            raise VideoSourceError(f"start_frame: {start} is past the end of {os.path.basename(str(path))} "
+                                   f"({total} frames); lower it, or turn loop on.")
+        start %= total
+        count = total - start if count <= 0 else count
+        if not loop:
+            count = min(count, total - start)
+        index = (start + np.arange(count)) % total
+        return frames[index], (start + count) % total, total  # fancy indexing copies: the cache stays intact
+
+    def _frames(self, path, name: str) -> np.ndarray | None:
+        stat = os.stat(path)
+        key = (os.path.realpath(path), stat.st_size, stat.st_mtime_ns)
+        with self._lock:
+            if key in self._entries:
+                self._entries.move_to_end(key)
+                return self._entries[key]
+        info = probe_video(path, name)
+        if not info.frame_count or info.frame_count * info.height * info.width * 3 > self.max_bytes:
+            return None
+        frames, _, _ = read_video_frames(path, 0, 0, name=name)
+        with self._lock:
+            self._entries[key] = frames
+            while sum(entry.nbytes for entry in self._entries.values()) > self.max_bytes and len(self._entries) > 1:
+                self._entries.popitem(last=False)
+        return frames
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+
+
 class VideoFileSource(FrameSource):
     """A video file decoded by PyAV (FFmpeg), one frame per step. Each iteration re-opens the file.
 

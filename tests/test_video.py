@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from rain_core.video import (
+    DecodedVideoCache,
     VideoReadError,
     VideoSink,
     VideoSinkError,
@@ -58,6 +59,33 @@ def test_read_video_frames_seeks_and_wraps_around_when_looping():
     assert next_start == 0 and np.array_equal(everything, whole)
     with pytest.raises(VideoSourceError, match="start_frame: 250 is past the end"):
         read_video_frames(POSE_VIDEO, 250, 4)
+
+
+def test_decoded_video_cache_answers_exactly_as_reading_the_file(tmp_path):
+    cache = DecodedVideoCache()
+    for start, count, loop in [(0, 4, True), (30, 5, False), (62, 4, True), (62, 4, False), (0, 0, False),
+                               (10, 0, True), (60, 200, True), (64, 4, True), (130, 3, True)]:
+        cached = cache.read(POSE_VIDEO, start, count, loop)
+        direct = read_video_frames(POSE_VIDEO, start, count, loop)
+        assert np.array_equal(cached[0], direct[0]) and cached[1:] == direct[1:], (start, count, loop)
+    with pytest.raises(VideoSourceError, match="start_frame: 250 is past the end"):
+        cache.read(POSE_VIDEO, 250, 4)
+    frames, _, _ = cache.read(POSE_VIDEO, 0, 2)
+    frames[:] = 0  # a caller writing into its frames must not change the cache
+    assert np.array_equal(cache.read(POSE_VIDEO, 0, 2)[0], read_video_frames(POSE_VIDEO, 0, 2)[0])
+
+    # A file replaced in place (new size and time) is decoded again, not served from the old entry.
+    path = tmp_path / "poses.mp4"
+    path.write_bytes(POSE_VIDEO.read_bytes())
+    assert np.array_equal(cache.read(path, 5, 2)[0], read_video_frames(POSE_VIDEO, 5, 2)[0])
+    path.write_bytes(POSE_VIDEO_2.read_bytes())
+    assert cache.read(path, 5, 2)[2] == 48
+    assert np.array_equal(cache.read(path, 5, 2)[0], read_video_frames(POSE_VIDEO_2, 5, 2)[0])
+
+    # A video larger than the budget is read from the file, with the same answers.
+    small = DecodedVideoCache(max_bytes=512 * 704 * 3 * 10)
+    assert np.array_equal(small.read(POSE_VIDEO, 62, 4, True)[0], read_video_frames(POSE_VIDEO, 62, 4, True)[0])
+    assert not small._entries
 
 
 def truncated_copy(source: Path, folder: Path, keep: float) -> Path:
