@@ -92,16 +92,40 @@ def _consumed_by_sampler(prompt, unique_id) -> bool:
     return False
 
 
-def _detector():
-    """One DWPose detector per process (its onnxruntime sessions are cached); files in models/rain/dwpose."""
+def _detector(node_id=None):
+    """One DWPose detector per process (its onnxruntime sessions are cached); files in models/rain/dwpose.
+
+    Missing files are fetched from yzd-v/DWPose on first use, with ComfyUI's progress bar, as comfyui_controlnet_aux
+    does for its preprocessors (HF_HUB_OFFLINE=1 turns that off; `rain download dwpose` does it ahead of time)."""
     from ..rain_core import pose as rain_pose
+    from ..rain_core.pose.detector import _import_onnxruntime
 
     folders = [folder / "dwpose" for folder in host.model_folders("rain")]
     folder = next((f for f in folders if f.is_dir()), folders[0] if folders else None)
     key = str(folder)
     if key not in _detectors:
-        _detectors[key] = rain_pose.DWPoseDetector(folder)
+        _import_onnxruntime()  # what to install comes first: no 200 MB download for a detector that cannot run
+        try:
+            _detectors[key] = rain_pose.DWPoseDetector(folder)
+        except rain_pose.DetectorUnavailable as missing:
+            _detectors[key] = rain_pose.DWPoseDetector(_download_detector(missing, node_id))
     return _detectors[key]
+
+
+def _download_detector(missing: Exception, node_id=None):
+    from ..rain_core import download
+    from ..rain_core.pose import DetectorUnavailable
+
+    if download.offline():
+        raise DetectorUnavailable(f"{missing} (HF_HUB_OFFLINE is set, so it was not downloaded; unset it, or run "
+                                  "`rain download dwpose --models-dir <ComfyUI>/models` where there is a network)"
+                                  ) from missing
+    root = host.models_root()
+    host.logger.info("RAIN: downloading the DWPose detector (yolox_l.onnx, dw-ll_ucoco_384.onnx) into %s", root)
+    progress = host.Progress(1000, node_id=node_id)
+    download.download_models(["dwpose"], root, progress=lambda done, total, name: progress.update(
+        int(1000 * done / total) if total else 0))
+    return download.layout_paths(root)["dwpose"]
 
 
 _detectors: dict[str, object] = {}
@@ -196,7 +220,8 @@ class PoseStream:
                 "pose_keypoint": ("POSE_KEYPOINT", {"tooltip": "Keypoints from DWPose Estimator / OpenPose Pose "
                                                                "(comfyui_controlnet_aux)."}),
                 "video_frames": ("IMAGE", {"tooltip": "Ordinary video frames; poses are detected with DWPose "
-                                                      "(needs onnxruntime and the DWPose files)."}),
+                                                      "(needs onnxruntime; the DWPose files are fetched into "
+                                                      "models/rain/dwpose on first use)."}),
                 "reference_pose": ("POSE_KEYPOINT", {"tooltip": "Keypoints of the reference character, for "
                                                                 "align_to_reference."}),
             },
@@ -234,7 +259,7 @@ class PoseStream:
         source_fps = float(fps) if fps else DEFAULT_FPS
         path = _resolve(video_path)
         if path.lower().startswith(WEBCAM_PREFIX):
-            detector = _detector()  # fails first, with what to install, before the camera is opened
+            detector = _detector(unique_id)  # fails first, with what to install, before the camera is opened
             camera_frames = _read_webcam(path, frames_per_run or 4, state)
             frames = [detector(frame) for frame in camera_frames]
         elif path:
@@ -262,7 +287,7 @@ class PoseStream:
         elif pose_images is not None:
             images = image_batch(pose_images, "pose_images")
         elif video_frames is not None:
-            detector = _detector()
+            detector = _detector(unique_id)
             frames = [detector(frame) for frame in image_batch(video_frames, "video_frames").numpy()]
         else:
             raise ValueError("Pose Stream: no pose source. Connect pose_images, pose_keypoint, video or "

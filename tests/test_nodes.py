@@ -302,7 +302,8 @@ def test_pose_stream_detects_poses_in_video_frames_with_the_dwpose_files_in_mode
     assert poses.frames is not None and len(poses.frames) == 3
 
 
-def test_pose_stream_without_dwpose_files_says_which_file_goes_where(pack, host):
+def test_pose_stream_without_dwpose_files_says_which_file_goes_where(pack, host, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # online, they are fetched (tests/test_nodes_detector_download.py)
     with pytest.raises(Exception, match=r"(?s)yolox_l\.onnx.*dwpose"):
         pack.NODE_CLASS_MAPPINGS["RainPoseStream"]().prepare(**pose_stream_args(video_frames=torch.rand(1, 32, 32, 3)))
 
