@@ -151,6 +151,13 @@ def _load_model(settings: dict):
     return handle
 
 
+def _models_folder_detector():
+    """The detector Pose Stream uses: files in ComfyUI's models/rain/dwpose, fetched there on first use."""
+    from .pose_stream import _detector
+
+    return _detector()
+
+
 def _open_session(settings: dict):
     """Load the model (cached between sessions) and start a stream on the reference. Runs in a worker thread."""
     from ..rain_core.live import LiveSession, LiveSettings
@@ -163,7 +170,8 @@ def _open_session(settings: dict):
                           decoder=getattr(handle, "decoder", "auto"))
     live = LiveSettings(mode=settings["mode"], face_morph=dict(settings["face_morph"]),
                         capacity=settings["capacity"], warm_up=True)  # no stall (compile, capture) on live frames
-    session = LiveSession(handle.models, config, _reference_image(settings["reference"]), live)
+    session = LiveSession(handle.models, config, _reference_image(settings["reference"]), live,
+                          make_detector=_models_folder_detector)
     session.model_handle = handle  # keeps the networks (and their cache entry) while the session lives
     return session
 

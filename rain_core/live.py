@@ -361,11 +361,12 @@ class LiveSession:
 
     Or without a thread: `submit` frames and call `step()` to process what is waiting.
     detector: a callable image (H, W, 3) uint8 -> PoseFrame, needed by "detect" and "face_morph" for image
-    frames; None builds `DWPoseDetector()` when first needed (its files in models/rain/dwpose).
+    frames; None builds one when first needed with `make_detector()` (default `DWPoseDetector()`, its files in
+    models/rain/dwpose; a host passes its own, e.g. one that fetches missing files into its models folder).
     """
 
     def __init__(self, models, config, reference, settings: LiveSettings | None = None, detector=None,
-                 clock: Callable[[], float] = time.monotonic):
+                 clock: Callable[[], float] = time.monotonic, make_detector: Callable[[], Any] | None = None):
         from .stream import RainStream
 
         self.settings = settings or LiveSettings()
@@ -376,6 +377,7 @@ class LiveSession:
         self.config = self.stream.config
         self.intake = FrameIntake(self.settings.capacity or self.config.frames_per_cohort, clock)
         self._detector = detector
+        self._make_detector = make_detector
         self._face_params = _face_params(self.settings.face_morph)
         self._pending_face: Any = None
         self._morpher = None
@@ -525,7 +527,7 @@ class LiveSession:
             from .pose import DetectorUnavailable, DWPoseDetector
 
             try:
-                self._detector = DWPoseDetector()
+                self._detector = (self._make_detector or DWPoseDetector)()
             except DetectorUnavailable as error:
                 raise LiveInputError(
                     f"mode {self.settings.mode!r}: needs the DWPose detector for camera or video frames. {error} "

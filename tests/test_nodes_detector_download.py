@@ -73,3 +73,25 @@ def test_offline_the_missing_detector_is_a_clear_error_and_nothing_is_requested(
     with pytest.raises(detector_error, match=r"yolox_l\.onnx.*HF_HUB_OFFLINE is set.*rain download dwpose"):
         node.prepare(**pose_stream_args(video_frames=video_frames(1)))
     assert server.requests == []
+
+
+def test_the_live_panel_in_detect_mode_uses_the_same_detector_and_fetches_it(pack, host, hub, tmp_path):
+    from rain_core.layout import builtin_model_dir
+    from rain_core.live import LiveSession, LiveSettings
+    from rain_core.loading import load_rain
+    from rain_core.stream import StreamConfig
+
+    route = __import__(f"{PACK_NAME}.nodes.live_route", fromlist=["_models_folder_detector"])
+    frames, _, _ = read_video_frames(DATA / "anyone-video-1_kps.mp4", 0, 2)
+    config = StreamConfig(height=64, width=64, levels=2, frames_per_cohort=2, steps=2, seed=3)
+    session = LiveSession(load_rain(builtin_model_dir()), config, frames[0], LiveSettings(mode="detect"),
+                          make_detector=route._models_folder_detector)
+    try:
+        for frame in frames:
+            session.submit(frame)
+        session.step()
+        stats = session.stats()
+        assert stats["failed"] == 0 and stats["pushed"] == 2
+    finally:
+        session.close()
+    assert (tmp_path / "models" / "rain" / "dwpose" / "yolox_l.onnx").is_file()
