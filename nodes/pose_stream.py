@@ -96,7 +96,7 @@ def _detector(node_id=None):
     """One DWPose detector per process (its onnxruntime sessions are cached); files in models/rain/dwpose.
 
     Missing files are fetched from yzd-v/DWPose on first use, with ComfyUI's progress bar, as comfyui_controlnet_aux
-    does for its preprocessors (HF_HUB_OFFLINE=1 turns that off; `rain download dwpose` does it ahead of time)."""
+    does for its preprocessors (HF_HUB_OFFLINE=1 turns that off; `rain download --what dwpose` does it ahead of time)."""
     from ..rain_core import pose as rain_pose
     from ..rain_core.pose.detector import _import_onnxruntime
 
@@ -118,7 +118,7 @@ def _download_detector(missing: Exception, node_id=None):
 
     if download.offline():
         raise DetectorUnavailable(f"{missing} (HF_HUB_OFFLINE is set, so it was not downloaded; unset it, or run "
-                                  "`rain download dwpose --models-dir <ComfyUI>/models` where there is a network)"
+                                  "`rain download --what dwpose --models-dir <ComfyUI>/models` where there is a network)"
                                   ) from missing
     root = host.models_root()
     host.logger.info("RAIN: downloading the DWPose detector (yolox_l.onnx, dw-ll_ucoco_384.onnx) into %s", root)

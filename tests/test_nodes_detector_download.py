@@ -70,7 +70,7 @@ def test_offline_the_missing_detector_is_a_clear_error_and_nothing_is_requested(
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     node = pack.NODE_CLASS_MAPPINGS["RainPoseStream"]()
     detector_error = __import__(f"{PACK_NAME}.rain_core.pose", fromlist=["DetectorUnavailable"]).DetectorUnavailable
-    with pytest.raises(detector_error, match=r"yolox_l\.onnx.*HF_HUB_OFFLINE is set.*rain download dwpose"):
+    with pytest.raises(detector_error, match=r"yolox_l\.onnx.*HF_HUB_OFFLINE is set.*rain download --what dwpose"):
         node.prepare(**pose_stream_args(video_frames=video_frames(1)))
     assert server.requests == []
 
