@@ -15,6 +15,8 @@ Rows (methods):
 - ablations of the same RAIN model, by flag: `--windows 4x2,2x4,4x1` (4x1 keeps the motion modules),
   `--offline` (every frame of a window at the same level, all LCM steps), `--operating-points` (the authors'
   live-demo guidance 2.5 vs the offline 3.5 of the main row);
+- `--shared-noise`: the RAIN and baseline streams with one noise for every frame (StreamDiffusion's fixed
+  noise; not the method): how much of the temporal error is each frame's own fresh noise;
 - `copy`: the reference image as the output (the floor any model must beat).
 
 And the paired difference RAIN − baseline per clip (same clips, same seeds), with its bootstrap interval.
@@ -53,7 +55,7 @@ if str(ROOT) not in sys.path:
 from rain_core import metrics  # noqa: E402
 from rain_core.metrics import bootstrap_ci, temporal_error, temporal_error_per_frame  # noqa: E402,F401
 from rain_core.scheduler import LCMStepper, trailing_timesteps  # noqa: E402
-from rain_core.stream import RainStream, StreamConfig  # noqa: E402
+from rain_core.stream import RainStream, SharedNoise, StreamConfig  # noqa: E402
 from rain_core.train.synthetic import WORLDS, SyntheticWorld, render_character, render_skeleton  # noqa: E402
 
 SHIPPED = ROOT / "rain_core" / "assets" / "tiny-rain"
@@ -138,10 +140,11 @@ def clip_label(world: SyntheticWorld, index: int) -> str:
 # ---- ways to render ---------------------------------------------------------------------------
 
 
-def stream_render(models, reference, poses, levels, frames_per_cohort, guidance, seed, size) -> np.ndarray:
+def stream_render(models, reference, poses, levels, frames_per_cohort, guidance, seed, size,
+                  shared_noise: bool = False) -> np.ndarray:
     config = StreamConfig(levels=levels, frames_per_cohort=frames_per_cohort, steps=levels, guidance=guidance,
                           height=size, width=size, seed=seed, fast_path=FAST_PATH)
-    stream = RainStream(models, config)
+    stream = RainStream(models, config, noise=SharedNoise(seed) if shared_noise else None)
     stream.set_reference(torch.from_numpy(reference).float())
     outputs = [stream.push(torch.from_numpy(poses)), stream.flush()]
     return torch.cat([o for o in outputs if o.shape[0]]).numpy()
@@ -219,7 +222,7 @@ def render(models, clip, job: dict, seed: int) -> np.ndarray:
     reference, truth, poses = clip
     p, m, guidance, size = job["levels"], job["frames_per_cohort"], job["guidance"], job["size"]
     if job["mode"] == "stream":
-        return stream_render(models, reference, poses, p, m, guidance, seed, size)
+        return stream_render(models, reference, poses, p, m, guidance, seed, size, job.get("shared_noise", False))
     if job["mode"] == "offline":
         return offline_render(models, reference, poses, p * m, p, guidance, seed)
     return np.repeat(reference[None].astype(np.float32), len(truth), axis=0)  # copy the reference
@@ -361,6 +364,9 @@ def main(argv=None) -> int:
     parser.add_argument("--offline", action="store_true", help="add offline denoising of the RAIN model")
     parser.add_argument("--operating-points", action="store_true",
                         help="add the RAIN model at the authors' live-demo guidance 2.5 (the main row uses 3.5)")
+    parser.add_argument("--shared-noise", action="store_true",
+                        help="add the RAIN (and baseline) stream with one noise for every frame (StreamDiffusion's "
+                             "fixed noise): how much of the temporal error is each frame's fresh noise")
     parser.add_argument("--no-copy", action="store_true", help="leave out the copy-the-reference row")
     parser.add_argument("--drift-frames", type=int, default=0, help="length of each drift stream (10000 for the full check)")
     parser.add_argument("--drift-clips", type=int, default=1, help="held-out clips streamed for drift")
@@ -401,6 +407,10 @@ def main(argv=None) -> int:
     if args.offline:
         jobs.append({**common, "key": "offline", "name": f"offline, same model ({p} steps, window {p * m})",
                      "model": args.model, "frames_per_cohort": m, "mode": "offline"})
+    if args.shared_noise:
+        for job in [job for job in jobs if job["key"] in ("rain", "baseline")]:
+            jobs.append({**job, "key": job["key"] + "_shared", "name": job["name"] + ", one noise for every frame",
+                         "shared_noise": True, "drift_frames": 0})
     if not args.no_copy:
         jobs.append({**common, "key": "copy", "name": "copy the reference", "model": None, "frames_per_cohort": m,
                      "mode": "copy"})
@@ -442,6 +452,9 @@ def main(argv=None) -> int:
     for key in by_key:
         if key.startswith("rain_"):
             comparisons[f"{key} - rain"] = paired(by_key[key], by_key["rain"])
+    if "baseline_shared" in by_key:
+        comparisons["baseline_shared - baseline"] = paired(by_key["baseline_shared"], by_key["baseline"])
+        comparisons["rain_shared - baseline_shared"] = paired(by_key["rain_shared"], by_key["baseline_shared"])
 
     setup = {"world": args.world, "clips": args.clips, "frames": args.frames, "size": args.size, "fps": FPS,
              "guidance": args.guidance, "levels": p, "frames_per_cohort": m, "model": args.model,

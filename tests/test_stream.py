@@ -15,6 +15,7 @@ from rain_core.stream import (
     PoseInputError,
     RainStream,
     SeededNoise,
+    SharedNoise,
     StreamConfig,
     StreamConfigError,
     StreamError,
@@ -105,6 +106,15 @@ def test_seeded_noise_depends_only_on_seed_cohort_and_step():
     assert torch.equal(noise.step(3, 1, (1, 2, 4, 3, 3)), SeededNoise(5).step(3, 1, (1, 2, 4, 3, 3)))
     assert not torch.equal(noise.step(3, 1, (1, 2, 4, 3, 3)), noise.step(3, 2, (1, 2, 4, 3, 3)))
     assert not torch.equal(noise.initial(3, (1, 2, 4, 3, 3)), noise.initial(4, (1, 2, 4, 3, 3)))
+
+
+def test_shared_noise_makes_a_still_pose_a_still_picture_where_fresh_noise_changes_every_frame(motion_free_models):
+    still = pose_frames(1).repeat(12, 1, 1, 1)  # one pose held for 12 frames
+    shared = render(new_stream(motion_free_models, noise=SharedNoise(0), levels=2, frames_per_cohort=2, steps=2), still)
+    fresh = render(new_stream(motion_free_models, levels=2, frames_per_cohort=2, steps=2), still)
+    assert shared.shape == fresh.shape == (12, SIZE, SIZE, 3)
+    assert torch.allclose(shared, shared[:1].expand_as(shared), atol=1e-5)  # every frame the same picture
+    assert (fresh[1:] - fresh[:-1]).abs().mean() > 1e-3  # each frame's own noise changes it
 
 
 class ReplayNoise:

@@ -2,7 +2,8 @@
 
 config.py  `StreamConfig`, its validation, the stream's errors, the one "auto" precision rule
 window.py  the cohorts in flight, the levels they occupy (`Occupancy`), warm-up and flush bookkeeping
-noise.py   `SeededNoise` (a cohort's noise is a function of seed, cohort, step) and `TickNoise`, the one assembly
+noise.py   `SeededNoise` (a cohort's noise is a function of seed, cohort, step) and `TickNoise`, the one assembly;
+           `SharedNoise` (one noise for every frame: an ablation)
 tick.py    `Tick`: THE tick on fixed buffers, the same code for every occupancy, capturable as a CUDA graph
 timing.py  tick times from CUDA events (lazily) or the host clock
 state.py   state_dict / load_state_dict / save / load, bit-exact
@@ -24,7 +25,7 @@ from .config import (
     resolve_precision,
 )
 from .engine import RainStream
-from .noise import NoiseSource, SeededNoise, TickNoise
+from .noise import NoiseSource, SeededNoise, SharedNoise, TickNoise
 from .state import STATE_FORMAT
 from .tick import Tick
 from .window import Occupancy, Window
@@ -41,6 +42,7 @@ __all__ = [
     "PoseInputError",
     "RainStream",
     "SeededNoise",
+    "SharedNoise",
     "StreamConfig",
     "StreamConfigError",
     "StreamError",

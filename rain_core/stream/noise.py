@@ -44,6 +44,22 @@ class SeededNoise:
         return self._draw(cohort, step, shape)
 
 
+class SharedNoise(SeededNoise):
+    """The same noise for every frame: each frame's initial latents and its noise at LCM step k are those of frame 0
+    of cohort 0 (StreamDiffusion's fixed-noise trick). Not the method: an ablation that shows how much of a
+    stream's frame-to-frame change comes from each frame's fresh noise rather than from the poses."""
+
+    def initial(self, cohort: int, shape) -> torch.Tensor:
+        return self._one_frame(-1, shape)
+
+    def step(self, cohort: int, step: int, shape) -> torch.Tensor:
+        return self._one_frame(step, shape)
+
+    def _one_frame(self, step: int, shape) -> torch.Tensor:
+        single = (*shape[:2], 1, *shape[3:])  # (1, C, m, h, w) -> one frame, repeated over the m frames
+        return self._draw(0, step, single).expand(shape).clone()
+
+
 class TickNoise:
     """The noise of one tick, laid out the way `Tick` reads it: the entering cohort's initial latents
     (1, C, m, h, w) and the step noise of every UNet call, (calls, 1, C, K, h, w) with K = levels·m, where the
@@ -81,4 +97,4 @@ class TickNoise:
         return initial, steps
 
 
-__all__ = ["NoiseSource", "SeededNoise", "TickNoise"]
+__all__ = ["NoiseSource", "SeededNoise", "SharedNoise", "TickNoise"]
