@@ -66,6 +66,23 @@ def test_animate_with_the_builtin_model_runs_at_its_own_size(name, tmp_path, cap
     assert round(info.fps) == 30, "the output keeps the pose video's frame rate"
 
 
+def test_shared_noise_flag_makes_the_output_steadier_and_a_wrong_value_is_refused(tmp_path, capsys):
+    from rain_core.video import read_video_frames
+
+    change = {}
+    for noise in ("fresh", "shared"):
+        out = tmp_path / f"{noise}.mp4"
+        code, _, err = run(["animate", "--model", "tiny", "--reference", REFERENCE, "--poses", POSES_30FPS,
+                            "--max-frames", 12, "--noise", noise, "--out", out], capsys)
+        assert code == 0, err
+        frames = read_video_frames(out, 0, 0)[0].astype(np.float32)
+        change[noise] = float(np.abs(np.diff(frames, axis=0)).mean())
+    assert change["shared"] < 0.7 * change["fresh"], change  # the background stops crawling
+    with pytest.raises(SystemExit) as exit_info:
+        build_parser().parse_args(["animate", "--noise", "sideways"])
+    assert exit_info.value.code == 2 and "invalid choice: 'sideways'" in capsys.readouterr().err
+
+
 def test_demo_and_bench_run_at_the_models_own_size(tmp_path, capsys):
     code, stdout, err = run(["demo", "--model", "tiny", "--frames", 4, "--scale", 1, "--no-side-by-side",
                              "--out", tmp_path / "demo.mp4", "--json"], capsys)

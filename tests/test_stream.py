@@ -39,6 +39,8 @@ REFERENCE = torch.rand(SIZE, SIZE, 3, generator=torch.Generator().manual_seed(99
 
 
 def new_stream(models, noise=None, **overrides) -> RainStream:
+    if isinstance(noise, str):  # StreamConfig.noise
+        noise, overrides = None, {**overrides, "noise": noise}
     stream = RainStream(models, make_config(**overrides), noise=noise)
     stream.set_reference(REFERENCE)
     return stream
@@ -110,11 +112,26 @@ def test_seeded_noise_depends_only_on_seed_cohort_and_step():
 
 def test_shared_noise_makes_a_still_pose_a_still_picture_where_fresh_noise_changes_every_frame(motion_free_models):
     still = pose_frames(1).repeat(12, 1, 1, 1)  # one pose held for 12 frames
-    shared = render(new_stream(motion_free_models, noise=SharedNoise(0), levels=2, frames_per_cohort=2, steps=2), still)
+    shared = render(new_stream(motion_free_models, noise="shared", levels=2, frames_per_cohort=2, steps=2), still)
     fresh = render(new_stream(motion_free_models, levels=2, frames_per_cohort=2, steps=2), still)
     assert shared.shape == fresh.shape == (12, SIZE, SIZE, 3)
     assert torch.allclose(shared, shared[:1].expand_as(shared), atol=1e-5)  # every frame the same picture
     assert (fresh[1:] - fresh[:-1]).abs().mean() > 1e-3  # each frame's own noise changes it
+    by_source = render(new_stream(motion_free_models, noise=SharedNoise(0), levels=2, frames_per_cohort=2, steps=2),
+                       still)
+    assert torch.equal(by_source, shared)  # StreamConfig(noise="shared") is SharedNoise(seed)
+
+
+def test_a_shared_noise_stream_resumes_bit_exact_from_its_saved_state(models, tmp_path):
+    poses = pose_frames(20)
+    whole = render(new_stream(models, noise="shared"), poses)
+    first = new_stream(models, noise="shared")
+    head = first.push(poses[:9])
+    first.save(tmp_path / "shared.safetensors")
+    second = RainStream(models, make_config())  # fresh noise until the file says otherwise
+    second.load(tmp_path / "shared.safetensors")
+    assert second.config.noise == "shared"
+    assert torch.equal(torch.cat([head, second.push(poses[9:]), second.flush()]), whole)
 
 
 class ReplayNoise:

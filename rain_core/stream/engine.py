@@ -23,7 +23,7 @@ import torch
 from ..inputs import InputError, as_frames, fit_frames
 from ..scheduler import LCMStepper, ladder
 from .config import PoseInputError, StreamConfig, StreamStateError
-from .noise import NoiseSource, SeededNoise, TickNoise
+from .noise import NoiseSource, SeededNoise, SharedNoise, TickNoise
 from .state import StreamStateMixin
 from .tick import Tick
 from .timing import TickClock
@@ -59,7 +59,10 @@ class RainStream(StreamStateMixin):
     # ------------------------------------------------------------------ configuration
     def _configure(self, config: StreamConfig) -> None:
         self.config = dataclasses.replace(config)
-        self.noise = self._custom_noise if self._custom_noise is not None else SeededNoise(config.seed)
+        if self._custom_noise is not None:
+            self.noise = self._custom_noise
+        else:
+            self.noise = (SharedNoise if config.noise == "shared" else SeededNoise)(config.seed)
         steps = LCMStepper(config.steps)
         decoder = config.decoder
         if decoder == "auto":
