@@ -48,8 +48,8 @@ def pose_stream(mode="body", video_path="none", start_frame=0, frames_per_run=0,
 
 
 def sampler(width=0, height=0, levels=4, frames_per_cohort=4, steps=4, guidance=3.5, seed=0, stream_id="rain",
-            reset=False, flush=False):
-    return [width, height, levels, frames_per_cohort, steps, guidance, seed, stream_id, reset, flush]
+            reset=False, flush=False, noise="fresh"):
+    return [width, height, levels, frames_per_cohort, steps, guidance, seed, stream_id, reset, flush, noise]
 
 
 class Graph:

@@ -21,7 +21,8 @@ const FIELDS = [ // panel field, graph node type, widget name
   ["device", "LoadRainModel", "device"], ["decoder", "LoadRainModel", "decoder"],
   ["width", "RainSampler", "width"], ["height", "RainSampler", "height"], ["levels", "RainSampler", "levels"],
   ["frames_per_cohort", "RainSampler", "frames_per_cohort"], ["steps", "RainSampler", "steps"],
-  ["guidance", "RainSampler", "guidance"], ["seed", "RainSampler", "seed"], ["reference", "LoadImage", "image"],
+  ["guidance", "RainSampler", "guidance"], ["seed", "RainSampler", "seed"], ["noise", "RainSampler", "noise"],
+  ["reference", "LoadImage", "image"],
 ];
 const NUMERIC = new Set(["width", "height", "levels", "frames_per_cohort", "steps", "guidance", "seed"]);
 

@@ -48,7 +48,7 @@ OUTBOX_LIMIT = 8  # animated frames waiting for a slow socket: the oldest go fir
 DEFAULTS = {
     "model": "tiny-rain (built-in)", "precision": "auto", "device": "auto", "decoder": "auto",
     "width": 64, "height": 64, "levels": 4, "frames_per_cohort": 4, "steps": 4, "guidance": 3.5, "seed": 0,
-    "reference": "", "mode": "pose", "face_morph": {}, "capacity": None,
+    "reference": "", "mode": "pose", "face_morph": {}, "capacity": None, "noise": "fresh",
 }
 INT_FIELDS = ("width", "height", "levels", "frames_per_cohort", "steps", "seed")
 
@@ -166,7 +166,7 @@ def _open_session(settings: dict):
     handle = _load_model(settings)
     config = StreamConfig(levels=settings["levels"], frames_per_cohort=settings["frames_per_cohort"],
                           steps=settings["steps"], guidance=settings["guidance"], height=settings["height"],
-                          width=settings["width"], seed=settings["seed"],
+                          width=settings["width"], seed=settings["seed"], noise=str(settings["noise"]),
                           decoder=getattr(handle, "decoder", "auto"))
     live = LiveSettings(mode=settings["mode"], face_morph=dict(settings["face_morph"]),
                         capacity=settings["capacity"], warm_up=True)  # no stall (compile, capture) on live frames

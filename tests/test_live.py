@@ -289,7 +289,8 @@ def test_route_frame_messages_round_trip_and_malformed_ones_are_named(live_route
 def test_route_settings_take_defaults_and_name_a_bad_field(live_route):
     settings = live_route._settings({"type": "start", "width": "128", "levels": None, "reference": ""})
     assert settings["width"] == 128 and settings["levels"] == live_route.DEFAULTS["levels"]
-    assert settings["model"] == "tiny-rain (built-in)"
+    assert settings["model"] == "tiny-rain (built-in)" and settings["noise"] == "fresh"
+    assert live_route._settings({"noise": "shared"})["noise"] == "shared"  # the panel's noise field
     with pytest.raises(ValueError, match="levels: expected a whole number, found 'four'"):
         live_route._settings({"levels": "four"})
     with pytest.raises(ValueError, match="guidance"):
@@ -366,3 +367,14 @@ def test_route_streams_over_a_real_websocket_and_frees_the_session_on_close(live
     assert stats["dropped_out"] == 0 and live_route.live_sessions() == []
     gc.collect()
     assert len(live_route._model_cache) == 0  # the last session gone, its networks are not held any more
+
+
+def test_route_session_takes_the_noise_setting_and_names_a_bad_one(live_route):
+    session = live_route._open_session(live_route._settings({"noise": "shared", "levels": 2, "frames_per_cohort": 2,
+                                                             "steps": 2}))
+    try:
+        assert session.stream.config.noise == "shared"
+    finally:
+        session.close()
+    with pytest.raises(ValueError, match=r"noise: expected one of \('fresh', 'shared'\), found 'loud'"):
+        live_route._open_session(live_route._settings({"noise": "loud"}))

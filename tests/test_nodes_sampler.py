@@ -78,12 +78,12 @@ def blocked(value) -> bool:
 
 
 def run(pack, model, poses, stream_id="s", flush=False, reset=False, image=None, seed=0, keep_loaded=True,
-        raw=False):
+        raw=False, **optional):
     """The sampler's frames; a blocked output (no frames this run) as an empty batch unless `raw`."""
     model.keep_loaded = keep_loaded
     node = pack.NODE_CLASS_MAPPINGS["RainSampler"]()
     output = node.sample(model, reference() if image is None else image, poses, SIZE, SIZE, 2, 2, 2, 3.5, seed,
-                         stream_id, reset, flush, unique_id="3")
+                         stream_id, reset, flush, unique_id="3", **optional)
     if raw:
         return output
     return torch.zeros(0, SIZE, SIZE, 3) if blocked(output[0]) else output[0]
@@ -135,6 +135,22 @@ def test_resumed_stream_with_other_settings_is_refused_until_reset(pack, model, 
         run(pack, model, chunk(pose_video_frames, 2, 4), stream_id="live", seed=5)
     restarted = run(pack, model, pose_video_frames, stream_id="live", reset=True, flush=True)
     assert torch.equal(restarted, whole)
+
+
+def test_shared_noise_is_the_engines_shared_noise_and_a_setting_of_the_stream(pack, model, pose_video_frames, whole,
+                                                                              small_models):
+    from rain_core.stream import RainStream, StreamConfig
+
+    shared = run(pack, model, pose_video_frames, stream_id="shared-noise", flush=True, noise="shared")
+    assert not torch.equal(shared, whole)  # the default is fresh noise
+    engine = RainStream(small_models, StreamConfig(height=SIZE, width=SIZE, levels=2, frames_per_cohort=2, steps=2,
+                                                   decoder="vae", noise="shared"))
+    engine.set_reference(reference()[0])
+    frames = torch.cat([engine.push(pose_video_frames.render(SIZE, SIZE)), engine.flush()])
+    assert torch.allclose(shared, frames, atol=1e-6)
+    run(pack, model, chunk(pose_video_frames, 0, 2), stream_id="noise-change")
+    with pytest.raises(ValueError, match=r"noise: 'fresh' -> 'shared'.*reset"):
+        run(pack, model, chunk(pose_video_frames, 2, 4), stream_id="noise-change", noise="shared")
 
 
 def test_changing_the_reference_image_is_a_settings_change(pack, model, pose_video_frames):
