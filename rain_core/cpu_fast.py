@@ -11,25 +11,32 @@ Two things decide the built-in model's speed on a small CPU (measured with `benc
   torch is imported, so `prefer_passive_wait()` runs from `rain_core/__init__.py` before anything imports torch
   (the `rain` command, scripts); inside a host that imported torch first (ComfyUI) it is too late and nothing
   changes. A user's own `OMP_WAIT_POLICY` always wins; `RAIN_CPU_TUNING=0` leaves the environment alone.
-- **Fusion.** Half the ops are elementwise (adds, norms, GEGLU, layout copies). `torch.compile` (inductor's C++
-  backend, with `freezing`: weights become constants and convolutions/linears use pre-packed oneDNN/MKL weights)
-  fuses them. It needs a C++ compiler and takes minutes the first time, so the compiled code goes to a persistent
-  cache (`~/.cache/rain/inductor`, or `TORCHINDUCTOR_CACHE_DIR`) and a second start takes seconds to a minute;
-  without a compiler, or when compiling fails, the tick runs eagerly after one log line. `RAIN_NO_COMPILE=1`
-  behaves as if no compiler were present (what the fallback test uses).
+- **Fusion.** Half the ops are elementwise (adds, norms, GEGLU, layout copies). Inductor's C++ backend fuses them;
+  with `freezing` the weights become constants and convolutions/linears use pre-packed oneDNN/MKL weights. It needs
+  a C++ compiler and takes a minute or more the first time. The steady UNet call is compiled ahead of time
+  (`torch.export` + AOTInductor) into one package on disk (`<cache>/aoti/<key>.pt2`, cache = `~/.cache/rain/
+  inductor` or `TORCHINDUCTOR_CACHE_DIR`), keyed by everything the compiled code depends on (weights, shapes,
+  threads, torch, CPU, rain's model code); a later start loads it in under a second. torch.compile's own caches
+  cannot do that with freezing (inductor bypasses its FX-graph cache for pre-packed weights and AOTAutograd's cache
+  for any frozen graph: ~60 s at every start). Without a compiler, or when compiling fails, the tick runs eagerly
+  after one log line. `RAIN_NO_COMPILE=1` behaves as if no compiler were present (what the fallback test uses).
 
 Only the steady-state tick (full window) is compiled: warm-up and flush have other shapes, run a handful of times
-per stream, and would each cost a compile.
+per stream, and would each cost a compile. The reference's K/V are inputs of the package, not constants, so a new
+reference image reuses it.
 
 This module imports torch only inside functions: `prefer_passive_wait` must run before torch is imported.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
+import platform
 import shutil
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -119,13 +126,14 @@ def compiler_problem() -> str | None:
 
 
 def auto_fast_path(device) -> str:
-    """What StreamConfig.fast_path "auto" means off CUDA: "eager".
+    """What StreamConfig.fast_path "auto" means off CUDA when the stream starts: "eager".
 
-    "compile" is opt-in, not the default: it is 1.33× faster per tick at 2 threads on an idle 2-core machine, but
-    its first frame comes after ~60 s there (~5 min on a busy one) and again at every process start (freezing
-    keeps inductor from caching the graph), so `rain demo`, a short `rain animate` or a live panel that must start
-    promptly would be slower end to end (bench/results/cpu_live.json). The passive OpenMP wait, the gain that
-    holds under load, applies to the eager tick too."""
+    Compiling is not the default: the first compile for a model, size and thread count takes a minute or more on
+    an idle 2-core machine (minutes on a busy one), so a first `rain demo` or live panel would start late. Once this
+    CPU holds the compiled tick (a run with `fast_path="compile"` left its package in the cache), a stream with
+    "auto" loads it when its tick is built (about a second, `Tick.compile_steady_unet(cached_only=True)`) and
+    `stats["fast_path"]` says "compile". The passive OpenMP wait, the gain that holds under load, applies to the
+    eager tick too."""
     import torch
 
     if torch.device(device).type == "cpu":
@@ -151,18 +159,101 @@ def cache_dir() -> Path:
     return path
 
 
+class SteadyPackage:
+    """What the ahead-of-time route needs besides the tick's eager call: the denoising UNet, the tick's constant
+    inputs (CLIP tokens, w-embedding) and the reference K/V per reference layer (None: no reference). The
+    exported function is `unet(sample, timesteps, clip, features, guidance, ReferenceCache(kv))`, exactly what
+    `Tick._unet_eager` calls with the reference K/V cache on."""
+
+    FORMAT = "rain-aoti/1"
+
+    def __init__(self, unet, clip_tokens, guidance, reference_kv: dict | None):
+        self.unet, self.clip_tokens, self.guidance = unet, clip_tokens, guidance
+        self.names = list(reference_kv) if reference_kv is not None else None
+        self.reference = [t for name in self.names for t in reference_kv[name]] if self.names is not None else []
+
+    def extra_inputs(self) -> tuple:
+        return (self.clip_tokens, *(() if self.guidance is None else (self.guidance,)), *self.reference)
+
+    def module(self):
+        import torch
+
+        from .models.reference import ReferenceCache
+
+        names, has_guidance = self.names, self.guidance is not None
+
+        class SteadyCall(torch.nn.Module):
+            def __init__(self, unet):
+                super().__init__()
+                self.unet = unet
+
+            def forward(self, sample, timesteps, features, clip_tokens, *rest):
+                guidance, rest = (rest[0], rest[1:]) if has_guidance else (None, rest)
+                cache = None
+                if names is not None:
+                    cache = ReferenceCache({}, {name: (rest[2 * i], rest[2 * i + 1]) for i, name in enumerate(names)})
+                return self.unet(sample, timesteps, clip_tokens, features, guidance, cache, use_reference_kv_cache=True)
+
+        return SteadyCall(self.unet).eval()
+
+    def key(self, sample, timesteps, features) -> str:
+        """Hash of everything the compiled code depends on: format, torch/diffusers/Python versions, the CPU (its
+        flags: the code is built for this CPU), threads (inductor's kernels fix their thread count), rain's model
+        code, the UNet's weights, and the shapes and dtypes of every input."""
+        import diffusers
+        import torch
+
+        digest = hashlib.sha256()
+
+        def add(*items):
+            for item in items:
+                digest.update(repr(item).encode())
+                digest.update(b"\0")
+
+        add(self.FORMAT, torch.__version__, diffusers.__version__, sys.version_info[:2], platform.machine(),
+            torch.backends.cpu.get_cpu_capability(), sorted(_cpu_flags()), torch.get_num_threads(), self.names)
+        digest.update(_model_code_digest())
+        for name, tensor in self.unet.state_dict().items():
+            add(name, tensor.dtype, tuple(tensor.shape))
+            digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+        for tensor in (sample, timesteps, features, *self.extra_inputs()):
+            add(tensor.dtype, tuple(tensor.shape), tensor.device.type)
+        return digest.hexdigest()[:32]
+
+
+def _model_code_digest() -> bytes:
+    """Hash of rain's model code (rain_core/models/*.py), read once per process: the code this process runs."""
+    global _MODEL_CODE
+    if _MODEL_CODE is None:
+        digest = hashlib.sha256()
+        for source in sorted((Path(__file__).resolve().parent / "models").glob("*.py")):
+            digest.update(source.name.encode() + b"\0" + source.read_bytes())
+        _MODEL_CODE = digest.digest()
+    return _MODEL_CODE
+
+
+_MODEL_CODE: bytes | None = None
+_LOADED: dict[str, Callable] = {}  # package path -> loaded runner (one per process: a new reference reuses it)
+
+
 class CompiledUNet:
     """The tick's UNet call, compiled for the steady-state window and eager for every other shape.
 
     `eager(sample, timesteps, features)` is the tick's eager UNet call; `steady()` says whether the tick now runs
-    the steady-state occupancy. The first steady call compiles (inductor, static shapes, freezing). When compiling
-    or running the compiled code fails, one line is logged and every later call runs `eager` (the call that failed
-    is repeated eagerly: the UNet call writes nothing before it returns)."""
+    the steady-state occupancy. With a `SteadyPackage` the first steady call loads the AOTInductor package of this
+    call from the cache, or exports and compiles it there first (`source`: "cache" or "compiled"); without one (or
+    with a torch.compile `mode`) it goes through torch.compile with freezing (`source` "torch.compile"). When
+    compiling, loading or running the compiled code fails, one line is logged and every later call runs `eager`
+    (the call that failed is repeated eagerly: the UNet call writes nothing before it returns)."""
 
-    def __init__(self, eager: Callable, steady: Callable[[], bool], mode: str | None = None):
-        self.eager, self.steady, self.mode = eager, steady, mode
+    def __init__(self, eager: Callable, steady: Callable[[], bool], mode: str | None = None,
+                 package: SteadyPackage | None = None, compile_missing: bool = True):
+        self.eager, self.steady, self.mode, self.package = eager, steady, mode, package
+        self.compile_missing = compile_missing  # False: only load a package already on disk (fast_path "auto")
         self.problem = compiler_problem()
         self.compiled_calls = 0
+        self.source: str | None = None
+        self.build_seconds: float | None = None
         self._compiled = None
         if self.problem is not None:
             _warn_once(f"RAIN: running the tick eagerly: torch.compile is unavailable ({self.problem})")
@@ -171,32 +262,102 @@ class CompiledUNet:
     def active(self) -> bool:
         return self.problem is None
 
-    def _build(self):
+    def _build(self, sample, timesteps, features) -> Callable:
+        if self.package is None or self.mode not in (None, "default"):
+            return self._build_jit()
+        package = self.package
+        path = package_path(package, sample, timesteps, features)
+        runner = _LOADED.get(str(path))
+        if runner is None and path.exists():
+            try:
+                runner = _load_package(path)
+                self.source = "cache"
+            except Exception as error:  # a damaged or foreign file: build it again
+                log.warning("RAIN: could not load the compiled tick %s (%s); compiling it again", path, error)
+                path.unlink(missing_ok=True)
+        if runner is None and not path.exists():
+            if not self.compile_missing:
+                raise FileNotFoundError(f"no usable compiled tick at {path}")
+            _warn_once(f"RAIN: compiling the tick for this CPU (once per model, size and thread count; a minute or "
+                       f"more on a small CPU, then loaded from {path.parent} in a second; {NO_COMPILE_ENV}=1 runs "
+                       f"it eagerly)")
+            _compile_package(package, (sample, timesteps, features, *package.extra_inputs()), path)
+            runner = _load_package(path)
+            self.source = "compiled"
+        elif runner is not None and self.source is None:
+            self.source = "cache"
+        _LOADED[str(path)] = runner
+        extra = package.extra_inputs()
+        return lambda sample, timesteps, features: runner(sample, timesteps, features, *extra)
+
+    def _build_jit(self) -> Callable:
         import torch
+        import torch._inductor.config as inductor_config
 
         where = cache_dir()
-        _warn_once(f"RAIN: compiling the tick for this CPU with torch.compile (once; minutes the first time on a "
-                   f"small CPU, then cached in {where}; {NO_COMPILE_ENV}=1 runs it eagerly)")
+        _warn_once(f"RAIN: compiling the tick for this CPU with torch.compile (minutes the first time on a small CPU, "
+                   f"cached in {where}; {NO_COMPILE_ENV}=1 runs it eagerly)")
         options = {} if self.mode in (None, "default") else {"mode": self.mode}
-        return torch.compile(self.eager, dynamic=False, fullgraph=False, **options)
+        compiled = torch.compile(self.eager, dynamic=False, fullgraph=False, **options)
+        self.source = "torch.compile"
+
+        def call(sample, timesteps, features):
+            # freezing: weights become constants, so convolutions and linears use pre-packed oneDNN/MKL weights
+            # (inference only; set per call so other torch.compile users in the process are not affected)
+            with inductor_config.patch(freezing=True):
+                return compiled(sample, timesteps, features)
+
+        return call
 
     def __call__(self, sample, timesteps, features):
         if self.problem is None and self.steady():
             try:
-                import torch._inductor.config as inductor_config
-
                 if self._compiled is None:
-                    self._compiled = self._build()
-                # freezing: weights become constants, so convolutions and linears use pre-packed oneDNN/MKL weights
-                # (inference only; set per call so other torch.compile users in the process are not affected)
-                with inductor_config.patch(freezing=True):
+                    started = time.perf_counter()
+                    self._compiled = self._build(sample, timesteps, features)
+                    out = self._compiled(sample, timesteps, features)
+                    self.build_seconds = time.perf_counter() - started
+                else:
                     out = self._compiled(sample, timesteps, features)
                 self.compiled_calls += 1
                 return out
             except Exception as error:  # compiler missing or broken, unsupported op: the eager tick still works
                 self.problem = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"[:300]
+                self._compiled = None
                 _warn_once(f"RAIN: torch.compile failed, running the tick eagerly from now on ({self.problem})")
         return self.eager(sample, timesteps, features)
+
+
+def package_path(package: SteadyPackage, sample, timesteps, features) -> Path:
+    """Where the package of this steady call lives (whether or not it exists yet)."""
+    return cache_dir() / "aoti" / f"{package.key(sample, timesteps, features)}.pt2"
+
+
+def _compile_package(package: SteadyPackage, inputs: tuple, path: Path) -> None:
+    """Export the steady UNet call and compile it with AOTInductor (freezing: pre-packed weights) into `path`,
+    written under a temporary name and renamed, so a reader never sees half a package."""
+    import tempfile
+
+    import torch
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with torch.no_grad():
+        exported = torch.export.export(package.module(), inputs, strict=False)
+        handle, temporary = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".pt2", dir=path.parent)
+        os.close(handle)
+        try:
+            torch._inductor.aoti_compile_and_package(exported, package_path=temporary,
+                                                     inductor_configs={"freezing": True})
+            os.replace(temporary, path)
+        finally:
+            if os.path.exists(temporary):
+                os.unlink(temporary)
+
+
+def _load_package(path: Path) -> Callable:
+    import torch._inductor
+
+    return torch._inductor.aoti_load_package(str(path))
 
 
 _warned: set[str] = set()
@@ -218,5 +379,7 @@ __all__ = [
     "compiler_problem",
     "cpu_summary",
     "note_wait_policy",
+    "package_path",
     "prefer_passive_wait",
+    "SteadyPackage",
 ]

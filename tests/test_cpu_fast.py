@@ -1,5 +1,7 @@
-"""The CPU fast path (rain_core/cpu_fast.py): the compiled steady-state tick equals the eager one, the fallback where
-no compiler exists runs the eager tick exactly, and the OpenMP wait policy is set only where it can take effect."""
+"""The CPU fast path (rain_core/cpu_fast.py): the compiled steady-state tick equals the eager one, a second start loads
+it from the package on disk instead of compiling, the package's key covers what the compiled code depends on, the
+fallback where no compiler exists (or compiling fails) runs the eager tick exactly, and the OpenMP wait policy is set
+only where it can take effect."""
 
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ import pytest
 import torch
 
 from rain_core import RainStream, StreamConfig
-from rain_core.cpu_fast import NO_COMPILE_ENV, compiler_problem, cpu_summary, prefer_passive_wait
+from rain_core.cpu_fast import NO_COMPILE_ENV, SteadyPackage, compiler_problem, cpu_summary, prefer_passive_wait
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -75,6 +77,117 @@ def test_a_compile_that_fails_falls_back_to_the_eager_tick_for_good(tiny_models,
     assert torch.equal(frames, eager)  # the failed call was repeated eagerly, and every later one ran eagerly
     assert not unet.active and "no-such-mode" in unet.problem and unet.compiled_calls == 0
     assert any("torch.compile failed" in r.getMessage() for r in caplog.records if r.name == "rain.cpu")
+
+
+def _steady_package(models, reference_seed: int = 0):
+    """The steady call's package description and inputs of a 2-level stream (what Tick.compile_steady_unet builds)."""
+    poses, reference = _inputs(reference_seed)
+    config = StreamConfig(levels=2, frames_per_cohort=2, steps=2, height=32, width=32, fast_path="eager")
+    stream = RainStream(models, config)
+    stream.set_reference(reference)
+    tick = stream._tick()
+    kv = models.denoising_unet.reference_kv(tick.reference)
+    package = SteadyPackage(models.denoising_unet, tick.clip_tokens, tick.guidance, kv)
+    channels, h, w = tick.latent_shape
+    sample = torch.zeros(1, channels, tick.window, h, w)
+    features = torch.zeros(1, models.config.pose_channels, tick.window, h, w)
+    return package, (sample, tick.timesteps[0], features)
+
+
+def test_the_package_key_follows_weights_threads_and_shapes_but_not_the_reference_values(tiny_models):
+    from conftest import build_tiny_models
+
+    package, inputs = _steady_package(tiny_models)
+    key = package.key(*inputs)
+    assert key == package.key(*inputs)
+    other_reference, _ = _steady_package(tiny_models, reference_seed=5)  # K/V are inputs, not constants
+    assert [t.shape for t in other_reference.reference] == [t.shape for t in package.reference]
+    assert not all(torch.equal(a, b) for a, b in zip(other_reference.reference, package.reference))
+    assert other_reference.key(*inputs) == key
+    sample, timesteps, features = inputs
+    assert package.key(sample[:, :, :2], timesteps[:, :2], features[:, :, :2]) != key
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(threads + 1)
+        assert package.key(*inputs) != key  # inductor's kernels fix their thread count
+    finally:
+        torch.set_num_threads(threads)
+    changed = build_tiny_models(seed=99)
+    changed_package, _ = _steady_package(changed)
+    assert changed_package.key(*inputs) != key
+
+
+def test_a_package_that_cannot_be_built_falls_back_to_the_eager_tick(tiny_models, monkeypatch, caplog, tmp_path):
+    import rain_core.cpu_fast as cpu_fast
+
+    monkeypatch.delenv(NO_COMPILE_ENV, raising=False)
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))
+    if compiler_problem() is not None:
+        pytest.skip(f"torch.compile cannot build here: {compiler_problem()}")
+    monkeypatch.setattr(cpu_fast, "_LOADED", {})
+    monkeypatch.setattr(cpu_fast, "_warned", set())
+
+    def refuse(package, inputs, path):
+        raise RuntimeError("export refused")
+
+    monkeypatch.setattr(cpu_fast, "_compile_package", refuse)
+    package, inputs = _steady_package(tiny_models)
+    damaged = tmp_path / "aoti" / f"{package.key(*inputs)}.pt2"
+    damaged.parent.mkdir(parents=True)
+    damaged.write_bytes(b"not a package")
+    poses, reference = _inputs(0)
+    eager, _ = _stream_frames(tiny_models, "eager", poses, reference)
+    with caplog.at_level(logging.WARNING, logger="rain.cpu"):
+        frames, stream = _stream_frames(tiny_models, "compile", poses, reference)
+    assert torch.equal(frames, eager)
+    unet = stream._tick()._unet
+    assert not unet.active and "export refused" in unet.problem and unet.compiled_calls == 0
+    assert not damaged.exists()  # a file that does not load is removed (and built again), not kept
+    messages = [r.getMessage() for r in caplog.records if r.name == "rain.cpu"]
+    assert any("could not load" in m for m in messages) and any("torch.compile failed" in m for m in messages)
+
+
+def test_auto_loads_a_compiled_tick_already_on_disk_and_never_compiles(tiny_models, monkeypatch, tmp_path):
+    import rain_core.cpu_fast as cpu_fast
+
+    monkeypatch.delenv(NO_COMPILE_ENV, raising=False)
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))
+    if compiler_problem() is not None:
+        pytest.skip(f"torch.compile cannot build here: {compiler_problem()}")
+    monkeypatch.setattr(cpu_fast, "_LOADED", {})
+
+    def never(*args):
+        raise AssertionError("fast_path auto compiled")
+
+    monkeypatch.setattr(cpu_fast, "_compile_package", never)
+    poses, reference = _inputs(4)
+    eager, _ = _stream_frames(tiny_models, "eager", poses, reference)
+    frames, stream = _stream_frames(tiny_models, "auto", poses, reference)  # nothing on disk: eager, nothing built
+    assert torch.equal(frames, eager) and stream.stats["fast_path"] == "eager"
+    assert not isinstance(stream._tick()._unet, cpu_fast.CompiledUNet)
+
+    package, inputs = _steady_package(tiny_models, reference_seed=4)
+    path = tmp_path / "aoti" / f"{package.key(*inputs)}.pt2"
+    path.parent.mkdir(parents=True)
+    path.write_bytes(b"stands for a package")
+    loaded = []
+    streams = []
+
+    def load(where):  # a "package" that runs the eager call, so the frames must equal the eager ones exactly
+        loaded.append(where)
+        return lambda sample, timesteps, features, *extra: streams[-1]._tick()._unet_eager(sample, timesteps, features)
+
+    monkeypatch.setattr(cpu_fast, "_load_package", load)
+    config = StreamConfig(levels=2, frames_per_cohort=2, steps=2, height=32, width=32)
+    stream = RainStream(tiny_models, config)
+    streams.append(stream)
+    stream.set_reference(reference)
+    out = [stream.push(poses[i : i + 3]) for i in range(0, poses.shape[0], 3)]
+    out = torch.cat([*out, stream.flush()])
+    assert stream.stats["fast_path"] == "compile" and loaded == [path]
+    unet = stream._tick()._unet
+    assert unet.active and unet.source == "cache" and unet.compiled_calls >= 4 and not unet.compile_missing
+    assert torch.equal(out, eager)
 
 
 def test_compiler_problem_names_the_switch_and_a_missing_compiler(monkeypatch):
@@ -149,9 +262,28 @@ def test_compiled_stream_equals_eager_over_warmup_steady_ticks_and_flush(tiny_mo
         pytest.skip(f"torch.compile cannot build here: {compiler_problem()}")
     poses, reference = _inputs(1)
     eager, _ = _stream_frames(tiny_models, "eager", poses, reference)
+    import rain_core.cpu_fast as cpu_fast
+
+    monkeypatch.setattr(cpu_fast, "_LOADED", {})
     compiled, stream = _stream_frames(tiny_models, "compile", poses, reference)
     unet = stream._tick()._unet
     assert unet.active, unet.problem
+    assert unet.source in ("compiled", "cache")  # "cache": an earlier run filled TORCHINDUCTOR_CACHE_DIR
     assert unet.compiled_calls >= 4  # every steady tick (2 levels × 2 frames: 6 cohorts, 2 UNet calls… once each)
     assert compiled.shape == eager.shape
     assert (compiled - eager).abs().max().item() <= 1e-4
+
+    # a second start (nothing loaded in this process) and another reference image: the package comes from disk
+    monkeypatch.setattr(cpu_fast, "_LOADED", {})
+    other_poses, other_reference = _inputs(3)
+    eager_other, _ = _stream_frames(tiny_models, "eager", other_poses, other_reference)
+    loaded, stream = _stream_frames(tiny_models, "compile", other_poses, other_reference)
+    unet = stream._tick()._unet
+    assert unet.active and unet.source == "cache" and unet.compiled_calls >= 4, unet.problem
+    assert (loaded - eager_other).abs().max().item() <= 1e-4
+    # fast_path "auto" finds it too (the key it predicts before the first tick is the one the tick used)
+    monkeypatch.setattr(cpu_fast, "_LOADED", {})
+    auto, stream = _stream_frames(tiny_models, "auto", other_poses, other_reference)
+    unet = stream._tick()._unet
+    assert stream.stats["fast_path"] == "compile" and unet.source == "cache" and unet.compiled_calls >= 4
+    assert torch.equal(auto, loaded)

@@ -293,6 +293,9 @@ class RainStream(StreamStateMixin):
                 self._tick_object.compile_unet(fast.compile)
             elif self._fast_path == "compile":
                 self._tick_object.compile_steady_unet()
+            elif self._fast_path == "eager" and self.config.fast_path == "auto" and self.models.device.type == "cpu" \
+                    and self._tick_object.compile_steady_unet(cached_only=True):
+                self._fast_path = "compile"  # this CPU holds the compiled tick already: it loads in about a second
             self._tick_holds = None
         return self._tick_object
 

@@ -244,14 +244,35 @@ class Tick:
         self._unet = torch.compile(self._unet_eager, backend=backend, dynamic=False, fullgraph=False, **options)
         self._graph = self._stage_graphs = None
 
-    def compile_steady_unet(self, mode: str | None = None):
+    def compile_steady_unet(self, mode: str | None = None, cached_only: bool = False):
         """The steady-state UNet call compiled, every other occupancy eager (`rain_core.cpu_fast.CompiledUNet`:
-        persistent cache, eager fallback after one log line when there is no compiler or compiling fails)."""
-        from ..cpu_fast import CompiledUNet
+        persistent cache, eager fallback after one log line when there is no compiler or compiling fails). The
+        call is compiled ahead of time into a package on disk (loaded in a second at the next start) when the
+        reference K/V cache is on (the package takes the K/V as inputs); otherwise, or with a `mode`, through
+        torch.compile. `cached_only`: only if this call's package is already on disk (else nothing changes and
+        None is returned); it is then never compiled here."""
+        from ..cpu_fast import CompiledUNet, SteadyPackage, compiler_problem, package_path
 
-        self._unet = CompiledUNet(self._unet_eager, lambda: self.occupancy == self.steady, mode)
+        if cached_only and (mode is not None or compiler_problem() is not None):
+            return None
+        package = None
+        if self.reference is None or self.fast.reference_kv_cache:
+            with torch.no_grad():
+                kv = self.models.denoising_unet.reference_kv(self.reference) if self.reference is not None else None
+            package = SteadyPackage(self.models.denoising_unet, self.clip_tokens, self.guidance, kv)
+        if cached_only and (package is None or not package_path(package, *self._steady_inputs()).exists()):
+            return None
+        self._unet = CompiledUNet(self._unet_eager, lambda: self.occupancy == self.steady, mode, package,
+                                  compile_missing=not cached_only)
         self._graph = self._stage_graphs = None
         return self._unet
+
+    def _steady_inputs(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Tensors shaped like the steady-state UNet call's (sample, timesteps, features), for its package key."""
+        channels, h, w = self.latent_shape
+        sample = torch.empty(1, channels, self.window, h, w, device=self.device, dtype=self.dtype)
+        features = torch.empty(1, self.pose_features.shape[1], self.window, h, w, device=self.device, dtype=self.dtype)
+        return sample, self.timesteps[0][:, self.steady.frames(self.m)], features
 
     def capture(self, split: bool = False) -> None:
         """Capture the steady-state tick as one CUDA graph (and, with split=True, each stage as its own graph
