@@ -8,10 +8,14 @@ set by `import rain_core`. Both stream the example pose video through `RainStrea
 4 steps, the shipped model) with the same reference and seed; the parent asks them for one steady tick each in turn
 (never both at once, so both see the same machine load) and takes medians. Frames of the whole stream (warm-up,
 steady ticks, flush) are compared: max_abs_diff. first_frame_s is the time from starting the process to its first
-frame (imports, model load, reference, warm-up and, for a compiled path, the compile); the optimised path's start-up
-is measured twice more at 2 threads, with an empty compile cache (cold) and then with the cache it filled (warm).
+frame (imports, model load, reference, warm-up and, for a compiled path, the compile or the load of the compiled
+package); the optimised path's start-up is measured twice more at 2 threads, with an empty compile cache (cold) and
+then with the cache it filled (warm). With `fast_path` "auto" the optimised path compiles nothing: it runs the
+compiled tick only where its package is already in the cache (`--cache`, default rain's), else eagerly; `--fast-path
+compile` builds it (once per model, size and thread count). `compile_source` says which: "compiled" or "cache".
 
-    nice -n 19 .venv/bin/python bench/cpu_live.py                       # 1 and 2 threads, 24 ticks each, cold start
+    nice -n 19 .venv/bin/python bench/cpu_live.py --fast-path compile   # cold/warm start in a fresh cache, 1 and 2 threads
+    nice -n 19 .venv/bin/python bench/cpu_live.py --ticks 16 --no-cold  # "auto": the packages in rain's cache, if any
     .venv/bin/python bench/cpu_live.py --threads 2 --ticks 8 --no-cold
 """
 
@@ -67,7 +71,8 @@ def worker(args) -> None:
             np.save(command.split(" ", 1)[1], torch.cat(frames).numpy())
             unet = getattr(stream._tick(), "_unet", None)
             reply({"done": True, "compiled_calls": getattr(unet, "compiled_calls", None),
-                   "compile_problem": getattr(unet, "problem", None)})
+                   "compile_problem": getattr(unet, "problem", None), "compile_source": getattr(unet, "source", None),
+                   "compile_s": getattr(unet, "build_seconds", None)})
             return
 
 
@@ -149,6 +154,8 @@ def side_by_side(args, threads: int, cache: str, scratch: Path) -> dict:
         "optimised_omp_wait_policy": optimised.info.get("omp_wait_policy"),
         "compiled_calls": ends["optimised"].get("compiled_calls"),
         "compile_problem": ends["optimised"].get("compile_problem"),
+        "compile_source": ends["optimised"].get("compile_source"),
+        "load_average": round(os.getloadavg()[0], 1),
     }
     print(f"{threads} thread{'s' if threads > 1 else ''}: default {row['default_fps']} fps "
           f"({row['default_ms_per_tick']} ms/tick), optimised {row['optimised_fps']} fps "

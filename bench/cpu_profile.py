@@ -239,7 +239,8 @@ def main(argv=None) -> None:
     parser.add_argument("--ticks", type=int, default=12, help="timed steady ticks per thread count")
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--fast-path", default="eager",
-                        help="StreamConfig.fast_path of the profiled stream (auto: compile where a compiler exists)")
+                        help="StreamConfig.fast_path of the profiled stream (auto: the compiled tick where its package is "
+                        "already cached, else eager; compile: build it if needed)")
     parser.add_argument("--top", type=int, default=25, help="rows of the op and Python tables")
     parser.add_argument("--no-ops", action="store_true", help="skip the torch.profiler table")
     parser.add_argument("--python", action="store_true", help="add the cProfile table")
