@@ -37,6 +37,7 @@ import platform
 import shutil
 import sys
 import time
+import weakref
 from collections.abc import Callable
 from pathlib import Path
 
@@ -213,9 +214,7 @@ class SteadyPackage:
         add(self.FORMAT, torch.__version__, diffusers.__version__, sys.version_info[:2], platform.machine(),
             torch.backends.cpu.get_cpu_capability(), sorted(_cpu_flags()), torch.get_num_threads(), self.names)
         digest.update(_model_code_digest())
-        for name, tensor in self.unet.state_dict().items():
-            add(name, tensor.dtype, tuple(tensor.shape))
-            digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+        digest.update(_weights_digest(self.unet))
         for tensor in (sample, timesteps, features, *self.extra_inputs()):
             add(tensor.dtype, tuple(tensor.shape), tensor.device.type)
         return digest.hexdigest()[:32]
@@ -232,6 +231,30 @@ def _model_code_digest() -> bytes:
     return _MODEL_CODE
 
 
+def _weights_digest(module) -> bytes:
+    """sha256 of a module's state (names, dtypes, shapes, bytes), remembered while no tensor of it changes (same
+    storage, same version counter), so a new reference or stream does not hash the weights again."""
+    import torch
+
+    state = module.state_dict()
+    fingerprint = tuple((name, t.data_ptr(), t._version, tuple(t.shape)) for name, t in state.items())
+    known = _WEIGHTS.get(module)
+    if known is not None and known[0] == fingerprint:
+        return known[1]
+    digest = hashlib.sha256()
+    for name, tensor in state.items():
+        digest.update(repr((name, tensor.dtype, tuple(tensor.shape))).encode())
+        digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    _WEIGHTS[module] = (fingerprint, digest.digest())
+    return digest.digest()
+
+
+def state_bytes(module) -> int:
+    return sum(t.numel() * t.element_size() for t in module.state_dict().values())
+
+
+AUTO_MAX_BYTES = 256 * 2**20  # "auto" looks for a cached package only for UNets up to this size (hashing is read)
+_WEIGHTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # module -> (fingerprint, digest)
 _MODEL_CODE: bytes | None = None
 _LOADED: dict[str, Callable] = {}  # package path -> loaded runner (one per process: a new reference reuses it)
 
@@ -380,6 +403,7 @@ __all__ = [
     "cpu_summary",
     "note_wait_policy",
     "package_path",
+    "state_bytes",
     "prefer_passive_wait",
     "SteadyPackage",
 ]

@@ -114,7 +114,11 @@ def test_the_package_key_follows_weights_threads_and_shapes_but_not_the_referenc
         torch.set_num_threads(threads)
     changed = build_tiny_models(seed=99)
     changed_package, _ = _steady_package(changed)
-    assert changed_package.key(*inputs) != key
+    changed_key = changed_package.key(*inputs)
+    assert changed_key != key
+    with torch.no_grad():  # weights changed in place (training): the remembered digest is not reused
+        next(changed.denoising_unet.parameters()).add_(1.0)
+    assert changed_package.key(*inputs) not in (changed_key, key)
 
 
 def test_a_package_that_cannot_be_built_falls_back_to_the_eager_tick(tiny_models, monkeypatch, caplog, tmp_path):

@@ -247,16 +247,20 @@ class Tick:
     def compile_steady_unet(self, mode: str | None = None, cached_only: bool = False):
         """The steady-state UNet call compiled, every other occupancy eager (`rain_core.cpu_fast.CompiledUNet`:
         persistent cache, eager fallback after one log line when there is no compiler or compiling fails). The
-        call is compiled ahead of time into a package on disk (loaded in a second at the next start) when the
-        reference K/V cache is on (the package takes the K/V as inputs); otherwise, or with a `mode`, through
-        torch.compile. `cached_only`: only if this call's package is already on disk (else nothing changes and
+        call is compiled ahead of time into a package on disk (loaded in a second at the next start) on the CPU
+        when the reference K/V cache is on (the package takes the K/V as inputs); otherwise, or with a `mode`,
+        through torch.compile. `cached_only`: only if this call's package is already on disk (else nothing changes and
         None is returned); it is then never compiled here."""
-        from ..cpu_fast import CompiledUNet, SteadyPackage, compiler_problem, package_path
+        from ..cpu_fast import AUTO_MAX_BYTES, CompiledUNet, SteadyPackage, compiler_problem, package_path, state_bytes
 
-        if cached_only and (mode is not None or compiler_problem() is not None):
+        if cached_only and (
+            mode is not None
+            or compiler_problem() is not None
+            or state_bytes(self.models.denoising_unet) > AUTO_MAX_BYTES  # a full-size UNet: no live CPU use, no hashing
+        ):
             return None
         package = None
-        if self.reference is None or self.fast.reference_kv_cache:
+        if self.device.type == "cpu" and (self.reference is None or self.fast.reference_kv_cache):
             with torch.no_grad():
                 kv = self.models.denoising_unet.reference_kv(self.reference) if self.reference is not None else None
             package = SteadyPackage(self.models.denoising_unet, self.clip_tokens, self.guidance, kv)
