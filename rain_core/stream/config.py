@@ -51,8 +51,9 @@ class StreamConfig:
         captured once as a CUDA graph and replayed (CUDA only; elsewhere it runs eagerly); "eager": the same
         code, never captured; "compile": the steady-state UNet call compiled by torch.compile (inductor, cached on
         disk; eager after one log line where no C++ compiler exists: `rain_core.cpu_fast`); "auto" (default):
-        "graph" on CUDA, "eager" elsewhere ("compile" pays off only for long CPU streams: its first frame waits a
-        minute or more, see `rain_core.cpu_fast.auto_fast_path`). Warm-up and flush ticks (partial windows) run the
+        "graph" on CUDA; on the CPU "eager", or the compiled tick when an earlier "compile" run left its package
+        in the cache (loaded in about a second; compiling it takes a minute or more, so "auto" never compiles:
+        `rain_core.cpu_fast.auto_fast_path`). Warm-up and flush ticks (partial windows) run the
         same code eagerly.
     output_device: where returned frames live: "cpu" (default) or "device" (the models' device, no copy back).
     noise: "fresh" (default, the method): every frame draws its own noise; "shared": every frame gets the same
