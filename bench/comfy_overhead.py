@@ -96,13 +96,21 @@ class PromptRunner:
             if entry is None:
                 time.sleep(0.01)
         if entry["status"]["status_str"] != "success":
-            raise RuntimeError(json.dumps(entry["status"]["messages"])[-2000:])
+            raise RuntimeError(_describe_failure(entry))
         return entry
 
     def close(self) -> None:
         self.loop.run_until_complete(self.socket.close())
         self.loop.run_until_complete(self.session.close())
         self.loop.close()
+
+
+def _describe_failure(entry) -> str:
+    for kind, data in entry["status"]["messages"]:
+        if kind == "execution_error":
+            return (f"{data.get('node_type')}: {data.get('exception_type')}: {data.get('exception_message')}\n"
+                    + "".join(data.get("traceback") or [])[-3000:])
+    return json.dumps(entry["status"]["messages"])[-2000:]
 
 
 def execution_seconds(entry) -> float:

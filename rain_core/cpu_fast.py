@@ -237,7 +237,7 @@ def _weights_digest(module) -> bytes:
     import torch
 
     state = module.state_dict()
-    fingerprint = tuple((name, t.data_ptr(), t._version, tuple(t.shape)) for name, t in state.items())
+    fingerprint = tuple((name, t.data_ptr(), _version(t), tuple(t.shape)) for name, t in state.items())
     known = _WEIGHTS.get(module)
     if known is not None and known[0] == fingerprint:
         return known[1]
@@ -247,6 +247,15 @@ def _weights_digest(module) -> bytes:
         digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
     _WEIGHTS[module] = (fingerprint, digest.digest())
     return digest.digest()
+
+
+def _version(tensor) -> int | None:
+    """The tensor's in-place version counter; None for inference tensors, which keep none (ComfyUI runs nodes, and
+    so loads models, under torch.inference_mode; such weights cannot change in place outside it)."""
+    try:
+        return tensor._version
+    except RuntimeError:
+        return None
 
 
 def state_bytes(module) -> int:

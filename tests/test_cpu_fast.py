@@ -121,6 +121,27 @@ def test_the_package_key_follows_weights_threads_and_shapes_but_not_the_referenc
     assert changed_package.key(*inputs) not in (changed_key, key)
 
 
+def test_auto_looks_for_a_package_with_weights_loaded_under_inference_mode_as_comfyui_does(monkeypatch, tmp_path):
+    """ComfyUI runs nodes under torch.inference_mode, so the networks' tensors keep no version counter: looking for a
+    saved package (the key hashes the weights) must still work, and with nothing saved the tick runs eagerly."""
+    from conftest import build_tiny_models
+
+    import rain_core.cpu_fast as cpu_fast
+
+    monkeypatch.delenv(NO_COMPILE_ENV, raising=False)
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))
+    if compiler_problem() is not None:
+        pytest.skip(f"torch.compile cannot build here: {compiler_problem()}")
+    poses, reference = _inputs(4)
+    with torch.inference_mode():
+        models = build_tiny_models()
+        assert next(models.denoising_unet.parameters()).is_inference()
+        eager, _ = _stream_frames(models, "eager", poses, reference)
+        frames, stream = _stream_frames(models, "auto", poses, reference)
+    assert torch.equal(frames, eager) and stream.stats["fast_path"] == "eager"
+    assert cpu_fast._WEIGHTS.get(models.denoising_unet) is not None  # the key was computed (and remembered)
+
+
 def test_a_package_that_cannot_be_built_falls_back_to_the_eager_tick(tiny_models, monkeypatch, caplog, tmp_path):
     import rain_core.cpu_fast as cpu_fast
 
