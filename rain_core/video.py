@@ -257,6 +257,11 @@ def _decode_rgb(container, stream, path, name: str, start: int = 0) -> Iterator[
         ) from error
 
 
+def _past_the_end(path, start: int, total: int) -> VideoSourceError:
+    return VideoSourceError(f"start_frame: {start} is past the end of {os.path.basename(str(path))} ({total} frames); "
+                            "lower it, or turn loop on.")
+
+
 def read_video_frames(path: str | Path, start: int, count: int, loop: bool = False,
                       name: str = "video") -> tuple[np.ndarray, int, int]:
     """Frames [start, start + count) of a video file as (N, H, W, 3) uint8 RGB, wrapping around when `loop`;
@@ -272,8 +277,7 @@ def read_video_frames(path: str | Path, start: int, count: int, loop: bool = Fal
         if total <= 0:
             raise VideoSourceError(f"{name}: {str(path)!r} has no frames.")
         if start >= total and not loop:
-            raise VideoSourceError(f"start_frame: {start} is past the end of {os.path.basename(str(path))} "
-                                   f"({total} frames); lower it, or turn loop on.")
+            raise _past_the_end(path, start, total)
         start %= total
         count = total - start if count <= 0 else count
         frames, position = [], start
@@ -315,6 +319,7 @@ class DecodedVideoCache:
 
         self.max_bytes = max_bytes
         self._entries: OrderedDict[tuple, np.ndarray] = OrderedDict()
+        self._too_large: set[tuple] = set()  # read from the file every time: probed once, not on every run
         self._lock = threading.Lock()
 
     def read(self, path: str | Path, start: int, count: int, loop: bool = False,
@@ -324,8 +329,7 @@ class DecodedVideoCache:
             return read_video_frames(path, start, count, loop, name)
         total = len(frames)
         if start >= total and not loop:
-            raise VideoSourceError(f"start_frame: {start} is past the end of {os.path.basename(str(path))} "
-                                   f"({total} frames); lower it, or turn loop on.")
+            raise _past_the_end(path, start, total)
         start %= total
         count = total - start if count <= 0 else count
         if not loop:
@@ -337,11 +341,15 @@ class DecodedVideoCache:
         stat = os.stat(path)
         key = (os.path.realpath(path), stat.st_size, stat.st_mtime_ns)
         with self._lock:
+            if key in self._too_large:
+                return None
             if key in self._entries:
                 self._entries.move_to_end(key)
                 return self._entries[key]
         info = probe_video(path, name)
         if not info.frame_count or info.frame_count * info.height * info.width * 3 > self.max_bytes:
+            with self._lock:
+                self._too_large.add(key)
             return None
         frames, _, _ = read_video_frames(path, 0, 0, name=name)
         with self._lock:
@@ -349,10 +357,6 @@ class DecodedVideoCache:
             while sum(entry.nbytes for entry in self._entries.values()) > self.max_bytes and len(self._entries) > 1:
                 self._entries.popitem(last=False)
         return frames
-
-    def clear(self) -> None:
-        with self._lock:
-            self._entries.clear()
 
 
 class VideoFileSource(FrameSource):

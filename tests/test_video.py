@@ -85,7 +85,8 @@ def test_decoded_video_cache_answers_exactly_as_reading_the_file(tmp_path):
     # A video larger than the budget is read from the file, with the same answers.
     small = DecodedVideoCache(max_bytes=512 * 704 * 3 * 10)
     assert np.array_equal(small.read(POSE_VIDEO, 62, 4, True)[0], read_video_frames(POSE_VIDEO, 62, 4, True)[0])
-    assert not small._entries
+    assert np.array_equal(small.read(POSE_VIDEO, 3, 2)[0], read_video_frames(POSE_VIDEO, 3, 2)[0])
+    assert not small._entries and len(small._too_large) == 1  # probed once, then read from the file as before
 
 
 def truncated_copy(source: Path, folder: Path, keep: float) -> Path:
