@@ -39,7 +39,6 @@ import json
 import math
 import os
 import sys
-import tempfile
 import time
 from collections import deque
 from pathlib import Path
@@ -53,9 +52,10 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from rain_core import metrics  # noqa: E402
+from rain_core.fileio import temporary_beside  # noqa: E402
 from rain_core.metrics import bootstrap_ci, temporal_error, temporal_error_per_frame  # noqa: E402,F401
 from rain_core.scheduler import LCMStepper, trailing_timesteps  # noqa: E402
-from rain_core.stream import RainStream, SharedNoise, StreamConfig  # noqa: E402
+from rain_core.stream import RainStream, StreamConfig  # noqa: E402
 from rain_core.train.synthetic import WORLDS, SyntheticWorld, render_character, render_skeleton  # noqa: E402
 
 SHIPPED = ROOT / "rain_core" / "assets" / "tiny-rain"
@@ -143,8 +143,9 @@ def clip_label(world: SyntheticWorld, index: int) -> str:
 def stream_render(models, reference, poses, levels, frames_per_cohort, guidance, seed, size,
                   shared_noise: bool = False) -> np.ndarray:
     config = StreamConfig(levels=levels, frames_per_cohort=frames_per_cohort, steps=levels, guidance=guidance,
-                          height=size, width=size, seed=seed, fast_path=FAST_PATH)
-    stream = RainStream(models, config, noise=SharedNoise(seed) if shared_noise else None)
+                          height=size, width=size, seed=seed, fast_path=FAST_PATH,
+                          noise="shared" if shared_noise else "fresh")
+    stream = RainStream(models, config)
     stream.set_reference(torch.from_numpy(reference).float())
     outputs = [stream.push(torch.from_numpy(poses)), stream.flush()]
     return torch.cat([o for o in outputs if o.shape[0]]).numpy()
@@ -280,13 +281,10 @@ def paired(row: dict, other: dict) -> dict:
 
 def write_atomic(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    handle, temp = temporary_beside(path)  # with the user's file mode, not mkstemp's 0600
     try:
         with os.fdopen(handle, "wb") as stream:
             stream.write(data)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(temp, 0o666 & ~umask)  # mkstemp makes 0600; results are ordinary files
         os.replace(temp, path)
     except BaseException:
         Path(temp).unlink(missing_ok=True)

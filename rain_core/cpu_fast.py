@@ -368,14 +368,14 @@ def package_path(package: SteadyPackage, sample, timesteps, features) -> Path:
 def _compile_package(package: SteadyPackage, inputs: tuple, path: Path) -> None:
     """Export the steady UNet call and compile it with AOTInductor (freezing: pre-packed weights) into `path`,
     written under a temporary name and renamed, so a reader never sees half a package."""
-    import tempfile
-
     import torch
+
+    from .fileio import temporary_beside
 
     path.parent.mkdir(parents=True, exist_ok=True)
     with torch.no_grad():
         exported = torch.export.export(package.module(), inputs, strict=False)
-        handle, temporary = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".pt2", dir=path.parent)
+        handle, temporary = temporary_beside(path, suffix=".pt2")
         os.close(handle)
         try:
             torch._inductor.aoti_compile_and_package(exported, package_path=temporary,
