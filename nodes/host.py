@@ -85,6 +85,22 @@ def models_root() -> Path:
     return _standalone_models_dir()
 
 
+def download_into_models(what: list[str], node_id: str | None = None) -> dict[str, Path]:
+    """Fetch the missing files of `what` (items of rain_core.download) into the models folder with ComfyUI's
+    progress bar on the node (Cancel stops it; the next run resumes). Returns the README layout's folders."""
+    from ..rain_core import download
+
+    root = models_root()
+    status = download.item_status(root)
+    missing = [name for name in what if status.get(name)]
+    if missing:
+        progress = Progress(1000, node_id=node_id)
+        logger.info("RAIN: downloading %s into %s", ", ".join(missing), root)
+        download.download_models(missing, root, progress=lambda done, total, name: progress.update(
+            int(1000 * done / total) if total else 0))
+    return download.layout_paths(root)
+
+
 def list_models(kind: str, folders: bool = True, files: bool = True) -> list[str]:
     """Names (relative to their model folder) of the sub-folders and model files found for `kind`."""
     names = set()

@@ -43,18 +43,8 @@ def _download(decoder: str, node_id=None) -> tuple[Path, Path, Path]:
     """Fetch what is missing of the released RAIN (+ SD VAE, image encoder, and TAESDV unless decoder is "vae") into
     ComfyUI's models/ in the README layout, with ComfyUI's progress bar (Cancel stops it; the next run resumes).
     Returns (RAIN folder, VAE folder, image encoder folder)."""
-    from ..rain_core import download
-
-    root = host.models_root()
-    what = ["rain", "vae", "image-encoder"] + ([] if decoder == "vae" else ["taesdv"])
-    status = download.item_status(root)
-    missing = [name for name in what if status.get(name)]
-    if missing:
-        progress = host.Progress(1000, node_id=node_id)
-        host.logger.info("RAIN: downloading %s into %s", ", ".join(missing), root)
-        download.download_models(missing, root, progress=lambda done, total, name: progress.update(
-            int(1000 * done / total) if total else 0))
-    paths = download.layout_paths(root)
+    paths = host.download_into_models(["rain", "vae", "image-encoder"] + ([] if decoder == "vae" else ["taesdv"]),
+                                      node_id)
     return paths["rain"], paths["vae"], paths["image_encoder"]
 
 

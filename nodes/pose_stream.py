@@ -120,12 +120,7 @@ def _download_detector(missing: Exception, node_id=None):
         raise DetectorUnavailable(f"{missing} (HF_HUB_OFFLINE is set, so it was not downloaded; unset it, or run "
                                   "`rain download --what dwpose --models-dir <ComfyUI>/models` where there is a network)"
                                   ) from missing
-    root = host.models_root()
-    host.logger.info("RAIN: downloading the DWPose detector (yolox_l.onnx, dw-ll_ucoco_384.onnx) into %s", root)
-    progress = host.Progress(1000, node_id=node_id)
-    download.download_models(["dwpose"], root, progress=lambda done, total, name: progress.update(
-        int(1000 * done / total) if total else 0))
-    return download.layout_paths(root)["dwpose"]
+    return host.download_into_models(["dwpose"], node_id)["dwpose"]
 
 
 _detectors: dict[str, object] = {}
