@@ -97,6 +97,29 @@ def test_spatial_blocks_keep_frames_apart_and_motion_modules_mix_them(tiny_model
     assert torch.all(without[:, :, 1:] == 0)
 
 
+def test_motion_blocks_drop_one_levels_motion_modules_and_keep_the_others_mixing_frames(tiny_models):
+    config = RainModelConfig.tiny(motion_blocks=(False, True, True, True))
+    assert config.has_motion(1) and not config.has_motion(0)
+    partial = RainModels.build(config).eval()
+    unet = partial.denoising_unet
+    assert unet.down_blocks[0].motion_modules is None and unet.up_blocks[-1].motion_modules is None
+    assert all(block.motion_modules is not None for block in [*unet.down_blocks[1:], *unet.up_blocks[:-1]])
+    assert unet.mid_block.motion_modules is not None
+    # the same weights as the full model, less the full-resolution level's motion modules
+    missing, unexpected = partial.load_state_dict(tiny_models.state_dict(), strict=False)
+    assert missing == [] and unexpected
+    assert all(".motion_modules." in key for key in unexpected)
+    assert all(key.startswith(("denoising_unet.down_blocks.0.", "denoising_unet.up_blocks.3.")) for key in unexpected)
+    assert RainModelConfig.from_dict(config.to_dict()) == config
+    sample, t, clip, pose, ref_latent = _inputs(tiny_models)
+    perturbed = sample.clone()
+    perturbed[:, :, 0] += 1
+    moved = _run(partial, perturbed, t, clip, pose, ref_latent) - _run(partial, sample, t, clip, pose, ref_latent)
+    assert torch.all(moved[:, :, 1:].abs().amax(dim=(0, 1, 3, 4)) > 1e-4)  # the deeper levels still mix frames
+    with pytest.raises(ValueError, match="motion_blocks needs one entry per block_out_channels entry"):
+        RainModelConfig.tiny(motion_blocks=(False, True))
+
+
 def test_fresh_model_zero_inits_motion_pose_and_guidance_paths():
     torch.manual_seed(0)
     fresh = RainModels.build(RainModelConfig.tiny()).eval()

@@ -45,6 +45,10 @@ class RainModelConfig:
     block_out_channels: tuple[int, ...] = (320, 640, 1280, 1280)
     # per down block: whether it has spatial transformers (SD: CrossAttnDownBlock x3, DownBlock); up blocks mirror it
     cross_attention_blocks: tuple[bool, ...] = (True, True, True, False)
+    # per down block: whether it and its mirrored up block have motion modules (None: every level, as in AnimateDiff
+    # and the release; the mid block has them whenever `motion` is set). Dropping the full-resolution level's motion
+    # modules is what makes the built-in model fast on a CPU.
+    motion_blocks: tuple[bool, ...] | None = None
     layers_per_block: int = 2
     attention_heads: int = 8  # SD-1.5's `attention_head_dim: 8` is in fact the head count
     cross_attention_dim: int = 768
@@ -63,6 +67,8 @@ class RainModelConfig:
     def __post_init__(self):
         self.block_out_channels = tuple(self.block_out_channels)
         self.cross_attention_blocks = tuple(self.cross_attention_blocks)
+        if self.motion_blocks is not None:
+            self.motion_blocks = tuple(bool(flag) for flag in self.motion_blocks)
         self.pose_guider_channels = tuple(self.pose_guider_channels)
         if isinstance(self.motion, dict):
             self.motion = MotionConfig(**self.motion)
@@ -78,6 +84,8 @@ class RainModelConfig:
             fail(f"codec must be one of {CODEC_KINDS}, found {self.codec!r}")
         if len(self.cross_attention_blocks) != len(self.block_out_channels):
             fail("cross_attention_blocks needs one entry per block_out_channels entry")
+        if self.motion_blocks is not None and len(self.motion_blocks) != len(self.block_out_channels):
+            fail("motion_blocks needs one entry per block_out_channels entry (or None for every level)")
         pose_downscale = 2 ** (len(self.pose_guider_channels) - 1)
         if pose_downscale != self.codec_factor:
             fail(
@@ -95,6 +103,10 @@ class RainModelConfig:
             fail("clip.projection_dim must equal cross_attention_dim (the CLIP token is the cross-attention context)")
         if self.codec == "space_to_depth" and self.latent_channels != 3 * self.codec_factor**2:
             fail(f"space_to_depth with factor {self.codec_factor} gives {3 * self.codec_factor**2} latent channels")
+
+    def has_motion(self, level: int) -> bool:
+        """Whether the down block `level` (and the up block that mirrors it) has motion modules."""
+        return self.motion is not None and (self.motion_blocks is None or self.motion_blocks[level])
 
     @property
     def time_embed_dim(self) -> int:
@@ -127,6 +139,7 @@ class RainModelConfig:
         taesdv_channels: int | None = None,
         layers_per_block: int = 1,
         cross_attention_blocks: tuple[bool, ...] | None = None,
+        motion_blocks: tuple[bool, ...] | None = None,
     ) -> RainModelConfig:
         """A small RAIN for tests and the tiny trainable default (space_to_depth ×2: 64 px -> 12×32×32 latent).
 
@@ -157,6 +170,7 @@ class RainModelConfig:
             cross_attention_blocks=tuple(cross_attention_blocks)
             if cross_attention_blocks is not None
             else (True,) * (len(block_out_channels) - 1) + (False,),
+            motion_blocks=tuple(motion_blocks) if motion_blocks is not None else None,
             layers_per_block=layers_per_block,
             attention_heads=attention_heads,
             cross_attention_dim=cross_attention_dim,

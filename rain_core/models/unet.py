@@ -203,7 +203,14 @@ class _RainUNet(ModelMixin):
         for i, attention in enumerate(config.cross_attention_blocks):
             in_channels, out_channels = out_channels, channels[i]
             self.down_blocks.append(
-                DownBlock(config, in_channels, out_channels, attention, motion, downsample=i < len(channels) - 1)
+                DownBlock(
+                    config,
+                    in_channels,
+                    out_channels,
+                    attention,
+                    motion and config.has_motion(i),
+                    downsample=i < len(channels) - 1,
+                )
             )
         self.mid_block = MidBlock(config, channels[-1], motion)
 
@@ -215,7 +222,13 @@ class _RainUNet(ModelMixin):
             in_channels = reversed_channels[min(i + 1, len(channels) - 1)]
             self.up_blocks.append(
                 UpBlock(
-                    config, in_channels, prev_channels, out_channels, attention, motion, upsample=i < len(channels) - 1
+                    config,
+                    in_channels,
+                    prev_channels,
+                    out_channels,
+                    attention,
+                    motion and config.has_motion(len(channels) - 1 - i),
+                    upsample=i < len(channels) - 1,
                 )
             )
 
