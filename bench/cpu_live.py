@@ -50,7 +50,7 @@ def worker(args) -> None:
     from rain_core import RainStream, StreamConfig, load_rain
 
     torch.set_num_threads(args.threads)
-    models = load_rain(MODEL)
+    models = load_rain(args.model or MODEL)
     reference, poses, _ = load_inputs(64, 64)
     config = StreamConfig(levels=4, frames_per_cohort=4, steps=4, height=64, width=64, fast_path=args.fast_path)
     stream = RainStream(models, config)
@@ -85,11 +85,11 @@ def reply(message: dict) -> None:
 
 
 class Worker:
-    def __init__(self, name: str, threads: int, fast_path: str, environ: dict):
+    def __init__(self, name: str, threads: int, fast_path: str, environ: dict, model: Path | None = None):
         self.name = name
         self.started = time.perf_counter()
         command = [sys.executable, str(Path(__file__).resolve()), "--worker", "--threads", str(threads),
-                   "--fast-path", fast_path]
+                   "--fast-path", fast_path] + (["--model", str(model)] if model else [])
         self.process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
                                         env=environ, cwd=ROOT)
         self.info = self.read()
@@ -126,19 +126,21 @@ def side_by_side(args, threads: int, cache: str, scratch: Path) -> dict:
     import numpy as np
 
     default_env, optimised_env = environments(cache)
-    default = Worker("default", threads, "eager", default_env)
-    optimised = Worker("optimised", threads, args.fast_path, optimised_env)
-    times = {"default": [], "optimised": []}
+    workers = [Worker("default", threads, "eager", default_env), Worker("optimised", threads, args.fast_path, optimised_env)]
+    if args.before_model:  # the built-in model of an earlier revision, on its default path of the time
+        workers.append(Worker("before", threads, "eager", default_env, args.before_model))
+    default, optimised = workers[:2]
+    times = {worker_.name: [] for worker_ in workers}
     for _ in range(args.ticks):
-        times["default"].append(default.tick())
-        times["optimised"].append(optimised.tick())
+        for worker_ in workers:
+            times[worker_.name].append(worker_.tick())
     ends = {}
-    for worker_ in (default, optimised):
+    for worker_ in workers:
         ends[worker_.name] = worker_.end(str(scratch / f"{worker_.name}-{threads}.npy"))
     a = np.load(scratch / f"default-{threads}.npy")
     b = np.load(scratch / f"optimised-{threads}.npy")
-    default_fps = 4 / statistics.median(times["default"])
-    optimised_fps = 4 / statistics.median(times["optimised"])
+    fps = {name: 4 / statistics.median(seconds) for name, seconds in times.items()}
+    default_fps, optimised_fps = fps["default"], fps["optimised"]
     row = {
         "threads": threads,
         "default_fps": round(default_fps, 2),
@@ -157,12 +159,38 @@ def side_by_side(args, threads: int, cache: str, scratch: Path) -> dict:
         "compile_source": ends["optimised"].get("compile_source"),
         "load_average": round(os.getloadavg()[0], 1),
     }
-    print(f"{threads} thread{'s' if threads > 1 else ''}: default {row['default_fps']} fps "
-          f"({row['default_ms_per_tick']} ms/tick), optimised {row['optimised_fps']} fps "
-          f"({row['optimised_ms_per_tick']} ms/tick), ratio {row['ratio']}, max |Δ| {row['max_abs_diff']:.2e} over "
-          f"{row['frames_compared']} frames; first frame {row['default_first_frame_s']} s (default) / "
-          f"{row['first_frame_s']} s (optimised); load {os.getloadavg()[0]:.1f}", flush=True)
+    summary = (f"{threads} thread{'s' if threads > 1 else ''}: default {row['default_fps']} fps "
+               f"({row['default_ms_per_tick']} ms/tick), optimised {row['optimised_fps']} fps "
+               f"({row['optimised_ms_per_tick']} ms/tick), ratio {row['ratio']}, max |Δ| {row['max_abs_diff']:.2e} over "
+               f"{row['frames_compared']} frames; first frame {row['default_first_frame_s']} s (default) / "
+               f"{row['first_frame_s']} s (optimised)")
+    if args.before_model:
+        row.update(before_model=args.before_label, before_fps=round(fps["before"], 2),
+                   before_ms_per_tick=round(1000 * statistics.median(times["before"]), 1),
+                   ratio_to_before=round(optimised_fps / fps["before"], 2),
+                   default_ratio_to_before=round(default_fps / fps["before"], 2))
+        summary += (f"; before ({args.before_label}, eager) {row['before_fps']} fps ({row['before_ms_per_tick']} "
+                    f"ms/tick): optimised ×{row['ratio_to_before']}, default ×{row['default_ratio_to_before']}")
+    print(f"{summary}; load {os.getloadavg()[0]:.1f}", flush=True)
     return row
+
+
+def built_in_model_at(revision: str, scratch: Path) -> Path:
+    """The built-in model folder as it was at a git revision of this repository (for "before" rows)."""
+    folder = scratch / f"tiny-rain-{revision}"
+    folder.mkdir(parents=True, exist_ok=True)
+    asset = "rain_core/assets/tiny-rain"
+    try:
+        names = subprocess.run(["git", "ls-tree", "--name-only", f"{revision}:{asset}"], cwd=ROOT, check=True,
+                               capture_output=True, text=True).stdout.split()
+        for name in names:
+            blob = subprocess.run(["git", "show", f"{revision}:{asset}/{name}"], cwd=ROOT, check=True,
+                                  capture_output=True).stdout
+            (folder / name).write_bytes(blob)
+    except (subprocess.CalledProcessError, FileNotFoundError) as error:
+        raise SystemExit(f"--before-model git:{revision}: cannot read {asset} at that revision from this clone's git "
+                         f"history ({error}); use a full clone or pass a model folder instead") from error
+    return folder
 
 
 def start_up(args, cache: str, threads: int) -> float:
@@ -180,7 +208,11 @@ def main(argv=None) -> None:
     parser.add_argument("--fast-path", default="auto", help="StreamConfig.fast_path of the optimised path")
     parser.add_argument("--cache", default=None, help="inductor cache of the side-by-side runs (default: rain's)")
     parser.add_argument("--no-cold", action="store_true", help="skip the cold/warm start-up measurement")
+    parser.add_argument("--before-model", default=None,
+                        help="also time an earlier built-in model on its eager path, interleaved: a model folder or "
+                        "git:REV (the built-in model at that revision of this repository)")
     parser.add_argument("--out", type=Path, default=RESULT)
+    parser.add_argument("--model", type=Path, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
@@ -208,6 +240,9 @@ def main(argv=None) -> None:
             print(f"start-up to the first frame ({args.threads[-1]} threads, optimised): cold cache {cold} s, "
                   f"warm cache {warm} s", flush=True)
         cache = args.cache or str(cache_dir())  # the cache the start-up runs filled, if they ran
+        args.before_label = args.before_model
+        if args.before_model and args.before_model.startswith("git:"):
+            args.before_model = built_in_model_at(args.before_model[4:], Path(scratch))
         for threads in args.threads:
             result["rows"].append(side_by_side(args, threads, cache, Path(scratch)))
     result["machine"]["load_average_end"] = round(os.getloadavg()[0], 1)
