@@ -351,6 +351,9 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default=str(SHIPPED), help="RAIN model folder (default: the shipped tiny model)")
     parser.add_argument("--baseline", default=None, help="m = 1 model folder trained the same way (optional)")
+    parser.add_argument("--compare", default=None,
+                        help="another RAIN model folder streamed on the same window, e.g. the previous built-in model "
+                        "(paired: model - compare)")
     parser.add_argument("--world", default="v2", choices=WORLDS, help="synthetic world of the held-out clips")
     parser.add_argument("--clips", type=int, default=16, help="held-out character/motion pairs")
     parser.add_argument("--frames", type=int, default=32, help="frames per clip")
@@ -392,6 +395,9 @@ def main(argv=None) -> int:
     if args.baseline:
         jobs.append({**common, "key": "baseline", "name": f"baseline stream (p={p}, m=1, no motion)", "model": args.baseline,
                      "frames_per_cohort": 1, "mode": "stream"})
+    if args.compare:
+        jobs.append({**common, "key": "compare", "name": f"compared model stream (p={p}, m={m})", "model": args.compare,
+                     "frames_per_cohort": m, "mode": "stream"})
     for window in filter(None, args.windows.split(",")):
         try:
             wp, wm = (int(x) for x in window.lower().split("x"))
@@ -447,6 +453,8 @@ def main(argv=None) -> int:
         comparisons["rain - baseline"] = paired(by_key["rain"], by_key["baseline"])
         if "offline" in by_key:
             comparisons["offline - baseline"] = paired(by_key["offline"], by_key["baseline"])
+    if "compare" in by_key:
+        comparisons["rain - compare"] = paired(by_key["rain"], by_key["compare"])
     for key in by_key:
         if key.startswith("rain_"):
             comparisons[f"{key} - rain"] = paired(by_key[key], by_key["rain"])
@@ -456,7 +464,7 @@ def main(argv=None) -> int:
 
     setup = {"world": args.world, "clips": args.clips, "frames": args.frames, "size": args.size, "fps": FPS,
              "guidance": args.guidance, "levels": p, "frames_per_cohort": m, "model": args.model,
-             "baseline": args.baseline, "drift_frames": args.drift_frames, "drift_clips": args.drift_clips,
+             "baseline": args.baseline, "compare": args.compare, "drift_frames": args.drift_frames, "drift_clips": args.drift_clips,
              "drift_edge": min(args.drift_edge, args.drift_frames // 2) if args.drift_frames else None,
              "clip_labels": [clip_label(world, i) for i in range(args.clips)], "bootstrap": "percentile, 10,000 resamples of clips",
              "seconds": elapsed, "threads_per_row": args.threads, "jobs": args.jobs}
