@@ -133,6 +133,9 @@ def side_by_side(args, threads: int, cache: str, scratch: Path) -> dict:
     times = {worker_.name: [] for worker_ in workers}
     for _ in range(args.ticks):
         for worker_ in workers:
+            # let the previous worker's OpenMP threads stop spinning (an untuned worker spins after each parallel
+            # region and would steal this worker's cores)
+            time.sleep(args.settle)
             times[worker_.name].append(worker_.tick())
     ends = {}
     for worker_ in workers:
@@ -211,6 +214,7 @@ def main(argv=None) -> None:
     parser.add_argument("--before-model", default=None,
                         help="also time an earlier built-in model on its eager path, interleaved: a model folder or "
                         "git:REV (the built-in model at that revision of this repository)")
+    parser.add_argument("--settle", type=float, default=0.3, help="seconds of rest before each timed tick")
     parser.add_argument("--out", type=Path, default=RESULT)
     parser.add_argument("--model", type=Path, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
