@@ -14,6 +14,12 @@ then with the cache it filled (warm). With `fast_path` "auto" the optimised path
 compiled tick only where its package is already in the cache (`--cache`, default rain's), else eagerly; `--fast-path
 compile` builds it (once per model, size and thread count). `compile_source` says which: "compiled" or "cache".
 
+The built-in model was retrained smaller for speed (issue 17). `--before-model git:REV` makes "default" the path of
+the time before that: the built-in model at git revision REV on its eager, untuned tick; a third worker, "eager",
+then runs today's built-in model eagerly, untuned, and the optimised frames are compared with it. Every timed tick
+starts after `--settle` seconds of rest, so no worker's spinning OpenMP threads slow the next one.
+
+    nice -n 19 .venv/bin/python bench/cpu_live.py --no-cold --ticks 16 --before-model git:45de38a  # issue 17's ratio
     nice -n 19 .venv/bin/python bench/cpu_live.py --fast-path compile   # cold/warm start in a fresh cache, 1 and 2 threads
     nice -n 19 .venv/bin/python bench/cpu_live.py --ticks 16 --no-cold  # "auto": the packages in rain's cache, if any
     .venv/bin/python bench/cpu_live.py --threads 2 --ticks 8 --no-cold
@@ -123,13 +129,21 @@ def environments(cache: str) -> tuple[dict, dict]:
 
 
 def side_by_side(args, threads: int, cache: str, scratch: Path) -> dict:
+    """One row. Workers: "default" = today's default path (the eager, untuned tick of the built-in model, or of
+    `--before-model`, the built-in model before it was retrained for speed); "optimised" = the built-in model as a
+    stream runs it now; with `--before-model` also "eager" = the built-in model's own eager, untuned tick, which the
+    optimised frames are compared with (frames of two different models are not comparable)."""
     import numpy as np
 
     default_env, optimised_env = environments(cache)
-    workers = [Worker("default", threads, "eager", default_env), Worker("optimised", threads, args.fast_path, optimised_env)]
-    if args.before_model:  # the built-in model of an earlier revision, on its default path of the time
-        workers.append(Worker("before", threads, "eager", default_env, args.before_model))
+    workers = [
+        Worker("default", threads, "eager", default_env, args.before_model),
+        Worker("optimised", threads, args.fast_path, optimised_env),
+    ]
+    if args.before_model:
+        workers.append(Worker("eager", threads, "eager", default_env))
     default, optimised = workers[:2]
+    reference = workers[-1] if args.before_model else default
     times = {worker_.name: [] for worker_ in workers}
     for _ in range(args.ticks):
         for worker_ in workers:
@@ -140,7 +154,7 @@ def side_by_side(args, threads: int, cache: str, scratch: Path) -> dict:
     ends = {}
     for worker_ in workers:
         ends[worker_.name] = worker_.end(str(scratch / f"{worker_.name}-{threads}.npy"))
-    a = np.load(scratch / f"default-{threads}.npy")
+    a = np.load(scratch / f"{reference.name}-{threads}.npy")
     b = np.load(scratch / f"optimised-{threads}.npy")
     fps = {name: 4 / statistics.median(seconds) for name, seconds in times.items()}
     default_fps, optimised_fps = fps["default"], fps["optimised"]
@@ -151,8 +165,10 @@ def side_by_side(args, threads: int, cache: str, scratch: Path) -> dict:
         "ratio": round(optimised_fps / default_fps, 2),
         "max_abs_diff": float(np.abs(a - b).max()) if a.shape == b.shape else None,
         "first_frame_s": round(optimised.first_frame_s, 2),
+        "default_model": args.before_label or "built-in",
         "default_first_frame_s": round(default.first_frame_s, 2),
         "frames_compared": int(a.shape[0]),
+        "frames_compared_with": f"{reference.name} path of the built-in model",
         "default_ms_per_tick": round(1000 * statistics.median(times["default"]), 1),
         "optimised_ms_per_tick": round(1000 * statistics.median(times["optimised"]), 1),
         "optimised_fast_path": optimised.info.get("fast_path"),
@@ -162,18 +178,27 @@ def side_by_side(args, threads: int, cache: str, scratch: Path) -> dict:
         "compile_source": ends["optimised"].get("compile_source"),
         "load_average": round(os.getloadavg()[0], 1),
     }
-    summary = (f"{threads} thread{'s' if threads > 1 else ''}: default {row['default_fps']} fps "
-               f"({row['default_ms_per_tick']} ms/tick), optimised {row['optimised_fps']} fps "
-               f"({row['optimised_ms_per_tick']} ms/tick), ratio {row['ratio']}, max |Δ| {row['max_abs_diff']:.2e} over "
-               f"{row['frames_compared']} frames; first frame {row['default_first_frame_s']} s (default) / "
-               f"{row['first_frame_s']} s (optimised)")
     if args.before_model:
-        row.update(before_model=args.before_label, before_fps=round(fps["before"], 2),
-                   before_ms_per_tick=round(1000 * statistics.median(times["before"]), 1),
-                   ratio_to_before=round(optimised_fps / fps["before"], 2),
-                   default_ratio_to_before=round(default_fps / fps["before"], 2))
-        summary += (f"; before ({args.before_label}, eager) {row['before_fps']} fps ({row['before_ms_per_tick']} "
-                    f"ms/tick): optimised ×{row['ratio_to_before']}, default ×{row['default_ratio_to_before']}")
+        row.update(
+            eager_fps=round(fps["eager"], 2),
+            eager_ms_per_tick=round(1000 * statistics.median(times["eager"]), 1),
+            optimised_to_eager=round(optimised_fps / fps["eager"], 2),
+            eager_to_default=round(fps["eager"] / default_fps, 2),
+        )
+    summary = (
+        f"{threads} thread{'s' if threads > 1 else ''}: default ({row['default_model']}, eager) {row['default_fps']} "
+        f"fps ({row['default_ms_per_tick']} ms/tick), optimised {row['optimised_fps']} fps "
+        f"({row['optimised_ms_per_tick']} ms/tick), ratio {row['ratio']}"
+    )
+    if args.before_model:
+        summary += (
+            f"; the built-in model's eager path {row['eager_fps']} fps ({row['eager_ms_per_tick']} ms/tick, "
+            f"×{row['eager_to_default']}; optimised ×{row['optimised_to_eager']} of it)"
+        )
+    summary += (
+        f"; max |Δ| optimised vs {reference.name} {row['max_abs_diff']:.2e} over {row['frames_compared']} frames; "
+        f"first frame {row['default_first_frame_s']} s (default) / {row['first_frame_s']} s (optimised)"
+    )
     print(f"{summary}; load {os.getloadavg()[0]:.1f}", flush=True)
     return row
 
@@ -244,7 +269,7 @@ def main(argv=None) -> None:
             print(f"start-up to the first frame ({args.threads[-1]} threads, optimised): cold cache {cold} s, "
                   f"warm cache {warm} s", flush=True)
         cache = args.cache or str(cache_dir())  # the cache the start-up runs filled, if they ran
-        args.before_label = args.before_model
+        args.before_label = args.before_model  # as typed (a folder or git:REV)
         if args.before_model and args.before_model.startswith("git:"):
             args.before_model = built_in_model_at(args.before_model[4:], Path(scratch))
         for threads in args.threads:
