@@ -311,3 +311,25 @@ def test_8bit_adamw_without_bitsandbytes_names_the_extra(micro_config, tmp_path,
         Trainer(_config(micro_config, tmp_path, optimizer="adamw8bit"))
     with pytest.raises(ValueError, match="adamw or adamw8bit"):
         Trainer(_config(micro_config, tmp_path, optimizer="sgd"))
+
+
+def test_motion_blocks_drop_one_levels_motion_modules_from_an_init_model_and_fine_tune_the_rest(micro_config, tmp_path):
+    from rain_core.loading import save_rain
+    from rain_core.models import RainModels
+
+    full = RainModels.build(RainModelConfig.from_dict(json.loads(Path(micro_config).read_text())))
+    save_rain(full, tmp_path / "full")
+    trainer = Trainer(_config(micro_config, tmp_path / "out", stage=2, init=str(tmp_path / "full"), motion_blocks="0,1",
+                              train_parts="all", frames_per_cohort=2, steps=2))
+    unet = trainer.models.denoising_unet
+    assert trainer.models.config.motion_blocks == (False, True)
+    assert unet.down_blocks[0].motion_modules is None and unet.up_blocks[-1].motion_modules is None
+    assert unet.down_blocks[1].motion_modules is not None and unet.mid_block.motion_modules is not None
+    # every other weight is the init model's
+    kept = trainer.models.state_dict()
+    assert all(torch.equal(kept[key], value) for key, value in full.state_dict().items() if key in kept)
+    assert len(kept) < len(full.state_dict())
+    final = trainer.train()
+    assert load_rain(final).config.motion_blocks == (False, True)
+    with pytest.raises(ValueError, match="--motion-blocks 1: expected 2 comma-separated 0/1 flags"):
+        Trainer(_config(micro_config, tmp_path / "bad", stage=2, init=str(tmp_path / "full"), motion_blocks="1"))

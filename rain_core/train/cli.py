@@ -13,6 +13,8 @@ _HELP = {
     "output": "folder for checkpoints, loss.csv/loss.png and the trained model (OUTPUT/final)",
     "model": "network sizes for a fresh model: tiny, sd15 or a rain_config.json (ignored with --init)",
     "motion": "build the denoising UNet with motion modules (--no-motion: the m = 1 StreamDiffusion baseline)",
+    "motion_blocks": "comma-separated 0/1 per UNet level, e.g. 0,0,1: drop the motion modules of the 0 levels (with "
+    "--init: fine-tune the rest; the built-in model was made so)",
     "init": "RAIN model folder to start from (the previous stage's OUTPUT/final, or converted official weights)",
     "teacher": "stage 3: the stage-2 model folder used as teacher (default: --init)",
     "data": "'synthetic' (procedural characters) or a meta JSON listing {\"video\", \"pose\"|\"keypoints\"} entries",

@@ -66,6 +66,7 @@ class TrainConfig:
     output: str
     model: str = "tiny"  # "tiny", "sd15" or a rain_config.json; ignored when `init` is given
     motion: bool = True  # False: the m = 1 baseline without motion modules (tiny/sd15 presets only)
+    motion_blocks: str | None = None  # "0,0,1": which UNet levels keep motion modules (None: the model's own)
     init: str | None = None  # a RAIN model folder to start from (the previous stage's output)
     teacher: str | None = None  # stage 3: the stage-2 model (default: `init`)
     data: str = "synthetic"
@@ -136,16 +137,25 @@ def save_models(models: RainModels, folder: str | Path) -> None:
     save_rain(models, folder)
 
 
-def without_motion(models: RainModels) -> RainModels:
-    """The same networks minus the motion modules: the m = 1 baseline starting from a stage-1 model (whose
-    zero-initialised, frozen motion modules are identities anyway)."""
-    config = RainModelConfig.from_dict({**models.config.to_dict(), "motion": None})
+def without_motion(models: RainModels, motion_blocks: tuple[bool, ...] | None = None) -> RainModels:
+    """The same networks minus motion modules: all of them (the m = 1 baseline starting from a stage-1 model, whose
+    zero-initialised, frozen motion modules are identities anyway), or those of the levels `motion_blocks` turns
+    off (a cheaper model fine-tuned from a full one)."""
+    changes = {"motion": None} if motion_blocks is None else {"motion_blocks": motion_blocks}
+    config = RainModelConfig.from_dict({**models.config.to_dict(), **changes})
     stripped = RainModels.build(config, vae=getattr(models.codec, "vae", None), with_image_encoder=models.image_encoder is not None)
-    state = {k: v for k, v in models.state_dict().items() if "motion_modules" not in k}
-    missing, unexpected = stripped.load_state_dict(state, strict=False)
-    if missing or unexpected:
+    missing, unexpected = stripped.load_state_dict(models.state_dict(), strict=False)
+    if missing or any("motion_modules" not in key for key in unexpected):
         raise RuntimeError(f"dropping the motion modules left parameters unmatched: missing {missing[:5]}, unexpected {unexpected[:5]}")
     return stripped
+
+
+def parse_motion_blocks(text: str, levels: int) -> tuple[bool, ...]:
+    flags = [part.strip() for part in text.split(",")]
+    if len(flags) != levels or any(flag not in ("0", "1") for flag in flags):
+        raise ValueError(f"--motion-blocks {text}: expected {levels} comma-separated 0/1 flags, one per UNet level "
+                         f"(e.g. {','.join(['0'] + ['1'] * (levels - 1))})")
+    return tuple(flag == "1" for flag in flags)
 
 
 class DenoiseForward(nn.Module):
@@ -386,6 +396,13 @@ class Trainer:
                 self.models = without_motion(self.models)
         else:
             self.models = RainModels.build(model_config(config.model, config.motion))
+        if config.motion_blocks is not None and self.models.config.motion is not None:
+            blocks = parse_motion_blocks(config.motion_blocks, len(self.models.config.block_out_channels))
+            for level, keep in enumerate(blocks):
+                if keep and not self.models.config.has_motion(level):
+                    raise ValueError(f"--motion-blocks {config.motion_blocks}: level {level} has no motion modules "
+                                     "to keep in this model; only dropping them is supported")
+            self.models = without_motion(self.models, blocks)
         if config.stage == 3 and self.models.config.cond_proj_dim is None:
             raise ValueError("stage 3 needs a denoising UNet with a w-embedding (cond_proj_dim); this model has none")
         if config.gradient_checkpointing:
