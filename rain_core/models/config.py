@@ -170,7 +170,7 @@ class RainModelConfig:
             cross_attention_blocks=tuple(cross_attention_blocks)
             if cross_attention_blocks is not None
             else (True,) * (len(block_out_channels) - 1) + (False,),
-            motion_blocks=tuple(motion_blocks) if motion_blocks is not None else None,
+            motion_blocks=motion_blocks,  # __post_init__ makes it a tuple
             layers_per_block=layers_per_block,
             attention_heads=attention_heads,
             cross_attention_dim=cross_attention_dim,
