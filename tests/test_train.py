@@ -333,3 +333,43 @@ def test_motion_blocks_drop_one_levels_motion_modules_from_an_init_model_and_fin
     assert load_rain(final).config.motion_blocks == (False, True)
     with pytest.raises(ValueError, match="--motion-blocks 1: expected 2 comma-separated 0/1 flags"):
         Trainer(_config(micro_config, tmp_path / "bad", stage=2, init=str(tmp_path / "full"), motion_blocks="1"))
+
+
+def test_top_width_prunes_the_top_level_by_norm_group_and_fine_tunes_the_narrow_model(micro_config, tmp_path):
+    from rain_core.loading import save_rain
+    from rain_core.models import RainModels
+    from rain_core.train.narrow import narrow_top_level
+
+    with pytest.raises(ValueError, match="transformers or motion modules on its top level"):
+        narrow_top_level(RainModels.build(RainModelConfig.from_dict(json.loads(Path(micro_config).read_text()))), 8)
+    # the built-in model's layout: a top level of plain resnets
+    full = RainModels.build(RainModelConfig.tiny(
+        block_out_channels=(16, 24), cross_attention_dim=16, cond_proj_dim=16, clip_hidden_size=16, clip_layers=1,
+        clip_image_size=16, cross_attention_blocks=(False, True), motion_blocks=(False, True)))
+    for parameter in full.parameters():  # the authors' zero inits would make every channel equally weak
+        torch.nn.init.normal_(parameter, std=0.1)
+    old, groups = full.config.block_out_channels[0], full.config.norm_num_groups
+    narrow = narrow_top_level(full, old - groups)
+    assert narrow.config.block_out_channels == (old - groups, *full.config.block_out_channels[1:])
+    source, pruned = full.denoising_unet, narrow.denoising_unet
+    # conv_in's output channels are the kept ones, the same number from every norm group, in order
+    rows = [int((source.conv_in.weight == row).flatten(1).all(1).nonzero()) for row in pruned.conv_in.weight]
+    assert rows == sorted(rows) and len(rows) == old - groups
+    per_group = old // groups
+    assert all(sum(r // per_group == g for r in rows) == per_group - 1 for g in range(groups))
+    # the top up block's last resnet reads cat([top hidden, top skip]): both halves pruned with the same channels
+    first = pruned.up_blocks[-1].resnets[-1].conv1.weight
+    expected = source.up_blocks[-1].resnets[-1].conv1.weight[rows][:, rows + [old + r for r in rows]]
+    assert torch.equal(first, expected)
+    # lower levels are copied unchanged, and the pruned model runs
+    assert torch.equal(pruned.down_blocks[1].resnets[0].conv2.weight, source.down_blocks[1].resnets[0].conv2.weight)
+    assert narrow_top_level(full, old) is full
+    with pytest.raises(ValueError, match="--top-width 5: expected a multiple of norm_num_groups"):
+        narrow_top_level(full, 5)
+    save_rain(full, tmp_path / "full")
+    trainer = Trainer(_config(micro_config, tmp_path / "out", stage=2, init=str(tmp_path / "full"),
+                              top_width=old - groups, train_parts="all", frames_per_cohort=2, steps=2))
+    final = trainer.train()
+    assert load_rain(final).config.block_out_channels[0] == old - groups
+    losses = [row["loss"] for row in read_loss_csv(tmp_path / "out" / "loss.csv")]
+    assert len(losses) == 2 and all(loss == loss and loss < 1e3 for loss in losses)

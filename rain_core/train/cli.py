@@ -15,6 +15,8 @@ _HELP = {
     "motion": "build the denoising UNet with motion modules (--no-motion: the m = 1 StreamDiffusion baseline)",
     "motion_blocks": "comma-separated 0/1 per UNet level, e.g. 0,0,1: drop the motion modules of the 0 levels (with "
     "--init: fine-tune the rest; the built-in model was made so)",
+    "top_width": "narrow the top UNet level to N channels (a multiple of the norm groups) before training; with --init "
+    "the trained channels are pruned, keeping each norm group's strongest, and the run fine-tunes the rest",
     "init": "RAIN model folder to start from (the previous stage's OUTPUT/final, or converted official weights)",
     "teacher": "stage 3: the stage-2 model folder used as teacher (default: --init)",
     "data": "'synthetic' (procedural characters) or a meta JSON listing {\"video\", \"pose\"|\"keypoints\"} entries",

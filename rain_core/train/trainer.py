@@ -67,6 +67,7 @@ class TrainConfig:
     model: str = "tiny"  # "tiny", "sd15" or a rain_config.json; ignored when `init` is given
     motion: bool = True  # False: the m = 1 baseline without motion modules (tiny/sd15 presets only)
     motion_blocks: str | None = None  # "0,0,1": which UNet levels keep motion modules (None: the model's own)
+    top_width: int = 0  # narrow the top UNet level to N channels before training (0: keep the model's)
     init: str | None = None  # a RAIN model folder to start from (the previous stage's output)
     teacher: str | None = None  # stage 3: the stage-2 model (default: `init`)
     data: str = "synthetic"
@@ -403,6 +404,10 @@ class Trainer:
                     raise ValueError(f"--motion-blocks {config.motion_blocks}: level {level} has no motion modules "
                                      "to keep in this model; only dropping them is supported")
             self.models = without_motion(self.models, blocks)
+        if config.top_width:
+            from .narrow import narrow_top_level
+
+            self.models = narrow_top_level(self.models, config.top_width)
         if config.stage == 3 and self.models.config.cond_proj_dim is None:
             raise ValueError("stage 3 needs a denoising UNet with a w-embedding (cond_proj_dim); this model has none")
         if config.gradient_checkpointing:
