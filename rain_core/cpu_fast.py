@@ -7,8 +7,9 @@ Two things decide the built-in model's speed on a small CPU (measured with `benc
 - **How idle OpenMP threads wait.** A tick of the tiny model is ~5,000 small ops, each a parallel region ending in
   a barrier. libgomp's default lets a waiting thread spin for ~300,000 iterations; on a machine where other work
   holds the cores, the thread it waits for is not running, so every barrier burns a time slice: two threads ran a
-  tick 8–10× slower than one. `OMP_WAIT_POLICY=PASSIVE` makes waiting threads sleep. OpenMP reads it once, when
-  torch is imported, so `prefer_passive_wait()` runs from `rain_core/__init__.py` before anything imports torch
+  tick 8–10× slower than one. `OMP_WAIT_POLICY=PASSIVE` makes waiting threads sleep; libgomp's
+  `GOMP_SPINCOUNT=10000` lets them spin ~0.1 ms first, enough for the next op of a tick on an idle machine, too
+  short to hurt a busy one. OpenMP reads both once, when torch is imported, so `prefer_passive_wait()` runs from `rain_core/__init__.py` before anything imports torch
   (the `rain` command, scripts); inside a host that imported torch first (ComfyUI) it is too late and nothing
   changes. A user's own `OMP_WAIT_POLICY` always wins; `RAIN_CPU_TUNING=0` leaves the environment alone.
 - **Fusion.** Half the ops are elementwise (adds, norms, GEGLU, layout copies). Inductor's C++ backend fuses them;
@@ -52,8 +53,9 @@ CACHE_ENV = "TORCHINDUCTOR_CACHE_DIR"
 
 
 def prefer_passive_wait(environ=None) -> str | None:
-    """Set OMP_WAIT_POLICY=PASSIVE unless the user chose a policy, `RAIN_CPU_TUNING=0`, or torch is already imported
-    (then OpenMP has read its settings and a change would do nothing). Returns the policy now in the environment."""
+    """Set OMP_WAIT_POLICY=PASSIVE (and libgomp's GOMP_SPINCOUNT=10000 unless set) unless the user chose a policy,
+    `RAIN_CPU_TUNING=0`, or torch is already imported (then OpenMP has read its settings and a change would do
+    nothing). Returns the policy now in the environment."""
     global _WAIT_POLICY_TOO_LATE
     environ = os.environ if environ is None else environ
     if environ.get(TUNING_ENV, "1") == "0":
@@ -61,7 +63,14 @@ def prefer_passive_wait(environ=None) -> str | None:
     if "torch" in sys.modules:
         _WAIT_POLICY_TOO_LATE = _WAIT_POLICY_TOO_LATE or "OMP_WAIT_POLICY" not in environ
         return environ.get("OMP_WAIT_POLICY")
+    if "OMP_WAIT_POLICY" not in environ:
+        # libgomp only: a short spin before sleeping (PASSIVE alone is 0) catches the next op's barrier without a wake-up;
+        # an explicit GOMP_SPINCOUNT overrides PASSIVE's, and other OpenMP runtimes ignore it
+        environ.setdefault("GOMP_SPINCOUNT", SPIN_COUNT)
     return environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
+SPIN_COUNT = "10000"  # ~0.1 ms; see NOTES.md (CPU speed) for the wait-policy measurements
 
 
 _WAIT_POLICY_TOO_LATE = False  # torch was loaded before rain_core with no policy set (e.g. inside ComfyUI)

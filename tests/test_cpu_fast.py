@@ -229,10 +229,11 @@ def test_passive_wait_is_set_only_before_torch_and_never_over_the_users_choice()
     assert "torch" in sys.modules
     environ = {}
     assert prefer_passive_wait(environ) is None and environ == {}  # too late in this process: nothing changes
-    script = "import os, rain_core, torch; print(os.environ.get('OMP_WAIT_POLICY'))"
-    base = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "RAIN_CPU_TUNING")}
+    script = "import os, rain_core, torch; print(os.environ.get('OMP_WAIT_POLICY'), os.environ.get('GOMP_SPINCOUNT'))"
+    base = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "RAIN_CPU_TUNING", "GOMP_SPINCOUNT")}
     base["PYTHONPATH"] = str(ROOT)
-    for extra, expected in (({}, "PASSIVE"), ({"OMP_WAIT_POLICY": "ACTIVE"}, "ACTIVE"), ({"RAIN_CPU_TUNING": "0"}, "None")):
+    for extra, expected in (({}, "PASSIVE 10000"), ({"OMP_WAIT_POLICY": "ACTIVE"}, "ACTIVE None"),
+                            ({"GOMP_SPINCOUNT": "0"}, "PASSIVE 0"), ({"RAIN_CPU_TUNING": "0"}, "None None")):
         result = subprocess.run([sys.executable, "-c", script], env={**base, **extra}, capture_output=True, text=True,
                                 cwd=ROOT, timeout=120)
         assert result.returncode == 0, result.stderr
