@@ -45,6 +45,7 @@ from pathlib import Path
 log = logging.getLogger("rain.cpu")
 
 NO_COMPILE_ENV = "RAIN_NO_COMPILE"
+BACKGROUND_ENV = "RAIN_BACKGROUND_COMPILE"  # "0": fast_path "auto" never builds a compiled tick in the background
 TUNING_ENV = "RAIN_CPU_TUNING"
 CACHE_ENV = "TORCHINDUCTOR_CACHE_DIR"
 
@@ -138,12 +139,13 @@ def compiler_problem() -> str | None:
 def auto_fast_path(device) -> str:
     """What StreamConfig.fast_path "auto" means off CUDA when the stream starts: "eager".
 
-    Compiling is not the default: the first compile for a model, size and thread count takes a minute or more on
-    an idle 2-core machine (minutes on a busy one), so a first `rain demo` or live panel would start late. Once this
-    CPU holds the compiled tick (a run with `fast_path="compile"` left its package in the cache), a stream with
-    "auto" loads it when its tick is built (about a second, `Tick.compile_steady_unet(cached_only=True)`) and
-    `stats["fast_path"]` says "compile". The passive OpenMP wait, the gain that holds under load, applies to the
-    eager tick too."""
+    A stream does not wait for a compile: the first compile for a model, size and thread count takes a minute or
+    more on an idle 2-core machine (minutes on a busy one), so a first `rain demo` or live panel would start late.
+    When its tick is built, a stream with "auto" loads the compiled tick if this CPU holds its package (about a
+    second) and `stats["fast_path"]` says "compile"; otherwise it starts eagerly and a `BackgroundBuild` child
+    compiles the package meanwhile, and the stream switches to it when it is on disk
+    (`Tick.compile_steady_unet(cached_only=True, background=True)`). The passive OpenMP wait, the gain that holds
+    under load, applies to the eager tick too."""
     import torch
 
     if torch.device(device).type == "cpu":
@@ -288,14 +290,17 @@ class CompiledUNet:
     (the call that failed is repeated eagerly: the UNet call writes nothing before it returns)."""
 
     def __init__(self, eager: Callable, steady: Callable[[], bool], mode: str | None = None,
-                 package: SteadyPackage | None = None, compile_missing: bool = True):
+                 package: SteadyPackage | None = None, compile_missing: bool = True, background: bool = False):
         self.eager, self.steady, self.mode, self.package = eager, steady, mode, package
         self.compile_missing = compile_missing  # False: only load a package already on disk (fast_path "auto")
+        self.background = background  # with compile_missing False: a missing package is built by a child process
         self.problem = compiler_problem()
         self.compiled_calls = 0
         self.source: str | None = None
         self.build_seconds: float | None = None
         self._compiled = None
+        self._pending: BackgroundBuild | None = None
+        self._next_look = 0.0
         if self.problem is not None:
             _warn_once(f"RAIN: running the tick eagerly: torch.compile is unavailable ({self.problem})")
 
@@ -317,6 +322,9 @@ class CompiledUNet:
                 log.warning("RAIN: could not load the compiled tick %s (%s); compiling it again", path, error)
                 path.unlink(missing_ok=True)
         if runner is None and not path.exists():
+            if not self.compile_missing and self.background:
+                self._pending = BackgroundBuild.start(package, (sample, timesteps, features), path)
+                return None  # eager until the child has written the package (`__call__` looks now and then)
             if not self.compile_missing:
                 raise FileNotFoundError(f"no usable compiled tick at {path}")
             _warn_once(f"RAIN: compiling the tick for this CPU (once per model, size and thread count; a minute or "
@@ -350,12 +358,45 @@ class CompiledUNet:
 
         return call
 
+    @property
+    def ready(self) -> bool:
+        """True once steady calls run the compiled code (False while a background build is still running)."""
+        return self.problem is None and self._compiled is not None
+
+    def _look_for_background_build(self, sample, timesteps, features) -> None:
+        """While a child builds the package: at most once a second, see whether it is done; load it when it is."""
+        now = time.perf_counter()
+        if now < self._next_look:
+            return
+        self._next_look = now + 1.0
+        pending = self._pending
+        if not pending.finished():
+            return
+        self._pending = None
+        if pending.process is not None:
+            pending.lock.unlink(missing_ok=True)  # the child removes it too; this covers a child that ended early
+        if not pending.path.exists():
+            self.problem = f"the background compile failed ({pending.failure()})"
+            _warn_once(f"RAIN: running the tick eagerly: {self.problem}")
+            return
+        started = time.perf_counter()
+        self._compiled = self._build(sample, timesteps, features)
+        self.source = "background"
+        self.build_seconds = time.perf_counter() - started
+        log.info("RAIN: the compiled tick is ready (%s); steady ticks use it from now on", pending.path.name)
+
     def __call__(self, sample, timesteps, features):
         if self.problem is None and self.steady():
             try:
+                if self._pending is not None:
+                    self._look_for_background_build(sample, timesteps, features)
+                    if self._compiled is None:
+                        return self.eager(sample, timesteps, features)
                 if self._compiled is None:
                     started = time.perf_counter()
                     self._compiled = self._build(sample, timesteps, features)
+                    if self._compiled is None:  # a background build started
+                        return self.eager(sample, timesteps, features)
                     out = self._compiled(sample, timesteps, features)
                     self.build_seconds = time.perf_counter() - started
                 else:
@@ -395,6 +436,160 @@ def _compile_package(package: SteadyPackage, inputs: tuple, path: Path) -> None:
                 os.unlink(temporary)
 
 
+class BackgroundBuild:
+    """A low-priority child process that exports and compiles one steady package into the cache, so that a stream
+    with fast_path "auto" starts at once on the eager tick and switches to the compiled one when it is ready (and
+    every later start loads it in a second). The child gets the UNet and the call's inputs through a job folder
+    (safetensors + JSON, beside the package), rebuilds the same UNet and checks that its package key is the one
+    asked for before compiling. One build per package: other streams, in this process or another, watch the same
+    file (`<key>.building` holds the builder's pid). The child outlives a short run on purpose: the next run loads
+    what it built. Its output goes to `<key>.log`."""
+
+    STALE_SECONDS = 30 * 60
+    _mine: dict[str, BackgroundBuild] = {}
+
+    def __init__(self, path: Path, process=None):
+        self.path, self.process = path, process
+
+    @property
+    def lock(self) -> Path:
+        return self.path.with_suffix(".building")
+
+    @property
+    def log_path(self) -> Path:
+        return self.path.with_suffix(".log")
+
+    @classmethod
+    def start(cls, package: SteadyPackage, inputs: tuple, path: Path) -> BackgroundBuild:
+        known = cls._mine.get(str(path))
+        if known is not None and not known.finished():
+            return known
+        build = cls(path)
+        if build._someone_else_builds():
+            return build
+        import subprocess
+
+        job = path.parent / "jobs" / path.stem
+        _write_job(package, inputs, path, job)
+        root = str(Path(__file__).resolve().parents[1])
+        environ = {**os.environ, "PYTHONPATH": os.pathsep.join([root, *filter(None, [os.environ.get("PYTHONPATH")])])}
+        script = "import sys; from rain_core.cpu_fast import build_job; build_job(sys.argv[1])"
+        with open(build.log_path, "w") as output:
+            build.process = subprocess.Popen([sys.executable, "-c", script, str(job)], env=environ, cwd=root,
+                                             stdin=subprocess.DEVNULL, stdout=output, stderr=subprocess.STDOUT)
+        build.lock.write_text(str(build.process.pid))
+        cls._mine[str(path)] = build
+        _warn_once(f"RAIN: building a compiled tick for this CPU in the background (low priority, a minute or more); "
+                   f"the stream runs eagerly until it is ready, later starts load it in a second ({BACKGROUND_ENV}=0 "
+                   f"turns this off)")
+        return build
+
+    def _someone_else_builds(self) -> bool:
+        try:
+            age = time.time() - self.lock.stat().st_mtime
+            pid = int(self.lock.read_text().strip() or 0)
+        except (OSError, ValueError):
+            return False
+        if age > self.STALE_SECONDS:
+            return False
+        if os.name == "posix" and pid:
+            try:
+                os.kill(pid, 0)  # signal 0: does the builder still run?
+            except ProcessLookupError:
+                return False
+            except PermissionError:
+                pass
+        return True
+
+    def finished(self) -> bool:
+        if self.process is not None:
+            return self.process.poll() is not None
+        return self.path.exists() or not self._someone_else_builds()
+
+    def failure(self) -> str:
+        """The last line of the child's output (why it failed), or its exit code."""
+        try:
+            lines = [line for line in self.log_path.read_text(errors="replace").splitlines() if line.strip()]
+        except OSError:
+            lines = []
+        code = None if self.process is None else self.process.returncode
+        return (lines[-1][:300] if lines else f"exit code {code}") + f"; see {self.log_path}"
+
+
+def _write_job(package: SteadyPackage, inputs: tuple, path: Path, job: Path) -> None:
+    """What the child needs to rebuild the steady call exactly: UNet config, weights, inputs, reference K/V."""
+    import json
+
+    import torch
+    from safetensors.torch import save_file
+
+    job.mkdir(parents=True, exist_ok=True)
+    sample, timesteps, features = inputs
+    tensors = {f"unet.{name}": t.detach().to("cpu").contiguous().clone() for name, t in package.unet.state_dict().items()}
+    named = {"sample": sample, "timesteps": timesteps, "features": features, "clip_tokens": package.clip_tokens}
+    if package.guidance is not None:
+        named["guidance"] = package.guidance
+    for i, tensor in enumerate(package.reference):
+        named[f"reference.{i}"] = tensor
+    tensors.update({name: t.detach().contiguous().clone() for name, t in named.items()})
+    save_file(tensors, str(job / "job.safetensors"))
+    dtype = next(iter(package.unet.state_dict().values())).dtype
+    spec = {"path": str(path), "threads": torch.get_num_threads(), "names": package.names,
+            "config": package.unet.config.to_dict(), "dtype": str(dtype).removeprefix("torch.")}
+    (job / "job.json").write_text(json.dumps(spec))
+
+
+def read_job(folder: Path) -> tuple[SteadyPackage, tuple, Path]:
+    """The steady call a job folder describes, rebuilt: (package, (sample, timesteps, features), package path)."""
+    import json
+
+    import torch
+    from safetensors.torch import load_file
+
+    from .models import RainModelConfig
+    from .models.unet import DenoisingUNet
+
+    spec = json.loads((folder / "job.json").read_text())
+    tensors = load_file(str(folder / "job.safetensors"))
+    unet = DenoisingUNet(RainModelConfig.from_dict(spec["config"]))
+    if spec["dtype"] != "float32":
+        unet.to(getattr(torch, spec["dtype"]))
+    unet.load_state_dict({name[5:]: t for name, t in tensors.items() if name.startswith("unet.")})
+    unet.eval().requires_grad_(False)
+    names = spec["names"]
+    kv = None if names is None else {
+        name: (tensors[f"reference.{2 * i}"], tensors[f"reference.{2 * i + 1}"]) for i, name in enumerate(names)
+    }
+    package = SteadyPackage(unet, tensors["clip_tokens"], tensors.get("guidance"), kv)
+    return package, (tensors["sample"], tensors["timesteps"], tensors["features"]), Path(spec["path"])
+
+
+def build_job(folder: str) -> None:
+    """The background child (`BackgroundBuild`): rebuild the steady call from its job folder, check the key, compile
+    the package. Runs at lower priority (nice 5); removes the job folder and the lock whatever happens."""
+    import json
+
+    folder = Path(folder)
+    spec = json.loads((folder / "job.json").read_text())
+    path = Path(spec["path"])
+    try:
+        if hasattr(os, "nice"):
+            os.nice(5)  # below the stream, not so far that a stream running flat out starves it
+        import torch
+
+        torch.set_num_threads(spec["threads"])  # inductor fixes the thread count in the code it writes
+        package, inputs, path = read_job(folder)
+        key = package.key(*inputs)
+        if key != path.stem:
+            raise RuntimeError(f"the rebuilt call has key {key}, not {path.stem} (rain's code changed meanwhile?)")
+        started = time.perf_counter()
+        _compile_package(package, (*inputs, *package.extra_inputs()), path)
+        print(f"compiled {path.name} in {time.perf_counter() - started:.1f} s", flush=True)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+        path.with_suffix(".building").unlink(missing_ok=True)
+
+
 def _load_package(path: Path) -> Callable:
     import torch._inductor
 
@@ -411,6 +606,8 @@ def _warn_once(message: str) -> None:
 
 
 __all__ = [
+    "BACKGROUND_ENV",
+    "BackgroundBuild",
     "CACHE_ENV",
     "CompiledUNet",
     "NO_COMPILE_ENV",

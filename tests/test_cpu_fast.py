@@ -185,6 +185,7 @@ def test_auto_loads_a_compiled_tick_already_on_disk_and_never_compiles(tiny_mode
         raise AssertionError("fast_path auto compiled")
 
     monkeypatch.setattr(cpu_fast, "_compile_package", never)
+    monkeypatch.setenv(cpu_fast.BACKGROUND_ENV, "0")  # and no background build either
     poses, reference = _inputs(4)
     eager, _ = _stream_frames(tiny_models, "eager", poses, reference)
     frames, stream = _stream_frames(tiny_models, "auto", poses, reference)  # nothing on disk: eager, nothing built
@@ -313,3 +314,76 @@ def test_compiled_stream_equals_eager_over_warmup_steady_ticks_and_flush(tiny_mo
     unet = stream._tick()._unet
     assert stream.stats["fast_path"] == "compile" and unet.source == "cache" and unet.compiled_calls >= 4
     assert torch.equal(auto, loaded)
+
+
+def test_a_background_job_rebuilds_the_same_steady_call_with_the_same_key(tiny_models, tmp_path):
+    """What the background child gets (a job folder) is enough to rebuild the exact call: same key, same output."""
+    import rain_core.cpu_fast as cpu_fast
+
+    package, inputs = _steady_package(tiny_models)
+    generator = torch.Generator().manual_seed(7)
+    inputs = (torch.randn(inputs[0].shape, generator=generator), inputs[1], torch.randn(inputs[2].shape, generator=generator))
+    path = tmp_path / "aoti" / f"{package.key(*inputs)}.pt2"
+    cpu_fast._write_job(package, inputs, path, tmp_path / "job")
+    rebuilt, rebuilt_inputs, rebuilt_path = cpu_fast.read_job(tmp_path / "job")
+    assert rebuilt_path == path and rebuilt.key(*rebuilt_inputs) == path.stem
+    assert rebuilt.unet is not package.unet and rebuilt.names == package.names
+    with torch.no_grad():
+        expected = package.module()(*inputs, *package.extra_inputs())
+        got = rebuilt.module()(*rebuilt_inputs, *rebuilt.extra_inputs())
+    assert torch.equal(got, expected)
+
+
+def test_auto_builds_no_background_tick_when_told_not_to_or_without_a_compiler(tiny_models, monkeypatch, tmp_path):
+    import rain_core.cpu_fast as cpu_fast
+
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))
+    monkeypatch.delenv(NO_COMPILE_ENV, raising=False)
+    monkeypatch.setenv(cpu_fast.BACKGROUND_ENV, "0")
+    poses, reference = _inputs(2)
+    _, stream = _stream_frames(tiny_models, "auto", poses, reference)
+    assert not isinstance(stream._tick()._unet, cpu_fast.CompiledUNet) and not (tmp_path / "aoti").exists()
+    monkeypatch.delenv(cpu_fast.BACKGROUND_ENV)
+    monkeypatch.setenv(NO_COMPILE_ENV, "1")
+    _, stream = _stream_frames(tiny_models, "auto", poses, reference)
+    assert not isinstance(stream._tick()._unet, cpu_fast.CompiledUNet) and not (tmp_path / "aoti").exists()
+
+
+@pytest.mark.slow
+def test_auto_builds_the_compiled_tick_in_the_background_and_switches_to_it(tiny_models, tmp_path, monkeypatch):
+    """A stream with fast_path "auto" and no package starts eagerly at once; a child process compiles the steady
+    call; the stream switches when it is ready, with frames equal to the eager ones; the next start loads it."""
+    import time
+
+    import rain_core.cpu_fast as cpu_fast
+
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))
+    monkeypatch.delenv(NO_COMPILE_ENV, raising=False)
+    monkeypatch.delenv(cpu_fast.BACKGROUND_ENV, raising=False)
+    if compiler_problem() is not None:
+        pytest.skip(f"torch.compile cannot build here: {compiler_problem()}")
+    monkeypatch.setattr(cpu_fast, "_LOADED", {})
+    poses, reference = _inputs(6)
+    config = StreamConfig(levels=2, frames_per_cohort=2, steps=2, height=32, width=32)
+    stream, eager = RainStream(tiny_models, config), RainStream(tiny_models, dataclasses.replace(config, fast_path="eager"))
+    for each in (stream, eager):
+        each.set_reference(reference)
+    started, seen, difference = time.monotonic(), [], 0.0
+    while time.monotonic() - started < 900:
+        chunk = poses[len(seen) % 12 :][:2]
+        frames, expected = stream.push(chunk), eager.push(chunk)
+        assert frames.shape == expected.shape
+        if frames.numel():
+            difference = max(difference, (frames - expected).abs().max().item())
+        seen.append(stream.stats["fast_path"])
+        if seen[-1] == "compile" and seen.count("compile") >= 3:
+            break
+        time.sleep(0.2)  # paced like a live source: the child gets the CPU between ticks
+    assert seen[0] == "eager" and seen[-1] == "compile", seen[-5:]
+    unet = stream._tick()._unet
+    assert unet.source == "background" and unet.compiled_calls >= 3 and unet.problem is None
+    assert difference <= 1e-4
+    assert list((tmp_path / "aoti").glob("*.pt2")) and not list((tmp_path / "aoti").glob("jobs/*/job.json"))
+    monkeypatch.setattr(cpu_fast, "_LOADED", {})
+    _, again = _stream_frames(tiny_models, "auto", poses, reference)  # the next start loads what the child built
+    assert again.stats["fast_path"] == "compile" and again._tick()._unet.source == "cache"

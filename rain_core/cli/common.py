@@ -115,9 +115,10 @@ def add_stream_flags(parser: argparse.ArgumentParser, defaults: dict) -> None:
     group.add_argument("--threads", type=int, default=None,
                        help="CPU threads for torch (default on CPU: half the cores)")
     group.add_argument("--fast-path", choices=["auto", "eager", "compile", "graph"], default="auto",
-                       help="auto: a CUDA graph on CUDA; on the CPU the compiled tick when an earlier compile run "
-                            "saved it, else eager; compile: compile the steady tick (faster per tick on the CPU; "
-                            "the first time waits a minute or more, later starts load it in about a second)")
+                       help="auto: a CUDA graph on CUDA; on the CPU the compiled tick when it is saved, else eager "
+                            "while a background process compiles it (used as soon as it is ready; "
+                            "RAIN_BACKGROUND_COMPILE=0 turns that off); compile: wait for the compiled tick "
+                            "(a minute or more the first time, later starts load it in about a second)")
 
 
 MODEL_HELP = "model folder, or 'tiny' / 'builtin' for the built-in 64 px model"

@@ -51,9 +51,10 @@ class StreamConfig:
         captured once as a CUDA graph and replayed (CUDA only; elsewhere it runs eagerly); "eager": the same
         code, never captured; "compile": the steady-state UNet call compiled by torch.compile (inductor, cached on
         disk; eager after one log line where no C++ compiler exists: `rain_core.cpu_fast`); "auto" (default):
-        "graph" on CUDA; on the CPU "eager", or the compiled tick when an earlier "compile" run left its package
-        in the cache (loaded in about a second; compiling it takes a minute or more, so "auto" never compiles:
-        `rain_core.cpu_fast.auto_fast_path`). Warm-up and flush ticks (partial windows) run the
+        "graph" on CUDA; on the CPU the compiled tick when its package is in the cache (loaded in about a second),
+        else "eager" at once while a lower-priority child process compiles the package, switching to it when it
+        is ready (a minute or more; `stats["fast_path"]` then says "compile"; `RAIN_BACKGROUND_COMPILE=0` turns
+        the child off; `rain_core.cpu_fast.BackgroundBuild`). Warm-up and flush ticks (partial windows) run the
         same code eagerly.
     output_device: where returned frames live: "cpu" (default) or "device" (the models' device, no copy back).
     noise: "fresh" (default, the method): every frame draws its own noise; "shared": every frame gets the same

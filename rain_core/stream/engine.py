@@ -190,7 +190,7 @@ class RainStream(StreamStateMixin):
             "mean_ms_per_tick": clock.mean_ms,
             "fps": self._frames_out / clock.seconds if clock.seconds > 0 else None,
             "decoder": self._decoder,
-            "fast_path": self._fast_path,
+            "fast_path": self._current_fast_path(),
             "graph_ticks": self._graph_ticks,
         }
 
@@ -276,6 +276,13 @@ class RainStream(StreamStateMixin):
     def _output_device(self) -> torch.device:
         return self.models.device if self.config.output_device == "device" else torch.device("cpu")
 
+    def _current_fast_path(self) -> str:
+        """`_fast_path`, or "compile" once a compiled tick built in the background has taken over ("auto" on a CPU)."""
+        unet = getattr(self._tick_object, "_unet", None)
+        if self._fast_path == "eager" and getattr(unet, "background", False) and unet.ready:
+            return "compile"
+        return self._fast_path
+
     # ------------------------------------------------------------------ the tick
     def _tick(self) -> Tick:
         """The one tick on this stream's reference, built on first use. Numerics as the models are: their dtype,
@@ -293,9 +300,10 @@ class RainStream(StreamStateMixin):
                 self._tick_object.compile_unet(fast.compile)
             elif self._fast_path == "compile":
                 self._tick_object.compile_steady_unet()
-            elif self._fast_path == "eager" and self.config.fast_path == "auto" and self.models.device.type == "cpu" \
-                    and self._tick_object.compile_steady_unet(cached_only=True):
-                self._fast_path = "compile"  # this CPU holds the compiled tick already: it loads in about a second
+            elif self._fast_path == "eager" and self.config.fast_path == "auto" and self.models.device.type == "cpu":
+                unet = self._tick_object.compile_steady_unet(cached_only=True, background=True)
+                if unet is not None and not unet.background:
+                    self._fast_path = "compile"  # this CPU holds the compiled tick already: it loads in about a second
             self._tick_holds = None
         return self._tick_object
 

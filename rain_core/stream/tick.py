@@ -18,6 +18,7 @@ Buffers (model dtype unless noted), K = levels·m frames, m = frames_per_cohort,
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Callable
 
 import torch
@@ -244,14 +245,24 @@ class Tick:
         self._unet = torch.compile(self._unet_eager, backend=backend, dynamic=False, fullgraph=False, **options)
         self._graph = self._stage_graphs = None
 
-    def compile_steady_unet(self, mode: str | None = None, cached_only: bool = False):
+    def compile_steady_unet(self, mode: str | None = None, cached_only: bool = False, background: bool = False):
         """The steady-state UNet call compiled, every other occupancy eager (`rain_core.cpu_fast.CompiledUNet`:
         persistent cache, eager fallback after one log line when there is no compiler or compiling fails). The
         call is compiled ahead of time into a package on disk (loaded in a second at the next start) on the CPU
         when the reference K/V cache is on (the package takes the K/V as inputs); otherwise, or with a `mode`,
         through torch.compile. `cached_only`: only if this call's package is already on disk (else nothing changes and
-        None is returned); it is then never compiled here."""
-        from ..cpu_fast import AUTO_MAX_BYTES, CompiledUNet, SteadyPackage, compiler_problem, package_path, state_bytes
+        None is returned); it is then never compiled here. `background` (with `cached_only`): a missing package is
+        built by a low-priority child process while the steady calls run eagerly, and used once it is on disk (the
+        returned `CompiledUNet` has `background` set; `RAIN_BACKGROUND_COMPILE=0` turns this off)."""
+        from ..cpu_fast import (
+            AUTO_MAX_BYTES,
+            BACKGROUND_ENV,
+            CompiledUNet,
+            SteadyPackage,
+            compiler_problem,
+            package_path,
+            state_bytes,
+        )
 
         if cached_only and (
             mode is not None
@@ -264,10 +275,12 @@ class Tick:
             with torch.no_grad():
                 kv = self.models.denoising_unet.reference_kv(self.reference) if self.reference is not None else None
             package = SteadyPackage(self.models.denoising_unet, self.clip_tokens, self.guidance, kv)
-        if cached_only and (package is None or not package_path(package, *self._steady_inputs()).exists()):
+        missing = package is not None and not package_path(package, *self._steady_inputs()).exists()
+        background = background and missing and os.environ.get(BACKGROUND_ENV, "1") != "0"
+        if cached_only and (package is None or (missing and not background)):
             return None
         self._unet = CompiledUNet(self._unet_eager, lambda: self.occupancy == self.steady, mode, package,
-                                  compile_missing=not cached_only)
+                                  compile_missing=not cached_only, background=background)
         self._graph = self._stage_graphs = None
         return self._unet
 
