@@ -3,21 +3,25 @@ writes bench/results/cpu_live.json; asserts nothing.
 
 Each path runs in its own process (the OpenMP wait policy is fixed when a process imports torch, so it cannot be
 switched inside one): "default" is the path before the CPU work — the eager tick, the environment untouched
-(`RAIN_CPU_TUNING=0`); "optimised" is what a stream does now — `fast_path` (default "auto") and `OMP_WAIT_POLICY=PASSIVE`
-set by `import rain_core`. Both stream the example pose video through `RainStream.push` (64 px, 4 levels × 4 frames,
+(`RAIN_CPU_TUNING=0`); "optimised" is what a stream does now — `fast_path` (default "auto", with no background
+compile while timing) and the OpenMP wait (`OMP_WAIT_POLICY=PASSIVE`, `GOMP_SPINCOUNT=10000`) set by `import rain_core`. Both stream the example pose video through `RainStream.push` (64 px, 4 levels × 4 frames,
 4 steps, the shipped model) with the same reference and seed; the parent asks them for one steady tick each in turn
 (never both at once, so both see the same machine load) and takes medians. Frames of the whole stream (warm-up,
 steady ticks, flush) are compared: max_abs_diff. first_frame_s is the time from starting the process to its first
 frame (imports, model load, reference, warm-up and, for a compiled path, the compile or the load of the compiled
 package); the optimised path's start-up is measured twice more at 2 threads, with an empty compile cache (cold) and
-then with the cache it filled (warm). With `fast_path` "auto" the optimised path compiles nothing: it runs the
+then with the cache it filled (warm). With `fast_path` "auto" the optimised path compiles nothing (the bench turns the
+background compile off): it runs the
 compiled tick only where its package is already in the cache (`--cache`, default rain's), else eagerly; `--fast-path
 compile` builds it (once per model, size and thread count). `compile_source` says which: "compiled" or "cache".
 
 The built-in model was retrained smaller for speed (issue 17). `--before-model git:REV` makes "default" the path of
 the time before that: the built-in model at git revision REV on its eager, untuned tick; a third worker, "eager",
 then runs today's built-in model eagerly, untuned, and the optimised frames are compared with it. Every timed tick
-starts after `--settle` seconds of rest, so no worker's spinning OpenMP threads slow the next one.
+starts after `--settle` seconds of rest, so no worker's spinning OpenMP threads slow the next one, and the workers
+take their turns in a new random order every round. `paired_ratio_median` is the median of the per-round ratios
+(default ÷ optimised tick time) with a bootstrap 95 % interval: rounds are a second or two apart, so it holds up
+better than the ratio of medians when the machine's speed drifts during a run.
 
     nice -n 19 .venv/bin/python bench/cpu_live.py --no-cold --ticks 16 --before-model git:45de38a  # issue 17's ratio
     nice -n 19 .venv/bin/python bench/cpu_live.py --fast-path compile   # cold/warm start in a fresh cache, 1 and 2 threads
@@ -30,6 +34,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import statistics
 import subprocess
 import sys
@@ -123,6 +128,7 @@ class Worker:
 def environments(cache: str) -> tuple[dict, dict]:
     base = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "RAIN_CPU_TUNING", "RAIN_NO_COMPILE")}
     base["PYTHONPATH"] = os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])
+    base["RAIN_BACKGROUND_COMPILE"] = "0"  # no compile in a child process while ticks are timed
     default = {**base, "RAIN_CPU_TUNING": "0"}
     optimised = {**base, "TORCHINDUCTOR_CACHE_DIR": cache}
     return default, optimised
@@ -145,8 +151,10 @@ def side_by_side(args, threads: int, cache: str, scratch: Path) -> dict:
     default, optimised = workers[:2]
     reference = workers[-1] if args.before_model else default
     times = {worker_.name: [] for worker_ in workers}
+    order = random.Random(0)
     for _ in range(args.ticks):
-        for worker_ in workers:
+        # a new order every round: no path always follows the same one (the machine's state after a tick differs)
+        for worker_ in order.sample(workers, len(workers)):
             # let the previous worker's OpenMP threads stop spinning (an untuned worker spins after each parallel
             # region and would steal this worker's cores)
             time.sleep(args.settle)
@@ -157,12 +165,17 @@ def side_by_side(args, threads: int, cache: str, scratch: Path) -> dict:
     a = np.load(scratch / f"{reference.name}-{threads}.npy")
     b = np.load(scratch / f"optimised-{threads}.npy")
     fps = {name: 4 / statistics.median(seconds) for name, seconds in times.items()}
+    # the same ratio per round (each round times every path within a second or two), robust to the machine's drift
+    paired = [d / o for d, o in zip(times["default"], times["optimised"])]
+    paired_ci = bootstrap_median_ci(paired)
     default_fps, optimised_fps = fps["default"], fps["optimised"]
     row = {
         "threads": threads,
         "default_fps": round(default_fps, 2),
         "optimised_fps": round(optimised_fps, 2),
         "ratio": round(optimised_fps / default_fps, 2),
+        "paired_ratio_median": round(statistics.median(paired), 2),
+        "paired_ratio_ci95": [round(x, 2) for x in paired_ci],
         "max_abs_diff": float(np.abs(a - b).max()) if a.shape == b.shape else None,
         "first_frame_s": round(optimised.first_frame_s, 2),
         "default_model": args.before_label or "built-in",
@@ -188,7 +201,8 @@ def side_by_side(args, threads: int, cache: str, scratch: Path) -> dict:
     summary = (
         f"{threads} thread{'s' if threads > 1 else ''}: default ({row['default_model']}, eager) {row['default_fps']} "
         f"fps ({row['default_ms_per_tick']} ms/tick), optimised {row['optimised_fps']} fps "
-        f"({row['optimised_ms_per_tick']} ms/tick), ratio {row['ratio']}"
+        f"({row['optimised_ms_per_tick']} ms/tick), ratio {row['ratio']} (per round: median {row['paired_ratio_median']}, "
+        f"95 % {row['paired_ratio_ci95']})"
     )
     if args.before_model:
         summary += (
@@ -201,6 +215,16 @@ def side_by_side(args, threads: int, cache: str, scratch: Path) -> dict:
     )
     print(f"{summary}; load {os.getloadavg()[0]:.1f}", flush=True)
     return row
+
+
+def bootstrap_median_ci(values: list[float], resamples: int = 10_000, seed: int = 0) -> tuple[float, float]:
+    """Percentile 95 % interval of the median of `values` (resampled with replacement)."""
+    import numpy as np
+
+    data = np.asarray(values)
+    draws = np.random.default_rng(seed).choice(data, size=(resamples, data.size), replace=True)
+    low, high = np.percentile(np.median(draws, axis=1), [2.5, 97.5])
+    return float(low), float(high)
 
 
 def built_in_model_at(revision: str, scratch: Path) -> Path:
