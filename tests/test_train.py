@@ -333,6 +333,9 @@ def test_motion_blocks_drop_one_levels_motion_modules_from_an_init_model_and_fin
     assert load_rain(final).config.motion_blocks == (False, True)
     with pytest.raises(ValueError, match="--motion-blocks 1: expected 2 comma-separated 0/1 flags"):
         Trainer(_config(micro_config, tmp_path / "bad", stage=2, init=str(tmp_path / "full"), motion_blocks="1"))
+    with pytest.raises(ValueError, match="--motion-blocks 0,1 with --no-motion"):
+        Trainer(_config(micro_config, tmp_path / "bad2", stage=2, init=str(tmp_path / "full"), motion_blocks="0,1",
+                        motion=False))
 
 
 def test_top_width_prunes_the_top_level_by_norm_group_and_fine_tunes_the_narrow_model(micro_config, tmp_path):

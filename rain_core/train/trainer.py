@@ -397,6 +397,9 @@ class Trainer:
                 self.models = without_motion(self.models)
         else:
             self.models = RainModels.build(model_config(config.model, config.motion))
+        if config.motion_blocks is not None and not config.motion:
+            raise ValueError(f"--motion-blocks {config.motion_blocks} with --no-motion: the m = 1 baseline has no motion "
+                             "modules to choose from; drop one of the two flags")
         if config.motion_blocks is not None and self.models.config.motion is not None:
             blocks = parse_motion_blocks(config.motion_blocks, len(self.models.config.block_out_channels))
             for level, keep in enumerate(blocks):
