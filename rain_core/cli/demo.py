@@ -45,9 +45,13 @@ def _upscale(frames, scale: int):
     return np.repeat(np.repeat(frames, scale, axis=1), scale, axis=2)
 
 
+TICK_NAMES = {"compile": "compiled", "graph": "CUDA-graph"}
+
+
 def run(args) -> int:
     """Built-in tiny model + a held-out synthetic character and motion → video, with PSNR against ground truth."""
     import numpy as np
+    import torch
 
     from ..metrics import psnr
     from ..stream import RainStream
@@ -98,13 +102,15 @@ def run(args) -> int:
         "fps": shown / seconds, "ms_per_tick": stats["mean_ms_per_tick"], "latency_frames": stats["latency_frames"],
         "latency_s_at_input_fps": stats["latency_frames"] / (args.fps or 12.0) + (stats["mean_ms_per_tick"] or 0) / 1000,
         "psnr_db": float(np.mean(psnrs)), "copy_reference_psnr_db": float(np.mean(copy_psnrs)),
-        "character": character.id, "motion": f"{motion.kind} #{motion.id}",
+        "character": character.id, "motion": f"{motion.kind} #{motion.id}", "fast_path": stats["fast_path"],
+        "threads": torch.get_num_threads(),
     }
     lines = [
         f"wrote {written} ({shown} frames, {height}×{width}, panels: pose | RAIN | ground truth)"
         if args.side_by_side else f"wrote {written} ({shown} frames, {height}×{width})",
         f"speed: {summary['fps']:.1f} fps end to end, {summary['ms_per_tick'] or 0:.1f} ms per tick "
-        f"({args.levels}×{args.frames_per_cohort} window, {args.steps} steps)",
+        f"({args.levels}×{args.frames_per_cohort} window, {args.steps} steps; {TICK_NAMES.get(summary['fast_path'], summary['fast_path'])} tick, "
+        f"{summary['threads']} thread{'s' if summary['threads'] > 1 else ''})",
         f"latency: {summary['latency_frames']} frames + compute ≈ {summary['latency_s_at_input_fps']:.2f} s at "
         f"{args.fps or 12.0:g} fps input",
         f"PSNR vs ground truth: {summary['psnr_db']:.2f} dB (copying the reference: "
