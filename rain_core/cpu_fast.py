@@ -459,13 +459,18 @@ class BackgroundBuild:
     def log_path(self) -> Path:
         return self.path.with_suffix(".log")
 
+    @property
+    def failed(self) -> Path:
+        """Written by a child whose compile failed; delete it to try again."""
+        return self.path.with_suffix(".failed")
+
     @classmethod
     def start(cls, package: SteadyPackage, inputs: tuple, path: Path) -> BackgroundBuild:
         known = cls._mine.get(str(path))
         if known is not None and not known.finished():
             return known
         build = cls(path)
-        if build._someone_else_builds():
+        if build._someone_else_builds() or build.failed.exists():  # a build that failed is not retried each start
             return build
         import subprocess
 
@@ -504,7 +509,7 @@ class BackgroundBuild:
     def finished(self) -> bool:
         if self.process is not None:
             return self.process.poll() is not None
-        return self.path.exists() or not self._someone_else_builds()
+        return self.path.exists() or self.failed.exists() or not self._someone_else_builds()
 
     def failure(self) -> str:
         """The last line of the child's output (why it failed), or its exit code."""
@@ -513,7 +518,7 @@ class BackgroundBuild:
         except OSError:
             lines = []
         code = None if self.process is None else self.process.returncode
-        return (lines[-1][:300] if lines else f"exit code {code}") + f"; see {self.log_path}"
+        return (lines[-1][:300] if lines else f"exit code {code}") + f"; see {self.log_path}, delete {self.failed} to retry"
 
 
 def _write_job(package: SteadyPackage, inputs: tuple, path: Path, job: Path) -> None:
@@ -585,6 +590,9 @@ def build_job(folder: str) -> None:
         started = time.perf_counter()
         _compile_package(package, (*inputs, *package.extra_inputs()), path)
         print(f"compiled {path.name} in {time.perf_counter() - started:.1f} s", flush=True)
+    except BaseException as error:
+        path.with_suffix(".failed").write_text(f"{type(error).__name__}: {error}\n")
+        raise
     finally:
         shutil.rmtree(folder, ignore_errors=True)
         path.with_suffix(".building").unlink(missing_ok=True)

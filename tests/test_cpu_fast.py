@@ -387,3 +387,28 @@ def test_auto_builds_the_compiled_tick_in_the_background_and_switches_to_it(tiny
     monkeypatch.setattr(cpu_fast, "_LOADED", {})
     _, again = _stream_frames(tiny_models, "auto", poses, reference)  # the next start loads what the child built
     assert again.stats["fast_path"] == "compile" and again._tick()._unet.source == "cache"
+
+
+def test_a_background_build_that_fails_leaves_a_marker_and_is_not_retried_at_every_start(tiny_models, tmp_path):
+    """A real child run on a job whose package name does not match what it rebuilds: it refuses, says why, cleans
+    up, and the next start does not spawn another child for the same package."""
+    import json
+    import subprocess
+
+    import rain_core.cpu_fast as cpu_fast
+
+    package, inputs = _steady_package(tiny_models)
+    path = tmp_path / "aoti" / ("0" * 32 + ".pt2")  # not this call's key
+    job = tmp_path / "aoti" / "jobs" / path.stem
+    cpu_fast._write_job(package, inputs, path, job)
+    spec = json.loads((job / "job.json").read_text())
+    spec["threads"] = torch.get_num_threads()
+    (job / "job.json").write_text(json.dumps(spec))
+    script = "import sys; from rain_core.cpu_fast import build_job; build_job(sys.argv[1])"
+    result = subprocess.run([sys.executable, "-c", script, str(job)], cwd=ROOT, capture_output=True, text=True,
+                            timeout=300, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert result.returncode != 0 and "rebuilt call has key" in result.stderr
+    assert "rebuilt call has key" in path.with_suffix(".failed").read_text()
+    assert not job.exists() and not path.with_suffix(".building").exists() and not path.exists()
+    build = cpu_fast.BackgroundBuild.start(package, inputs, path)
+    assert build.process is None and build.finished() and "to retry" in build.failure()
