@@ -141,6 +141,8 @@ def side_by_side(args, threads: int, cache: str, scratch: Path) -> dict:
     optimised frames are compared with (frames of two different models are not comparable)."""
     import numpy as np
 
+    from rain_core.metrics import bootstrap_ci
+
     default_env, optimised_env = environments(cache)
     workers = [
         Worker("default", threads, "eager", default_env, args.before_model),
@@ -167,7 +169,7 @@ def side_by_side(args, threads: int, cache: str, scratch: Path) -> dict:
     fps = {name: 4 / statistics.median(seconds) for name, seconds in times.items()}
     # the same ratio per round (each round times every path within a second or two), robust to the machine's drift
     paired = [d / o for d, o in zip(times["default"], times["optimised"])]
-    paired_ci = bootstrap_median_ci(paired)
+    paired_ci = bootstrap_ci(paired, statistic=np.median)
     default_fps, optimised_fps = fps["default"], fps["optimised"]
     row = {
         "threads": threads,
@@ -215,16 +217,6 @@ def side_by_side(args, threads: int, cache: str, scratch: Path) -> dict:
     )
     print(f"{summary}; load {os.getloadavg()[0]:.1f}", flush=True)
     return row
-
-
-def bootstrap_median_ci(values: list[float], resamples: int = 10_000, seed: int = 0) -> tuple[float, float]:
-    """Percentile 95 % interval of the median of `values` (resampled with replacement)."""
-    import numpy as np
-
-    data = np.asarray(values)
-    draws = np.random.default_rng(seed).choice(data, size=(resamples, data.size), replace=True)
-    low, high = np.percentile(np.median(draws, axis=1), [2.5, 97.5])
-    return float(low), float(high)
 
 
 def built_in_model_at(revision: str, scratch: Path) -> Path:

@@ -45,17 +45,19 @@ def temporal_error(output, truth) -> float:
     return float(temporal_error_per_frame(output, truth).mean()) if len(output) > 1 else float("nan")
 
 
-def bootstrap_ci(values, resamples: int = 10_000, seed: int = 0, level: float = 0.95) -> tuple[float, float]:
-    """Percentile bootstrap interval of the mean of `values` (e.g. per-clip scores, or per-clip paired
-    differences of two methods on the same clips); non-finite values are dropped, (nan, nan) if none is left."""
+def bootstrap_ci(values, resamples: int = 10_000, seed: int = 0, level: float = 0.95,
+                 statistic=np.mean) -> tuple[float, float]:
+    """Percentile bootstrap interval of `statistic` (default the mean) of `values` (e.g. per-clip scores, or
+    per-clip paired differences of two methods on the same clips); non-finite values are dropped, (nan, nan) if
+    none is left."""
     array = np.asarray(values, dtype=np.float64)
     array = array[np.isfinite(array)]
     if len(array) == 0:
         return float("nan"), float("nan")
     rng = np.random.default_rng(seed)
-    means = array[rng.integers(0, len(array), size=(resamples, len(array)))].mean(axis=1)
+    estimates = statistic(array[rng.integers(0, len(array), size=(resamples, len(array)))], axis=1)
     tail = (1.0 - level) / 2.0 * 100.0
-    return float(np.percentile(means, tail)), float(np.percentile(means, 100.0 - tail))
+    return float(np.percentile(estimates, tail)), float(np.percentile(estimates, 100.0 - tail))
 
 
 # ---- input statistics: cheap checks that catch a wrong file before minutes of compute -----------------------
