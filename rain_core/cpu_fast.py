@@ -136,6 +136,11 @@ def compiler_problem() -> str | None:
     return None
 
 
+def background_compile_allowed() -> bool:
+    """False when the user set `RAIN_BACKGROUND_COMPILE=0` (fast_path "auto" then only loads saved packages)."""
+    return os.environ.get(BACKGROUND_ENV, "1") != "0"
+
+
 def auto_fast_path(device) -> str:
     """What StreamConfig.fast_path "auto" means off CUDA when the stream starts: "eager".
 
@@ -530,7 +535,8 @@ def _write_job(package: SteadyPackage, inputs: tuple, path: Path, job: Path) -> 
 
     job.mkdir(parents=True, exist_ok=True)
     sample, timesteps, features = inputs
-    tensors = {f"unet.{name}": t.detach().to("cpu").contiguous().clone() for name, t in package.unet.state_dict().items()}
+    state = package.unet.state_dict()
+    tensors = {f"unet.{name}": t.detach().to("cpu").contiguous().clone() for name, t in state.items()}
     named = {"sample": sample, "timesteps": timesteps, "features": features, "clip_tokens": package.clip_tokens}
     if package.guidance is not None:
         named["guidance"] = package.guidance
@@ -538,7 +544,7 @@ def _write_job(package: SteadyPackage, inputs: tuple, path: Path, job: Path) -> 
         named[f"reference.{i}"] = tensor
     tensors.update({name: t.detach().contiguous().clone() for name, t in named.items()})
     save_file(tensors, str(job / "job.safetensors"))
-    dtype = next(iter(package.unet.state_dict().values())).dtype
+    dtype = next(iter(state.values())).dtype
     spec = {"path": str(path), "threads": torch.get_num_threads(), "names": package.names,
             "config": package.unet.config.to_dict(), "dtype": str(dtype).removeprefix("torch.")}
     (job / "job.json").write_text(json.dumps(spec))
@@ -576,14 +582,15 @@ def build_job(folder: str) -> None:
 
     folder = Path(folder)
     spec = json.loads((folder / "job.json").read_text())
-    path = Path(spec["path"])
+    build = BackgroundBuild(Path(spec["path"]))
+    path = build.path
     try:
         if hasattr(os, "nice"):
             os.nice(5)  # below the stream, not so far that a stream running flat out starves it
         import torch
 
         torch.set_num_threads(spec["threads"])  # inductor fixes the thread count in the code it writes
-        package, inputs, path = read_job(folder)
+        package, inputs, _ = read_job(folder)
         key = package.key(*inputs)
         if key != path.stem:
             raise RuntimeError(f"the rebuilt call has key {key}, not {path.stem} (rain's code changed meanwhile?)")
@@ -591,11 +598,11 @@ def build_job(folder: str) -> None:
         _compile_package(package, (*inputs, *package.extra_inputs()), path)
         print(f"compiled {path.name} in {time.perf_counter() - started:.1f} s", flush=True)
     except BaseException as error:
-        path.with_suffix(".failed").write_text(f"{type(error).__name__}: {error}\n")
+        build.failed.write_text(f"{type(error).__name__}: {error}\n")
         raise
     finally:
         shutil.rmtree(folder, ignore_errors=True)
-        path.with_suffix(".building").unlink(missing_ok=True)
+        build.lock.unlink(missing_ok=True)
 
 
 def _load_package(path: Path) -> Callable:
@@ -621,6 +628,7 @@ __all__ = [
     "NO_COMPILE_ENV",
     "TUNING_ENV",
     "auto_fast_path",
+    "background_compile_allowed",
     "cache_dir",
     "compiler_problem",
     "cpu_summary",

@@ -18,7 +18,6 @@ Buffers (model dtype unless noted), K = levels·m frames, m = frames_per_cohort,
 from __future__ import annotations
 
 import contextlib
-import os
 from collections.abc import Callable
 
 import torch
@@ -256,9 +255,9 @@ class Tick:
         returned `CompiledUNet` has `background` set; `RAIN_BACKGROUND_COMPILE=0` turns this off)."""
         from ..cpu_fast import (
             AUTO_MAX_BYTES,
-            BACKGROUND_ENV,
             CompiledUNet,
             SteadyPackage,
+            background_compile_allowed,
             compiler_problem,
             package_path,
             state_bytes,
@@ -275,10 +274,15 @@ class Tick:
             with torch.no_grad():
                 kv = self.models.denoising_unet.reference_kv(self.reference) if self.reference is not None else None
             package = SteadyPackage(self.models.denoising_unet, self.clip_tokens, self.guidance, kv)
-        missing = package is not None and not package_path(package, *self._steady_inputs()).exists()
-        background = background and missing and os.environ.get(BACKGROUND_ENV, "1") != "0"
-        if cached_only and (package is None or (missing and not background)):
-            return None
+        if cached_only:  # only here is the key worth computing before the first steady call
+            if package is None:
+                return None
+            missing = not package_path(package, *self._steady_inputs()).exists()
+            background = background and missing and background_compile_allowed()
+            if missing and not background:
+                return None
+        else:
+            background = False
         self._unet = CompiledUNet(self._unet_eager, lambda: self.occupancy == self.steady, mode, package,
                                   compile_missing=not cached_only, background=background)
         self._graph = self._stage_graphs = None
