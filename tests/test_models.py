@@ -292,3 +292,60 @@ def test_gradient_checkpointing_keeps_fewer_activations_and_gives_the_same_gradi
             assert getattr(layer.processor, "captured", None) is None and getattr(layer.processor, "reference", None) is None
         unet.disable_gradient_checkpointing()
     assert not models.denoising_unet.is_gradient_checkpointing
+
+
+def test_folded_upsample_equals_diffusers_nearest_upsample_and_conv_in_value_and_gradient():
+    from diffusers.models.upsampling import Upsample2D
+
+    from rain_core.models.upsampling import FoldedUpsample2D
+
+    torch.manual_seed(0)
+    plain = Upsample2D(8, use_conv=True, out_channels=6)
+    folded = FoldedUpsample2D(8, use_conv=True, out_channels=6)
+    folded.load_state_dict(plain.state_dict())  # same parameter names: checkpoints load either way
+    for shape in [(3, 8, 5, 7), (1, 8, 1, 1)]:
+        x = torch.randn(shape, requires_grad=True)
+        x2 = x.detach().clone().requires_grad_()
+        expected, got = plain(x), folded(x2)
+        assert got.shape == expected.shape == (shape[0], 6, 2 * shape[2], 2 * shape[3])
+        assert torch.allclose(got, expected, atol=1e-5)
+        weights = torch.randn_like(expected)
+        (expected * weights).sum().backward()
+        (got * weights).sum().backward()
+        assert torch.allclose(x2.grad, x.grad, atol=1e-5)
+        for a, b in zip(folded.parameters(), plain.parameters()):
+            assert torch.allclose(a.grad, b.grad, atol=1e-4)
+            a.grad = b.grad = None
+    # an output size that is not twice the input (odd latent sizes) runs diffusers' own path
+    x = torch.randn(2, 8, 4, 4)
+    assert torch.equal(folded(x, output_size=(9, 9)), plain(x, output_size=(9, 9)))
+
+
+def test_cross_attention_to_one_token_equals_diffusers_attention_and_falls_back_for_more_tokens():
+    from diffusers.models.attention_processor import Attention, AttnProcessor2_0
+
+    from rain_core.models.cross_attention import SingleTokenCrossAttnProcessor
+
+    torch.manual_seed(0)
+    attention = Attention(16, cross_attention_dim=12, heads=2, dim_head=8)
+    hidden = torch.randn(5, 9, 16)
+    for tokens in (1, 3):
+        context = torch.randn(5, tokens, 12)
+        attention.set_processor(AttnProcessor2_0())
+        expected = attention(hidden, encoder_hidden_states=context)
+        attention.set_processor(SingleTokenCrossAttnProcessor())
+        got = attention(hidden, encoder_hidden_states=context)
+        assert got.shape == expected.shape
+        assert torch.allclose(got, expected, atol=1e-6), tokens
+
+
+def test_the_unet_uses_both_shortcuts_and_keeps_the_authors_parameter_names(tiny_models):
+    from rain_core.models.cross_attention import SingleTokenCrossAttnProcessor
+    from rain_core.models.upsampling import FoldedUpsample2D
+
+    unet = tiny_models.denoising_unet
+    cross = [m for name, m in unet.named_modules() if name.endswith(".attn2")]
+    assert cross and all(isinstance(m.processor, SingleTokenCrossAttnProcessor) for m in cross)
+    upsamplers = [m for m in unet.modules() if isinstance(m, FoldedUpsample2D)]
+    assert len(upsamplers) == len(unet.up_blocks) - 1
+    assert "up_blocks.0.upsamplers.0.conv.weight" in unet.state_dict()

@@ -20,13 +20,14 @@ from diffusers.models.embeddings import TimestepEmbedding, Timesteps
 from diffusers.models.modeling_utils import ModelMixin
 from diffusers.models.resnet import ResnetBlock2D
 from diffusers.models.transformers.transformer_2d import Transformer2DModel
-from diffusers.models.upsampling import Upsample2D
 from einops import rearrange
 from torch import nn
 
 from .config import RainModelConfig
+from .cross_attention import use_single_token_cross_attention
 from .motion import MotionModule
 from .reference import CaptureProcessor, ReferenceAttnProcessor, ReferenceCache
+from .upsampling import FoldedUpsample2D
 
 
 class _Block(nn.Module):
@@ -133,7 +134,7 @@ class UpBlock(_Block):
         self.attentions = _transformers(config, out_channels, layers) if cross_attention else None
         self.motion_modules = _motion(config, out_channels, layers) if motion else None
         if upsample:
-            self.upsamplers = nn.ModuleList([Upsample2D(out_channels, use_conv=True, out_channels=out_channels)])
+            self.upsamplers = nn.ModuleList([FoldedUpsample2D(out_channels, use_conv=True, out_channels=out_channels)])
         else:
             self.upsamplers = None
 
@@ -244,6 +245,7 @@ class _RainUNet(ModelMixin):
             if name.endswith("transformer_blocks.0.attn1") and "motion_modules" not in name:
                 module.set_processor(processor())
                 self.reference_layers[name] = module
+        use_single_token_cross_attention(self)  # attn2 sees one CLIP token: its output is that token's value
 
     def _time_embedding(self, timesteps: torch.Tensor, guidance: torch.Tensor | None, dtype) -> torch.Tensor:
         """timesteps (B, F) -> per-frame embedding (B*F, time_embed_dim)."""
