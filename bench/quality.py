@@ -213,10 +213,11 @@ def drift(models, world, index, levels, frames_per_cohort, guidance, total, size
 
 
 @functools.lru_cache(maxsize=2)
-def heldout_clips(count: int, frames: int, size: int, world: str = "v1") -> tuple:
-    """The first `count` held-out clips, rendered once per process (every row of the table scores the same ones)."""
+def heldout_clips(count: int, frames: int, size: int, world: str = "v1", first: int = 0) -> tuple:
+    """`count` held-out clips from index `first`, rendered once per process (every row of the table scores the same
+    ones). The test clips are 0, 1, …; a recipe is chosen on others (`--first-clip`), so the test set stays unseen."""
     synthetic = SyntheticWorld(0, version=world)
-    return tuple(heldout_clip(synthetic, i, frames, size) for i in range(count))
+    return tuple(heldout_clip(synthetic, first + i, frames, size) for i in range(count))
 
 
 def render(models, clip, job: dict, seed: int) -> np.ndarray:
@@ -236,13 +237,13 @@ def score_row(job: dict) -> dict:
 
     torch.set_num_threads(job["threads"])
     started = time.time()
-    clips = heldout_clips(job["clips"], job["frames"], job["size"], job["world"])
+    clips = heldout_clips(job["clips"], job["frames"], job["size"], job["world"], job["first_clip"])
     models = None if job["mode"] == "copy" else load_rain(job["model"]).eval()  # copying needs no network
     per_clip = {name: [] for name in METRICS}
     picture, curve = None, None
     for index, clip in enumerate(() if job.get("drift_only") else clips):
         truth = clip[1]
-        out = render(models, clip, job, seed=index)
+        out = render(models, clip, job, seed=job["first_clip"] + index)
         per_clip["psnr"].append(float(psnr(out, truth).mean()))
         per_clip["ssim"].append(float(ssim(out, truth).mean()))
         per_clip["temporal_error"].append(temporal_error(out, truth))
@@ -253,7 +254,7 @@ def score_row(job: dict) -> dict:
     drift_pairs = []
     if job["drift_frames"] and job["mode"] == "stream":
         world = SyntheticWorld(0, version=job["world"])
-        for index in range(job["drift_clips"]):
+        for index in range(job["first_clip"], job["first_clip"] + job["drift_clips"]):
             drift_pairs.append(drift(models, world, index, job["levels"], job["frames_per_cohort"], job["guidance"],
                                      job["drift_frames"], job["size"], seed=index, edge=job["drift_edge"]))
     per_clip["drift_db"] = [last - first for first, last in drift_pairs]
@@ -356,6 +357,9 @@ def main(argv=None) -> int:
                         "(paired: model - compare)")
     parser.add_argument("--world", default="v2", choices=WORLDS, help="synthetic world of the held-out clips")
     parser.add_argument("--clips", type=int, default=16, help="held-out character/motion pairs")
+    parser.add_argument("--first-clip", type=int, default=0,
+                        help="index of the first held-out clip (0: the test clips; e.g. 1000 for a validation set "
+                        "to choose a training recipe on)")
     parser.add_argument("--frames", type=int, default=32, help="frames per clip")
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--levels", type=int, default=4)
@@ -385,11 +389,12 @@ def main(argv=None) -> int:
     world = SyntheticWorld(0, version=args.world)
     picture_clip = args.picture_clip
     if picture_clip is None:
-        labels = [clip_label(world, i) for i in range(args.clips)]
+        labels = [clip_label(world, args.first_clip + i) for i in range(args.clips)]
         picture_clip = next((i for i, label in enumerate(labels) if label.startswith("spin")), 0)
     common = {"clips": args.clips, "frames": args.frames, "size": args.size, "levels": p, "guidance": args.guidance,
               "drift_frames": args.drift_frames, "drift_clips": args.drift_clips, "drift_edge": args.drift_edge,
-              "threads": args.threads, "world": args.world, "picture_clip": picture_clip if args.picture else -1}
+              "threads": args.threads, "world": args.world, "first_clip": args.first_clip,
+              "picture_clip": picture_clip if args.picture else -1}
     jobs = [{**common, "key": "rain", "name": f"RAIN stream (p={p}, m={m})", "model": args.model,
              "frames_per_cohort": m, "mode": "stream"}]
     if args.baseline:
@@ -466,7 +471,7 @@ def main(argv=None) -> int:
              "guidance": args.guidance, "levels": p, "frames_per_cohort": m, "model": args.model,
              "baseline": args.baseline, "compare": args.compare, "drift_frames": args.drift_frames, "drift_clips": args.drift_clips,
              "drift_edge": min(args.drift_edge, args.drift_frames // 2) if args.drift_frames else None,
-             "clip_labels": [clip_label(world, i) for i in range(args.clips)], "bootstrap": "percentile, 10,000 resamples of clips",
+             "clip_labels": [clip_label(world, args.first_clip + i) for i in range(args.clips)], "bootstrap": "percentile, 10,000 resamples of clips",
              "seconds": elapsed, "threads_per_row": args.threads, "jobs": args.jobs}
     print(f"held-out world {args.world}: {args.clips} clips × {args.frames} frames at {args.size}px, guidance {args.guidance}, "
           f"model {args.model}" + (f", baseline {args.baseline}" if args.baseline else ""))
@@ -494,7 +499,7 @@ def main(argv=None) -> int:
         print(f"wrote {args.json}")
     if args.picture:
         docs = Path(args.docs)
-        truth = heldout_clips(args.clips, args.frames, args.size, args.world)[picture_clip][1]
+        truth = heldout_clips(args.clips, args.frames, args.size, args.world, args.first_clip)[picture_clip][1]
         strip_rows = [("ground truth", truth)] + [(row["key"], row["picture"]) for row in rows
                                                   if row["key"] in ("rain", "baseline") and row["picture"] is not None]
         write_image(docs / "quality_strip.jpg", draw_strip(strip_rows, every=max(1, args.frames // 8)))
@@ -503,7 +508,7 @@ def main(argv=None) -> int:
         curves = [(f"{names[row['key']]}: mean {np.mean(row['curve']):.2f}", row["curve"], colours[row["key"]])
                   for row in rows if row["key"] in colours and row["curve"]]
         if curves:
-            title = f"temporal error |d output - d truth| (0-255), held-out clip {picture_clip} ({clip_label(world, picture_clip)})"
+            title = f"temporal error |d output - d truth| (0-255), held-out clip {picture_clip} ({clip_label(world, args.first_clip + picture_clip)})"
             write_image(docs / "temporal_error.png", draw_curves(curves, title))
         print(f"wrote {docs / 'quality_strip.jpg'}, {docs / 'temporal_error.png'}")
     if not all(math.isfinite(entry["psnr"]["mean"]) for entry in methods.values()):
