@@ -17,19 +17,15 @@ import torch.nn.functional as F
 from diffusers.models.upsampling import Upsample2D
 
 
+def _fold_axis(weight: torch.Tensor, dim: int) -> torch.Tensor:
+    """The 3 taps along `dim` → the 4 taps of the stride-2 transposed conv: (w2, w1 + w2, w0 + w1, w0)."""
+    w0, w1, w2 = weight.unbind(dim)
+    return torch.stack([w2, w1 + w2, w0 + w1, w0], dim=dim)
+
+
 def fold_nearest_upsample_kernel(weight: torch.Tensor) -> torch.Tensor:
     """(out, in, 3, 3) kernel of the conv after a nearest ×2 upsample → (in, out, 4, 4) stride-2 transposed-conv kernel."""
-    rows = torch.stack(
-        [
-            weight[..., 2, :],
-            weight[..., 1, :] + weight[..., 2, :],
-            weight[..., 0, :] + weight[..., 1, :],
-            weight[..., 0, :],
-        ],
-        dim=-2,
-    )
-    taps = torch.stack([rows[..., 2], rows[..., 1] + rows[..., 2], rows[..., 0] + rows[..., 1], rows[..., 0]], dim=-1)
-    return taps.transpose(0, 1)
+    return _fold_axis(_fold_axis(weight, -2), -1).transpose(0, 1)
 
 
 class FoldedUpsample2D(Upsample2D):
