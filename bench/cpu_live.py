@@ -161,7 +161,7 @@ def side_by_side(args, threads: int, cache: str, scratch: Path) -> dict:
     times = {worker_.name: [] for worker_ in workers}  # per round: the median of the burst's steady ticks
     after_rest = {worker_.name: [] for worker_ in workers}  # per round: the burst's first tick, straight after rest
     order = random.Random(0)
-    rounds = max(1, args.ticks // max(1, args.burst - 1)) if args.burst > 1 else args.ticks
+    rounds = max(1, args.ticks // (args.burst - 1)) if args.burst > 1 else args.ticks
     for _ in range(rounds):
         # a new order every round: no path always follows the same one (the machine's state after a tick differs)
         for worker_ in order.sample(workers, len(workers)):
@@ -284,6 +284,8 @@ def main(argv=None) -> None:
     parser.add_argument("--model", type=Path, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.burst < 1:
+        parser.error(f"--burst: expected at least 1 tick per turn, found {args.burst}")
     if args.worker:
         args.threads = args.threads[0]
         worker(args)

@@ -358,7 +358,7 @@ def main(argv=None) -> int:
     parser.add_argument("--world", default="v2", choices=WORLDS, help="synthetic world of the held-out clips")
     parser.add_argument("--clips", type=int, default=16, help="held-out character/motion pairs")
     parser.add_argument("--first-clip", type=int, default=0,
-                        help="index of the first held-out clip (0: the test clips; e.g. 1000 for a validation set "
+                        help="index of the first held-out clip (0: the test clips; e.g. 100 for a validation set "
                         "to choose a training recipe on)")
     parser.add_argument("--frames", type=int, default=32, help="frames per clip")
     parser.add_argument("--size", type=int, default=64)
