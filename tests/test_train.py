@@ -367,6 +367,19 @@ def test_top_width_prunes_the_top_level_by_norm_group_and_fine_tunes_the_narrow_
     # lower levels are copied unchanged, and the pruned model runs
     assert torch.equal(pruned.down_blocks[1].resnets[0].conv2.weight, source.down_blocks[1].resnets[0].conv2.weight)
     assert narrow_top_level(full, old) is full
+    # the time embedding keeps its width and weights (every level's time conditioning is unchanged); the top
+    # resnets' projections of it keep their inputs and lose the pruned output rows
+    assert narrow.config.time_channels == old and narrow.config.time_embed_dim == full.config.time_embed_dim
+    for name, tensor in source.time_embedding.state_dict().items():
+        assert torch.equal(pruned.time_embedding.state_dict()[name], tensor), name
+    torch.testing.assert_close(pruned.down_blocks[0].resnets[0].time_emb_proj.weight,
+                               source.down_blocks[0].resnets[0].time_emb_proj.weight[rows], rtol=0, atol=0)
+    timesteps = torch.tensor([999.0, 3.0])
+    torch.testing.assert_close(pruned.time_embedding(pruned.time_proj(timesteps)),
+                               source.time_embedding(source.time_proj(timesteps)), rtol=0, atol=0)
+    # keep_time=False narrows it with the top level, as the SD-1.5 layout ties them
+    tied = narrow_top_level(full, old - groups, keep_time=False)
+    assert tied.config.time_channels is None and tied.config.time_embed_dim == 4 * (old - groups)
     with pytest.raises(ValueError, match="--top-width 5: expected a multiple of norm_num_groups"):
         narrow_top_level(full, 5)
     save_rain(full, tmp_path / "full")
@@ -376,3 +389,48 @@ def test_top_width_prunes_the_top_level_by_norm_group_and_fine_tunes_the_narrow_
     assert load_rain(final).config.block_out_channels[0] == old - groups
     losses = [row["loss"] for row in read_loss_csv(tmp_path / "out" / "loss.csv")]
     assert len(losses) == 2 and all(loss == loss and loss < 1e3 for loss in losses)
+
+
+def test_distill_trains_against_the_teachers_outputs_at_the_drawn_guidance(micro_config, tmp_path):
+    """--distill: the target is the teacher's v for the same noisy window, reference, poses and w (never dropped);
+    a model distilled into itself has loss 0."""
+    from rain_core.loading import save_rain
+    from rain_core.models import RainModels
+
+    config = RainModelConfig.from_dict(json.loads(Path(micro_config).read_text()))
+    folders = {}
+    for seed, name in ((1, "teacher"), (2, "student")):
+        torch.manual_seed(seed)
+        models = RainModels.build(config)
+        for parameter in models.parameters():  # random everywhere: zero inits (the w-embedding) would hide w
+            torch.nn.init.normal_(parameter, std=0.05)
+        save_rain(models, tmp_path / name)
+        folders[name] = str(tmp_path / name)
+    trainer = Trainer(_config(micro_config, tmp_path / "out", stage=2, levels=2, frames_per_cohort=1, skip_step=25,
+                              init=folders["student"], distill=folders["teacher"], train_parts="all"))
+    generator = torch.Generator().manual_seed(3)
+    latents = torch.randn(2, 12, 2, 8, 8, generator=generator)
+    batch = {"latents": latents, "ref_latent": torch.randn(2, 12, 8, 8, generator=generator),
+             "clip_tokens": torch.randn(2, 1, 16, generator=generator), "poses": torch.rand(2, 2, 3, SIZE, SIZE)}
+    guidance = torch.tensor([2.5, 4.0])
+    draws = StepDraws(noise=torch.randn(2, 12, 2, 8, 8, generator=generator),
+                      timesteps=torch.tensor([[499, 999], [24, 524]]), drop=True, guidance=guidance)
+    loss = trainer.loss(batch, step=0, draws=draws)
+    noisy = objectives.add_noise(latents, draws.noise, draws.timesteps)
+    with torch.no_grad():
+        outputs = [DenoiseForward(load_rain(folders[name]))(noisy, draws.timesteps, batch["ref_latent"],
+                                                            batch["clip_tokens"], batch["poses"], guidance=guidance)
+                   for name in ("student", "teacher")]
+        other_w = DenoiseForward(load_rain(folders["teacher"]))(noisy, draws.timesteps, batch["ref_latent"],
+                                                                batch["clip_tokens"], batch["poses"], guidance=guidance + 1)
+    assert not torch.allclose(other_w, outputs[1])  # the target depends on w: the test can tell which w was used
+    torch.testing.assert_close(loss.detach(), objectives.per_frame_mse(*outputs), rtol=1e-5, atol=1e-7)
+    # its own draws: a w per clip within the stage-3 range, timesteps on the stage-3 grid (the stream's among them)
+    own = trainer.seeded_draws(7, tuple(latents.shape))
+    assert own.guidance is not None and ((own.guidance >= 2.0) & (own.guidance <= 4.5)).all()
+    assert ((own.timesteps + 1) % 25 == 0).all()
+    itself = Trainer(_config(micro_config, tmp_path / "self", stage=2, levels=2, frames_per_cohort=1,
+                             init=folders["teacher"], distill=folders["teacher"], train_parts="all"))
+    assert itself.loss(batch, step=0, draws=draws).item() == 0.0
+    with pytest.raises(ValueError, match="--distill trains stage 2"):
+        Trainer(_config(micro_config, tmp_path / "s3", stage=3, init=folders["student"], distill=folders["teacher"]))

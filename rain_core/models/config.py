@@ -63,6 +63,9 @@ class RainModelConfig:
     vae: dict | None = None  # AutoencoderKL config for a built-from-scratch VAE (None: loaded from a folder)
     clip: ClipConfig = field(default_factory=ClipConfig)
     taesdv_channels: int | None = 64  # None: no TAESDV fast decoder
+    # width of the timestep sinusoid (the time MLP is 4 × this); None: the top level's width, as in SD-1.5. A model
+    # whose top level was narrowed keeps its old time embedding, so every level's time conditioning is unchanged.
+    time_channels: int | None = None
 
     def __post_init__(self):
         self.block_out_channels = tuple(self.block_out_channels)
@@ -92,6 +95,8 @@ class RainModelConfig:
                 f"the pose guider downsamples by {pose_downscale} ({len(self.pose_guider_channels) - 1} stride-2 convs) "
                 f"but the codec by {self.codec_factor}; use {_log2(self.codec_factor) + 1} pose_guider_channels"
             )
+        if self.time_channels is not None and (self.time_channels < 2 or self.time_channels % 2):
+            fail(f"time_channels must be an even number of at least 2 (or None for the top width), found {self.time_channels}")
         for channels in self.block_out_channels:
             if channels % self.norm_num_groups or channels % self.attention_heads:
                 fail(f"block channels {channels} must be divisible by norm_num_groups and attention_heads")
@@ -109,8 +114,13 @@ class RainModelConfig:
         return self.motion is not None and (self.motion_blocks is None or self.motion_blocks[level])
 
     @property
+    def time_proj_channels(self) -> int:
+        """Width of the timestep sinusoid."""
+        return self.time_channels or self.block_out_channels[0]
+
+    @property
     def time_embed_dim(self) -> int:
-        return self.block_out_channels[0] * 4
+        return self.time_proj_channels * 4
 
     @property
     def pose_channels(self) -> int:

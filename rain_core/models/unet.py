@@ -192,9 +192,9 @@ class _RainUNet(ModelMixin):
         motion = denoising and config.motion is not None
 
         self.conv_in = nn.Conv2d(config.latent_channels, channels[0], kernel_size=3, padding=1)
-        self.time_proj = Timesteps(channels[0], flip_sin_to_cos=True, downscale_freq_shift=0)
+        self.time_proj = Timesteps(config.time_proj_channels, flip_sin_to_cos=True, downscale_freq_shift=0)
         self.time_embedding = TimestepEmbedding(
-            channels[0], config.time_embed_dim, cond_proj_dim=config.cond_proj_dim if denoising else None
+            config.time_proj_channels, config.time_embed_dim, cond_proj_dim=config.cond_proj_dim if denoising else None
         )
         if self.time_embedding.cond_proj is not None:
             nn.init.zeros_(self.time_embedding.cond_proj.weight)  # a fresh w-embedding changes nothing

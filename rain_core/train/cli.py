@@ -18,6 +18,8 @@ _HELP = {
     "top_width": "narrow the top UNet level to N channels (a multiple of the norm groups) before training; with --init "
     "the trained channels are pruned, keeping each norm group's strongest, and the run fine-tunes the rest",
     "init": "RAIN model folder to start from (the previous stage's OUTPUT/final, or converted official weights)",
+    "distill": "stage 2: a trained (stage-3) model folder whose outputs, at guidance w drawn as in stage 3, are the "
+    "targets instead of the data; retrains a narrower architecture (--top-width) to a model's function",
     "teacher": "stage 3: the stage-2 model folder used as teacher (default: --init)",
     "data": "'synthetic' (procedural characters) or a meta JSON listing {\"video\", \"pose\"|\"keypoints\"} entries",
     "levels": "p: noise levels in flight (stage 2/3 clips hold levels × frames-per-cohort frames)",

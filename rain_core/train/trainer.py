@@ -70,6 +70,9 @@ class TrainConfig:
     top_width: int = 0  # narrow the top UNet level to N channels before training (0: keep the model's)
     init: str | None = None  # a RAIN model folder to start from (the previous stage's output)
     teacher: str | None = None  # stage 3: the stage-2 model (default: `init`)
+    # stage 2: a trained model (with its w-embedding) whose outputs are the targets instead of the data's velocity:
+    # how a narrower architecture relearns a shipped model's function (its stage 3 included) in far fewer steps
+    distill: str | None = None
     data: str = "synthetic"
     height: int = 64
     width: int = 64
@@ -380,6 +383,8 @@ class Trainer:
 
         if config.stage not in (1, 2, 3):
             raise ValueError(f"--stage: expected 1, 2 or 3, found {config.stage}")
+        if config.distill and config.stage != 2:
+            raise ValueError(f"--distill trains stage 2 against a model's outputs; found --stage {config.stage}")
         if config.stage == 3 and not (config.init or config.teacher):
             raise ValueError("--stage 3 distils a stage-2 model: pass --init (and optionally --teacher) with its folder")
         self.config = config
@@ -422,6 +427,13 @@ class Trainer:
         self.forward, self.optimizer = self.accelerator.prepare(self.forward, self.optimizer)
         self.device = self.accelerator.device
         self.teacher = self.target = self.ema = None
+        if config.distill:
+            teacher = load_models(config.distill)
+            for name, model in (("--distill", teacher), ("the trained model", self.models)):
+                if model.config.cond_proj_dim is None:
+                    raise ValueError(f"--distill matches outputs at a guidance w, but {name} has no w-embedding "
+                                     "(cond_proj_dim is None); distil from and into a stage-3 (LCM) model")
+            self.teacher = DenoiseForward(teacher.requires_grad_(False).eval()).to(self.device)
         if config.stage == 3:
             from diffusers.training_utils import EMAModel
 
@@ -470,10 +482,11 @@ class Trainer:
         if config.stage == 1:
             timesteps = torch.randint(0, objectives.NUM_TRAIN_TIMESTEPS, (batch, 1), generator=generator)
         else:
-            grid = config.skip_step if config.stage == 3 else 1
+            # distilling an LCM model: on the grid it was distilled on, which holds the stream's own timesteps
+            grid = config.skip_step if config.stage == 3 or config.distill else 1
             timesteps = objectives.sample_stepped_timesteps(batch, config.levels, config.frames_per_cohort, generator, grid)
         guidance = None
-        if config.stage == 3:
+        if config.stage == 3 or config.distill:
             guidance = config.guidance_min + (config.guidance_max - config.guidance_min) * torch.rand(batch, generator=generator)
         return StepDraws(noise, timesteps, drop, guidance)
 
@@ -516,6 +529,14 @@ class Trainer:
         noise, timesteps = draws.noise.to(self.device, latents.dtype), draws.timesteps.to(self.device).long()
         poses = batch["poses"].to(self.device)
         noisy = objectives.add_noise(latents, noise, timesteps)
+        if config.distill:
+            # the conditioned stream is what the model is for: no condition dropout
+            w = draws.guidance.to(self.device)
+            with torch.no_grad(), self.accelerator.autocast():
+                target = self.teacher(noisy, timesteps, ref_latent, clip, poses, guidance=w).float()
+            with self.accelerator.autocast():
+                v = self.forward(noisy, timesteps, ref_latent, clip, poses, guidance=w)
+            return objectives.per_frame_mse(v.float(), target)
         if config.stage < 3:
             target = objectives.velocity(latents, noise, timesteps)
             with self.accelerator.autocast():
