@@ -152,10 +152,10 @@ def side_by_side(args, threads: int, cache: str, scratch: Path) -> dict:
     default_env, optimised_env = environments(cache)
     workers = [
         Worker("default", threads, "eager", default_env, args.before_model),
-        Worker("optimised", threads, args.fast_path, optimised_env),
+        Worker("optimised", threads, args.fast_path, optimised_env, args.candidate),
     ]
     if args.before_model:
-        workers.append(Worker("eager", threads, "eager", default_env))
+        workers.append(Worker("eager", threads, "eager", default_env, args.candidate))
     default, optimised = workers[:2]
     reference = workers[-1] if args.before_model else default
     times = {worker_.name: [] for worker_ in workers}  # per round: the median of the burst's steady ticks
@@ -193,9 +193,10 @@ def side_by_side(args, threads: int, cache: str, scratch: Path) -> dict:
         "max_abs_diff": float(np.abs(a - b).max()) if a.shape == b.shape else None,
         "first_frame_s": round(optimised.first_frame_s, 2),
         "default_model": args.before_label or "built-in",
+        "model": str(args.candidate) if args.candidate else "built-in",
         "default_first_frame_s": round(default.first_frame_s, 2),
         "frames_compared": int(a.shape[0]),
-        "frames_compared_with": f"{reference.name} path of the built-in model",
+        "frames_compared_with": f"{reference.name} path of the {'candidate' if args.candidate else 'built-in'} model",
         "default_ms_per_tick": round(1000 * statistics.median(times["default"]), 1),
         "optimised_ms_per_tick": round(1000 * statistics.median(times["optimised"]), 1),
         "optimised_fast_path": optimised.info.get("fast_path"),
@@ -219,7 +220,7 @@ def side_by_side(args, threads: int, cache: str, scratch: Path) -> dict:
             eager_to_default=round(fps["eager"] / default_fps, 2),
         )
     summary = (
-        f"{threads} thread{'s' if threads > 1 else ''}: default ({row['default_model']}, eager) {row['default_fps']} "
+        f"{threads} thread{'s' if threads > 1 else ''}{' (' + str(args.candidate) + ')' if args.candidate else ''}: default ({row['default_model']}, eager) {row['default_fps']} "
         f"fps ({row['default_ms_per_tick']} ms/tick), optimised {row['optimised_fps']} fps "
         f"({row['optimised_ms_per_tick']} ms/tick), ratio {row['ratio']} (per round: median {row['paired_ratio_median']}, "
         f"95 % {row['paired_ratio_ci95']})"
@@ -259,7 +260,7 @@ def built_in_model_at(revision: str, scratch: Path) -> Path:
 
 def start_up(args, cache: str, threads: int) -> float:
     _, optimised_env = environments(cache)
-    worker_ = Worker("optimised", threads, args.fast_path, optimised_env)
+    worker_ = Worker("optimised", threads, args.fast_path, optimised_env, args.candidate)
     worker_.process.stdin.close()  # no ticks: the worker ends after its first frame
     worker_.process.wait(timeout=3600)
     return round(worker_.first_frame_s, 2)
@@ -280,12 +281,18 @@ def main(argv=None) -> None:
     parser.add_argument("--burst", type=int, default=4,
                         help="ticks per worker's turn, back to back; the first (straight after the rest) is reported "
                         "apart, the others are the steady figure (1: one tick per turn, the old method)")
+    parser.add_argument("--candidate", type=Path, default=None,
+                        help="a model folder the optimised (and eager) paths run instead of the built-in model: "
+                        "a retrained model measured before it is shipped")
     parser.add_argument("--out", type=Path, default=RESULT)
     parser.add_argument("--model", type=Path, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.burst < 1:
         parser.error(f"--burst: expected at least 1 tick per turn, found {args.burst}")
+    if args.candidate is not None and not (args.candidate / "rain_config.json").is_file():
+        parser.error(f"--candidate {args.candidate}: expected a RAIN model folder holding rain_config.json "
+                     "(a trained model's OUTPUT/final)")
     if args.worker:
         args.threads = args.threads[0]
         worker(args)
