@@ -27,8 +27,8 @@ _HELP = {
     "train_parts": "auto (stage 1: all but motion, 2: motion, 3: denoising UNet), all, motion or unet",
     "skip_step": "stage 3: teacher DDIM step length k (must divide 1000 / levels)",
     "ema_decay": "stage 3: EMA rate of the consistency target network",
-    "guidance_min": "stage 3: smallest teacher CFG scale w drawn",
-    "guidance_max": "stage 3: largest teacher CFG scale w drawn",
+    "guidance_min": "stage 3 and --distill: smallest teacher CFG scale w drawn",
+    "guidance_max": "stage 3 and --distill: largest teacher CFG scale w drawn",
     "decay_steps": "anneal the learning rate linearly to lr/10 over the last N steps (a run stopped early and "
     "resumed with the final --steps and --decay-steps is the same run)",
     "snr_gamma": "min-SNR-γ loss weighting min(SNR + 1, γ) / (SNR + 1) (v-prediction; 0: plain v-MSE; the reference uses 5)",

@@ -71,7 +71,7 @@ class TrainConfig:
     init: str | None = None  # a RAIN model folder to start from (the previous stage's output)
     teacher: str | None = None  # stage 3: the stage-2 model (default: `init`)
     # stage 2: a trained model (with its w-embedding) whose outputs are the targets instead of the data's velocity:
-    # how a narrower architecture relearns a shipped model's function (its stage 3 included) in far fewer steps
+    # how a narrower architecture relearns a shipped model's function, its stage 3 included, in one stage
     distill: str | None = None
     data: str = "synthetic"
     height: int = 64
