@@ -55,7 +55,7 @@ def narrow_top_level(models: RainModels, width: int, keep_time: bool = True) -> 
     source = models.state_dict()
     target = narrow.state_dict()
     keep = _strongest(source, old, groups, width)
-    keep_time = _strongest(source, 4 * old, 1, 4 * width)
+    time_units = _strongest(source, 4 * old, 1, 4 * width)
     sinusoid = _nearest_frequencies(old, width)
     result = {}
     for name, tensor in target.items():
@@ -68,7 +68,7 @@ def narrow_top_level(models: RainModels, width: int, keep_time: bool = True) -> 
             elif have == old:
                 index = keep
             elif have == 4 * old:
-                index = keep_time
+                index = time_units
             elif have - want == 2 * (old - width) and have == 2 * old:
                 index = torch.cat([keep, old + keep])  # an up resnet's cat([hidden, skip]), both from the top level
             elif have - want == old - width and have > old:

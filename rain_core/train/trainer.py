@@ -433,13 +433,13 @@ class Trainer:
                 if model.config.cond_proj_dim is None:
                     raise ValueError(f"--distill matches outputs at a guidance w, but {name} has no w-embedding "
                                      "(cond_proj_dim is None); distil from and into a stage-3 (LCM) model")
-            self.teacher = DenoiseForward(teacher.requires_grad_(False).eval()).to(self.device)
+            self.teacher = self._frozen_forward(teacher)
         if config.stage == 3:
             from diffusers.training_utils import EMAModel
 
             teacher = load_models(config.teacher) if config.teacher else copy.deepcopy(self.models)
-            self.teacher = DenoiseForward(teacher.requires_grad_(False).eval()).to(self.device)
-            self.target = DenoiseForward(copy.deepcopy(self.models).requires_grad_(False).eval()).to(self.device)
+            self.teacher = self._frozen_forward(teacher)
+            self.target = self._frozen_forward(copy.deepcopy(self.models))
             # LCM's target network: a constant-rate EMA of the student's denoising UNet from the first update
             # (min_decay = decay and update_after_step = -1 turn off EMAModel's warm-up ramp). Its shadow tensors
             # are the target network's own parameters, so no third copy of the UNet is kept.
@@ -453,6 +453,10 @@ class Trainer:
             if checkpoint is not None:
                 self._load(checkpoint)
         self.dataset = build_dataset(config.data, config.height, config.width, config.frames, config.seed, config.stride)
+
+    def _frozen_forward(self, models: RainModels) -> DenoiseForward:
+        """A forward that is never trained (a teacher or a target network), on the training device."""
+        return DenoiseForward(models.requires_grad_(False).eval()).to(self.device)
 
     # parameters of the module being trained, whatever wrapper accelerate put around it
     @property
@@ -471,8 +475,9 @@ class Trainer:
     def seeded_draws(self, step: int, shape: tuple[int, ...]) -> StepDraws:
         """The default draws of `step` from its own generator (seed, step, process): one dropout coin for the batch,
         ε plus the noise offset (one value per clip and channel, shared by the clip's frames, as in the reference),
-        the timesteps (stage 1: t ~ U{0 … T−1}; 2/3: the stepped ladder), and stage 3's w."""
+        the timesteps (stage 1: t ~ U{0 … T−1}; 2/3: the stepped ladder), and the w of stage 3 and --distill."""
         config = self.config
+        lcm_targets = config.stage == 3 or bool(config.distill)  # targets from an LCM model at a guidance w
         generator = step_generator(config.seed, step, self.accelerator.process_index)
         batch = shape[0]
         drop = bool(torch.rand((), generator=generator) < config.condition_dropout) and config.stage < 3
@@ -482,11 +487,11 @@ class Trainer:
         if config.stage == 1:
             timesteps = torch.randint(0, objectives.NUM_TRAIN_TIMESTEPS, (batch, 1), generator=generator)
         else:
-            # distilling an LCM model: on the grid it was distilled on, which holds the stream's own timesteps
-            grid = config.skip_step if config.stage == 3 or config.distill else 1
+            # stage 3, and distilling an LCM model: on the grid it was distilled on, which holds the stream's timesteps
+            grid = config.skip_step if lcm_targets else 1
             timesteps = objectives.sample_stepped_timesteps(batch, config.levels, config.frames_per_cohort, generator, grid)
         guidance = None
-        if config.stage == 3 or config.distill:
+        if lcm_targets:
             guidance = config.guidance_min + (config.guidance_max - config.guidance_min) * torch.rand(batch, generator=generator)
         return StepDraws(noise, timesteps, drop, guidance)
 
