@@ -10,6 +10,11 @@ With `--motion-off` every model that has motion modules is scored a second time 
 weights, the temporal layers removed): the gap in x0 PSNR and in x0 temporal error (mean |Δ x0 − Δ truth|
 between consecutive frames of the window, 0–255 units) is what the motion modules contribute so far.
 
+With `--staircase` the window is laid out as the stream holds it (and as stage 2 trains it): the clip's frames in
+four cohorts, the oldest at t = 249 and the newest at t = 999, each cohort scored at its own level. All-one-level
+windows (the default) are outside what a RAIN model trains on, so only the staircase reading is fair to its
+motion modules; a model without them sees the same per-frame inputs either way.
+
     .venv/bin/python bench/denoise_levels.py runs/tiny-s1/checkpoint-001000/model [more folders...]
 """
 
@@ -38,8 +43,10 @@ def level_psnr(models, clips, timesteps, guidance: float | None, seed: int = 0) 
 
 
 @torch.no_grad()
-def level_scores(models, clips, timesteps, guidance: float | None, seed: int = 0) -> dict[int, tuple[float, float]]:
-    """(x0 PSNR, x0 temporal error) per level t: each clip's frames form one window, all noised to t."""
+def level_scores(models, clips, timesteps, guidance: float | None, seed: int = 0,
+                 staircase: bool = False) -> dict[int, tuple[float, float]]:
+    """(x0 PSNR, x0 temporal error) per level t: each clip's frames form one window, all noised to t, or, with
+    `staircase`, split into len(timesteps) cohorts, oldest first at the lowest level (timesteps descending)."""
     forward = DenoiseForward(models).eval()
     codec = models.codec
     generator = torch.Generator().manual_seed(seed)
@@ -53,6 +60,21 @@ def level_scores(models, clips, timesteps, guidance: float | None, seed: int = 0
         ref_latent = codec.encode(ref).float()
         pose = torch.from_numpy(poses).permute(0, 3, 1, 2).float()[None]
         clip = forward.clip_input(ref)  # CLIP pixel values of the reference (None without an image encoder)
+        if staircase:
+            levels = len(timesteps)
+            cohort = latents.shape[2] // levels
+            if cohort * levels != latents.shape[2]:
+                raise ValueError(f"--frames {latents.shape[2]} must be a multiple of the {levels} levels for --staircase")
+            steps = objectives.cohort_timesteps(torch.tensor([min(timesteps)]), levels, cohort)
+            noisy = objectives.add_noise(latents, torch.randn(latents.shape, generator=generator), steps)
+            v = forward(noisy, steps, ref_latent, clip, pose, guidance=w)
+            x0 = objectives.x0_from_v(noisy, v, steps)
+            images = codec.decode(x0[0].permute(1, 0, 2, 3)).clamp(0, 1).permute(0, 2, 3, 1).numpy()
+            for k, t in enumerate(sorted(timesteps)):
+                part = slice(k * cohort, (k + 1) * cohort)
+                scores[t].append(psnr(images[part], truth[part]).mean())
+                changes[t].append(temporal_error(images[part], truth[part]))
+            continue
         for t in timesteps:
             noise = torch.randn(latents.shape, generator=generator)
             steps = torch.full((1, latents.shape[2]), t)
@@ -70,6 +92,8 @@ def main(argv=None) -> int:
     parser.add_argument("models", nargs="+", help="RAIN model folders")
     parser.add_argument("--clips", type=int, default=6)
     parser.add_argument("--frames", type=int, default=8, help="frames per clip: one window through the UNet")
+    parser.add_argument("--staircase", action="store_true",
+                        help="lay the window out as the stream does (oldest cohort at t=249, newest at t=999)")
     parser.add_argument("--motion-off", action="store_true", help="also score each model without its motion modules")
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--guidance", type=float, default=None, help="w fed to the w-embedding (LCM models)")
@@ -93,7 +117,7 @@ def main(argv=None) -> int:
 
             variants.append((f"{folder} without motion modules", without_motion(models).eval()))
         for name, variant in variants:
-            scores = level_scores(variant, clips, timesteps, args.guidance)
+            scores = level_scores(variant, clips, timesteps, args.guidance, staircase=args.staircase)
             print(f"| {name} | " + " | ".join(f"{scores[t][0]:.2f} / {scores[t][1]:.2f}" for t in timesteps) + " |",
                   flush=True)
     return 0

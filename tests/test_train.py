@@ -434,3 +434,65 @@ def test_distill_trains_against_the_teachers_outputs_at_the_drawn_guidance(micro
     assert itself.loss(batch, step=0, draws=draws).item() == 0.0
     with pytest.raises(ValueError, match="--distill trains stage 2"):
         Trainer(_config(micro_config, tmp_path / "s3", stage=3, init=folders["student"], distill=folders["teacher"]))
+
+
+def test_velocity_towards_the_truth_is_the_velocity_for_noised_truth_and_leads_any_sample_to_it():
+    generator = torch.Generator().manual_seed(11)
+    latents, noise = torch.randn(2, 4, 3, 5, 5, generator=generator), torch.randn(2, 4, 3, 5, 5, generator=generator)
+    timesteps = torch.tensor([[249, 499, 999], [0, 749, 998]])
+    noisy = objectives.add_noise(latents, noise, timesteps)
+    torch.testing.assert_close(objectives.velocity_towards(noisy, latents, timesteps),
+                               objectives.velocity(latents, noise, timesteps), rtol=1e-4, atol=1e-5)
+    # a sample the stream made (not noised truth): the target's x0 estimate is still the truth
+    stray = torch.randn(2, 4, 3, 5, 5, generator=generator)
+    x0 = objectives.x0_from_v(stray, objectives.velocity_towards(stray, latents, timesteps), timesteps)
+    torch.testing.assert_close(x0, latents, rtol=1e-4, atol=1e-4)
+
+
+def test_roll_window_walks_the_clip_cohort_by_cohort_and_an_oracle_leaves_the_truth_noised_by_the_last_tick():
+    """p = 3 levels, m = 2, 2 ticks: the window moves two frames a tick, and with a model that always predicts the
+    truth the final window is the truth of the clip's last p·m frames noised by the last tick's ε (the newest cohort
+    by the clip's own ε at t = 999)."""
+    levels, m, ticks = 3, 2, 2
+    width = levels * m
+    generator = torch.Generator().manual_seed(5)
+    truth = torch.randn(1, 4, width + ticks * m, 3, 3, generator=generator)
+    noise = torch.randn(truth.shape, generator=generator)
+    step_noise = torch.randn(ticks, 1, 4, width, 3, 3, generator=generator)
+    seen = []
+
+    def oracle(window, timesteps, frames):
+        seen.append((frames.start, frames.stop, timesteps[0].tolist()))
+        return objectives.velocity_towards(window, truth[:, :, frames], timesteps)
+
+    window, timesteps = objectives.roll_window(truth, noise, step_noise, levels, m, oracle)
+    ladder = [332, 332, 665, 665, 998, 998]  # 1000 // 3 − 1 and the two levels above it
+    assert seen == [(0, 6, ladder), (2, 8, ladder)]
+    assert timesteps[0].tolist() == ladder
+    alpha = objectives.alphas_cumprod()[timesteps][:, None, :, None, None]
+    expected = alpha.sqrt() * truth[:, :, ticks * m:] + (1 - alpha).sqrt() * torch.cat(
+        [step_noise[-1][:, :, m:], noise[:, :, -m:]], dim=2)
+    torch.testing.assert_close(window, expected, rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="need 10 frames"):
+        objectives.roll_window(truth[:, :, :-1], noise[:, :, :-1], step_noise, levels, m, oracle)
+
+
+def test_rollout_ticks_lengthen_the_clips_train_on_the_rolled_window_and_refuse_other_stages(micro_config, tmp_path):
+    trainer = Trainer(_config(micro_config, tmp_path, stage=2, rollout_ticks=1, steps=2))
+    assert trainer.config.frames == 3 and trainer.dataset[0]["frames"].shape[0] == 3  # p·m + 1 tick of m = 1
+    batch = collate([trainer.dataset[0], trainer.dataset[1]])
+    draws = trainer.seeded_draws(0, (2, 12, 3, 8, 8))
+    assert draws.step_noise.shape == (1, 2, 12, 2, 8, 8) and draws.timesteps.tolist() == [[499, 999]] * 2
+    rolled = trainer.loss(batch, 0, draws)
+    rolled.backward()
+    assert torch.isfinite(rolled) and any(p.grad is not None and p.grad.abs().sum() > 0 for p in trainer.params)
+    # the same window noised from the truth (what plain stage 2 trains on) gives another loss
+    latents, ref_latent, clip = trainer.encode(batch)
+    window, _, poses = trainer._rolled_window(latents, draws.noise, draws, ref_latent, clip, batch["poses"])
+    plain = objectives.add_noise(latents[:, :, 1:], torch.cat([draws.step_noise[0][:, :, 1:], draws.noise[:, :, 2:]], 2),
+                                 draws.timesteps)
+    assert poses.shape[1] == 2 and (window - plain).abs().max() > 1e-3
+    assert Path(trainer.train()).is_dir()
+    for overrides in ({"stage": 3, "init": str(Path(trainer.output) / "final")}, {"stage": 1}, {"rollout_ticks": -1, "stage": 2}):
+        with pytest.raises(ValueError, match="--rollout-ticks"):
+            Trainer(_config(micro_config, tmp_path / "x", **{"rollout_ticks": 1, **overrides}))

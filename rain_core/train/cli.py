@@ -20,6 +20,10 @@ _HELP = {
     "init": "RAIN model folder to start from (the previous stage's OUTPUT/final, or converted official weights)",
     "distill": "stage 2: a trained (stage-3) model folder whose outputs, at guidance w drawn as in stage 3, are the "
     "targets instead of the data; retrains a narrower architecture (--top-width) to a model's function",
+    "rollout_ticks": "stage 2: before each loss, run the 4-step stream over the clip for N ticks with the model itself "
+    "(no gradient) and train on the window it leaves, towards the ground truth: the inputs the stream really gives "
+    "the model (its own re-noised predictions). levels − 1 puts every cohort but the newest on that path; clips hold "
+    "N × frames-per-cohort more frames",
     "teacher": "stage 3: the stage-2 model folder used as teacher (default: --init)",
     "data": "'synthetic' (procedural characters) or a meta JSON listing {\"video\", \"pose\"|\"keypoints\"} entries",
     "levels": "p: noise levels in flight (stage 2/3 clips hold levels × frames-per-cohort frames)",

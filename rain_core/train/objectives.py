@@ -45,6 +45,43 @@ def velocity(latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor
     return rearrange(v, "(b f) c h w -> b c f h w", f=frames)
 
 
+def velocity_towards(sample: torch.Tensor, latents: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+    """The v whose x0 estimate from `sample` at `timesteps` is exactly `latents`: (sqrt(ᾱ)·x_t − x_0) / sqrt(1 − ᾱ).
+
+    For a sample noised from `latents` this is `velocity`; for a sample the stream made (its own earlier predictions,
+    re-noised) it is the target that steers the model back to the ground truth. t ≤ 999 keeps 1 − ᾱ > 0."""
+    alpha = _per_frame(alphas_cumprod(sample.device)[timesteps])
+    return (alpha.sqrt() * sample - latents) / (1 - alpha).sqrt()
+
+
+def roll_window(latents: torch.Tensor, noise: torch.Tensor, step_noise: torch.Tensor, levels: int,
+                frames_per_cohort: int, predict) -> tuple[torch.Tensor, torch.Tensor]:
+    """The window the 4-step stream holds after rolling over a clip for R = len(step_noise) ticks.
+
+    latents, noise (B, C, p·m + R·m, h, w): the clip's ground truth and its ε; step_noise (R, B, C, p·m, h, w): each
+    tick's fresh ε. The first window is the ground truth's first p·m frames noised to the inference ladder
+    [249, 499, 749, 999]; each tick asks `predict(window, timesteps, frames)` for v (frames: the slice of the clip the
+    window holds), takes one LCM step of every cohort, lets the finished cohort go and takes in the next m frames
+    at t = 999 (pure noise). Returns (window, timesteps) after the last tick, holding the clip's last p·m frames:
+    with R ≥ p − 1 every cohort but the newest is the stream's own re-noised prediction."""
+    m, width = frames_per_cohort, levels * frames_per_cohort
+    ticks = step_noise.shape[0]
+    if latents.shape[2] != width + ticks * m:
+        raise ValueError(f"roll_window: {ticks} ticks of a {levels}×{m} window need {width + ticks * m} frames, "
+                         f"found {latents.shape[2]}")
+    timesteps = cohort_timesteps(torch.full((latents.shape[0],), NUM_TRAIN_TIMESTEPS // levels - 1), levels, m)
+    timesteps = timesteps.to(latents.device)
+    stepper = LCMStepper(levels, latents.device)
+    window = add_noise(latents[:, :, :width], noise[:, :, :width], timesteps)
+    for tick in range(ticks):
+        v = predict(window, timesteps, slice(tick * m, tick * m + width))
+        moved, _ = stepper.step(v.float(), timesteps, window, step_noise[tick])
+        entering = slice(width + tick * m, width + (tick + 1) * m)
+        fresh = add_noise(latents[:, :, entering], noise[:, :, entering], timesteps[:, -m:])
+        window = torch.cat([moved[:, :, m:], fresh], dim=2).to(latents.dtype)
+    return window, timesteps
+
+
 def cohort_timesteps(t0: torch.Tensor, levels: int, frames_per_cohort: int) -> torch.Tensor:
     """Stepped noise of a training window: frame group g (oldest first) gets t0 + (T/p)·g.
 

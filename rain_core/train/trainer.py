@@ -73,6 +73,10 @@ class TrainConfig:
     # stage 2: a trained model (with its w-embedding) whose outputs are the targets instead of the data's velocity:
     # how a narrower architecture relearns a shipped model's function, its stage 3 included, in one stage
     distill: str | None = None
+    # stage 2: roll the window this many ticks of the stream with the model itself (no gradient) before the loss, so
+    # the model learns from the inputs the stream gives it (its own re-noised predictions) rather than noised ground
+    # truth; clips hold rollout_ticks·m more frames. levels − 1 puts every cohort but the newest on that trajectory.
+    rollout_ticks: int = 0
     data: str = "synthetic"
     height: int = 64
     width: int = 64
@@ -112,7 +116,7 @@ class TrainConfig:
 
     @property
     def frames(self) -> int:
-        return 1 if self.stage == 1 else self.levels * self.frames_per_cohort
+        return 1 if self.stage == 1 else (self.levels + self.rollout_ticks) * self.frames_per_cohort
 
 
 def model_config(spec: str, motion: bool = True) -> RainModelConfig:
@@ -304,14 +308,16 @@ def learning_rate_factor(config: TrainConfig) -> Callable[[int], float]:
 class StepDraws:
     """Every random decision of one training step.
 
-    noise: (B, C, F, h, w) ε, noise offset included; timesteps: (B, F) int64, the t of each frame; drop: the whole
-    batch without its conditions (condition dropout; never in stage 3); guidance: stage 3's teacher CFG scale w per
-    clip (B,), else None."""
+    noise: (B, C, F, h, w) ε, noise offset included; timesteps: (B, F) int64, the t of each frame (with
+    --rollout-ticks: of the window's p·m frames, the inference ladder); drop: the whole batch without its conditions
+    (condition dropout; never in stage 3); guidance: stage 3's teacher CFG scale w per clip (B,), else None;
+    step_noise: with --rollout-ticks R, each tick's fresh ε (R, B, C, p·m, h, w), else None."""
 
     noise: torch.Tensor
     timesteps: torch.Tensor
     drop: bool = False
     guidance: torch.Tensor | None = None
+    step_noise: torch.Tensor | None = None
 
 
 DrawSource = Callable[[int, tuple[int, ...]], StepDraws]
@@ -385,6 +391,9 @@ class Trainer:
             raise ValueError(f"--stage: expected 1, 2 or 3, found {config.stage}")
         if config.distill and config.stage != 2:
             raise ValueError(f"--distill trains stage 2 against a model's outputs; found --stage {config.stage}")
+        if config.rollout_ticks < 0 or (config.rollout_ticks and (config.stage != 2 or config.distill)):
+            raise ValueError(f"--rollout-ticks {config.rollout_ticks}: expected 0, or a positive number of ticks in a "
+                             "stage 2 trained on data (not --stage 1/3, not --distill)")
         if config.stage == 3 and not (config.init or config.teacher):
             raise ValueError("--stage 3 distils a stage-2 model: pass --init (and optionally --teacher) with its folder")
         self.config = config
@@ -484,8 +493,15 @@ class Trainer:
         noise = torch.randn(shape, generator=generator)
         if config.noise_offset:
             noise = noise + config.noise_offset * torch.randn((*shape[:2], 1, 1, 1), generator=generator)
+        step_noise = None
         if config.stage == 1:
             timesteps = torch.randint(0, objectives.NUM_TRAIN_TIMESTEPS, (batch, 1), generator=generator)
+        elif config.rollout_ticks:
+            # the stream's own ladder: the window is rolled as the 4-step stream rolls it
+            width = config.levels * config.frames_per_cohort
+            timesteps = objectives.cohort_timesteps(torch.full((batch,), objectives.NUM_TRAIN_TIMESTEPS // config.levels - 1),
+                                                    config.levels, config.frames_per_cohort)
+            step_noise = torch.randn((config.rollout_ticks, *shape[:2], width, *shape[3:]), generator=generator)
         else:
             # stage 3, and distilling an LCM model: on the grid it was distilled on, which holds the stream's timesteps
             grid = config.skip_step if lcm_targets else 1
@@ -493,7 +509,7 @@ class Trainer:
         guidance = None
         if lcm_targets:
             guidance = config.guidance_min + (config.guidance_max - config.guidance_min) * torch.rand(batch, generator=generator)
-        return StepDraws(noise, timesteps, drop, guidance)
+        return StepDraws(noise, timesteps, drop, guidance, step_noise)
 
     def encode(self, batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """(latents (B,C,F,h,w), reference latent (B,C,h,w), CLIP input) of a batch; never trained.
@@ -533,6 +549,14 @@ class Trainer:
             raise ValueError(f"draws.noise: expected the latent shape {tuple(latents.shape)}, found {tuple(draws.noise.shape)}")
         noise, timesteps = draws.noise.to(self.device, latents.dtype), draws.timesteps.to(self.device).long()
         poses = batch["poses"].to(self.device)
+        if config.rollout_ticks:
+            # the window the stream leaves after the rollout, and the v that leads each of its frames to the truth
+            noisy, latents, poses = self._rolled_window(latents, noise, draws, ref_latent, clip, poses)
+            target = objectives.velocity_towards(noisy, latents, timesteps)
+            with self.accelerator.autocast():
+                v = self.forward(noisy, timesteps, ref_latent, clip, poses, draws.drop)
+            weights = objectives.snr_weights(timesteps, config.snr_gamma) if config.snr_gamma > 0 else None
+            return objectives.per_frame_mse(v, target, weights)
         noisy = objectives.add_noise(latents, noise, timesteps)
         if config.distill:
             # the conditioned stream is what the model is for: no condition dropout
@@ -566,6 +590,23 @@ class Trainer:
             v = self.forward(noisy, timesteps, ref_latent, clip, poses, guidance=w)
         prediction = objectives.consistency_output(noisy, v.float(), timesteps)
         return objectives.pseudo_huber(prediction, target)
+
+    @torch.no_grad()
+    def _rolled_window(self, latents, noise, draws: StepDraws, ref_latent, clip, poses):
+        """(window, its ground-truth latents, its poses) after --rollout-ticks ticks of the stream run by the model
+        being trained, conditioned (dropout, if drawn, applies to the loss's forward only)."""
+        config = self.config
+        if draws.step_noise is None:
+            raise ValueError("--rollout-ticks draws need step_noise: each tick's fresh ε, shape (R, B, C, p·m, h, w)")
+
+        def predict(window, timesteps, frames):
+            with self.accelerator.autocast():
+                return self.forward(window, timesteps, ref_latent, clip, poses[:, frames])
+
+        window, _ = objectives.roll_window(latents, noise, draws.step_noise.to(self.device, latents.dtype),
+                                           config.levels, config.frames_per_cohort, predict)
+        last = slice(config.rollout_ticks * config.frames_per_cohort, None)
+        return window, latents[:, :, last], poses[:, last]
 
     @torch.no_grad()
     def _update_target(self) -> None:
