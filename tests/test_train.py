@@ -496,3 +496,27 @@ def test_rollout_ticks_lengthen_the_clips_train_on_the_rolled_window_and_refuse_
     for overrides in ({"stage": 3, "init": str(Path(trainer.output) / "final")}, {"stage": 1}, {"rollout_ticks": -1, "stage": 2}):
         with pytest.raises(ValueError, match="--rollout-ticks"):
             Trainer(_config(micro_config, tmp_path / "x", **{"rollout_ticks": 1, **overrides}))
+
+
+def test_stream_guidance_feeds_stage_2_the_drawn_w_and_never_drops_the_condition(micro_config, tmp_path):
+    trainer = Trainer(_config(micro_config, tmp_path, stage=2, stream_guidance=True, condition_dropout=1.0,
+                              guidance_min=2.0, guidance_max=4.0))
+    draws = trainer.seeded_draws(0, (2, 12, 2, 8, 8))
+    assert not draws.drop and draws.guidance.shape == (2,) and bool(((draws.guidance >= 2) & (draws.guidance <= 4)).all())
+    batch = collate([trainer.dataset[0], trainer.dataset[1]])
+    # the w-embedding must matter for the check to tell which w was fed
+    torch.nn.init.normal_(trainer.models.denoising_unet.time_embedding.cond_proj.weight, std=0.5)
+    latents, ref_latent, clip = trainer.encode(batch)
+    noisy = objectives.add_noise(latents, draws.noise, draws.timesteps)
+    target = objectives.velocity(latents, draws.noise, draws.timesteps)
+
+    def loss_at(w):
+        with torch.no_grad():
+            v = trainer.forward(noisy, draws.timesteps, ref_latent, clip, batch["poses"], guidance=w)
+        return objectives.per_frame_mse(v, target)
+
+    loss = trainer.loss(batch, 0, draws).detach()
+    torch.testing.assert_close(loss, loss_at(draws.guidance), rtol=1e-5, atol=1e-7)
+    assert (loss - loss_at(draws.guidance + 1)).abs() > 1e-6
+    with pytest.raises(ValueError, match="--stream-guidance"):
+        Trainer(_config(micro_config, tmp_path / "s1", stream_guidance=True))

@@ -24,6 +24,8 @@ _HELP = {
     "(no gradient) and train on the window it leaves, towards the ground truth: the inputs the stream really gives "
     "the model (its own re-noised predictions). levels − 1 puts every cohort but the newest on that path; clips hold "
     "N × frames-per-cohort more frames",
+    "stream_guidance": "stage 2 of a model with a trained w-embedding (an LCM model fine-tuned on data): feed every "
+    "forward a w drawn in [guidance-min, guidance-max], as the stream does, and drop no conditions",
     "teacher": "stage 3: the stage-2 model folder used as teacher (default: --init)",
     "data": "'synthetic' (procedural characters) or a meta JSON listing {\"video\", \"pose\"|\"keypoints\"} entries",
     "levels": "p: noise levels in flight (stage 2/3 clips hold levels × frames-per-cohort frames)",
@@ -31,8 +33,8 @@ _HELP = {
     "train_parts": "auto (stage 1: all but motion, 2: motion, 3: denoising UNet), all, motion or unet",
     "skip_step": "stage 3: teacher DDIM step length k (must divide 1000 / levels)",
     "ema_decay": "stage 3: EMA rate of the consistency target network",
-    "guidance_min": "stage 3 and --distill: smallest teacher CFG scale w drawn",
-    "guidance_max": "stage 3 and --distill: largest teacher CFG scale w drawn",
+    "guidance_min": "stage 3, --distill and --stream-guidance: smallest teacher CFG scale w drawn",
+    "guidance_max": "stage 3, --distill and --stream-guidance: largest teacher CFG scale w drawn",
     "decay_steps": "anneal the learning rate linearly to lr/10 over the last N steps (a run stopped early and "
     "resumed with the final --steps and --decay-steps is the same run)",
     "snr_gamma": "min-SNR-γ loss weighting min(SNR + 1, γ) / (SNR + 1) (v-prediction; 0: plain v-MSE; the reference uses 5)",

@@ -77,6 +77,9 @@ class TrainConfig:
     # the model learns from the inputs the stream gives it (its own re-noised predictions) rather than noised ground
     # truth; clips hold rollout_ticks·m more frames. levels − 1 puts every cohort but the newest on that trajectory.
     rollout_ticks: int = 0
+    # stage 2 of a model whose w-embedding is trained (an LCM model fine-tuned on data): every forward gets a w drawn
+    # in [guidance_min, guidance_max], as the stream feeds it, and no condition dropout (the stream never drops)
+    stream_guidance: bool = False
     data: str = "synthetic"
     height: int = 64
     width: int = 64
@@ -391,6 +394,8 @@ class Trainer:
             raise ValueError(f"--stage: expected 1, 2 or 3, found {config.stage}")
         if config.distill and config.stage != 2:
             raise ValueError(f"--distill trains stage 2 against a model's outputs; found --stage {config.stage}")
+        if config.stream_guidance and config.stage != 2:
+            raise ValueError(f"--stream-guidance feeds stage 2's forwards a w; stage {config.stage} has its own use of w")
         if config.rollout_ticks < 0 or (config.rollout_ticks and (config.stage != 2 or config.distill)):
             raise ValueError(f"--rollout-ticks {config.rollout_ticks}: expected 0, or a positive number of ticks in a "
                              "stage 2 trained on data (not --stage 1/3, not --distill)")
@@ -490,6 +495,7 @@ class Trainer:
         generator = step_generator(config.seed, step, self.accelerator.process_index)
         batch = shape[0]
         drop = bool(torch.rand((), generator=generator) < config.condition_dropout) and config.stage < 3
+        drop = drop and not config.stream_guidance
         noise = torch.randn(shape, generator=generator)
         if config.noise_offset:
             noise = noise + config.noise_offset * torch.randn((*shape[:2], 1, 1, 1), generator=generator)
@@ -507,7 +513,7 @@ class Trainer:
             grid = config.skip_step if lcm_targets else 1
             timesteps = objectives.sample_stepped_timesteps(batch, config.levels, config.frames_per_cohort, generator, grid)
         guidance = None
-        if lcm_targets:
+        if lcm_targets or config.stream_guidance:
             guidance = config.guidance_min + (config.guidance_max - config.guidance_min) * torch.rand(batch, generator=generator)
         return StepDraws(noise, timesteps, drop, guidance, step_noise)
 
@@ -554,7 +560,7 @@ class Trainer:
             noisy, latents, poses = self._rolled_window(latents, noise, draws, ref_latent, clip, poses)
             target = objectives.velocity_towards(noisy, latents, timesteps)
             with self.accelerator.autocast():
-                v = self.forward(noisy, timesteps, ref_latent, clip, poses, draws.drop)
+                v = self.forward(noisy, timesteps, ref_latent, clip, poses, draws.drop, guidance=self._stream_w(draws))
             weights = objectives.snr_weights(timesteps, config.snr_gamma) if config.snr_gamma > 0 else None
             return objectives.per_frame_mse(v, target, weights)
         noisy = objectives.add_noise(latents, noise, timesteps)
@@ -569,7 +575,7 @@ class Trainer:
         if config.stage < 3:
             target = objectives.velocity(latents, noise, timesteps)
             with self.accelerator.autocast():
-                v = self.forward(noisy, timesteps, ref_latent, clip, poses, draws.drop)
+                v = self.forward(noisy, timesteps, ref_latent, clip, poses, draws.drop, guidance=self._stream_w(draws))
             weights = objectives.snr_weights(timesteps, config.snr_gamma) if config.snr_gamma > 0 else None
             return objectives.per_frame_mse(v, target, weights)
 
@@ -591,6 +597,14 @@ class Trainer:
         prediction = objectives.consistency_output(noisy, v.float(), timesteps)
         return objectives.pseudo_huber(prediction, target)
 
+    def _stream_w(self, draws: StepDraws) -> torch.Tensor | None:
+        """The w that stage 2's forwards feed the w-embedding: with --stream-guidance the drawn one, else none."""
+        if not self.config.stream_guidance:
+            return None
+        if draws.guidance is None:
+            raise ValueError("--stream-guidance draws need guidance: the w per clip, shape (B,)")
+        return draws.guidance.to(self.device)
+
     @torch.no_grad()
     def _rolled_window(self, latents, noise, draws: StepDraws, ref_latent, clip, poses):
         """(window, its ground-truth latents, its poses) after --rollout-ticks ticks of the stream run by the model
@@ -599,9 +613,11 @@ class Trainer:
         if draws.step_noise is None:
             raise ValueError("--rollout-ticks draws need step_noise: each tick's fresh ε, shape (R, B, C, p·m, h, w)")
 
+        w = self._stream_w(draws)
+
         def predict(window, timesteps, frames):
             with self.accelerator.autocast():
-                return self.forward(window, timesteps, ref_latent, clip, poses[:, frames])
+                return self.forward(window, timesteps, ref_latent, clip, poses[:, frames], guidance=w)
 
         window, _ = objectives.roll_window(latents, noise, draws.step_noise.to(self.device, latents.dtype),
                                            config.levels, config.frames_per_cohort, predict)
