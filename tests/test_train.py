@@ -488,10 +488,10 @@ def test_rollout_ticks_lengthen_the_clips_train_on_the_rolled_window_and_refuse_
     assert torch.isfinite(rolled) and any(p.grad is not None and p.grad.abs().sum() > 0 for p in trainer.params)
     # the same window noised from the truth (what plain stage 2 trains on) gives another loss
     latents, ref_latent, clip = trainer.encode(batch)
-    window, _, poses = trainer._rolled_window(latents, draws.noise, draws, ref_latent, clip, batch["poses"])
+    window, timesteps, _, poses = trainer._rolled_window(latents, draws.noise, draws, ref_latent, clip, batch["poses"])
     plain = objectives.add_noise(latents[:, :, 1:], torch.cat([draws.step_noise[0][:, :, 1:], draws.noise[:, :, 2:]], 2),
                                  draws.timesteps)
-    assert poses.shape[1] == 2 and (window - plain).abs().max() > 1e-3
+    assert poses.shape[1] == 2 and timesteps.tolist() == draws.timesteps.tolist() and (window - plain).abs().max() > 1e-3
     assert Path(trainer.train()).is_dir()
     for overrides in ({"stage": 3, "init": str(Path(trainer.output) / "final")}, {"stage": 1}, {"rollout_ticks": -1, "stage": 2}):
         with pytest.raises(ValueError, match="--rollout-ticks"):

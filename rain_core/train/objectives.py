@@ -56,7 +56,7 @@ def velocity_towards(sample: torch.Tensor, latents: torch.Tensor, timesteps: tor
 
 def roll_window(latents: torch.Tensor, noise: torch.Tensor, step_noise: torch.Tensor, levels: int,
                 frames_per_cohort: int, predict) -> tuple[torch.Tensor, torch.Tensor]:
-    """The window the 4-step stream holds after rolling over a clip for R = len(step_noise) ticks.
+    """The window the p-step stream holds after rolling over a clip for R = len(step_noise) ticks.
 
     latents, noise (B, C, p·m + R·m, h, w): the clip's ground truth and its ε; step_noise (R, B, C, p·m, h, w): each
     tick's fresh ε. The first window is the ground truth's first p·m frames noised to the inference ladder
@@ -69,8 +69,7 @@ def roll_window(latents: torch.Tensor, noise: torch.Tensor, step_noise: torch.Te
     if latents.shape[2] != width + ticks * m:
         raise ValueError(f"roll_window: {ticks} ticks of a {levels}×{m} window need {width + ticks * m} frames, "
                          f"found {latents.shape[2]}")
-    timesteps = cohort_timesteps(torch.full((latents.shape[0],), NUM_TRAIN_TIMESTEPS // levels - 1), levels, m)
-    timesteps = timesteps.to(latents.device)
+    timesteps = stream_ladder(latents.shape[0], levels, m).to(latents.device)
     stepper = LCMStepper(levels, latents.device)
     window = add_noise(latents[:, :, :width], noise[:, :, :width], timesteps)
     for tick in range(ticks):
@@ -80,6 +79,11 @@ def roll_window(latents: torch.Tensor, noise: torch.Tensor, step_noise: torch.Te
         fresh = add_noise(latents[:, :, entering], noise[:, :, entering], timesteps[:, -m:])
         window = torch.cat([moved[:, :, m:], fresh], dim=2).to(latents.dtype)
     return window, timesteps
+
+
+def stream_ladder(batch: int, levels: int, frames_per_cohort: int) -> torch.Tensor:
+    """(B, p·m) timesteps of the window the p-step stream holds: [249, 499, 749, 999] for p = 4, oldest first."""
+    return cohort_timesteps(torch.full((batch,), NUM_TRAIN_TIMESTEPS // levels - 1), levels, frames_per_cohort)
 
 
 def cohort_timesteps(t0: torch.Tensor, levels: int, frames_per_cohort: int) -> torch.Tensor:

@@ -312,9 +312,10 @@ class StepDraws:
     """Every random decision of one training step.
 
     noise: (B, C, F, h, w) ε, noise offset included; timesteps: (B, F) int64, the t of each frame (with
-    --rollout-ticks: of the window's p·m frames, the inference ladder); drop: the whole batch without its conditions
-    (condition dropout; never in stage 3); guidance: stage 3's teacher CFG scale w per clip (B,), else None;
-    step_noise: with --rollout-ticks R, each tick's fresh ε (R, B, C, p·m, h, w), else None."""
+    --rollout-ticks: of the window's p·m frames, the stream's ladder, which the rollout always uses); drop: the
+    whole batch without its conditions (condition dropout; never in stage 3); guidance: the w per clip (B,) of
+    stage 3's teacher, --distill and --stream-guidance, else None; step_noise: with --rollout-ticks R, each tick's
+    fresh ε (R, B, C, p·m, h, w), else None."""
 
     noise: torch.Tensor
     timesteps: torch.Tensor
@@ -503,10 +504,9 @@ class Trainer:
         if config.stage == 1:
             timesteps = torch.randint(0, objectives.NUM_TRAIN_TIMESTEPS, (batch, 1), generator=generator)
         elif config.rollout_ticks:
-            # the stream's own ladder: the window is rolled as the 4-step stream rolls it
+            # the stream's own ladder: the window is rolled as the p-step stream rolls it
             width = config.levels * config.frames_per_cohort
-            timesteps = objectives.cohort_timesteps(torch.full((batch,), objectives.NUM_TRAIN_TIMESTEPS // config.levels - 1),
-                                                    config.levels, config.frames_per_cohort)
+            timesteps = objectives.stream_ladder(batch, config.levels, config.frames_per_cohort)
             step_noise = torch.randn((config.rollout_ticks, *shape[:2], width, *shape[3:]), generator=generator)
         else:
             # stage 3, and distilling an LCM model: on the grid it was distilled on, which holds the stream's timesteps
@@ -557,7 +557,7 @@ class Trainer:
         poses = batch["poses"].to(self.device)
         if config.rollout_ticks:
             # the window the stream leaves after the rollout, and the v that leads each of its frames to the truth
-            noisy, latents, poses = self._rolled_window(latents, noise, draws, ref_latent, clip, poses)
+            noisy, timesteps, latents, poses = self._rolled_window(latents, noise, draws, ref_latent, clip, poses)
             target = objectives.velocity_towards(noisy, latents, timesteps)
             with self.accelerator.autocast():
                 v = self.forward(noisy, timesteps, ref_latent, clip, poses, draws.drop, guidance=self._stream_w(draws))
@@ -607,22 +607,21 @@ class Trainer:
 
     @torch.no_grad()
     def _rolled_window(self, latents, noise, draws: StepDraws, ref_latent, clip, poses):
-        """(window, its ground-truth latents, its poses) after --rollout-ticks ticks of the stream run by the model
-        being trained, conditioned (dropout, if drawn, applies to the loss's forward only)."""
+        """(window, its timesteps, its ground-truth latents, its poses) after --rollout-ticks ticks of the stream run
+        by the model being trained, conditioned (dropout, if drawn, applies to the loss's forward only)."""
         config = self.config
         if draws.step_noise is None:
             raise ValueError("--rollout-ticks draws need step_noise: each tick's fresh ε, shape (R, B, C, p·m, h, w)")
-
         w = self._stream_w(draws)
 
         def predict(window, timesteps, frames):
             with self.accelerator.autocast():
                 return self.forward(window, timesteps, ref_latent, clip, poses[:, frames], guidance=w)
 
-        window, _ = objectives.roll_window(latents, noise, draws.step_noise.to(self.device, latents.dtype),
-                                           config.levels, config.frames_per_cohort, predict)
+        window, timesteps = objectives.roll_window(latents, noise, draws.step_noise.to(self.device, latents.dtype),
+                                                   config.levels, config.frames_per_cohort, predict)
         last = slice(config.rollout_ticks * config.frames_per_cohort, None)
-        return window, latents[:, :, last], poses[:, last]
+        return window, timesteps, latents[:, :, last], poses[:, last]
 
     @torch.no_grad()
     def _update_target(self) -> None:
