@@ -42,6 +42,14 @@ def level_psnr(models, clips, timesteps, guidance: float | None, seed: int = 0) 
     return {t: scores[0] for t, scores in level_scores(models, clips, timesteps, guidance, seed).items()}
 
 
+def x0_images(forward, latents, steps, condition, guidance, generator) -> np.ndarray:
+    """The window `latents` (1, C, F, h, w) noised to `steps` (1, F), one UNet call, its x0 decoded (F, H, W, 3);
+    condition = (reference latent, CLIP input, poses)."""
+    noisy = objectives.add_noise(latents, torch.randn(latents.shape, generator=generator), steps)
+    x0 = objectives.x0_from_v(noisy, forward(noisy, steps, *condition, guidance=guidance), steps)
+    return forward.models.codec.decode(x0[0].permute(1, 0, 2, 3)).clamp(0, 1).permute(0, 2, 3, 1).numpy()
+
+
 @torch.no_grad()
 def level_scores(models, clips, timesteps, guidance: float | None, seed: int = 0,
                  staircase: bool = False) -> dict[int, tuple[float, float]]:
@@ -60,28 +68,21 @@ def level_scores(models, clips, timesteps, guidance: float | None, seed: int = 0
         ref_latent = codec.encode(ref).float()
         pose = torch.from_numpy(poses).permute(0, 3, 1, 2).float()[None]
         clip = forward.clip_input(ref)  # CLIP pixel values of the reference (None without an image encoder)
+        condition = (ref_latent, clip, pose)
         if staircase:
             levels = len(timesteps)
             cohort = latents.shape[2] // levels
             if cohort * levels != latents.shape[2]:
                 raise ValueError(f"--frames {latents.shape[2]} must be a multiple of the {levels} levels for --staircase")
             steps = objectives.cohort_timesteps(torch.tensor([min(timesteps)]), levels, cohort)
-            noisy = objectives.add_noise(latents, torch.randn(latents.shape, generator=generator), steps)
-            v = forward(noisy, steps, ref_latent, clip, pose, guidance=w)
-            x0 = objectives.x0_from_v(noisy, v, steps)
-            images = codec.decode(x0[0].permute(1, 0, 2, 3)).clamp(0, 1).permute(0, 2, 3, 1).numpy()
+            images = x0_images(forward, latents, steps, condition, w, generator)
             for k, t in enumerate(sorted(timesteps)):
                 part = slice(k * cohort, (k + 1) * cohort)
                 scores[t].append(psnr(images[part], truth[part]).mean())
                 changes[t].append(temporal_error(images[part], truth[part]))
             continue
         for t in timesteps:
-            noise = torch.randn(latents.shape, generator=generator)
-            steps = torch.full((1, latents.shape[2]), t)
-            noisy = objectives.add_noise(latents, noise, steps)
-            v = forward(noisy, steps, ref_latent, clip, pose, guidance=w)
-            x0 = objectives.x0_from_v(noisy, v, steps)
-            images = codec.decode(x0[0].permute(1, 0, 2, 3)).clamp(0, 1).permute(0, 2, 3, 1).numpy()
+            images = x0_images(forward, latents, torch.full((1, latents.shape[2]), t), condition, w, generator)
             scores[t].append(psnr(images, truth).mean())
             changes[t].append(temporal_error(images, truth))
     return {t: (float(np.mean(scores[t])), float(np.mean(changes[t]))) for t in timesteps}

@@ -559,11 +559,8 @@ class Trainer:
             # the window the stream leaves after the rollout, and the v that leads each of its frames to the truth
             noisy, timesteps, latents, poses = self._rolled_window(latents, noise, draws, ref_latent, clip, poses)
             target = objectives.velocity_towards(noisy, latents, timesteps)
-            with self.accelerator.autocast():
-                v = self.forward(noisy, timesteps, ref_latent, clip, poses, draws.drop, guidance=self._stream_w(draws))
-            weights = objectives.snr_weights(timesteps, config.snr_gamma) if config.snr_gamma > 0 else None
-            return objectives.per_frame_mse(v, target, weights)
-        noisy = objectives.add_noise(latents, noise, timesteps)
+        else:
+            noisy = objectives.add_noise(latents, noise, timesteps)
         if config.distill:
             # the conditioned stream is what the model is for: no condition dropout
             w = draws.guidance.to(self.device)
@@ -573,7 +570,8 @@ class Trainer:
                 v = self.forward(noisy, timesteps, ref_latent, clip, poses, guidance=w)
             return objectives.per_frame_mse(v.float(), target)
         if config.stage < 3:
-            target = objectives.velocity(latents, noise, timesteps)
+            if not config.rollout_ticks:  # noised truth: the data's own velocity
+                target = objectives.velocity(latents, noise, timesteps)
             with self.accelerator.autocast():
                 v = self.forward(noisy, timesteps, ref_latent, clip, poses, draws.drop, guidance=self._stream_w(draws))
             weights = objectives.snr_weights(timesteps, config.snr_gamma) if config.snr_gamma > 0 else None
