@@ -630,6 +630,7 @@ class Trainer:
         log = LossLog(self.output, start_step=self.step) if accelerator.is_main_process else None
         self._write_config()
         start, window = time.time(), []
+        last_line = start
         batches = self._batches()
         while self.step < config.steps:
             batch = next(batches)
@@ -648,9 +649,11 @@ class Trainer:
             if log is not None and (self.step % config.log_every == 0 or self.step == config.steps):
                 log.append(self.step, sum(window) / len(window), self.learning_rate(self.step - 1), time.time() - start)
                 log.draw(f"stage {config.stage}")
+                # seconds per step since the previous line (a resumed log's earlier rows are not this run's)
+                now = time.time()
                 print(f"stage {config.stage} step {self.step}/{config.steps} loss {sum(window) / len(window):.5f} "
-                      f"{(time.time() - start) / max(1, len(log.rows)) :.1f}s/log", flush=True)
-                window = []
+                      f"{(now - last_line) / len(window):.2f}s/step", flush=True)
+                window, last_line = [], now
             if config.checkpoint_every and self.step % config.checkpoint_every == 0 and self.step < config.steps:
                 self.save_checkpoint()
         final = self.output / "final"
