@@ -85,12 +85,12 @@ def test_quality_bench_prints_its_table_and_writes_json_and_pictures(capsys, tmp
     payload = json.loads(results.read_text())
     assert payload["setup"]["world"] == "v2" and len(payload["setup"]["clip_labels"]) == 2
     for key in ("rain", "baseline", "offline", "copy"):
-        for metric in ("psnr", "ssim", "temporal_error", "drift_db"):
+        for metric in ("psnr", "ssim", "ssim_flat", "temporal_error", "drift_db"):
             assert "ci95" in payload["methods"][key][metric], (key, metric)
     rain = payload["methods"]["rain"]
     low, high = rain["psnr"]["ci95"]
     assert low <= rain["psnr"]["mean"] <= high and rain["drift_db"]["n"] == 2
-    assert set(payload["paired"]["rain - baseline"]) >= {"psnr", "ssim", "temporal_error", "drift_db"}
+    assert set(payload["paired"]["rain - baseline"]) >= {"psnr", "ssim", "ssim_flat", "temporal_error", "drift_db"}
     for name in ("quality_strip.jpg", "temporal_error.png"):
         assert cv2.imread(str(tmp_path / name)) is not None
 
@@ -115,6 +115,15 @@ def test_quality_metrics_measure_what_they_claim():
     assert quality.static_temporal_error(still, still) == 0.0
     speckle = still + rng.normal(0, 0.02, still.shape)
     assert 3 < quality.static_temporal_error(speckle, still) < 10  # E|N(0, 0.02√2)|·255 ≈ 5.8
+    # SSIM where the truth is flat: speckle there halves it (σ = 0.03: c2 / (σ² + c2) = 0.5), while the same
+    # speckle on a textured truth barely moves it; a truth with no flat pixel has none to score
+    flat_truth = np.full((3, 32, 32, 3), 0.5)
+    flat_truth[:, :, 16:] = rng.random((3, 32, 16, 3))  # the right half textured
+    speckled = flat_truth + rng.normal(0, 0.03, flat_truth.shape)
+    assert quality.flat_ssim(flat_truth, flat_truth) == pytest.approx(1.0)
+    assert 0.4 < quality.flat_ssim(speckled, flat_truth) < 0.6
+    assert quality.ssim(speckled[:, :, 24:], flat_truth[:, :, 24:]).mean() > 0.9
+    assert np.isnan(quality.flat_ssim(truth, truth))
     # the bootstrap interval brackets the mean and narrows with more clips
     few, many = rng.normal(1.0, 1.0, 8), rng.normal(1.0, 1.0, 200)
     low, high = quality.bootstrap_ci(few)
