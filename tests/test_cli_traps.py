@@ -271,8 +271,11 @@ class _Rain:
 
     def __init__(self, *argv):
         env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+        # Ctrl-C as a terminal delivers it: a suite started in the background (`cmd &`, nohup) inherits SIGINT
+        # ignored, and Python then installs no KeyboardInterrupt handler in the child, so the signal would vanish
         self.process = subprocess.Popen([sys.executable, "-m", "rain_core", *map(str, argv)], cwd=ROOT, env=env,
-                                        stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                                        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         self.err = b""
         self.reader = threading.Thread(target=self._read, daemon=True)
         self.reader.start()
