@@ -92,22 +92,31 @@ def _ssim_maps(output: np.ndarray, truth: np.ndarray):
         yield value.mean(axis=-1), var_b.mean(axis=-1)
 
 
-def ssim(output: np.ndarray, truth: np.ndarray) -> np.ndarray:
-    """Per-frame SSIM (Wang et al. 2004: 11×11 Gaussian window σ = 1.5, on each channel, averaged)."""
-    return np.array([value.mean() for value, _ in _ssim_maps(output, truth)])
-
-
 FLAT_VARIANCE = 1e-5
 """The truth's local variance (in SSIM's window, [0, 1] units) below which a pixel counts as flat: σ ≈ 0.8/255."""
 
 
+def ssim_scores(output: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, float]:
+    """(per-frame SSIM, SSIM over the pixels where the truth is flat in SSIM's window) from one pass of the maps.
+
+    The second is the background and plain cloth: there SSIM's contrast term is c2 / (var(output) + c2), so speckle
+    of σ ≈ 0.03 (30 dB PSNR on its own) halves it. NaN when no pixel is flat."""
+    per_frame, flat = [], []
+    for value, variance in _ssim_maps(output, truth):
+        per_frame.append(value.mean())
+        flat.append(value[variance < FLAT_VARIANCE])
+    flat = np.concatenate(flat)
+    return np.array(per_frame), float(flat.mean()) if flat.size else float("nan")
+
+
+def ssim(output: np.ndarray, truth: np.ndarray) -> np.ndarray:
+    """Per-frame SSIM (Wang et al. 2004: 11×11 Gaussian window σ = 1.5, on each channel, averaged)."""
+    return ssim_scores(output, truth)[0]
+
+
 def flat_ssim(output: np.ndarray, truth: np.ndarray) -> float:
-    """SSIM over the pixels where the truth is flat in SSIM's window (background, plain cloth): there SSIM's
-    contrast term is c2 / (var(output) + c2), so speckle of σ ≈ 0.03 (30 dB PSNR on its own) halves it. NaN
-    when no pixel is flat."""
-    values = [value[variance < FLAT_VARIANCE] for value, variance in _ssim_maps(output, truth)]
-    flat = np.concatenate([v.ravel() for v in values])
-    return float(flat.mean()) if flat.size else float("nan")
+    """SSIM where the truth is flat (see `ssim_scores`)."""
+    return ssim_scores(output, truth)[1]
 
 
 def static_temporal_error(output: np.ndarray, truth: np.ndarray) -> float:
@@ -263,8 +272,9 @@ def score_row(job: dict) -> dict:
         truth = clip[1]
         out = render(models, clip, job, seed=job["first_clip"] + index)
         per_clip["psnr"].append(float(psnr(out, truth).mean()))
-        per_clip["ssim"].append(float(ssim(out, truth).mean()))
-        per_clip["ssim_flat"].append(flat_ssim(out, truth))
+        per_frame_ssim, ssim_where_flat = ssim_scores(out, truth)
+        per_clip["ssim"].append(float(per_frame_ssim.mean()))
+        per_clip["ssim_flat"].append(ssim_where_flat)
         per_clip["temporal_error"].append(temporal_error(out, truth))
         per_clip["temporal_error_static"].append(static_temporal_error(out, truth))
         per_clip["flicker"].append(flicker(out, truth))

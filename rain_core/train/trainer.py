@@ -52,8 +52,8 @@ TINY_PRESET = {
     "motion_blocks": (False, False, True),
 }
 """Sizes of `--model tiny` (the shipped model is this preset with its top level narrowed to 32 channels after
-training: `--top-width 32`, time embedding kept at 48; issue 17, NOTES.md): 3 UNet levels on the 12×32×32 space_to_depth latent of a 64 px image; spatial
-transformers (self-, reference and CLIP attention) on the 16×16 level only; motion modules on the 8×8 level and
+training: `--top-width 32`, time embedding kept at 48; issue 17, NOTES.md): 3 UNet levels on the 12×32×32
+space_to_depth latent of a 64 px image; spatial transformers (self-, reference and CLIP attention) on the 16×16 level only; motion modules on the 8×8 level and
 the mid block only. Why: a ×4 latent (48 channels a position) was cheaper per step but still emitted per-pixel
 noise after 900 steps (x0 from t = 249: 17.3 dB; 400 steps: 16.3 dB at width 48, 17.8 at 96), while ×2 reached
 21.2 dB in 400 steps; dropping attention from the 32×32 level cut the ×2 step on one CPU core from ~3.2 s to
@@ -648,10 +648,10 @@ class Trainer:
             self.step += 1
             window.append(accelerator.reduce(loss.detach(), reduction="mean").item())
             if log is not None and (self.step % config.log_every == 0 or self.step == config.steps):
-                log.append(self.step, sum(window) / len(window), self.learning_rate(self.step - 1), time.time() - start)
+                now = time.time()
+                log.append(self.step, sum(window) / len(window), self.learning_rate(self.step - 1), now - start)
                 log.draw(f"stage {config.stage}")
                 # seconds per step since the previous line (a resumed log's earlier rows are not this run's)
-                now = time.time()
                 print(f"stage {config.stage} step {self.step}/{config.steps} loss {sum(window) / len(window):.5f} "
                       f"{(now - last_line) / len(window):.2f}s/step", flush=True)
                 window, last_line = [], now
