@@ -1,5 +1,6 @@
 """Training stages on a micro RAIN (real networks, real files, a few steps each)."""
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -496,6 +497,36 @@ def test_rollout_ticks_lengthen_the_clips_train_on_the_rolled_window_and_refuse_
     for overrides in ({"stage": 3, "init": str(Path(trainer.output) / "final")}, {"stage": 1}, {"rollout_ticks": -1, "stage": 2}):
         with pytest.raises(ValueError, match="--rollout-ticks"):
             Trainer(_config(micro_config, tmp_path / "x", **{"rollout_ticks": 1, **overrides}))
+
+
+def test_rollout_fraction_rolls_that_share_of_steps_and_trains_the_rest_as_plain_stage_2(micro_config, tmp_path):
+    """--rollout-fraction 0.5: about half the steps roll; a step left plain is exactly plain stage 2 on the clip's
+    last p·m frames; with fraction 1 every step rolls and ε is drawn as before."""
+    mixed = Trainer(_config(micro_config, tmp_path / "mixed", stage=2, rollout_ticks=1, rollout_fraction=0.5))
+    shape = (2, 12, 3, 8, 8)
+    draws = [mixed.seeded_draws(step, shape) for step in range(40)]
+    rolled = [d.step_noise is not None for d in draws]
+    assert 10 <= sum(rolled) <= 30
+    plain_step = rolled.index(False)
+    batch = collate([mixed.dataset[0], mixed.dataset[1]])
+    loss = mixed.loss(batch, plain_step, draws[plain_step])
+    # the same trainer as a plain stage 2 (no rollout), on the clip's last p·m frames with the same draws
+    config, d = mixed.config, draws[plain_step]
+    mixed.config = dataclasses.replace(config, rollout_ticks=0, rollout_fraction=1.0)
+    last = {"frames": batch["frames"][:, 1:], "poses": batch["poses"][:, 1:], "reference": batch["reference"]}
+    expected = mixed.loss(last, plain_step, StepDraws(d.noise[:, :, 1:], d.timesteps, d.drop, d.guidance))
+    mixed.config = config
+    torch.testing.assert_close(loss, expected, rtol=1e-6, atol=1e-8)
+    assert d.timesteps.shape == (2, 2)
+
+    every = Trainer(_config(micro_config, tmp_path / "every", stage=2, rollout_ticks=1, rollout_fraction=1.0))
+    for step in range(8):  # every step rolls; the coin comes after ε, so ε is the same either way
+        a, b = every.seeded_draws(step, shape), mixed.seeded_draws(step, shape)
+        assert a.step_noise is not None and torch.equal(a.noise, b.noise)
+    with pytest.raises(ValueError, match="--rollout-fraction"):
+        Trainer(_config(micro_config, tmp_path / "x", stage=2, rollout_fraction=0.5))
+    with pytest.raises(ValueError, match="--rollout-fraction"):
+        Trainer(_config(micro_config, tmp_path / "y", stage=2, rollout_ticks=1, rollout_fraction=0.0))
 
 
 def test_stream_guidance_feeds_stage_2_the_drawn_w_and_never_drops_the_condition(micro_config, tmp_path):

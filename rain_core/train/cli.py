@@ -24,6 +24,8 @@ _HELP = {
     "(no gradient) and train on the window it leaves, towards the ground truth: the inputs the stream really gives "
     "the model (its own re-noised predictions). levels − 1 puts every cohort but the newest on that path; clips hold "
     "N × frames-per-cohort more frames",
+    "rollout_fraction": "with --rollout-ticks: the share of steps that roll (scheduled sampling); the others train "
+    "plain stage 2 on the clip's last p·m frames noised from the ground truth (default 1: every step)",
     "stream_guidance": "stage 2 of a model with a trained w-embedding (an LCM model fine-tuned on data): feed every "
     "forward a w drawn in [guidance-min, guidance-max], as the stream does, and drop no conditions",
     "teacher": "stage 3: the stage-2 model folder used as teacher (default: --init)",

@@ -78,6 +78,9 @@ class TrainConfig:
     # the model learns from the inputs the stream gives it (its own re-noised predictions) rather than noised ground
     # truth; clips hold rollout_ticks·m more frames. levels − 1 puts every cohort but the newest on that trajectory.
     rollout_ticks: int = 0
+    # with rollout_ticks: the share of steps that roll (scheduled sampling); the others train plain stage 2 on the
+    # clip's last p·m frames noised from the truth. 1: every step rolls
+    rollout_fraction: float = 1.0
     # stage 2 of a model whose w-embedding is trained (an LCM model fine-tuned on data): every forward gets a w drawn
     # in [guidance_min, guidance_max], as the stream feeds it, and no condition dropout (the stream never drops)
     stream_guidance: bool = False
@@ -316,7 +319,7 @@ class StepDraws:
     --rollout-ticks: of the window's p·m frames, the stream's ladder, which the rollout always uses); drop: the
     whole batch without its conditions (condition dropout; never in stage 3); guidance: the w per clip (B,) of
     stage 3's teacher, --distill and --stream-guidance, else None; step_noise: with --rollout-ticks R, each tick's
-    fresh ε (R, B, C, p·m, h, w), else None."""
+    fresh ε (R, B, C, p·m, h, w), else None (also on the steps --rollout-fraction leaves plain)."""
 
     noise: torch.Tensor
     timesteps: torch.Tensor
@@ -401,6 +404,9 @@ class Trainer:
         if config.rollout_ticks < 0 or (config.rollout_ticks and (config.stage != 2 or config.distill)):
             raise ValueError(f"--rollout-ticks {config.rollout_ticks}: expected 0, or a positive number of ticks in a "
                              "stage 2 trained on data (not --stage 1/3, not --distill)")
+        if not 0 < config.rollout_fraction <= 1 or (config.rollout_fraction < 1 and not config.rollout_ticks):
+            raise ValueError(f"--rollout-fraction {config.rollout_fraction}: expected a share of steps in (0, 1], "
+                             "given with --rollout-ticks (the steps that roll)")
         if config.stage == 3 and not (config.init or config.teacher):
             raise ValueError("--stage 3 distils a stage-2 model: pass --init (and optionally --teacher) with its folder")
         self.config = config
@@ -504,8 +510,10 @@ class Trainer:
         step_noise = None
         if config.stage == 1:
             timesteps = torch.randint(0, objectives.NUM_TRAIN_TIMESTEPS, (batch, 1), generator=generator)
-        elif config.rollout_ticks:
-            # the stream's own ladder: the window is rolled as the p-step stream rolls it
+        elif config.rollout_ticks and (config.rollout_fraction >= 1
+                                       or bool(torch.rand((), generator=generator) < config.rollout_fraction)):
+            # the stream's own ladder: the window is rolled as the p-step stream rolls it (the coin is drawn only
+            # for a fraction below 1, so runs without one keep their draws)
             width = config.levels * config.frames_per_cohort
             timesteps = objectives.stream_ladder(batch, config.levels, config.frames_per_cohort)
             step_noise = torch.randn((config.rollout_ticks, *shape[:2], width, *shape[3:]), generator=generator)
@@ -556,11 +564,16 @@ class Trainer:
             raise ValueError(f"draws.noise: expected the latent shape {tuple(latents.shape)}, found {tuple(draws.noise.shape)}")
         noise, timesteps = draws.noise.to(self.device, latents.dtype), draws.timesteps.to(self.device).long()
         poses = batch["poses"].to(self.device)
-        if config.rollout_ticks:
+        # every step rolls unless --rollout-fraction left this one plain (its draws then hold no step noise)
+        rolled = bool(config.rollout_ticks) and (draws.step_noise is not None or config.rollout_fraction >= 1)
+        if rolled:
             # the window the stream leaves after the rollout, and the v that leads each of its frames to the truth
             noisy, timesteps, latents, poses = self._rolled_window(latents, noise, draws, ref_latent, clip, poses)
             target = objectives.velocity_towards(noisy, latents, timesteps)
         else:
+            if config.rollout_ticks:  # a plain step of a --rollout-fraction run: the clip's last p·m frames
+                last = slice(config.rollout_ticks * config.frames_per_cohort, None)
+                latents, noise, poses = latents[:, :, last], noise[:, :, last], poses[:, last]
             noisy = objectives.add_noise(latents, noise, timesteps)
         if config.distill:
             # the conditioned stream is what the model is for: no condition dropout
@@ -571,7 +584,7 @@ class Trainer:
                 v = self.forward(noisy, timesteps, ref_latent, clip, poses, guidance=w)
             return objectives.per_frame_mse(v.float(), target)
         if config.stage < 3:
-            if not config.rollout_ticks:  # noised truth: the data's own velocity
+            if not rolled:  # noised truth: the data's own velocity
                 target = objectives.velocity(latents, noise, timesteps)
             with self.accelerator.autocast():
                 v = self.forward(noisy, timesteps, ref_latent, clip, poses, draws.drop, guidance=self._stream_w(draws))
