@@ -16,6 +16,8 @@ Rows (methods):
 - ablations of the same RAIN model, by flag: `--windows 4x2,2x4,4x1` (4x1 keeps the motion modules),
   `--offline` (every frame of a window at the same level, all LCM steps), `--operating-points` (the authors'
   live-demo guidance 2.5 vs the offline 3.5 of the main row);
+- the baseline's own operating points: `--baseline-levels P` streams it with P levels (default: `--levels`, so
+  each method can run at its best), `--baseline-windows 2,3` adds rows at other levels, paired with `baseline`;
 - `--shared-noise`: the RAIN and baseline streams with one noise for every frame (StreamDiffusion's fixed
   noise; not the method): how much of the temporal error is each frame's own fresh noise;
 - `copy`: the reference image as the output (the floor any model must beat).
@@ -395,6 +397,10 @@ def main(argv=None) -> int:
     parser.add_argument("--frames-per-cohort", type=int, default=4)
     parser.add_argument("--guidance", type=float, default=3.5)
     parser.add_argument("--windows", default="", help="ablation windows of the RAIN model, e.g. 4x2,2x4,4x1")
+    parser.add_argument("--baseline-levels", type=int, default=None,
+                        help="p of the baseline's stream (default: --levels): each method at its own operating point")
+    parser.add_argument("--baseline-windows", default="",
+                        help="ablation levels of the baseline (m = 1), e.g. 2,3: rows paired with the baseline's")
     parser.add_argument("--offline", action="store_true", help="add offline denoising of the RAIN model")
     parser.add_argument("--operating-points", action="store_true",
                         help="add the RAIN model at the authors' live-demo guidance 2.5 (the main row uses 3.5)")
@@ -427,8 +433,15 @@ def main(argv=None) -> int:
     jobs = [{**common, "key": "rain", "name": f"RAIN stream (p={p}, m={m})", "model": args.model,
              "frames_per_cohort": m, "mode": "stream"}]
     if args.baseline:
-        jobs.append({**common, "key": "baseline", "name": f"baseline stream (p={p}, m=1, no motion)", "model": args.baseline,
-                     "frames_per_cohort": 1, "mode": "stream"})
+        bp = args.baseline_levels or p
+        jobs.append({**common, "key": "baseline", "name": f"baseline stream (p={bp}, m=1, no motion)", "model": args.baseline,
+                     "levels": bp, "frames_per_cohort": 1, "mode": "stream"})
+    for level in filter(None, args.baseline_windows.split(",")):
+        if not args.baseline or not level.strip().isdigit():
+            parser.error(f"--baseline-windows: expected levels like 2,3 of a --baseline model; found {level!r}")
+        jobs.append({**common, "key": f"baseline_p{int(level)}", "name": f"baseline model, p={int(level)} × m=1",
+                     "model": args.baseline, "levels": int(level), "frames_per_cohort": 1, "mode": "stream",
+                     "drift_frames": 0})
     if args.compare:
         jobs.append({**common, "key": "compare", "name": f"compared model stream (p={p}, m={m})", "model": args.compare,
                      "frames_per_cohort": m, "mode": "stream"})
@@ -492,13 +505,15 @@ def main(argv=None) -> int:
     for key in by_key:
         if key.startswith("rain_"):
             comparisons[f"{key} - rain"] = paired(by_key[key], by_key["rain"])
+        if key.startswith("baseline_p"):
+            comparisons[f"{key} - baseline"] = paired(by_key[key], by_key["baseline"])
     if "baseline_shared" in by_key:
         comparisons["baseline_shared - baseline"] = paired(by_key["baseline_shared"], by_key["baseline"])
         comparisons["rain_shared - baseline_shared"] = paired(by_key["rain_shared"], by_key["baseline_shared"])
 
     setup = {"world": args.world, "clips": args.clips, "frames": args.frames, "size": args.size, "fps": FPS,
              "guidance": args.guidance, "levels": p, "frames_per_cohort": m, "model": args.model,
-             "baseline": args.baseline, "compare": args.compare, "drift_frames": args.drift_frames, "drift_clips": args.drift_clips,
+             "baseline": args.baseline, "baseline_levels": args.baseline_levels or p, "compare": args.compare, "drift_frames": args.drift_frames, "drift_clips": args.drift_clips,
              "drift_edge": min(args.drift_edge, args.drift_frames // 2) if args.drift_frames else None,
              "clip_labels": [clip_label(world, args.first_clip + i) for i in range(args.clips)], "bootstrap": "percentile, 10,000 resamples of clips",
              "seconds": elapsed, "threads_per_row": args.threads, "jobs": args.jobs}

@@ -76,10 +76,11 @@ def test_quality_bench_prints_its_table_and_writes_json_and_pictures(capsys, tmp
     quality = _quality_module()
     results = tmp_path / "quality.json"
     argv = ["--clips", "2", "--frames", "6", "--drift-frames", "16", "--drift-clips", "2", "--drift-edge", "4",
-            "--offline", "--baseline", str(SHIPPED), "--json", str(results), "--picture", "--docs", str(tmp_path)]
+            "--offline", "--baseline", str(SHIPPED), "--json", str(results), "--picture", "--docs", str(tmp_path),
+            "--baseline-levels", "3", "--baseline-windows", "2"]
     assert quality.main(argv) == 0
     table = capsys.readouterr().out
-    for row in ("RAIN stream (p=4, m=4)", "baseline stream (p=4, m=1", "offline, same model", "copy the reference",
+    for row in ("RAIN stream (p=4, m=4)", "baseline stream (p=3, m=1", "offline, same model", "copy the reference",
                 "paired rain - baseline"):
         assert row in table
     payload = json.loads(results.read_text())
@@ -91,8 +92,24 @@ def test_quality_bench_prints_its_table_and_writes_json_and_pictures(capsys, tmp
     low, high = rain["psnr"]["ci95"]
     assert low <= rain["psnr"]["mean"] <= high and rain["drift_db"]["n"] == 2
     assert set(payload["paired"]["rain - baseline"]) >= {"psnr", "ssim", "ssim_flat", "temporal_error", "drift_db"}
+    # the baseline at its own operating points: p = 3 in the main row, p = 2 as an ablation paired with it
+    assert payload["methods"]["baseline"]["levels"] == 3 and payload["methods"]["baseline_p2"]["levels"] == 2
+    assert payload["methods"]["rain"]["levels"] == 4 and "baseline_p2 - baseline" in payload["paired"]
     for name in ("quality_strip.jpg", "temporal_error.png"):
         assert cv2.imread(str(tmp_path / name)) is not None
+
+
+def test_temporal_claim_picture_reads_the_committed_results(capsys, tmp_path):
+    """bench/temporal_claim.py draws issue 16's evidence from bench/results alone: one row per trained pair."""
+    spec = importlib.util.spec_from_file_location("temporal_claim", Path(__file__).parents[1] / "bench" / "temporal_claim.py")
+    claim = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(claim)
+    assert claim.main(["--out", str(tmp_path / "claim.png")]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if " | " in line][1:]
+    assert [row.split("|")[0].strip() for row in rows] == [label for label, _ in claim.PAIRS]
+    assert "-10.9 % [-11.4, -10.5]" in rows[-1]  # the rollout-800 pair's paired temporal error
+    image = cv2.imread(str(tmp_path / "claim.png"))
+    assert image is not None and image.shape[:2] == (470, 1120)
 
 
 def test_quality_metrics_measure_what_they_claim():
