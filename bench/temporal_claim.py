@@ -20,14 +20,15 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
-# (label, result file): the equal-characters pairs on the 16 test clips, in training order
+# (label, result file, the label it was trained from): the equal-characters pairs on the 16 test clips, in
+# training order; a line joins each pair to the one it continued
 PAIRS = (
-    ("2,200", "quality_step2200_equal_characters.json"),
-    ("3,000", "quality_step3000_equal_characters.json"),
-    ("3,400", "quality_step3400_equal_characters.json"),
-    ("4,600", "quality_step4600_equal_characters.json"),
-    ("+ro400", "quality_rollout400_equal_characters.json"),
-    ("+ro800", "quality_rollout800_equal_characters.json"),
+    ("2,200", "quality_step2200_equal_characters.json", None),
+    ("3,000", "quality_step3000_equal_characters.json", "2,200"),
+    ("3,400", "quality_step3400_equal_characters.json", "3,000"),
+    ("4,600", "quality_step4600_equal_characters.json", "3,400"),
+    ("+ro400", "quality_rollout400_equal_characters.json", "4,600"),
+    ("+ro800", "quality_rollout800_equal_characters.json", "+ro400"),
 )
 RAIN_COLOUR, BASELINE_COLOUR = (200, 80, 0), (0, 110, 230)  # BGR: blue, orange
 FONT = cv2.FONT_HERSHEY_SIMPLEX
@@ -84,7 +85,7 @@ def _tick(value: float) -> str:
     return f"{value:,.0f}" if abs(value) >= 100 else f"{value:.3g}"
 
 
-def draw(pairs: list[tuple[str, dict]], curves: dict[str, list[tuple[int, float]]], path: Path) -> None:
+def draw(pairs: list[tuple[str, dict, str | None]], curves: dict[str, list[tuple[int, float]]], path: Path) -> None:
     image = np.full((470, 1120, 3), 255, np.uint8)
     # left: stage-2 loss per 100 steps
     losses = [v for rows in curves.values() for _, v in rows]
@@ -94,24 +95,29 @@ def draw(pairs: list[tuple[str, dict]], curves: dict[str, list[tuple[int, float]
         points = np.array([loss.to_pixels(s, v) for s, v in curves[arm]], np.int32)
         cv2.polylines(image, [points], False, colour, 2, cv2.LINE_AA)
         cv2.putText(image, arm, (points[-1][0] - 70, points[-1][1] - 10), FONT, 0.45, colour, 1, cv2.LINE_AA)
-    # right: each pair's arms in (PSNR, temporal error); down and right is better
-    xs = [p[arm][0] for _, p in pairs for arm in ("rain", "baseline")]
-    ys = [p[arm][1] for _, p in pairs for arm in ("rain", "baseline")]
+    # right: each pair's arms in (PSNR, temporal error), joined to the pair each continued; down-right is better
+    xs = [p[arm][0] for _, p, _ in pairs for arm in ("rain", "baseline")]
+    ys = [p[arm][1] for _, p, _ in pairs for arm in ("rain", "baseline")]
     trade = Panel(image, (620, 40, 1090, 380), (min(xs) - 0.3, max(xs) + 0.3), (min(ys) - 0.4, max(ys) + 0.4),
                   "held-out test clips: each trained pair (down and right is better)", "PSNR dB", "temporal error")
+    by_label = {label: p for label, p, _ in pairs}
+    taken: list[tuple[int, int]] = []
     for arm, colour in (("rain", RAIN_COLOUR), ("baseline", BASELINE_COLOUR)):
-        points = np.array([trade.to_pixels(*p[arm]) for _, p in pairs], np.int32)
-        cv2.polylines(image, [points], False, colour, 1, cv2.LINE_AA)
-        for n, ((label, _), point) in enumerate(zip(pairs, points)):
-            cv2.circle(image, tuple(int(v) for v in point), 4, colour, -1, cv2.LINE_AA)
-            if arm == "rain":  # labels below their points, the last but one above-left: the last two sit close
-                x, y = int(point[0]), int(point[1])
-                at = (x - 55, y - 8) if n == len(pairs) - 2 else (x - 10, y + 18)
+        for label, p, parent in pairs:
+            x, y = trade.to_pixels(*p[arm])
+            if parent in by_label:
+                cv2.line(image, trade.to_pixels(*by_label[parent][arm]), (x, y), colour, 1, cv2.LINE_AA)
+            cv2.circle(image, (x, y), 4, colour, -1, cv2.LINE_AA)
+            if arm == "rain":  # below the point, or right of it when another label sits close below
+                at = (x - 12, y + 18)
+                if any(abs(at[0] - a) < 50 and abs(at[1] - b) < 14 for a, b in taken):
+                    at = (x + 8, y + 4)
+                taken.append(at)
                 cv2.putText(image, label, at, FONT, 0.36, colour, 1, cv2.LINE_AA)
     cv2.putText(image, "RAIN p=4 m=4", (620, 440), FONT, 0.45, RAIN_COLOUR, 1, cv2.LINE_AA)
     cv2.putText(image, "baseline p=4 m=1, no motion", (760, 440), FONT, 0.45, BASELINE_COLOUR, 1, cv2.LINE_AA)
-    cv2.putText(image, "labels: stage-2 steps, then steps on the stream's own predictions (ro)", (620, 460), FONT, 0.38,
-                (0, 0, 0), 1, cv2.LINE_AA)
+    cv2.putText(image, "labels: stage-2 steps, then steps on the stream's own predictions (ro: every step, mix: half)",
+                (620, 460), FONT, 0.36, (0, 0, 0), 1, cv2.LINE_AA)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.stem + ".tmp.png")
     cv2.imwrite(str(tmp), image)
@@ -122,14 +128,15 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--results", default=str(RESULTS), help="folder of the result files")
     parser.add_argument("--out", default=str(ROOT / "docs" / "temporal_claim.png"))
-    parser.add_argument("--pair", action="append", default=[], metavar="LABEL=FILE",
-                        help="another pair's quality JSON (in the results folder) to add after the built-in list")
+    parser.add_argument("--pair", action="append", default=[], metavar="LABEL=FILE[=PARENT]",
+                        help="another pair's quality JSON (in the results folder) to add after the built-in list, "
+                        "optionally joined to the pair it continued")
     args = parser.parse_args(argv)
     results = Path(args.results)
-    entries = list(PAIRS) + [tuple(item.split("=", 1)) for item in args.pair]
-    pairs = [(label, read_pair(results / name)) for label, name in entries]
+    entries = list(PAIRS) + [(*item.split("=", 2), None)[:3] for item in args.pair]
+    pairs = [(label, read_pair(results / name), parent) for label, name, parent in entries]
     print(f"{'pair':>8} | {'RAIN dB':>7} {'TE':>5} | {'base dB':>7} {'TE':>5} | paired PSNR dB       | paired TE")
-    for label, p in pairs:
+    for label, p, _ in pairs:
         (dp, (lo, hi)), (dt, (tlo, thi)) = p["psnr"], p["te"]
         print(f"{label:>8} | {p['rain'][0]:7.2f} {p['rain'][1]:5.2f} | {p['baseline'][0]:7.2f} {p['baseline'][1]:5.2f} | "
               f"{dp:+.2f} [{lo:+.2f}, {hi:+.2f}]  | {100 * dt:+.1f} % [{100 * tlo:+.1f}, {100 * thi:+.1f}]")
