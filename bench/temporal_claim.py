@@ -29,6 +29,8 @@ PAIRS = (
     ("4,600", "quality_step4600_equal_characters.json", "3,400"),
     ("+ro400", "quality_rollout400_equal_characters.json", "4,600"),
     ("+ro800", "quality_rollout800_equal_characters.json", "+ro400"),
+    ("+mix400", "quality_rollmix_50_equal_characters.json", "4,600"),
+    ("+mix800", "quality_rollmix_50b_equal_characters.json", "+mix400"),
 )
 RAIN_COLOUR, BASELINE_COLOUR = (200, 80, 0), (0, 110, 230)  # BGR: blue, orange
 FONT = cv2.FONT_HERSHEY_SIMPLEX

@@ -107,7 +107,8 @@ def test_temporal_claim_picture_reads_the_committed_results(capsys, tmp_path):
     assert claim.main(["--out", str(tmp_path / "claim.png")]) == 0
     rows = [line for line in capsys.readouterr().out.splitlines() if " | " in line][1:]
     assert [row.split("|")[0].strip() for row in rows] == [label for label, _, _ in claim.PAIRS]
-    assert "-10.9 % [-11.4, -10.5]" in rows[-1]  # the rollout-800 pair's paired temporal error
+    ro800 = next(row for row in rows if row.split("|")[0].strip() == "+ro800")
+    assert "-10.9 % [-11.4, -10.5]" in ro800  # the rollout-800 pair's paired temporal error
     image = cv2.imread(str(tmp_path / "claim.png"))
     assert image is not None and image.shape[:2] == (470, 1120)
 
