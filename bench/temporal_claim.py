@@ -31,6 +31,7 @@ PAIRS = (
     ("+ro800", "quality_rollout800_equal_characters.json", "+ro400"),
     ("+mix400", "quality_rollmix_50_equal_characters.json", "4,600"),
     ("+mix800", "quality_rollmix_50b_equal_characters.json", "+mix400"),
+    ("+mix1200", "quality_rollmix_50c_equal_characters.json", "+mix800"),
 )
 RAIN_COLOUR, BASELINE_COLOUR = (200, 80, 0), (0, 110, 230)  # BGR: blue, orange
 FONT = cv2.FONT_HERSHEY_SIMPLEX
@@ -110,15 +111,17 @@ def draw(pairs: list[tuple[str, dict, str | None]], curves: dict[str, list[tuple
             if parent in by_label:
                 cv2.line(image, trade.to_pixels(*by_label[parent][arm]), (x, y), colour, 1, cv2.LINE_AA)
             cv2.circle(image, (x, y), 4, colour, -1, cv2.LINE_AA)
-            if arm == "rain":  # below the point, or right of it when another label sits close below
-                at = (x - 12, y + 18)
-                if any(abs(at[0] - a) < 50 and abs(at[1] - b) < 14 for a, b in taken):
-                    at = (x + 8, y + 4)
+            leaf = not any(other == label for _, _, other in pairs)
+            if arm == "rain" and (leaf or not label.startswith("+")):  # fine-tunings dense: only their ends labelled
+                # below the point, else right, above or left: the first place no label holds
+                places = [(x - 12, y + 18), (x + 8, y + 4), (x - 12, y - 9), (x - 62, y + 4)]
+                at = next((c for c in places if not any(abs(c[0] - a) < 55 and abs(c[1] - b) < 13 for a, b in taken)),
+                          places[0])
                 taken.append(at)
                 cv2.putText(image, label, at, FONT, 0.36, colour, 1, cv2.LINE_AA)
     cv2.putText(image, "RAIN p=4 m=4", (620, 440), FONT, 0.45, RAIN_COLOUR, 1, cv2.LINE_AA)
     cv2.putText(image, "baseline p=4 m=1, no motion", (760, 440), FONT, 0.45, BASELINE_COLOUR, 1, cv2.LINE_AA)
-    cv2.putText(image, "labels: stage-2 steps, then steps on the stream's own predictions (ro: every step, mix: half)",
+    cv2.putText(image, "labels: stage-2 steps; then from 4,600, steps on the stream's own predictions (ro: every step, mix: half)",
                 (620, 460), FONT, 0.36, (0, 0, 0), 1, cv2.LINE_AA)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.stem + ".tmp.png")
