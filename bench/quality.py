@@ -432,8 +432,8 @@ def main(argv=None) -> int:
               "picture_clip": picture_clip if args.picture else -1}
     jobs = [{**common, "key": "rain", "name": f"RAIN stream (p={p}, m={m})", "model": args.model,
              "frames_per_cohort": m, "mode": "stream"}]
+    bp = args.baseline_levels or p
     if args.baseline:
-        bp = args.baseline_levels or p
         jobs.append({**common, "key": "baseline", "name": f"baseline stream (p={bp}, m=1, no motion)", "model": args.baseline,
                      "levels": bp, "frames_per_cohort": 1, "mode": "stream"})
     for level in filter(None, args.baseline_windows.split(",")):
@@ -513,7 +513,7 @@ def main(argv=None) -> int:
 
     setup = {"world": args.world, "clips": args.clips, "frames": args.frames, "size": args.size, "fps": FPS,
              "guidance": args.guidance, "levels": p, "frames_per_cohort": m, "model": args.model,
-             "baseline": args.baseline, "baseline_levels": args.baseline_levels or p, "compare": args.compare, "drift_frames": args.drift_frames, "drift_clips": args.drift_clips,
+             "baseline": args.baseline, "baseline_levels": bp, "compare": args.compare, "drift_frames": args.drift_frames, "drift_clips": args.drift_clips,
              "drift_edge": min(args.drift_edge, args.drift_frames // 2) if args.drift_frames else None,
              "clip_labels": [clip_label(world, args.first_clip + i) for i in range(args.clips)], "bootstrap": "percentile, 10,000 resamples of clips",
              "seconds": elapsed, "threads_per_row": args.threads, "jobs": args.jobs}

@@ -62,7 +62,7 @@ class Panel:
     """A plot area inside `image` mapping data coordinates to pixels."""
 
     def __init__(self, image, box, x_range, y_range, title, x_label, y_label):
-        self.image, (self.left, self.top, self.right, self.bottom) = image, box
+        self.left, self.top, self.right, self.bottom = box
         self.x_range, self.y_range = x_range, y_range
         cv2.rectangle(image, (self.left, self.top), (self.right, self.bottom), (0, 0, 0), 1)
         cv2.putText(image, title, (self.left, self.top - 10), FONT, 0.5, (0, 0, 0), 1, cv2.LINE_AA)
@@ -104,6 +104,7 @@ def draw(pairs: list[tuple[str, dict, str | None]], curves: dict[str, list[tuple
     trade = Panel(image, (620, 40, 1090, 380), (min(xs) - 0.3, max(xs) + 0.3), (min(ys) - 0.4, max(ys) + 0.4),
                   "held-out test clips: each trained pair (down and right is better)", "PSNR dB", "temporal error")
     by_label = {label: p for label, p, _ in pairs}
+    continued = {parent for _, _, parent in pairs}
     taken: list[tuple[int, int]] = []
     for arm, colour in (("rain", RAIN_COLOUR), ("baseline", BASELINE_COLOUR)):
         for label, p, parent in pairs:
@@ -111,8 +112,7 @@ def draw(pairs: list[tuple[str, dict, str | None]], curves: dict[str, list[tuple
             if parent in by_label:
                 cv2.line(image, trade.to_pixels(*by_label[parent][arm]), (x, y), colour, 1, cv2.LINE_AA)
             cv2.circle(image, (x, y), 4, colour, -1, cv2.LINE_AA)
-            leaf = not any(other == label for _, _, other in pairs)
-            if arm == "rain" and (leaf or not label.startswith("+")):  # fine-tunings dense: only their ends labelled
+            if arm == "rain" and (label not in continued or not label.startswith("+")):  # fine-tunings dense: only their ends labelled
                 # below the point, else right, above or left: the first place no label holds
                 places = [(x - 12, y + 18), (x + 8, y + 4), (x - 12, y - 9), (x - 62, y + 4)]
                 at = next((c for c in places if not any(abs(c[0] - a) < 55 and abs(c[1] - b) < 13 for a, b in taken)),
