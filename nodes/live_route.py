@@ -24,7 +24,6 @@ One live stream per server: a Start from another tab stops the first (its panel 
 from __future__ import annotations
 
 import asyncio
-import gc
 import json
 import logging
 import struct
@@ -33,7 +32,9 @@ import uuid
 import weakref
 from pathlib import Path
 
+from ..rain_core.stream.config import StreamConfig
 from . import host
+from .model_loader import BUILTIN_MODEL
 
 log = logging.getLogger("rain")
 
@@ -45,10 +46,12 @@ MAX_MESSAGE_BYTES = 16 * 1024 * 1024  # larger frames get a clear message, not a
 STATS_PERIOD_S = 0.5
 OUTBOX_LIMIT = 8  # animated frames waiting for a slow socket: the oldest go first
 
+STREAM_FIELDS = ("width", "height", "levels", "frames_per_cohort", "steps", "guidance", "seed", "noise")
+# The stream's defaults are StreamConfig's own (width/height 0 = the model's own size, as in RAIN Sampler).
 DEFAULTS = {
-    "model": "tiny-rain (built-in)", "precision": "auto", "device": "auto", "decoder": "auto",
-    "width": 64, "height": 64, "levels": 4, "frames_per_cohort": 4, "steps": 4, "guidance": 3.5, "seed": 0,
-    "reference": "", "mode": "pose", "face_morph": {}, "capacity": None, "noise": "fresh",
+    "model": BUILTIN_MODEL, "precision": "auto", "device": "auto", "decoder": "auto",
+    **{name: getattr(StreamConfig(), name) for name in STREAM_FIELDS},
+    "reference": "", "mode": "pose", "face_morph": {}, "capacity": None,
 }
 INT_FIELDS = ("width", "height", "levels", "frames_per_cohort", "steps", "seed")
 
@@ -161,38 +164,16 @@ def _models_folder_detector():
 def _open_session(settings: dict):
     """Load the model (cached between sessions) and start a stream on the reference. Runs in a worker thread."""
     from ..rain_core.live import LiveSession, LiveSettings
-    from ..rain_core.stream import StreamConfig
 
     handle = _load_model(settings)
-    config = StreamConfig(levels=settings["levels"], frames_per_cohort=settings["frames_per_cohort"],
-                          steps=settings["steps"], guidance=settings["guidance"], height=settings["height"],
-                          width=settings["width"], seed=settings["seed"], noise=str(settings["noise"]),
-                          decoder=getattr(handle, "decoder", "auto"))
+    config = StreamConfig(**{name: settings[name] for name in STREAM_FIELDS},
+                          decoder=getattr(handle, "decoder", "auto"))  # RainStream resolves a size of 0
     live = LiveSettings(mode=settings["mode"], face_morph=dict(settings["face_morph"]),
                         capacity=settings["capacity"], warm_up=True)  # no stall (compile, capture) on live frames
     session = LiveSession(handle.models, config, _reference_image(settings["reference"]), live,
                           make_detector=_models_folder_detector)
     session.model_handle = handle  # keeps the networks (and their cache entry) while the session lives
     return session
-
-
-def _free_memory() -> None:
-    """Collect the closed stream and hand freed memory back: CUDA's cache, and glibc's heap (which otherwise keeps
-    what the worker threads' arenas held, so the server's RSS would creep up session after session)."""
-    gc.collect()
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc
-        pass
-    try:
-        import torch
-
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
-    except ImportError:
-        pass
 
 
 class LiveConnection:
@@ -342,7 +323,7 @@ class LiveConnection:
                 recorded = await self.loop.run_in_executor(None, session.stop_recording)
             await self.loop.run_in_executor(None, session.close)
             del session
-            _free_memory()
+            host.give_memory_back()
             if recorded is not None and not self.socket.closed:
                 self.send_json({"type": "recorded", "filename": recorded.name, "subfolder": "",
                                 "folder_type": "output", "url": f"/view?filename={recorded.name}&type=output"})

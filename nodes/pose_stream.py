@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import os
 
+from ..rain_core.inputs import uint8_frames
 from . import host
-from .convert import PoseBatch, image_batch, uint8_to_image
+from .convert import PoseBatch, image_batch
 
 FACE_SLIDERS = {  # name: (default, min, max, tooltip) — defaults are the authors' live demo (rain-method.md §3)
     "face_length": (0.75, 0.1, 3.0, "Face height ratio (anime faces are shorter)."),
@@ -269,7 +270,7 @@ class PoseStream:
                 def commit(state=state, path=path, position=next_position):
                     if state.get("path") == path:
                         state["position"] = position
-            images = uint8_to_image(decoded)
+            images = uint8_frames(decoded)
             source_fps = _video_fps(path)
         elif video is not None:
             if not hasattr(video, "get_components"):

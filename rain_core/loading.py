@@ -29,6 +29,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from .layout import MODEL_FILES, NETWORK_PARTS, own_candidates
 from .models import RainModelConfig, RainModels
 from .models.codecs import SpaceToDepthCodec, VaeCodec
 from .models.image_encoder import ClipImageEncoder
@@ -40,12 +41,8 @@ log = logging.getLogger(__name__)
 
 CONFIG_NAME = "rain_config.json"
 FORMAT = "rain-safetensors/1"
-# part -> (our safetensors name, the authors' file name)
-PART_FILES = {
-    "reference_unet": ("reference_unet.safetensors", "reference_unet.pth"),
-    "denoising_unet": ("denoising_unet.safetensors", "motion_unet.pth"),
-    "pose_guider": ("pose_guider.safetensors", "pose_guider.pth"),
-}
+# part -> (our safetensors name, the authors' file name), from the one table in layout.py
+PART_FILES = {part: MODEL_FILES[part].inside for part in NETWORK_PARTS}
 PART_DESCRIPTIONS = {
     "reference_unet": "the RAIN reference UNet (2D SD-1.5 UNet without conv_out)",
     "denoising_unet": "the RAIN denoising UNet (SD-1.5 UNet with motion_modules.* and time_embedding.cond_proj)",
@@ -256,6 +253,15 @@ def _read_config_file(folder: Path) -> tuple[RainModelConfig, dict]:
         raise RainLoadError(f"{path}: not a valid RAIN model config ({error}).") from error
 
 
+def folder_frame_size(folder: str | os.PathLike) -> tuple[int, int]:
+    """A model folder's own (height, width), read from its rain_config.json without loading any weights (a folder
+    of the authors' .pth files has none: the released size). Asks `RainModelConfig.own_frame_size`, as a loaded
+    model does."""
+    folder = Path(folder)
+    config = _read_config_file(folder)[0] if (folder / CONFIG_NAME).is_file() else RainModelConfig.sd15()
+    return config.own_frame_size()
+
+
 def _meta_networks(folder: Path, config: RainModelConfig | None):
     """The folder's config (its rain_config.json, else `config`, else SD-1.5 size), the extras stored with it,
     and the three RAIN networks built on the meta device (no memory) ready to receive checked tensors."""
@@ -360,7 +366,7 @@ def _load_codec(folder: Path, config: RainModelConfig, extras: dict, vae_path) -
         return SpaceToDepthCodec(config.codec_factor)
     from diffusers import AutoencoderKL
 
-    defaults = [folder / "vae.safetensors", folder / "sd-vae-ft-mse", folder.parent / "sd-vae-ft-mse"]
+    defaults = own_candidates(folder, "vae")
     path = _component_path(
         vae_path,
         defaults,
@@ -386,7 +392,7 @@ def _load_image_encoder(folder: Path, config: RainModelConfig, extras: dict, enc
 
     from .models.image_encoder import build_clip
 
-    defaults = [folder / "image_encoder.safetensors", folder / "image_encoder", folder.parent / "image_encoder"]
+    defaults = own_candidates(folder, "image_encoder")
     path = _component_path(
         encoder_path,
         defaults,
@@ -417,7 +423,7 @@ def _assign_clip(model: nn.Module, state: dict[str, torch.Tensor]) -> nn.Module:
 
 def _load_taesdv(folder: Path, config: RainModelConfig, taesdv_path) -> TAESDV | None:
     candidates = (
-        [Path(taesdv_path)] if taesdv_path is not None else [folder / "taesdv.safetensors", folder / "taesdv.pth"]
+        [Path(taesdv_path)] if taesdv_path is not None else own_candidates(folder, "taesdv")
     )
     for path in candidates:
         if path.is_file() or taesdv_path is not None:

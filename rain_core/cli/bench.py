@@ -13,7 +13,7 @@ def add_parser(sub) -> None:
     p.add_argument("--frames", type=int, default=128)
     p.add_argument("--no-baseline", dest="baseline", action="store_false")
     p.add_argument("--json", action="store_true")
-    add_stream_flags(p, {})
+    add_stream_flags(p)
     p.set_defaults(handler=run)
 
 

@@ -7,7 +7,7 @@ import json
 import os
 from pathlib import Path
 
-from ..layout import builtin_model_dir, model_size, readme_layout_parts, resolve_model_folder
+from ..layout import builtin_model_dir, readme_layout_parts, resolve_model_folder
 
 EXIT_OK, EXIT_INTERNAL, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -89,24 +89,29 @@ def check_output_path(path: str) -> Path:
 # --------------------------------------------------------------------------- model / stream helpers
 
 
-def add_stream_flags(parser: argparse.ArgumentParser, defaults: dict) -> None:
+def add_stream_flags(parser: argparse.ArgumentParser) -> None:
+    """The stream's settings as flags; every default is StreamConfig's own (the one home of the defaults)."""
+    from ..stream.config import DECODERS, FAST_PATHS, NOISE_MODES, StreamConfig
+
+    default = StreamConfig()
     group = parser.add_argument_group("stream settings")
-    group.add_argument("--levels", type=int, default=defaults.get("levels", 4), help="p: noise levels (cohorts) in flight")
-    group.add_argument("--frames-per-cohort", type=int, default=defaults.get("frames_per_cohort", 4),
-                       help="m: frames sharing one noise level")
-    group.add_argument("--steps", type=int, default=defaults.get("steps", 4), help="LCM steps per frame (multiple of --levels)")
-    group.add_argument("--guidance", type=float, default=defaults.get("guidance", 3.5), help="LCM w-embedding value")
+    group.add_argument("--levels", type=positive_int, default=default.levels,
+                       help=f"p: noise levels (cohorts) in flight (default {default.levels})")
+    group.add_argument("--frames-per-cohort", type=positive_int, default=default.frames_per_cohort,
+                       help=f"m: frames sharing one noise level (default {default.frames_per_cohort})")
+    group.add_argument("--steps", type=positive_int, default=default.steps,
+                       help=f"LCM steps per frame, a multiple of --levels (default {default.steps})")
+    group.add_argument("--guidance", type=float, default=default.guidance,
+                       help=f"LCM w-embedding value (default {default.guidance})")
     size_help = "default: the model's own size (64 for the built-in tiny model, 512 for RAIN-v0.1)"
-    group.add_argument("--height", type=positive_int, default=defaults.get("height"),
-                       help=None if "height" in defaults else size_help)
-    group.add_argument("--width", type=positive_int, default=defaults.get("width"),
-                       help=None if "width" in defaults else size_help)
-    group.add_argument("--seed", type=int, default=0)
-    group.add_argument("--noise", choices=["fresh", "shared"], default="fresh",
+    group.add_argument("--height", type=positive_int, default=None, help=size_help)
+    group.add_argument("--width", type=positive_int, default=None, help=size_help)
+    group.add_argument("--seed", type=int, default=default.seed)
+    group.add_argument("--noise", choices=NOISE_MODES, default=default.noise,
                        help="fresh: every frame its own noise (the method); shared: one noise for every frame, so "
                             "still parts stay still (~74%% less frame-to-frame error on the built-in model; not "
                             "in the paper)")
-    group.add_argument("--decoder", choices=["auto", "taesdv", "vae"], default="auto",
+    group.add_argument("--decoder", choices=DECODERS, default=default.decoder,
                        help="auto: TAESDV when the model has it, else the full decoder")
     group.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 … (auto: cuda when available)")
     group.add_argument("--dtype", choices=["auto", "float32", "float16", "bfloat16"], default="auto")
@@ -114,7 +119,7 @@ def add_stream_flags(parser: argparse.ArgumentParser, defaults: dict) -> None:
                        help="output video fps (default: the input's when it has one, else 16)")
     group.add_argument("--threads", type=int, default=None,
                        help="CPU threads for torch (default on CPU: half the cores)")
-    group.add_argument("--fast-path", choices=["auto", "eager", "compile", "graph"], default="auto",
+    group.add_argument("--fast-path", choices=FAST_PATHS, default=default.fast_path,
                        help="auto: a CUDA graph on CUDA; on the CPU the compiled tick when it is saved, else eager "
                             "while a background process compiles it (used as soon as it is ready; "
                             "RAIN_BACKGROUND_COMPILE=0 turns that off); compile: wait for the compiled tick "
@@ -164,7 +169,7 @@ def stream_config(args):
     from ..stream import StreamConfig
 
     return StreamConfig(levels=args.levels, frames_per_cohort=args.frames_per_cohort, steps=args.steps,
-                        guidance=args.guidance, height=args.height, width=args.width, seed=args.seed,
+                        guidance=args.guidance, height=args.height or 0, width=args.width or 0, seed=args.seed,
                         decoder=args.decoder, fast_path=getattr(args, "fast_path", "auto"),
                         noise=getattr(args, "noise", "fresh"))
 
@@ -190,7 +195,9 @@ def load_models(args):
 
 def model_folder_size(args) -> tuple[int, int]:
     """--height / --width, each defaulting to the model's own size (read from its folder, before loading)."""
-    height, width = model_size(resolve_model_folder(getattr(args, "model", None)))
+    from ..loading import folder_frame_size
+
+    height, width = folder_frame_size(resolve_model_folder(getattr(args, "model", None)))
     return args.height or height, args.width or width
 
 
