@@ -8,8 +8,9 @@ streams frames; animated frames come back as soon as they leave the stream. The 
 Protocol (every binary message is a 4-byte big-endian header length, a UTF-8 JSON header, then a JPEG):
   browser → server  binary {"seq": n, "t": capture_ms}                  a frame (JPEG/PNG/WebP, ≤ 4 MB, ≤ 2048 px)
                     {"type": "start", "model", "precision", "device", "decoder", "width", "height", "levels",
-                     "frames_per_cohort", "steps", "guidance", "seed", "reference", "mode", "face_morph",
-                     "capacity"}                                        (missing keys take DEFAULTS)
+                     "frames_per_cohort", "steps", "guidance", "seed", "noise", "reference", "mode",
+                     "face_morph", "capacity", "pose_check"}            (missing keys take DEFAULTS;
+                                                                        width/height 0 = the model's own size)
                     {"type": "stop"} · {"type": "face_morph", "params": {...}} · {"type": "record", "on": bool}
   server → browser  binary {"seq", "t", "server_ms"}                    an animated frame (JPEG)
                     {"type": "status", "state": "loading" | "ready" | "stopped", ...}
@@ -51,7 +52,7 @@ STREAM_FIELDS = ("width", "height", "levels", "frames_per_cohort", "steps", "gui
 DEFAULTS = {
     "model": BUILTIN_MODEL, "precision": "auto", "device": "auto", "decoder": "auto",
     **{name: getattr(StreamConfig(), name) for name in STREAM_FIELDS},
-    "reference": "", "mode": "pose", "face_morph": {}, "capacity": None,
+    "reference": "", "mode": "pose", "face_morph": {}, "capacity": None, "pose_check": True,
 }
 INT_FIELDS = ("width", "height", "levels", "frames_per_cohort", "steps", "seed")
 
@@ -169,7 +170,8 @@ def _open_session(settings: dict):
     config = StreamConfig(**{name: settings[name] for name in STREAM_FIELDS},
                           decoder=getattr(handle, "decoder", "auto"))  # RainStream resolves a size of 0
     live = LiveSettings(mode=settings["mode"], face_morph=dict(settings["face_morph"]),
-                        capacity=settings["capacity"], warm_up=True)  # no stall (compile, capture) on live frames
+                        capacity=settings["capacity"], pose_check=bool(settings["pose_check"]),
+                        warm_up=True)  # no stall (compile, capture) on live frames
     session = LiveSession(handle.models, config, _reference_image(settings["reference"]), live,
                           make_detector=_models_folder_detector)
     session.model_handle = handle  # keeps the networks (and their cache entry) while the session lives
@@ -231,6 +233,14 @@ class LiveConnection:
     def _on_error(self, message: str) -> None:
         self.loop.call_soon_threadsafe(self.send_json, {"type": "error", "message": message})
 
+    def _on_fatal(self, message: str) -> None:
+        """The source cannot feed the session (not pose renders, no detector): say why and free the stream."""
+        def end():
+            self.send_json({"type": "error", "message": message})
+            asyncio.ensure_future(self.close_session(message))
+
+        self.loop.call_soon_threadsafe(end)
+
     # ------------------------------------------------------------------ messages
     async def on_text(self, text: str) -> None:
         from ..rain_core.live import LiveInputError
@@ -291,7 +301,7 @@ class LiveConnection:
             session.close()
             return
         self.session = session
-        session.start(self._on_outputs, self._on_error)
+        session.start(self._on_outputs, self._on_error, on_fatal=self._on_fatal)
         config = session.config
         self.send_json({"type": "status", "state": "ready", "model": settings["model"],
                         "width": config.width, "height": config.height, "window": config.window,

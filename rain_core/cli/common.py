@@ -227,7 +227,7 @@ def read_image(path: str, height: int, width: int):
 
 def check_reference(image, path: str):
     """Refuse a reference that cannot be a character picture (1×1, blank): the output would ignore it."""
-    from ..metrics import reference_problem
+    from ..inputs import reference_problem
 
     problem = reference_problem(image)
     if problem:
@@ -235,25 +235,20 @@ def check_reference(image, path: str):
     return image
 
 
-POSE_CHECK_FRAMES = 8
-
-
 def check_pose_frames(frames, source: str, enabled: bool = True):
-    """Look at the first frames of a pose video or image folder before any compute: refuse camera footage given
-    where rendered skeletons are expected (the output would be colour noise). Returns an iterator over all frames."""
+    """Look at the first frames of a pose video or image folder before any compute (`inputs.check_pose_render`,
+    the one check). Returns an iterator over all frames."""
     import itertools
 
-    from ..metrics import dark_fraction, looks_like_pose_render
+    from ..inputs import POSE_CHECK_FRAMES, NotAPoseRender, check_pose_render
 
     frames = iter(frames)
     first = list(itertools.islice(frames, POSE_CHECK_FRAMES))
-    if enabled and first and not looks_like_pose_render(first):
-        raise UsageError(
-            f"--poses {source}: these frames do not look like rendered skeletons ({dark_fraction(first):.0%} of the "
-            "pixels are black; a DWPose/OpenPose render is ~95% black with thin coloured limbs). RAIN needs pose "
-            "renders, not camera footage: for footage of a person use `rain live --source VIDEO --poses detector` "
-            "(DWPose), or render the poses first (e.g. ComfyUI's DWPose preprocessor); pass --no-pose-check if this "
-            "really is a render.")
+    if enabled and first:
+        try:
+            check_pose_render(first, f"--poses {source}")
+        except NotAPoseRender as error:
+            raise UsageError(str(error)) from None
     return itertools.chain(first, frames)
 
 
