@@ -305,13 +305,80 @@ def read_video_frames(path: str | Path, start: int, count: int, loop: bool = Fal
         return np.stack(frames), position % total, total
 
 
+class VideoClip:
+    """Frames [start, start + count) of a video file, wrapping at its end when `loop`, decoded only when asked for:
+    `chunks(size)` yields (n <= size, H, W, 3) uint8 blocks from one sequential decode (one seek, then forward), so
+    a clip of any length is never held in memory; `read()` returns the whole clip (for short ones). `len()`,
+    `total` and `next_start` are known before any frame is decoded. Made by `DecodedVideoCache.clip`, which checks
+    the range; a clip of a video the cache holds is sliced from the cached frames instead of decoded. A file that
+    ends before the frame count its container lists raises VideoReadError while it is read, as
+    `read_video_frames` does."""
+
+    def __init__(self, path, name: str, start: int, count: int, total: int, loop: bool,
+                 frames: np.ndarray | None = None):
+        self.path, self.name = str(path), name
+        self.start, self.count, self.total, self.loop = start, count, total, loop
+        self.next_start = (start + count) % total
+        self._frames = frames  # the cache's decoded copy of the whole video, or None (read from the file)
+
+    def __len__(self) -> int:
+        return self.count
+
+    def _indices(self) -> np.ndarray:
+        return (self.start + np.arange(self.count)) % self.total
+
+    def _decoded(self) -> Iterator[np.ndarray]:
+        """The clip's frames one at a time, from one open container (a second pass of a loop seeks back to 0)."""
+        container, stream = _open_video(self.path, self.name)
+        with container:
+            position, left = self.start, self.count
+            while left:
+                this_pass = 0
+                for rgb in _decode_rgb(container, stream, self.path, self.name, position):
+                    yield rgb
+                    position, left, this_pass = position + 1, left - 1, this_pass + 1
+                    if not left or position == self.total:
+                        break
+                if not left:
+                    return
+                if position < self.total or not this_pass:
+                    raise VideoReadError(
+                        f"{self.name}: {self.path!r} ends after {position} frames but its container lists "
+                        f"{self.total}; the file is truncated or damaged. Re-encode it or download it again.",
+                        self.path, self.total, position)
+                position = 0  # looping: the next pass starts at the first frame
+
+    def chunks(self, size: int) -> Iterator[np.ndarray]:
+        size = max(1, int(size))
+        if self._frames is not None:
+            indices = self._indices()
+            for first in range(0, self.count, size):
+                yield self._frames[indices[first:first + size]]  # fancy indexing copies: the cache stays intact
+            return
+        block = []
+        for rgb in self._decoded():
+            block.append(rgb)
+            if len(block) == size:
+                yield np.stack(block)
+                block = []
+        if block:
+            yield np.stack(block)
+
+    def read(self) -> np.ndarray:
+        """Every frame of the clip, (count, H, W, 3) uint8."""
+        if self._frames is not None:
+            return self._frames[self._indices()]
+        return np.stack(list(self._decoded()))
+
+
 class DecodedVideoCache:
     """Short videos decoded once and kept as uint8, for a node that reads a few frames of the same clip on every
     run (Pose Stream looping a pose video under Auto Queue): opening, seeking and decoding 4 frames of the
-    704 × 512 example cost 31 ms per run, an eighth of a tick of the built-in model. `read` answers exactly as
-    `read_video_frames` does. Entries are keyed by path, size and modification time (an edited file is decoded
-    again) and the least recently used go first when `max_bytes` would be exceeded; a video whose frames alone
-    exceed it is read from the file a few frames at a time, as before."""
+    704 × 512 example cost 31 ms per run, an eighth of a tick of the built-in model. Entries are keyed by path,
+    size and modification time (an edited file is decoded again) and the least recently used go first when
+    `max_bytes` would be exceeded; a video whose frames alone exceed it is never decoded whole: its clips are read
+    from the file as they are consumed (`VideoClip.chunks`), so a long video costs memory for a few frames only.
+    `read` answers exactly as `read_video_frames` does; `clip` is the lazy form of the same range."""
 
     def __init__(self, max_bytes: int = 256 << 20):
         import threading
@@ -319,44 +386,61 @@ class DecodedVideoCache:
 
         self.max_bytes = max_bytes
         self._entries: OrderedDict[tuple, np.ndarray] = OrderedDict()
-        self._too_large: set[tuple] = set()  # read from the file every time: probed once, not on every run
+        self._too_large: dict[tuple, int] = {}  # key -> frame count; read from the file, probed once per version
         self._lock = threading.Lock()
 
-    def read(self, path: str | Path, start: int, count: int, loop: bool = False,
-             name: str = "video") -> tuple[np.ndarray, int, int]:
-        frames = self._frames(path, name)
-        if frames is None:
-            return read_video_frames(path, start, count, loop, name)
-        total = len(frames)
+    def clip(self, path: str | Path, start: int, count: int, loop: bool = False, name: str = "video") -> VideoClip:
+        """Frames [start, start + count) (count <= 0: to the end), wrapping around when `loop`; nothing is decoded
+        here unless the video is short enough to be kept (then all of it, once)."""
+        frames, total = self._frames(path, name)
         if start >= total and not loop:
             raise _past_the_end(path, start, total)
         start %= total
         count = total - start if count <= 0 else count
         if not loop:
             count = min(count, total - start)
-        index = (start + np.arange(count)) % total
-        return frames[index], (start + count) % total, total  # fancy indexing copies: the cache stays intact
+        return VideoClip(path, name, start, count, total, loop, frames)
 
-    def _frames(self, path, name: str) -> np.ndarray | None:
+    def read(self, path: str | Path, start: int, count: int, loop: bool = False,
+             name: str = "video") -> tuple[np.ndarray, int, int]:
+        clip = self.clip(path, start, count, loop, name)
+        return clip.read(), clip.next_start, clip.total
+
+    def _frames(self, path, name: str) -> tuple[np.ndarray | None, int]:
+        """(the decoded frames when the video is kept, its frame count)."""
         stat = os.stat(path)
         key = (os.path.realpath(path), stat.st_size, stat.st_mtime_ns)
         with self._lock:
             if key in self._too_large:
-                return None
+                return None, self._too_large[key]
             if key in self._entries:
                 self._entries.move_to_end(key)
-                return self._entries[key]
+                return self._entries[key], len(self._entries[key])
         info = probe_video(path, name)
-        if not info.frame_count or info.frame_count * info.height * info.width * 3 > self.max_bytes:
-            with self._lock:
-                self._too_large.add(key)
-            return None
+        frame_bytes = info.height * info.width * 3
+        # an exact count, or an estimate (webm) small enough to decode and keep, which then counts the frames
+        total = info.frame_count if info.exact or info.frame_count * frame_bytes <= self.max_bytes else 0
+        if not total or total * frame_bytes > self.max_bytes:
+            total = total or self._count(path, name)
+            if not total:
+                raise VideoSourceError(f"{name}: {str(path)!r} has no frames.")
+            if total * frame_bytes > self.max_bytes:
+                with self._lock:
+                    self._too_large[key] = total
+                return None, total
         frames, _, _ = read_video_frames(path, 0, 0, name=name)
         with self._lock:
             self._entries[key] = frames
             while sum(entry.nbytes for entry in self._entries.values()) > self.max_bytes and len(self._entries) > 1:
                 self._entries.popitem(last=False)
-        return frames
+        return frames, len(frames)
+
+    @staticmethod
+    def _count(path, name: str) -> int:
+        """Frames of a container that lists no count (webm, mkv): counted by decoding once, nothing kept."""
+        container, stream = _open_video(path, name)
+        with container:
+            return sum(1 for _ in _decode_rgb(container, stream, path, name))
 
 
 class VideoFileSource(FrameSource):

@@ -89,6 +89,39 @@ def test_decoded_video_cache_answers_exactly_as_reading_the_file(tmp_path):
     assert not small._entries and len(small._too_large) == 1  # probed once, then read from the file as before
 
 
+def test_a_clip_is_decoded_chunk_by_chunk_with_the_frames_of_a_read_from_the_cache_or_the_file():
+    kept, from_file = DecodedVideoCache(), DecodedVideoCache(max_bytes=512 * 704 * 3 * 10)
+    for start, count, loop in [(0, 0, False), (10, 0, True), (60, 200, True), (62, 4, False), (5, 7, False)]:
+        direct, next_start, total = read_video_frames(POSE_VIDEO, start, count, loop)
+        for cache in (kept, from_file):
+            clip = cache.clip(POSE_VIDEO, start, count, loop)
+            assert (len(clip), clip.next_start, clip.total) == (len(direct), next_start, total)
+            chunks = list(clip.chunks(3))
+            assert all(len(chunk) == 3 for chunk in chunks[:-1]) and 1 <= len(chunks[-1]) <= 3
+            assert np.array_equal(np.concatenate(chunks), direct), (start, count, loop)
+    assert kept._entries and not from_file._entries  # the long one never decoded whole
+
+
+def test_a_clip_of_a_video_too_large_to_keep_decodes_only_as_it_is_read(monkeypatch):
+    import rain_core.video as video
+
+    decoded = []
+    real = video._decode_rgb
+
+    def counting(*args, **kwargs):
+        for frame in real(*args, **kwargs):
+            decoded.append(1)
+            yield frame
+
+    monkeypatch.setattr(video, "_decode_rgb", counting)
+    clip = DecodedVideoCache(max_bytes=1).clip(POSE_VIDEO, 0, 0)
+    assert len(clip) == 64 and not decoded  # the length comes from the container, not from decoding
+    chunks = clip.chunks(4)
+    next(chunks)
+    assert len(decoded) == 4  # one chunk decoded, not the video
+    chunks.close()
+
+
 def truncated_copy(source: Path, folder: Path, keep: float) -> Path:
     """The first `keep` of the bytes of a video written moov-first: the container still lists every frame."""
     path = folder / "truncated.mp4"
@@ -112,6 +145,11 @@ def test_a_truncated_video_raises_video_read_error_with_both_counts(tmp_path):
     assert error.value.expected == 64 and error.value.decoded < 64
     readable, _, _ = read_video_frames(path, 0, 4)  # the frames before the damage still read
     assert len(readable) == 4
+    clip = DecodedVideoCache(max_bytes=1).clip(path, 0, 0, name="video_path")  # read lazily: fails where it breaks
+    with pytest.raises(VideoReadError, match="video_path: .*truncated") as error:
+        for _ in clip.chunks(4):
+            pass
+    assert error.value.expected == 64 and error.value.decoded < 64
 
 
 def test_a_video_cut_before_its_index_cannot_be_opened(tmp_path):
