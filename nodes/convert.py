@@ -10,6 +10,7 @@ import hashlib
 import time
 import uuid
 import weakref
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,21 +38,40 @@ class RainModelHandle:
         return f"{self.source}|{self.decoder}|{self.dtype}|load {self.token}"
 
 
-@dataclass
 class PoseBatch:
-    """What Pose Stream hands to RAIN Sampler: pose frames, either as keypoints or as rendered pose images.
+    """What Pose Stream hands to RAIN Sampler: pose frames, as keypoints, as rendered pose images, or as a clip of a
+    pose video that is decoded only while the sampler reads it (`clip`, a rain_core.video.VideoClip).
 
-    Keypoint frames are rendered by the sampler at the stream's size; rendered images are letterboxed by
-    the engine. `live` marks sources that change between runs (webcam, screen, looping video).
+    Keypoint frames are rendered by the sampler at the stream's size; rendered images are letterboxed by the
+    engine. `chunks()` hands the frames over a few at a time, so a clip of any length costs memory for those few
+    only; `images` and `render()` give them all at once (for short sources). `live` marks sources that change
+    between runs (webcam, screen, looping video).
+
+    The consumer's part of the contract: a source that moves on between runs (a looping video) moves on only when
+    the consumer calls `commit()` after the run that used these poses succeeded; a failed or cancelled run never
+    commits, and the next run reads the same poses again.
     """
 
-    frames: list | None = None  # rain_core.pose.PoseFrame per frame
-    images: torch.Tensor | None = None  # (N, H, W, 3) in [0, 1]
-    live: bool = False
-    render_options: dict = field(default_factory=dict)  # passed to the renderer (face-morph mode etc.)
-    fps: float = 16.0  # frame rate of the source, carried through to the sampler's fps output
-    arrived: float = field(default_factory=time.monotonic)  # when these poses came in (Frame Queue's latency)
-    on_commit: Any = None  # moves a live source past these poses; called once the run using them succeeded
+    def __init__(self, frames: list | None = None, images: torch.Tensor | None = None, clip: Any = None,
+                 live: bool = False, render_options: dict | None = None, fps: float = 16.0,
+                 arrived: float | None = None, on_commit: Any = None):
+        self.frames = frames  # rain_core.pose.PoseFrame per frame
+        self._images = images  # (N, H, W, 3) in [0, 1]
+        self.clip = clip  # frames of a video file, decoded on demand
+        self.live = live
+        self.render_options = dict(render_options or {})  # passed to the renderer (face-morph mode etc.)
+        self.fps = fps  # frame rate of the source, carried through to the sampler's fps output
+        self.arrived = time.monotonic() if arrived is None else arrived  # when these poses came in (latency)
+        self.on_commit = on_commit  # moves a live source past these poses; called once the run using them succeeded
+
+    @property
+    def images(self) -> torch.Tensor | None:
+        """Rendered pose images, all at once: a clip is decoded whole here (use `chunks` for long ones)."""
+        if self._images is None and self.clip is not None:
+            from ..rain_core.inputs import uint8_frames
+
+            return uint8_frames(self.clip.read())
+        return self._images
 
     def commit(self) -> None:
         """The run that used these poses succeeded: a live source may move on (an interrupted run re-reads them)."""
@@ -60,7 +80,9 @@ class PoseBatch:
             callback()
 
     def __len__(self) -> int:
-        return len(self.frames) if self.frames is not None else int(self.images.shape[0])
+        if self.frames is not None:
+            return len(self.frames)
+        return len(self.clip) if self._images is None else int(self._images.shape[0])
 
     def render(self, height: int, width: int) -> torch.Tensor:
         """The pose frames as the model sees them: (N, height, width, 3) for keypoints, as given for images.
@@ -74,6 +96,27 @@ class PoseBatch:
 
         return render_keypoints(self.frames, height, width, self.render_options.get("mode", "body"),
                                 self.render_options.get("face_morph", {}))
+
+    def chunks(self, size: int, height: int, width: int) -> Iterator[torch.Tensor]:
+        """The frames of `render(height, width)`, `size` at a time (the last chunk may be shorter), equal to slicing
+        it: a clip is decoded chunk by chunk and body keypoints are drawn chunk by chunk (face-morph is drawn all
+        at once: its morpher carries state from frame to frame)."""
+        size = max(1, int(size))
+        if self.frames is None and self._images is None and self.clip is not None:
+            from ..rain_core.inputs import uint8_frames
+
+            for block in self.clip.chunks(size):
+                yield uint8_frames(block)
+            return
+        if self.frames is not None and self.render_options.get("mode", "body") == "body":
+            from ..rain_core.inputs import render_keypoints
+
+            for first in range(0, len(self.frames), size):
+                yield render_keypoints(self.frames[first:first + size], height, width, "body")
+            return
+        everything = self.render(height, width)
+        for first in range(0, int(everything.shape[0]), size):
+            yield everything[first:first + size]
 
 
 class TensorMemo:

@@ -20,6 +20,7 @@ WEBCAM_PREFIX = "webcam"
 NO_VIDEO = "none"
 VIDEO_EXTENSIONS = (".mp4", ".webm", ".mov", ".mkv", ".avi", ".m4v", ".gif")
 DEFAULT_FPS = 16.0  # RAIN's demo rate: used for pose images that come with no frame rate
+PREVIEW_FRAMES = 16  # a video read longer than this stays on disk until the sampler reads it; the preview shows these
 
 # Per client and node: where a looping video or webcam stands (live sources only). The position moves on only
 # when the run that used the poses succeeded (see PoseBatch.commit).
@@ -81,14 +82,50 @@ def _video_cache():
     return _decoded_videos
 
 
-def _consumed_by_sampler(prompt, unique_id) -> bool:
-    """Whether a RAIN Sampler of this prompt takes this node's poses (it then commits the position on success)."""
+def _clip_frames(clip):
+    """(images, preview) of a video clip: a short clip is read at once (images, shown whole in pose_preview, as
+    before); a longer one stays a clip the sampler decodes chunk by chunk (images None), and pose_preview shows its
+    first PREVIEW_FRAMES frames, so no output of this node grows with the video's length."""
+    if len(clip) <= PREVIEW_FRAMES:
+        images = uint8_frames(clip.read())
+        return images, images
+    chunks = clip.chunks(PREVIEW_FRAMES)
+    try:
+        return None, uint8_frames(next(chunks))
+    finally:
+        chunks.close()  # closes the file now, not whenever the generator is collected
+
+
+def _video_file(video) -> str | None:
+    """The file behind a core VIDEO (Load Video's VideoFromFile names it through get_stream_source()), or None for
+    videos that exist only in memory, which are then read through get_components()."""
+    source = getattr(video, "get_stream_source", None)
+    try:
+        file = source() if callable(source) else None
+    except Exception:  # noqa: BLE001 - another VIDEO implementation: fall back to its components
+        return None
+    return file if isinstance(file, str) and os.path.isfile(file) else None
+
+
+def _poses_are_taken(prompt, unique_id) -> bool:
+    """Whether any node of this prompt takes this node's `poses` output (output 0), read from the prompt's links.
+
+    Why this, for when a live position moves on: the position is always handed to the consumer of the poses, as
+    part of the RAIN_POSES value (`PoseBatch.commit`, which RAIN Sampler calls after a run that succeeded; a
+    cancelled or failed run never calls it, so the next run reads the same poses again). That is ComfyUI's own
+    contract between nodes: a value and whoever receives it. The only graph where nobody would ever commit is one
+    where nothing takes the poses (e.g. only pose_preview is shown, to watch a camera): there the position moves on
+    at once. Which graph this is follows from the links alone (the hidden PROMPT's `[node id, output]` pairs), not
+    from what kind of node is on the other end, so any node that takes RAIN_POSES works the same way. A consumer
+    that took the poses but never started (a Cancel between the two nodes) leaves them uncommitted: they are read
+    again, as for a failed run. Deciding at the next run instead ("commit whatever nobody claimed") would skip
+    those poses in that case, which is why it is not done."""
     if not isinstance(prompt, dict) or unique_id is None:
         return False
     for node in prompt.values():
-        if isinstance(node, dict) and node.get("class_type") == "RainSampler":
-            link = node.get("inputs", {}).get("poses")
-            if isinstance(link, list) and link and str(link[0]) == str(unique_id):
+        inputs = node.get("inputs") if isinstance(node, dict) else None
+        for value in (inputs or {}).values():
+            if isinstance(value, list) and len(value) == 2 and str(value[0]) == str(unique_id) and value[1] == 0:
                 return True
     return False
 
@@ -165,7 +202,10 @@ class PoseStream:
                    "face-morph draws the anime face dots of the authors' live demo.")
     RETURN_TYPES = ("RAIN_POSES", "IMAGE")
     RETURN_NAMES = ("poses", "pose_preview")
-    OUTPUT_TOOLTIPS = ("Pose frames for RAIN Sampler.", "The pose frames as drawn, for a Preview Image node.")
+    OUTPUT_TOOLTIPS = ("Pose frames for RAIN Sampler. A pose video is read from its file while the sampler runs, a "
+                       "few frames at a time: any length fits in memory.",
+                       f"The pose frames as drawn, for a Preview Image node (of a video read longer than "
+                       f"{PREVIEW_FRAMES} frames: its first {PREVIEW_FRAMES}).")
     FUNCTION = "prepare"
 
     @classmethod
@@ -255,7 +295,7 @@ class PoseStream:
 
         live = _is_live(video_path, loop)
         state = _live_state.setdefault(host.state_key("poses", unique_id), {}) if live else {}
-        frames = images = None
+        frames = images = clip = preview = None
         commit = None
         source_fps = float(fps) if fps else DEFAULT_FPS
         path = _resolve(video_path)
@@ -270,19 +310,25 @@ class PoseStream:
             if state.get("path") != path:
                 state.update(path=path, position=start_frame)
             first = state["position"] if live else start_frame
-            decoded, next_position, _ = _video_cache().read(path, first, frames_per_run, loop, name="video_path")
+            clip = _video_cache().clip(path, first, frames_per_run, loop, name="video_path")
             if live:
-                def commit(state=state, path=path, position=next_position):
+                def commit(state=state, path=path, position=clip.next_start):
                     if state.get("path") == path:
                         state["position"] = position
-            images = uint8_frames(decoded)
+            images, preview = _clip_frames(clip)
             source_fps = _video_fps(path)
         elif video is not None:
             if not hasattr(video, "get_components"):
                 raise ValueError(f"video: expected a VIDEO (core Load Video), found {type(video).__name__}.")
-            components = video.get_components()
-            images = image_batch(components.images, "video")
-            source_fps = float(components.frame_rate) or DEFAULT_FPS
+            file = _video_file(video)
+            if file:  # read from its file as the sampler consumes it, as video_path is
+                clip = _video_cache().clip(file, 0, 0, False, name="video")
+                images, preview = _clip_frames(clip)
+                source_fps = _video_fps(file)
+            else:
+                components = video.get_components()
+                images = image_batch(components.images, "video")
+                source_fps = float(components.frame_rate) or DEFAULT_FPS
         elif pose_keypoint is not None:
             frames = rain_pose.from_pose_keypoint(pose_keypoint)
         elif pose_images is not None:
@@ -293,11 +339,12 @@ class PoseStream:
         else:
             raise ValueError("Pose Stream: no pose source. Connect pose_images, pose_keypoint, video or "
                              "video_frames, or choose a video_path.")
-        if not (frames or images is not None and images.shape[0]):
+        if not (frames or images is not None and images.shape[0] or clip is not None and len(clip)):
             raise ValueError("Pose Stream: the pose source gave no frames.")
-        if images is not None and pose_check:
+        first_images = images if images is not None else preview
+        if first_images is not None and pose_check:
             source = "video_path" if path else "video" if video is not None else "pose_images"
-            check_pose_render(images[:POSE_CHECK_FRAMES].numpy(), source)  # the one check, as the CLI's
+            check_pose_render(first_images[:POSE_CHECK_FRAMES].numpy(), source)  # the one check, as the CLI's
 
         if frames is not None:
             # Confidence threshold, hold-last for missing keypoints, and the damping.
@@ -315,14 +362,14 @@ class PoseStream:
                                  "face landmarks are remapped before drawing. Connect DWPose Estimator's "
                                  "POSE_KEYPOINT, or use mode body.")
             render_options["face_morph"] = {name: float(face_sliders[name]) for name in FACE_SLIDERS}
-        if commit is not None and not _consumed_by_sampler(prompt, unique_id):
-            commit()  # nothing downstream confirms the run: move on now
+        if commit is not None and not _poses_are_taken(prompt, unique_id):
+            commit()  # nothing takes the poses, so nothing will confirm the run: move on now
             commit = None
-        batch = PoseBatch(frames=frames, images=images, live=live, render_options=render_options, fps=source_fps,
-                          on_commit=commit)
+        batch = PoseBatch(frames=frames, images=images, clip=None if images is not None else clip, live=live,
+                          render_options=render_options, fps=source_fps, on_commit=commit)
         if frames is not None:
             canvas = frames[0]
             preview = batch.render(canvas.canvas_height, canvas.canvas_width)
-        else:
+        elif preview is None:
             preview = images
         return (batch, preview)

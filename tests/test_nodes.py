@@ -254,6 +254,62 @@ def test_looping_pose_video_is_live_and_advances_each_run(pack, host):
     assert torch.equal(second.images[18], first.images[0])
 
 
+def test_a_pose_video_longer_than_the_preview_stays_on_disk_until_the_sampler_reads_it(pack, host):
+    from rain_core.video import read_video_frames
+
+    video = DATA / "anyone-video-1_kps.mp4"  # 64 frames
+    poses, preview = pack.NODE_CLASS_MAPPINGS["RainPoseStream"]().prepare(**pose_stream_args(video_path=str(video)))
+    limit = sys.modules[f"{PACK_NAME}.nodes.pose_stream"].PREVIEW_FRAMES
+    assert poses.clip is not None and poses._images is None and len(poses) == 64 and poses.fps == 30.0
+    assert preview.shape == (limit, 704, 512, 3)  # no output of the node grows with the video
+    expected = torch.from_numpy(read_video_frames(video, 0, 0)[0].astype(np.float32) / 255.0)
+    chunks = list(poses.chunks(5, 64, 64))
+    assert [len(c) for c in chunks] == [5] * 12 + [4]
+    assert torch.equal(torch.cat(chunks), expected) and torch.equal(poses.images, expected)
+    assert torch.equal(preview, expected[:limit])
+    short, short_preview = pack.NODE_CLASS_MAPPINGS["RainPoseStream"]().prepare(
+        **pose_stream_args(video_path=str(video), start_frame=3, frames_per_run=limit))
+    assert short.clip is None and torch.equal(short_preview, expected[3:3 + limit])  # short reads: as before
+
+
+def test_a_core_video_from_a_file_is_read_from_the_file_as_video_path_is(pack, host):
+    class VideoFromFile:  # comfy_api's VideoFromFile: the file through get_stream_source(), frames through components
+        def get_stream_source(self):
+            return str(DATA / "anyone-video-1_kps.mp4")
+
+        def get_components(self):
+            raise AssertionError("decoded whole into memory")
+
+    poses, preview = pack.NODE_CLASS_MAPPINGS["RainPoseStream"]().prepare(**pose_stream_args(video=VideoFromFile()))
+    same, _ = pack.NODE_CLASS_MAPPINGS["RainPoseStream"]().prepare(
+        **pose_stream_args(video_path=str(DATA / "anyone-video-1_kps.mp4")))
+    assert poses.clip is not None and len(poses) == 64 and poses.fps == 30.0
+    assert torch.equal(torch.cat(list(poses.chunks(16, 64, 64))), same.images)
+
+
+def test_a_live_position_waits_for_whatever_takes_the_poses_and_moves_at_once_when_nothing_does(pack, host):
+    """The commit follows the prompt's links, never a node's class name (issue 30, item 7)."""
+    node = pack.NODE_CLASS_MAPPINGS["RainPoseStream"]()
+    video = str(DATA / "anyone-video-1_kps.mp4")
+
+    def first_pose(prompt):
+        return node.prepare(**pose_stream_args(video_path=video, frames_per_run=2, loop=True, unique_id="3",
+                                               prompt=prompt))[0]
+
+    taken = {"3": {"class_type": "RainPoseStream", "inputs": {}},
+             "9": {"class_type": "SomeOtherPacksSampler", "inputs": {"poses": ["3", 0]}}}
+    batch = first_pose(taken)
+    assert torch.equal(first_pose(taken).images, batch.images)  # not committed: the same poses again
+    batch.commit()
+    moved = first_pose(taken)
+    assert not torch.equal(moved.images, batch.images)
+    moved.commit()
+    preview_only = {"3": {"class_type": "RainPoseStream", "inputs": {}},
+                    "5": {"class_type": "PreviewImage", "inputs": {"images": ["3", 1]}}}
+    a, b = first_pose(preview_only), first_pose(preview_only)  # nothing takes the poses: each run moves on
+    assert not torch.equal(a.images, b.images) and a.on_commit is None
+
+
 def test_pose_stream_without_a_source_names_the_inputs(pack, host):
     with pytest.raises(ValueError, match="pose_images, pose_keypoint, video or video_frames"):
         pack.NODE_CLASS_MAPPINGS["RainPoseStream"]().prepare(**pose_stream_args())
