@@ -140,6 +140,27 @@ def output_directory() -> Path:
     return Path(os.environ.get("RAIN_OUTPUT_DIR", "output")).resolve()
 
 
+def output_file(prefix: str, suffix: str) -> Path:
+    """The next free numbered file for a filename prefix ("rain/long" -> <output>/rain/long_00001_.mp4), numbered by
+    ComfyUI's own `get_save_image_path` as Save Video numbers (standalone: the same rule); its folder is created.
+    A prefix that leads out of the output folder is refused."""
+    output = output_directory()
+    if IN_COMFYUI:
+        folder, name, counter, _, _ = _folder_paths.get_save_image_path(prefix, str(output))
+    else:
+        import re
+
+        folder = os.path.normpath(os.path.join(output, os.path.dirname(os.path.normpath(prefix))))
+        name = os.path.basename(os.path.normpath(prefix))
+        if os.path.commonpath((str(output), os.path.abspath(folder))) != str(output):
+            raise ValueError(f"filename_prefix: {prefix!r} leads out of the output folder {output}")
+        numbers = [int(m.group(1)) for f in (os.listdir(folder) if os.path.isdir(folder) else [])
+                   if (m := re.fullmatch(re.escape(name) + r"_(\d+)_.*", f))]
+        counter = max(numbers, default=0) + 1
+    os.makedirs(folder, exist_ok=True)
+    return Path(folder) / f"{name}_{counter:05}_{suffix}"
+
+
 def server_routes():
     """The running ComfyUI server's route table (to add the pack's own routes), or None outside a server."""
     instance = getattr(_PromptServer, "instance", None) if _PromptServer is not None else None

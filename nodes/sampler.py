@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import time
+
 from ..rain_core.stream.config import NOISE_MODES, StreamConfig
 from . import host
 from .convert import PoseBatch, RainModelHandle, TensorMemo, frame_origins, image_batch, tensor_fingerprint, to_pil
 
-PREVIEW_MAX = 512
-DEFAULT = StreamConfig()  # the one home of the stream's defaults  # longest side of the progress preview; smaller frames are shown at their own size
+PREVIEW_MAX = 512  # longest side of the progress preview; smaller frames are shown at their own size
+PREVIEW_EVERY_S = 2.0  # a long run shows its newest frame this often (a short run only its last)
+DEFAULT = StreamConfig()  # the one home of the stream's defaults
 
 # Reference image tensor -> its fingerprint. ComfyUI hands the same cached tensor to every run of a live workflow,
 # so the content hash is computed once, not per run.
@@ -33,13 +36,16 @@ class RainSampler:
     DESCRIPTION = ("Animates the reference image with the pose frames, tick by tick, with RAIN's stepped noise "
                    "ladder. The stream lives on between runs under its stream_id: a long video fed in chunks, or a "
                    "live source under Auto Queue, continues where the last run stopped. Outputs the frames this run "
-                   "emitted (none during the first warm-up ticks unless flush is on). A cancelled or failed run "
-                   "leaves the stream exactly as it was before the run.")
+                   "emitted (none during the first warm-up ticks unless flush is on). With a filename_prefix the "
+                   "frames go straight into an H.264 video file as they are made instead (long videos in flat "
+                   "memory). A cancelled or failed run leaves the stream exactly as it was before the run, and no "
+                   "file.")
     RETURN_TYPES = ("IMAGE", "FLOAT")
     RETURN_NAMES = ("frames", "fps")
     OUTPUT_TOOLTIPS = (
-        "The frames this run emitted, (N, H, W, 3). On a run that emits none (the first warm-up runs) the nodes "
-        "fed from here do not run (ComfyUI's execution blocker), so Save Image never sees an empty batch.",
+        "The frames this run emitted, (N, H, W, 3); with a filename_prefix only the last of them (they are in the "
+        "video file). On a run that emits none (the first warm-up runs) the nodes fed from here do not run "
+        "(ComfyUI's execution blocker), so Save Image never sees an empty batch.",
         "The frame rate of the pose source (e.g. 30 for a 30 fps pose video), for Create Video / Video Combine "
         "/ Frame Queue, so the output plays at the input's speed.")
     FUNCTION = "sample"
@@ -95,12 +101,19 @@ class RainSampler:
                                "every frame (StreamDiffusion's fixed noise), so still parts of the picture stay "
                                "still; with the built-in model the frame-to-frame flicker fell by about three "
                                "quarters at the same accuracy. A setting of the stream: change it with reset."}),
+                "filename_prefix": ("STRING", {
+                    "default": "",
+                    "tooltip": "Empty: hand the frames on (frames output). A prefix such as rain/long: write the "
+                               "frames this run emits straight into output/rain/long_00001_.mp4 (H.264, at the pose "
+                               "source's frame rate) while they are made, and hand on only the last frame, so a "
+                               "video of any length renders in the same memory. The file appears when the run "
+                               "ends; a cancelled run leaves none. Use flush on for a whole video in one file."}),
             },
             "hidden": {"unique_id": "UNIQUE_ID"},
         }
 
     def sample(self, rain_model, reference, poses, width, height, levels, frames_per_cohort, steps, guidance, seed,
-               stream_id, reset, flush, noise="fresh", unique_id=None):
+               stream_id, reset, flush, noise="fresh", filename_prefix="", unique_id=None):
         from ..rain_core.registry import default_registry
         from ..rain_core.stream import RainStream
 
@@ -131,41 +144,56 @@ class RainSampler:
             stream.set_reference(prepared)
             return stream
 
+        saving = bool(str(filename_prefix or "").strip())
         try:
             entry, created = registry.open_stream(key, settings, create_stream)
             entry.extra["model_token"] = rain_model.token
             stream = entry.stream
-            pose_images = poses.render(height, width)
+            pose_count = len(poses)
             # state_dict() already holds copies of the state tensors: restoring it undoes this run exactly.
             before = None if created else stream.state_dict()
-            chunks = [pose_images[i:i + frames_per_cohort] for i in range(0, len(pose_images), frames_per_cohort)]
-            progress = host.Progress(len(chunks) + int(flush), node_id=unique_id)
-            emitted = []
+            ticks = -(-pose_count // frames_per_cohort)
+            progress = host.Progress(ticks + int(flush), node_id=unique_id)
+            # The output file: a temporary file beside its final name, renamed into place when the run succeeded.
+            sink = _video_sink(filename_prefix, poses.fps) if saving else None
+            emitted, last, emitted_count = [], None, 0
+            shown = time.monotonic()
+
+            def hand_on(frames, value, final):
+                nonlocal last, emitted_count, shown
+                if len(frames):
+                    if sink is not None:
+                        sink.write(frames)  # encoded now: nothing of this run's output stays in memory
+                        last = frames[-1:]
+                    else:
+                        emitted.append(frames)
+                    emitted_count += len(frames)
+                # An interrupt point: a cancel here restores `before` below. The preview: the last frame of the
+                # run, and on a long run the newest frame every PREVIEW_EVERY_S.
+                now = time.monotonic()
+                preview = len(frames) and (final or now - shown >= PREVIEW_EVERY_S)
+                if preview:
+                    shown = now
+                progress.update(value, to_pil(frames[-1], PREVIEW_MAX) if preview else None)
+
             try:
-                for index, chunk in enumerate(chunks):
-                    frames = stream.push(chunk)
-                    if len(frames):
-                        emitted.append(frames)
-                    # An interrupt point: a cancel here restores `before` below. The preview is the last frame
-                    # of the run only (one JPEG per run, not per chunk).
-                    last = index == len(chunks) - 1 and not flush
-                    progress.update(index + 1, to_pil(frames[-1], PREVIEW_MAX) if last and len(frames) else None)
+                for index, chunk in enumerate(poses.chunks(frames_per_cohort, height, width)):
+                    hand_on(stream.push(chunk), index + 1, index == ticks - 1 and not flush)
                 if flush:
-                    frames = stream.flush()
-                    if len(frames):
-                        emitted.append(frames)
-                    progress.update(len(chunks) + 1, to_pil(frames[-1], PREVIEW_MAX) if len(frames) else None)
+                    hand_on(stream.flush(), ticks + 1, True)
+                written = sink.close() if sink is not None else None
             except BaseException:
+                if sink is not None:
+                    sink.abort()  # the partial file goes; whatever was at the path before stays
                 if created:
                     registry.close_stream(key)
                 else:
                     stream.load_state_dict(before)
                 raise
             entry.runs += 1
-            entry.frames_in += len(pose_images)
+            entry.frames_in += pose_count
             pose_times = entry.extra.setdefault("pose_times", [])
-            pose_times.extend([poses.arrived] * len(pose_images))
-            emitted_count = sum(len(frames) for frames in emitted)
+            pose_times.extend([poses.arrived] * pose_count)
             origins, entry.extra["pose_times"] = pose_times[:emitted_count], pose_times[emitted_count:]
             if flush:
                 registry.close_stream(key)
@@ -179,12 +207,31 @@ class RainSampler:
             elif not rain_model.keep_loaded:
                 models.to("cpu", rain_model.dtype)
         fps = float(poses.fps)
-        if not emitted:
+        if not emitted_count:
             # Nothing to hand on (warm-up): the nodes fed from `frames` do not run at all this time.
             return (host.ExecutionBlocker(None), fps)
         import torch
 
-        output = torch.cat([frames.to("cpu", torch.float32) for frames in emitted])
-        entry.frames_out += output.shape[0]
-        frame_origins.set(output, origins)
-        return (output, fps)
+        output = torch.cat([frames.to("cpu", torch.float32) for frames in (emitted or [last])])
+        entry.frames_out += emitted_count
+        frame_origins.set(output, origins[-output.shape[0]:])
+        if written is None:
+            return (output, fps)
+        # The file shows on the node as Save Video's does (and is listed in the prompt's history).
+        return {"ui": _saved_video(written), "result": (output, fps)}
+
+
+def _video_sink(filename_prefix: str, fps: float):
+    """A VideoSink on the next free output/<prefix>_NNNNN_.mp4, numbered as ComfyUI's Save Video numbers."""
+    from ..rain_core.video import VideoSink
+
+    return VideoSink(host.output_file(filename_prefix.strip(), ".mp4"), fps=fps if fps > 0 else 16.0)
+
+
+def _saved_video(path) -> dict:
+    """The UI output of a written file (ComfyUI's PreviewVideo format); a PNG folder (no H.264 here) has none."""
+    if not path.is_file():
+        return {}
+    subfolder = path.parent.relative_to(host.output_directory()).as_posix()
+    return {"images": [{"filename": path.name, "subfolder": "" if subfolder == "." else subfolder,
+                        "type": "output"}], "animated": (True,)}
