@@ -48,13 +48,13 @@ def pose_stream(mode="body", video_path="none", start_frame=0, frames_per_run=0,
             pose_check]
 
 
-def sampler(stream_id="rain", reset=False, flush=False, **settings):
+def sampler(stream_id="rain", reset=False, flush=False, filename_prefix="", **settings):
     """RAIN Sampler's widget values: StreamConfig's defaults (their one home) unless a template sets one."""
     from rain_core.stream.config import StreamConfig
 
     values = {**StreamConfig().to_dict(), **settings}
     return [values["width"], values["height"], values["levels"], values["frames_per_cohort"], values["steps"],
-            values["guidance"], values["seed"], stream_id, reset, flush, values["noise"]]
+            values["guidance"], values["seed"], stream_id, reset, flush, values["noise"], filename_prefix]
 
 
 class Graph:
@@ -205,6 +205,29 @@ def face_morph_portrait():
     return g.workflow()
 
 
+def long_video():
+    """(5) A pose video of any length -> a video file, in flat memory: RAIN Sampler writes its frames straight into
+    the file (filename_prefix) while Pose Stream reads the pose video a few frames at a time."""
+    g = Graph()
+    g.note("Long videos in flat memory. Pose Stream reads the pose video from its file a few frames at a time while "
+           "RAIN Sampler runs, and the sampler writes every frame straight into an H.264 file (its filename_prefix: "
+           "output/rain/long_00001_.mp4, at the video's frame rate) instead of handing a batch on: memory stays the "
+           "same for 60 frames or 10,000. The file appears when the run ends; Cancel leaves no file behind. The "
+           "preview shows the newest frame while it renders and the last one at the end. Runs as it is on the "
+           "example skeleton video (64 frames); choose or upload your own long pose video in video_path "
+           "(start_frame / frames_per_run pick a part of it). Core Load Video into Pose Stream's video input is "
+           "read the same way.", (0, -300), (460, 300))
+    model = model_loader(g)
+    reference = g.add("LoadImage", ["anyone-1.png", "image"], (0, 300), (320, 360))
+    poses = g.add("RainPoseStream", pose_stream(video_path="anyone-video-1_kps.mp4"), (360, 300), (320, 480))
+    rain = g.add("RainSampler", sampler(flush=True, stream_id="long-video", filename_prefix="rain/long"),
+                 (720, 0), (320, 420))
+    preview = g.add("PreviewImage", [], (1080, 0), (320, 320), title="Last frame")
+    feed_sampler(g, model, reference, poses, rain)
+    g.link(rain, "frames", preview, "images")
+    return g.workflow()
+
+
 def thumbnail(path: Path, title: str, subtitle: str, pictures: list) -> None:
     """A 512x384 card for Browse Templates: the inputs side by side, the title large enough to read."""
     card = Image.new("RGB", (512, 384), (24, 26, 32))
@@ -258,6 +281,9 @@ WORKFLOWS = {
     "RAIN 4 - Anime face morph": (
         face_morph_portrait, "face landmarks -> anime face dots -> video",
         lambda: [DATA / "anime-portrait.png", keypoint_frame("rain-face-keypoints.json", "face-morph")]),
+    "RAIN 5 - Long video (flat memory)": (
+        long_video, "any length -> video file, frames streamed to disk",
+        lambda: [DATA / "anyone-1.png", pose_frame(DATA / "anyone-video-1_kps.mp4", 50)]),
 }
 
 

@@ -63,8 +63,8 @@ def load(path):
     return json.loads(path.read_text())
 
 
-def test_the_four_workflows_are_there():
-    assert len(WORKFLOWS) == 4
+def test_the_five_workflows_are_there_numbered_1_to_5():
+    assert [path.stem.split(" - ")[0] for path in WORKFLOWS] == [f"RAIN {n}" for n in range(1, 6)]
 
 
 @pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.stem)
