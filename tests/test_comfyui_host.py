@@ -118,7 +118,7 @@ def saved_files(server, entry, key) -> list[Path]:
 
 # Poses in each shipped file workflow's input, and the frame rate the output must keep.
 EXPECTED_VIDEOS = {"RAIN 1 - Pose video to animation": (64, 30.0), "RAIN 2 - Pose keypoints to animation": (60, 30.0),
-                   "RAIN 4 - Anime face morph": (60, 30.0)}
+                   "RAIN 4 - Anime face morph": (60, 30.0), "RAIN 5 - Long video (flat memory)": (64, 30.0)}
 
 
 @pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.stem)

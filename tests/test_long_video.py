@@ -241,3 +241,15 @@ def test_memory_over_the_chunks_of_a_run_does_not_grow_with_the_video_length(pac
     assert long["traced_peak_mb"] - short["traced_peak_mb"] < 16  # kept whole: +780 MB
     assert long["rss_peak_mb"] - long["rss_start_mb"] < short["rss_peak_mb"] - short["rss_start_mb"] + 128
     assert long["rss_growth_over_chunks_mb"] < 64
+
+
+def test_output_files_are_numbered_as_save_video_numbers_and_stay_in_the_output_folder(pack, host, tmp_path):
+    output = tmp_path / "output"
+    first = host.output_file("rain/long", ".mp4")
+    assert first == output / "rain" / "long_00001_.mp4" and first.parent.is_dir()
+    first.write_bytes(b"")
+    (output / "rain" / "long_00007_.mp4").write_bytes(b"")
+    (output / "rain" / "longer_00009_.mp4").write_bytes(b"")  # another prefix: not counted
+    assert host.output_file("rain/long", ".mp4").name == "long_00008_.mp4"
+    with pytest.raises(ValueError, match="leads out of the output folder"):
+        host.output_file("../elsewhere/long", ".mp4")
