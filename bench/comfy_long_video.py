@@ -31,6 +31,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.error
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -109,14 +110,19 @@ class Server:
 
         def sample():
             while not done.is_set():
-                samples.append(memory(self.process.pid)["VmRSS"])
+                rss = memory(self.process.pid).get("VmRSS")  # none once the process has ended
+                if rss is not None:
+                    samples.append(rss)
                 done.wait(0.2)
 
         sampler = threading.Thread(target=sample, daemon=True)
         sampler.start()
-        prompt_id = post(self.base, "/prompt", {"prompt": prompt, "client_id": "bench"})["prompt_id"]
         deadline = time.time() + timeout
         try:
+            try:
+                prompt_id = post(self.base, "/prompt", {"prompt": prompt, "client_id": "bench"})["prompt_id"]
+            except urllib.error.HTTPError as error:  # the server refused the prompt: say why
+                raise RuntimeError(f"/prompt: {error}: {error.read().decode(errors='replace')[-3000:]}") from None
             while True:
                 entry = get(self.base, f"/history/{prompt_id}").get(prompt_id)
                 if entry and entry["status"].get("completed") is not None:
@@ -217,7 +223,7 @@ def main(argv=None) -> int:
         args.frames, args.old_frames = "96,384", 96
     lengths = [int(n) for n in args.frames.split(",")]
     workdir = Path(tempfile.mkdtemp(prefix="rain-comfy-long-"))
-    args.videos = args.videos or str(workdir / "videos")
+    args.videos = str(Path(args.videos).resolve()) if args.videos else str(workdir / "videos")
     Path(args.videos).mkdir(parents=True, exist_ok=True)
     try:
         rows = [measure(args, workdir, frames, old=False) for frames in lengths]
