@@ -620,6 +620,7 @@ class BackgroundBuild:
         import subprocess
         import threading
 
+        path.parent.mkdir(parents=True, exist_ok=True)
         build.lock.write_text(str(os.getpid()))  # ours while the job is written (a cleaner must not take it)
         _write_job(package, inputs, path, build.job)
         root = str(Path(__file__).resolve().parents[1])

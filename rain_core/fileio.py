@@ -69,7 +69,11 @@ def pid_running(pid: int) -> bool:
         return True
     except OSError:
         return True  # cannot tell (another OS): keep the file
-    return True
+    try:  # Linux: a process that ended but was not reaped yet (its parent died first, no init reaps) is a zombie
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            return handle.read().rsplit(b")", 1)[1].split()[0] != b"Z"
+    except (OSError, IndexError):
+        return True
 
 
 def stale_temporaries(path: os.PathLike | str) -> list[Path]:
