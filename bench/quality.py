@@ -59,7 +59,7 @@ from rain_core.fileio import temporary_beside  # noqa: E402
 from rain_core.metrics import bootstrap_ci, temporal_error, temporal_error_per_frame  # noqa: E402,F401
 from rain_core.scheduler import LCMStepper, trailing_timesteps  # noqa: E402
 from rain_core.stream import RainStream, StreamConfig  # noqa: E402
-from rain_core.train.synthetic import WORLDS, SyntheticWorld, render_character, render_skeleton  # noqa: E402
+from rain_core.synthetic import WORLDS, SyntheticWorld, render_character, render_skeleton  # noqa: E402
 
 SHIPPED = ROOT / "rain_core" / "assets" / "tiny-rain"
 RESULTS = ROOT / "bench" / "results" / "quality.json"

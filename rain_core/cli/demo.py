@@ -55,7 +55,7 @@ def run(args) -> int:
 
     from ..metrics import psnr
     from ..stream import RainStream
-    from ..train.synthetic import SyntheticWorld, render_character, render_skeleton
+    from ..synthetic import SyntheticWorld, render_character, render_skeleton
     from ..video import VideoSink
 
     out = check_output_path(args.out)
