@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
-from .trainer import TrainConfig
+from .config import TrainConfig
 
 _HELP = {
     "stage": "1: image pairs (reference UNet + denoising UNet + pose guider); 2: clips with motion modules and "
