@@ -116,3 +116,17 @@ def test_sampler_cli_and_live_route_on_their_defaults_make_frames_of_the_models_
         stream = container.streams.video[0]
         assert (stream.height, stream.width) == (64, 64)
     assert torch.is_tensor(frames)
+
+
+def test_rain_bench_honours_every_stream_flag_it_takes_and_takes_no_output_fps(capsys):
+    from rain_core.cli import build_parser, main
+
+    argv = ["bench", "--model", "tiny", "--frames", "12", "--levels", "2", "--frames-per-cohort", "2", "--steps", "2",
+            "--seed", "5", "--noise", "shared", "--fast-path", "eager", "--json"]
+    assert main(argv) == 0
+    rows = json.loads(capsys.readouterr().out)["rows"]
+    assert [(r["noise"], r["fast_path"], r["frames_per_cohort"]) for r in rows] == [("shared", "eager", 2),
+                                                                                 ("shared", "eager", 1)]
+    with pytest.raises(SystemExit) as exit_info:
+        build_parser().parse_args(["bench", "--fps", "30"])
+    assert exit_info.value.code == 2

@@ -89,8 +89,9 @@ def check_output_path(path: str) -> Path:
 # --------------------------------------------------------------------------- model / stream helpers
 
 
-def add_stream_flags(parser: argparse.ArgumentParser) -> None:
-    """The stream's settings as flags; every default is StreamConfig's own (the one home of the defaults)."""
+def add_stream_flags(parser: argparse.ArgumentParser, output: bool = True) -> None:
+    """The stream's settings as flags; every default is StreamConfig's own (the one home of the defaults).
+    output: the command writes frames (adds --fps)."""
     from ..stream.config import DECODERS, FAST_PATHS, NOISE_MODES, StreamConfig
 
     default = StreamConfig()
@@ -115,8 +116,9 @@ def add_stream_flags(parser: argparse.ArgumentParser) -> None:
                        help="auto: TAESDV when the model has it, else the full decoder")
     group.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 … (auto: cuda when available)")
     group.add_argument("--dtype", choices=["auto", "float32", "float16", "bfloat16"], default="auto")
-    group.add_argument("--fps", type=positive_float, default=None,
-                       help="output video fps (default: the input's when it has one, else 16)")
+    if output:
+        group.add_argument("--fps", type=positive_float, default=None,
+                           help="output video fps (default: the input's when it has one, else 16)")
     group.add_argument("--threads", type=int, default=None,
                        help="CPU threads for torch (default on CPU: half the cores)")
     group.add_argument("--fast-path", choices=FAST_PATHS, default=default.fast_path,
