@@ -25,6 +25,12 @@ class TrainConfig:
     motion_blocks: str | None = None  # "0,0,1": which UNet levels keep motion modules (None: the model's own)
     top_width: int = 0  # narrow the top UNet level to N channels before training (0: keep the model's)
     init: str | None = None  # a RAIN model folder to start from (the previous stage's output)
+    # a fresh model of `model`'s size initialised the AnimateAnyone way (rain_core.train.init): both UNets from SD-1.5
+    # / sd-image-variations UNet weights, motion modules from AnimateDiff; the VAE and image encoder from folders
+    init_sd_unet: str | None = None
+    init_motion_modules: str | None = None
+    vae: str | None = None
+    image_encoder: str | None = None
     teacher: str | None = None  # stage 3: the stage-2 model (default: `init`)
     # stage 2: a trained model (with its w-embedding) whose outputs are the targets instead of the data's velocity:
     # how a narrower architecture relearns a shipped model's function, its stage 3 included, in one stage

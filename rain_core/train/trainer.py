@@ -43,6 +43,7 @@ from .checkpoints import latest_checkpoint, load_optimizer, save_optimizer
 from .config import TrainConfig, model_config, parse_motion_blocks
 from .curves import LossLog
 from .data import StepIndices, build_dataset, collate
+from .init import init_for_training, vae_folder
 from .parts import (
     DenoiseForward,
     DrawSource,
@@ -91,10 +92,16 @@ class Trainer:
         ddp = DistributedDataParallelKwargs(find_unused_parameters=True)
         self.accelerator = Accelerator(mixed_precision=config.mixed_precision, cpu=config.cpu, kwargs_handlers=[ddp])
         self.output = Path(config.output)
+        if config.init and config.init_sd_unet:
+            raise ValueError("--init and --init-sd-unet both say where to start: pass one of them")
         if config.init:
             self.models = load_models(config.init)
             if not config.motion and self.models.config.motion is not None:
                 self.models = without_motion(self.models)
+        elif config.init_sd_unet:
+            self.models = init_for_training(config.init_sd_unet, config.init_motion_modules,
+                                            model_config(config.model, config.motion), vae_folder(config.vae),
+                                            config.image_encoder)
         else:
             self.models = RainModels.build(model_config(config.model, config.motion))
         if config.motion_blocks is not None and not config.motion:
