@@ -46,7 +46,7 @@ def add_parser(sub) -> None:
     p.add_argument("--no-pose-check", dest="pose_check", action="store_false",
                    help="do not refuse a pose video that does not look like rendered skeletons")
     p.add_argument("--json", action="store_true")
-    add_stream_flags(p, {})
+    add_stream_flags(p)
     p.set_defaults(handler=run)
 
 
@@ -54,7 +54,9 @@ def _input_fps(poses: Path) -> float | None:
     from ..video import VideoSourceError, open_pose_source
 
     if is_keypoint_source(poses):
-        return None
+        from ..pose import read_keypoints
+
+        return read_keypoints(poses).fps  # {"fps", "frames"} files name theirs; errors come with the frames
     try:
         probe = open_pose_source(poses)
     except VideoSourceError:
@@ -112,8 +114,8 @@ def _render(args, poses: Path, claim) -> int:
     start = time.perf_counter()
     try:
         with tqdm(desc="rain animate", unit="frame", disable=args.json) as bar:
-            count, interrupted = run_stream_to_sink(stream, frames, sink, args.frames_per_cohort, args.max_frames,
-                                                    bar, flush_on_interrupt=args.keep_partial)
+            count, interrupted = run_stream_to_sink(stream, frames, sink, args.max_frames, bar,
+                                                    flush_on_interrupt=args.keep_partial)
         if interrupted:
             by = "" if interrupted == signal.SIGINT else f" by {signal_name(interrupted)}"
             if args.keep_partial and sink.frames_written:

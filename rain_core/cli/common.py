@@ -10,7 +10,7 @@ import signal
 import threading
 from pathlib import Path
 
-from ..layout import builtin_model_dir, model_size, readme_layout_parts, resolve_model_folder
+from ..layout import builtin_model_dir, readme_layout_parts, resolve_model_folder
 
 EXIT_OK, EXIT_INTERNAL, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130  # a signal: 128 + its number
 
@@ -161,32 +161,39 @@ def claim_output(args, frames: int | None = None, height: int = 512, width: int 
 # --------------------------------------------------------------------------- model / stream helpers
 
 
-def add_stream_flags(parser: argparse.ArgumentParser, defaults: dict) -> None:
+def add_stream_flags(parser: argparse.ArgumentParser, output: bool = True) -> None:
+    """The stream's settings as flags; every default is StreamConfig's own (the one home of the defaults).
+    output: the command writes frames (adds --fps)."""
+    from ..stream.config import DECODERS, FAST_PATHS, NOISE_MODES, StreamConfig
+
+    default = StreamConfig()
     group = parser.add_argument_group("stream settings")
-    group.add_argument("--levels", type=int, default=defaults.get("levels", 4), help="p: noise levels (cohorts) in flight")
-    group.add_argument("--frames-per-cohort", type=int, default=defaults.get("frames_per_cohort", 4),
-                       help="m: frames sharing one noise level")
-    group.add_argument("--steps", type=int, default=defaults.get("steps", 4), help="LCM steps per frame (multiple of --levels)")
-    group.add_argument("--guidance", type=float, default=defaults.get("guidance", 3.5), help="LCM w-embedding value")
+    group.add_argument("--levels", type=positive_int, default=default.levels,
+                       help=f"p: noise levels (cohorts) in flight (default {default.levels})")
+    group.add_argument("--frames-per-cohort", type=positive_int, default=default.frames_per_cohort,
+                       help=f"m: frames sharing one noise level (default {default.frames_per_cohort})")
+    group.add_argument("--steps", type=positive_int, default=default.steps,
+                       help=f"LCM steps per frame, a multiple of --levels (default {default.steps})")
+    group.add_argument("--guidance", type=float, default=default.guidance,
+                       help=f"LCM w-embedding value (default {default.guidance})")
     size_help = "default: the model's own size (64 for the built-in tiny model, 512 for RAIN-v0.1)"
-    group.add_argument("--height", type=positive_int, default=defaults.get("height"),
-                       help=None if "height" in defaults else size_help)
-    group.add_argument("--width", type=positive_int, default=defaults.get("width"),
-                       help=None if "width" in defaults else size_help)
-    group.add_argument("--seed", type=int, default=0)
-    group.add_argument("--noise", choices=["fresh", "shared"], default="fresh",
+    group.add_argument("--height", type=positive_int, default=None, help=size_help)
+    group.add_argument("--width", type=positive_int, default=None, help=size_help)
+    group.add_argument("--seed", type=int, default=default.seed)
+    group.add_argument("--noise", choices=NOISE_MODES, default=default.noise,
                        help="fresh: every frame its own noise (the method); shared: one noise for every frame, so "
                             "still parts stay still (~74%% less frame-to-frame error on the built-in model; not "
                             "in the paper)")
-    group.add_argument("--decoder", choices=["auto", "taesdv", "vae"], default="auto",
+    group.add_argument("--decoder", choices=DECODERS, default=default.decoder,
                        help="auto: TAESDV when the model has it, else the full decoder")
     group.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 … (auto: cuda when available)")
     group.add_argument("--dtype", choices=["auto", "float32", "float16", "bfloat16"], default="auto")
-    group.add_argument("--fps", type=positive_float, default=None,
-                       help="output video fps (default: the input's when it has one, else 16)")
+    if output:
+        group.add_argument("--fps", type=positive_float, default=None,
+                           help="output video fps (default: the input's when it has one, else 16)")
     group.add_argument("--threads", type=int, default=None,
                        help="CPU threads for torch (default on CPU: half the cores)")
-    group.add_argument("--fast-path", choices=["auto", "eager", "compile", "graph"], default="auto",
+    group.add_argument("--fast-path", choices=FAST_PATHS, default=default.fast_path,
                        help="auto: a CUDA graph on CUDA; on the CPU the compiled tick when it is saved, else eager "
                             "(`rain live`, a long-lived host, also compiles it in a background process that ends "
                             "with it, and switches when it is ready; RAIN_BACKGROUND_COMPILE=1 lets any command do "
@@ -237,7 +244,7 @@ def stream_config(args):
     from ..stream import StreamConfig
 
     return StreamConfig(levels=args.levels, frames_per_cohort=args.frames_per_cohort, steps=args.steps,
-                        guidance=args.guidance, height=args.height, width=args.width, seed=args.seed,
+                        guidance=args.guidance, height=args.height or 0, width=args.width or 0, seed=args.seed,
                         decoder=args.decoder, fast_path=getattr(args, "fast_path", "auto"),
                         noise=getattr(args, "noise", "fresh"))
 
@@ -263,7 +270,9 @@ def load_models(args):
 
 def model_folder_size(args) -> tuple[int, int]:
     """--height / --width, each defaulting to the model's own size (read from its folder, before loading)."""
-    height, width = model_size(resolve_model_folder(getattr(args, "model", None)))
+    from ..loading import folder_frame_size
+
+    height, width = folder_frame_size(resolve_model_folder(getattr(args, "model", None)))
     return args.height or height, args.width or width
 
 
@@ -293,7 +302,7 @@ def read_image(path: str, height: int, width: int):
 
 def check_reference(image, path: str):
     """Refuse a reference that cannot be a character picture (1×1, blank): the output would ignore it."""
-    from ..metrics import reference_problem
+    from ..inputs import reference_problem
 
     problem = reference_problem(image)
     if problem:
@@ -301,25 +310,20 @@ def check_reference(image, path: str):
     return image
 
 
-POSE_CHECK_FRAMES = 8
-
-
 def check_pose_frames(frames, source: str, enabled: bool = True):
-    """Look at the first frames of a pose video or image folder before any compute: refuse camera footage given
-    where rendered skeletons are expected (the output would be colour noise). Returns an iterator over all frames."""
+    """Look at the first frames of a pose video or image folder before any compute (`inputs.check_pose_render`,
+    the one check). Returns an iterator over all frames."""
     import itertools
 
-    from ..metrics import dark_fraction, looks_like_pose_render
+    from ..inputs import POSE_CHECK_FRAMES, NotAPoseRender, check_pose_render
 
     frames = iter(frames)
     first = list(itertools.islice(frames, POSE_CHECK_FRAMES))
-    if enabled and first and not looks_like_pose_render(first):
-        raise UsageError(
-            f"--poses {source}: these frames do not look like rendered skeletons ({dark_fraction(first):.0%} of the "
-            "pixels are black; a DWPose/OpenPose render is ~95% black with thin coloured limbs). RAIN needs pose "
-            "renders, not camera footage: for footage of a person use `rain live --source VIDEO --poses detector` "
-            "(DWPose), or render the poses first (e.g. ComfyUI's DWPose preprocessor); pass --no-pose-check if this "
-            "really is a render.")
+    if enabled and first:
+        try:
+            check_pose_render(first, f"--poses {source}")
+        except NotAPoseRender as error:
+            raise UsageError(str(error)) from None
     return itertools.chain(first, frames)
 
 
@@ -335,40 +339,35 @@ def partial_path(path: Path) -> Path:
     raise UsageError(f"{path}: 999 partial outputs exist beside it; remove some")
 
 
-def run_stream_to_sink(stream, frames, sink, frames_per_cohort: int, limit: int | None, progress=None,
-                       flush_on_interrupt: bool = False):
-    """Push frames m at a time and write what comes out; at the end push the rest and flush.
+def run_stream_to_sink(stream, frames, sink, limit: int | None, progress=None, flush_on_interrupt: bool = False):
+    """Push frames a cohort at a time (`rain_core.stream.feed.push_frames`, THE push loop) and write what comes
+    out; at the end flush.
 
     Ctrl-C (or SIGTERM / SIGHUP, see `stop_signals`) stops reading. With `flush_on_interrupt` the frames already
     pushed are still flushed (the warm-up's p − 1 ticks at most), and a second signal skips that flush; without
-    it nothing more is computed. Returns (pose frames read, the signal that stopped the run or 0).
+    it nothing more is computed. Returns (pose frames pushed, the signal that stopped the run or 0).
     """
-    import numpy as np
+    import itertools
 
-    batch, count, interrupted = [], 0, 0
+    from ..stream.feed import push_frames
+
+    count, interrupted = 0, 0
 
     def write(out):
         if out.shape[0]:
             sink.write(out.numpy())
 
     try:
-        for frame in frames:
-            batch.append(frame)
-            count += 1
-            if len(batch) == frames_per_cohort:
-                write(stream.push(np.stack(batch)))
-                batch = []
-                if progress is not None:
-                    progress.update(frames_per_cohort)
-            if limit and count >= limit:
-                break
-    except KeyboardInterrupt as stop:
+        for taken, out in push_frames(stream, itertools.islice(frames, limit) if limit else frames):
+            write(out)
+            if progress is not None:
+                progress.update(taken - count)
+            count = taken
+    except KeyboardInterrupt as stop:  # a push is a transaction: the stream holds what was pushed before
         interrupted = interrupt_signal(stop)
     if interrupted and not flush_on_interrupt:
         return count, interrupted
     try:
-        if batch and not interrupted:
-            write(stream.push(np.stack(batch)))
         if count:
             write(stream.flush())
     except KeyboardInterrupt as stop:  # a second Ctrl-C (or the first, during the final flush): stop now

@@ -44,7 +44,7 @@ def add_parser(sub) -> None:
     p.add_argument("--no-pose-check", dest="pose_check", action="store_false",
                    help="with --poses skeleton, do not refuse a source that does not look like rendered skeletons")
     p.add_argument("--json", action="store_true")
-    add_stream_flags(p, {})
+    add_stream_flags(p)
     p.set_defaults(handler=run)
 
 
@@ -180,8 +180,7 @@ def _run(args, out) -> int:
     target = sink if sink is not None else _Overlay()
     try:
         # Ctrl-C is how a live run ends: the frames in flight are flushed; a second Ctrl-C skips the flush.
-        _, interrupted = run_stream_to_sink(stream, poses(), target, args.frames_per_cohort, args.max_frames,
-                                            flush_on_interrupt=True)
+        _, interrupted = run_stream_to_sink(stream, poses(), target, args.max_frames, flush_on_interrupt=True)
     except BaseException:
         if sink is not None:
             sink.abort()
