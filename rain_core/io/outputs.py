@@ -131,8 +131,8 @@ def target_problem(path: Path, kind: OutputKind, overwrite_frames: bool = False)
                     "choose another --out")
         return None
     if path.is_dir():
-        return (f"this is a folder, and a {path.suffix} output is a file ({kind.description}). Choose a file name "
-                f"such as {path / 'out'}{kind.suffixes[0]}")
+        return (f"this is a folder, and a {path.suffix} output is a file. Choose a file name such as "
+                f"{path / 'out'}{kind.suffixes[0]}")
     if not path.is_file():
         return "this exists and is not a regular file"
     return None  # an existing file of this name is the named output: replaced when the new one is complete
