@@ -116,6 +116,7 @@ class RainSampler:
                stream_id, reset, flush, noise="fresh", filename_prefix="", unique_id=None):
         from ..rain_core.registry import default_registry
         from ..rain_core.stream import RainStream
+        from ..rain_core.stream.feed import push_frames
 
         if not isinstance(rain_model, RainModelHandle):
             raise ValueError(f"rain_model: expected the output of Load RAIN Model, found {type(rain_model).__name__}.")
@@ -177,10 +178,10 @@ class RainSampler:
                 progress.update(value, to_pil(frames[-1], PREVIEW_MAX) if preview else None)
 
             try:
-                for index, chunk in enumerate(poses.chunks(frames_per_cohort, height, width)):
-                    hand_on(stream.push(chunk), index + 1, index == ticks - 1 and not flush)
-                if flush:
-                    hand_on(stream.flush(), ticks + 1, True)
+                # THE push loop, fed frame by frame from the pose chunks (a clip is decoded as it goes).
+                frames = (frame for chunk in poses.chunks(frames_per_cohort, height, width) for frame in chunk)
+                for index, (_, out) in enumerate(push_frames(stream, frames, flush, frames_per_cohort), 1):
+                    hand_on(out, index, index == ticks + int(flush))
                 written = sink.close() if sink is not None else None
             except BaseException:
                 if sink is not None:

@@ -42,6 +42,7 @@ SMALL = {
 }
 HELP_ONLY = {  # why no small run here
     "comfy_overhead.py": "needs a ComfyUI checkout and its venv (COMFYUI_DIR, COMFY_PYTHON)",
+    "comfy_long_video.py": "needs a ComfyUI checkout and its venv; its --smoke runs in tests/test_comfyui_long_video.py",
     "compare_authors.py": "needs a run folder of the authors' side",
     "compare_training.py": "needs the reference environment (Moore-AnimateAnyone, diffusers 0.24)",
     "compare_training_reference.py": "runs in the reference environment only",
