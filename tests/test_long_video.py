@@ -175,9 +175,9 @@ def test_a_cancelled_run_leaves_no_file_keeps_the_earlier_ones_and_the_next_run_
 
 
 def test_a_cancelled_run_leaves_a_live_pose_position_where_it_was(pack, host, model, long_video, tmp_path):
-    prompt = {"3": {"class_type": "RainPoseStream", "inputs": {}},
-              "4": {"class_type": "RainSampler", "inputs": {"poses": ["3", 0]}}}
-    live = {"video_path": str(long_video), "frames_per_run": 20, "loop": True, "unique_id": "3", "prompt": prompt}
+    prompt = {"33": {"class_type": "RainPoseStream", "inputs": {}},
+              "4": {"class_type": "RainSampler", "inputs": {"poses": ["33", 0]}}}
+    live = {"video_path": str(long_video), "frames_per_run": 20, "loop": True, "unique_id": "33", "prompt": prompt}
     poses = pose_stream(pack, **live)
     assert poses.clip.start == 0 and poses.live
     host.progress_hooks.append(lambda node_id, value, total, preview: host.interrupt_processing())

@@ -292,20 +292,20 @@ def test_a_live_position_waits_for_whatever_takes_the_poses_and_moves_at_once_wh
     node = pack.NODE_CLASS_MAPPINGS["RainPoseStream"]()
     video = str(DATA / "anyone-video-1_kps.mp4")
 
-    def first_pose(prompt):
-        return node.prepare(**pose_stream_args(video_path=video, frames_per_run=2, loop=True, unique_id="3",
+    def first_pose(prompt):  # a node id of its own: the live position is kept per client and node
+        return node.prepare(**pose_stream_args(video_path=video, frames_per_run=2, loop=True, unique_id="31",
                                                prompt=prompt))[0]
 
-    taken = {"3": {"class_type": "RainPoseStream", "inputs": {}},
-             "9": {"class_type": "SomeOtherPacksSampler", "inputs": {"poses": ["3", 0]}}}
+    taken = {"31": {"class_type": "RainPoseStream", "inputs": {}},
+             "9": {"class_type": "SomeOtherPacksSampler", "inputs": {"poses": ["31", 0]}}}
     batch = first_pose(taken)
     assert torch.equal(first_pose(taken).images, batch.images)  # not committed: the same poses again
     batch.commit()
     moved = first_pose(taken)
     assert not torch.equal(moved.images, batch.images)
     moved.commit()
-    preview_only = {"3": {"class_type": "RainPoseStream", "inputs": {}},
-                    "5": {"class_type": "PreviewImage", "inputs": {"images": ["3", 1]}}}
+    preview_only = {"31": {"class_type": "RainPoseStream", "inputs": {}},
+                    "5": {"class_type": "PreviewImage", "inputs": {"images": ["31", 1]}}}
     a, b = first_pose(preview_only), first_pose(preview_only)  # nothing takes the poses: each run moves on
     assert not torch.equal(a.images, b.images) and a.on_commit is None
 
