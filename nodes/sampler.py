@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import time
+from pathlib import Path
 
 from ..rain_core.stream.config import NOISE_MODES, StreamConfig
 from . import host
@@ -233,6 +235,6 @@ def _saved_video(path) -> dict:
     """The UI output of a written file (ComfyUI's PreviewVideo format); a PNG folder (no H.264 here) has none."""
     if not path.is_file():
         return {}
-    subfolder = path.parent.relative_to(host.output_directory()).as_posix()
+    subfolder = Path(os.path.relpath(path.parent, host.output_directory())).as_posix()
     return {"images": [{"filename": path.name, "subfolder": "" if subfolder == "." else subfolder,
                         "type": "output"}], "animated": (True,)}
