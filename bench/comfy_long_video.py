@@ -208,9 +208,9 @@ def main(argv=None) -> int:
     parser.add_argument("--comfyui-dir", default=os.environ.get("COMFYUI_DIR"))
     parser.add_argument("--python", default=os.environ.get("COMFY_PYTHON"))
     parser.add_argument("--frames", default="1000,10000", help="lengths to render, comma-separated")
-    parser.add_argument("--old-frames", type=int, default=320, help="the old way's length (0: skip it)")
+    parser.add_argument("--old-frames", type=int, help="the old way's length (default 320, --smoke 96; 0: skip it)")
     parser.add_argument("--old-rev", default="4e8d65d", help="git revision of the pack the old way runs")
-    parser.add_argument("--smoke", action="store_true", help="96 and 384 frames, old way 96 (a few minutes)")
+    parser.add_argument("--smoke", action="store_true", help="96 and 384 frames (a few minutes)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--compile", action="store_true", help="let the sampler use the compiled CPU tick")
     parser.add_argument("--videos", help="folder for the looped pose videos (kept and reused; default: temporary)")
@@ -220,7 +220,9 @@ def main(argv=None) -> int:
     if not (args.comfyui_dir and args.python):
         parser.error("set COMFYUI_DIR and COMFY_PYTHON (or --comfyui-dir / --python): a ComfyUI checkout and its python")
     if args.smoke:
-        args.frames, args.old_frames = "96,384", 96
+        args.frames = "96,384"
+    if args.old_frames is None:
+        args.old_frames = 96 if args.smoke else 320
     lengths = [int(n) for n in args.frames.split(",")]
     workdir = Path(tempfile.mkdtemp(prefix="rain-comfy-long-"))
     args.videos = str(Path(args.videos).resolve()) if args.videos else str(workdir / "videos")
