@@ -213,13 +213,11 @@ def load_model(patcher) -> None:
 
 
 def unload_model(patcher) -> None:
-    """Move the networks back to their offload device now (Load RAIN Model's keep_loaded off)."""
-    if patcher is None:
-        return
-    for loaded in list(_comfy_mm.current_loaded_models):
-        if loaded.model is patcher:
-            loaded.model_unload()
-            _comfy_mm.current_loaded_models.remove(loaded)
+    """Move the networks back to their offload device now (Load RAIN Model's keep_loaded off), through the
+    ModelPatcher's own `detach`; ComfyUI's list of loaded models is left to ComfyUI (the entry then reports nothing
+    loaded, and the next `load_model` brings the networks back)."""
+    if patcher is not None:
+        patcher.detach(unpatch_all=True)
 
 
 def give_memory_back(delay_s: float = 0.0) -> None:
@@ -253,6 +251,21 @@ def give_memory_back(delay_s: float = 0.0) -> None:
     timer = threading.Timer(delay_s, release)
     timer.daemon = True
     timer.start()
+
+
+# ------------------------------------------------------------------------------------ ComfyUI's own models
+
+
+def vae_weights(vae) -> dict:
+    """The tensors of a VAE from ComfyUI's Load VAE (`comfy.sd.VAE`): its model's state dict as ComfyUI holds it
+    (the LDM layout for SD VAEs). Read, not copied: ComfyUI keeps its own object."""
+    return dict(vae.get_sd())
+
+
+def clip_vision_weights(clip_vision) -> dict:
+    """The tensors of a CLIP vision model from ComfyUI's Load CLIP Vision (`comfy.clip_vision.ClipVisionModel`),
+    in transformers' layout (`vision_model.*`, `visual_projection.weight`)."""
+    return dict(clip_vision.get_sd())
 
 
 # ------------------------------------------------------------------------------------------------ clients

@@ -150,7 +150,7 @@ def test_shipped_workflow_runs_as_shipped(server, object_info, path):
 def live_prompt(model: str = TEST_MODEL, per_run: int = 4, size: int = 32, save: str | None = "live",
                 queue: bool = False, preview: bool = False) -> dict:
     prompt = {
-        "1": {"class_type": "LoadRainModel", "inputs": {"model": model, "vae": "auto", "image_encoder": "auto",
+        "1": {"class_type": "LoadRainModel", "inputs": {"model": model, "vae_name": "auto", "image_encoder": "auto",
                                                         "decoder": "auto", "precision": "auto", "device": "auto",
                                                         "keep_loaded": True}},
         "2": {"class_type": "LoadImage", "inputs": {"image": "anyone-1.png"}},
@@ -311,7 +311,7 @@ def test_interrupted_live_run_resumes_as_if_never_interrupted(server):
 
 def sampler_prompt(stream_id: str, start: int, count: int, flush: bool, prefix: str) -> dict:
     return {
-        "1": {"class_type": "LoadRainModel", "inputs": {"model": TEST_MODEL, "vae": "auto", "image_encoder": "auto",
+        "1": {"class_type": "LoadRainModel", "inputs": {"model": TEST_MODEL, "vae_name": "auto", "image_encoder": "auto",
                                                         "decoder": "auto", "precision": "fp32", "device": "cpu",
                                                         "keep_loaded": True}},
         "2": {"class_type": "LoadImage", "inputs": {"image": "anyone-1.png"}},
