@@ -91,9 +91,11 @@ class Server:
         custom_nodes.mkdir()
         (custom_nodes / PACK_FOLDER).symlink_to(ROOT)
         models = self.workdir / "models"
-        (models / "rain").mkdir(parents=True, exist_ok=True)
+        for kind in ("rain", "vae", "clip_vision"):  # the test's own model files, beside ComfyUI's folders
+            (models / kind).mkdir(parents=True, exist_ok=True)
         paths = self.workdir / "paths.yaml"
-        paths.write_text(f"pack_under_test:\n    custom_nodes: {custom_nodes}\n    rain: {models / 'rain'}\n")
+        paths.write_text(f"pack_under_test:\n    custom_nodes: {custom_nodes}\n    rain: {models / 'rain'}\n"
+                         f"    vae: {models / 'vae'}\n    clip_vision: {models / 'clip_vision'}\n")
         inputs = self.input = self.workdir / "input"
         inputs.mkdir()
         # The user's own file of a name the examples use; the pack copies the other examples in at start-up.

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from comfy_host import (
     BIG_MODEL,
     DATA,
@@ -92,6 +93,76 @@ def test_workflow_templates_are_listed_under_readable_names(server):
         with urllib.request.urlopen(f"{server.base}/api/workflow_templates/{PACK_FOLDER}/"
                                     f"{urllib.parse.quote(name)}.jpg", timeout=30) as response:
             assert response.read()[:3] == b"\xff\xd8\xff"
+
+
+COMFY_FILES_MODEL = "comfy-files-test"
+VAE_FILE, CLIP_FILE = "vae-ft-mse-random.safetensors", "clip-vit-large-patch14-random.safetensors"
+
+
+def _random_like(state, seed) -> dict:
+    """Values k/1024 (|k| < 64): exact in fp32, fp16 and bf16, whatever precision ComfyUI holds its copy in."""
+    generator = torch.Generator().manual_seed(seed)
+    return {name: (torch.randint(-63, 64, tuple(t.shape), generator=generator) / 1024).half()
+            for name, t in state.items()}
+
+
+def write_comfy_model_files(models: Path) -> None:
+    """What ComfyUI's core loaders read: the SD VAE in the LDM layout and CLIP ViT-L/14 in transformers' layout (the
+    only sizes their key rules accept), random; and a tiny RAIN (768-wide cross-attention) that needs both."""
+    import dataclasses
+
+    from conftest import tiny_config
+    from diffusers import AutoencoderKL
+    from foreign_layouts import to_ldm_vae
+    from safetensors.torch import save_file
+
+    from rain_core.loading import CONFIG_NAME, FORMAT
+    from rain_core.models import DenoisingUNet, PoseGuider, ReferenceUNet
+    from rain_core.models.config import ClipConfig
+    from rain_core.models.image_encoder import build_clip
+    from rain_core.models.testing import randomize_parameters
+    from rain_core.single_file import SD_VAE_CONFIG
+
+    with torch.device("meta"):
+        vae, clip = AutoencoderKL.from_config(SD_VAE_CONFIG), build_clip(ClipConfig())
+    save_file(to_ldm_vae(_random_like(vae.state_dict(), 1)), str(models / "vae" / VAE_FILE))
+    save_file(_random_like(clip.state_dict(), 2), str(models / "clip_vision" / CLIP_FILE))
+    config = dataclasses.replace(tiny_config(codec="vae", codec_factor=8, block_out_channels=(16, 32),
+                                             attention_heads=2, cross_attention_dim=768), vae=None, clip=ClipConfig())
+    folder = models / "rain" / COMFY_FILES_MODEL
+    folder.mkdir()
+    for name, network in (("reference_unet", ReferenceUNet(config)), ("denoising_unet", DenoisingUNet(config)),
+                          ("pose_guider", PoseGuider(config.pose_channels, config.pose_guider_channels))):
+        save_file({k: v.contiguous() for k, v in randomize_parameters(network, 5).state_dict().items()},
+                  str(folder / f"{name}.safetensors"))
+    (folder / CONFIG_NAME).write_text(json.dumps({"format": FORMAT, "config": config.to_dict()}))
+
+
+def comfy_files_prompt(sockets: bool, stream_id: str) -> dict:
+    """8 poses through the 768-wide model, flushed: with core Load VAE / Load CLIP Vision connected, or with the
+    same files chosen in Load RAIN Model's own lists."""
+    prompt = sampler_prompt(stream_id, 0, 8, True, stream_id)
+    prompt["1"]["inputs"].update(model=COMFY_FILES_MODEL, decoder="vae")
+    prompt["4"]["inputs"].update(width=64, height=64, levels=2, frames_per_cohort=2, steps=2)
+    if sockets:
+        prompt["8"] = {"class_type": "VAELoader", "inputs": {"vae_name": VAE_FILE}}
+        prompt["9"] = {"class_type": "CLIPVisionLoader", "inputs": {"clip_name": CLIP_FILE}}
+        prompt["1"]["inputs"].update(vae=["8", 0], clip_vision=["9", 0])
+    else:
+        prompt["1"]["inputs"].update(vae_name=VAE_FILE, image_encoder=CLIP_FILE)
+    return prompt
+
+
+def test_core_load_vae_and_load_clip_vision_feed_load_rain_model(server):
+    write_comfy_model_files(server.workdir / "models")
+    info = server.get("/object_info/LoadRainModel")["LoadRainModel"]["input"]
+    assert VAE_FILE in info["required"]["vae_name"][0] and CLIP_FILE in info["required"]["image_encoder"][0]
+    assert info["optional"]["vae"][0] == "VAE" and info["optional"]["clip_vision"][0] == "CLIP_VISION"
+    taken_over = saved_frames(server, server.run(comfy_files_prompt(True, "comfy_sockets")))
+    server.post("/free", {"unload_models": True, "free_memory": True})  # one copy of ViT-L at a time
+    from_files = saved_frames(server, server.run(comfy_files_prompt(False, "comfy_files")))
+    assert taken_over.shape == (8, 64, 64, 3) and taken_over.std() > 0
+    assert np.array_equal(taken_over, from_files)  # ComfyUI's objects held the very weights of the files
 
 
 def test_example_inputs_are_copied_into_the_input_folder_and_a_user_file_is_kept(server):
