@@ -370,6 +370,45 @@ def send_event(event: str, data: dict) -> None:
         sent_events.append((event, dict(data, client=client_id())))
 
 
+# ------------------------------------------------------------------------------------------------ OpenCV
+
+OPENCV_BUILDS = ("opencv-python", "opencv-python-headless", "opencv-contrib-python", "opencv-contrib-python-headless")
+
+
+def opencv_builds() -> dict[str, str]:
+    """The OpenCV distributions installed beside the pack (name -> version); each of them owns the same cv2 folder."""
+    from importlib import metadata
+
+    found = {}
+    for name in OPENCV_BUILDS:
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return found
+
+
+def opencv_advice(builds: dict[str, str] | None = None) -> str | None:
+    """What to do when more than one OpenCV build shares the one cv2 folder (pip lets them overwrite each other's
+    files: the last installed wins, and uninstalling any of them breaks cv2 for all), or None when there is one."""
+    builds = opencv_builds() if builds is None else builds
+    if len(builds) < 2:
+        return None
+    keep = "opencv-contrib-python" if any("contrib" in name for name in builds) else "opencv-python"
+    why = " (it holds everything opencv-python has, and a GUI)" if keep == "opencv-contrib-python" else ""
+    listed = ", ".join(f"{name} {version}" for name, version in builds.items())
+    return (f"RAIN: {len(builds)} OpenCV builds share one cv2 folder ({listed}); the one pip installed last "
+            f"wins, and uninstalling any of them breaks cv2 for all. Keep one{why}: pip uninstall -y "
+            f"{' '.join(builds)}, then pip install {keep}")
+
+
+def warn_about_opencv() -> None:
+    """At load: log `opencv_advice` once (the pack works either way; the next install or uninstall may not)."""
+    advice = opencv_advice()
+    if advice:
+        logger.warning(advice)
+
+
 # ---------------------------------------------------------------------------------------- example inputs
 
 
