@@ -18,6 +18,7 @@ interrupted at a progress point and resumed bit-exactly.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import time
 import urllib.parse
@@ -94,6 +95,17 @@ def test_workflow_templates_are_listed_under_readable_names(server):
         with urllib.request.urlopen(f"{server.base}/api/workflow_templates/{PACK_FOLDER}/"
                                     f"{urllib.parse.quote(name)}.jpg", timeout=30) as response:
             assert response.read()[:3] == b"\xff\xd8\xff"
+
+
+def test_workflow_templates_are_listed_in_order(server):
+    listed = server.get("/workflow_templates")[PACK_FOLDER]
+    intended = sorted(p.stem for p in WORKFLOWS)  # "RAIN 1 - ...", "RAIN 2 - ...": test_packaging checks the names
+    folder_order = [name[:-5] for name in os.listdir(ROOT / "example_workflows") if name.endswith(".json")]
+    if listed != intended and listed == folder_order:
+        # ComfyUI 0.3.64 globs custom_nodes/*/example_workflows/*.json unsorted, and both front ends (1.27.10,
+        # 1.58.1) show that order: the folder's own (ext4 returns names by hash). Upstream ComfyUI sorts by name.
+        pytest.xfail(f"this ComfyUI lists the templates in the folder's order: {[n[:6] for n in listed]}")
+    assert listed == intended
 
 
 COMFY_FILES_MODEL = "comfy-files-test"
