@@ -446,6 +446,21 @@ def saved_frames(server, entry) -> np.ndarray:
     return np.zeros((0, 32, 32, 3), np.uint8) if frames is None else frames  # a warm-up run saves nothing
 
 
+def test_keep_loaded_off_hands_the_networks_back_after_each_run_and_the_stream_goes_on(server):
+    """keep_loaded off: the sampler detaches the networks through the ModelPatcher after each run (no edit of
+    ComfyUI's list of loaded models); the next run loads them again and the stream continues as if kept loaded."""
+    kept, detached = sampler_prompt("kept", 0, 8, False, "kept"), sampler_prompt("detached", 0, 8, False, "detached")
+    detached["1"]["inputs"]["keep_loaded"] = False
+    client = uuid.uuid4().hex  # one client: its streams go on from run to run
+    runs = []
+    for start in (0, 8, 16):
+        for prompt in (kept, detached):
+            prompt["3"]["inputs"]["start_frame"] = start
+        runs.append([saved_frames(server, server.run(p, client_id=client)) for p in (kept, detached)])
+    assert sum(len(k) for k, _ in runs) > 0  # past the warm-up, frames came out
+    assert all(np.array_equal(k, d) for k, d in runs)
+
+
 def test_interrupted_run_leaves_the_stream_and_the_next_run_resumes_it(server):
     expected = [saved_frames(server, server.run(sampler_prompt("reference", 0, 8, False, "ref_a"))),
                 saved_frames(server, server.run(sampler_prompt("reference", 8, 40, True, "ref_b")))]
