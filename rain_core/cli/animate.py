@@ -2,31 +2,8 @@
 
 from __future__ import annotations
 
-import time
-from pathlib import Path
-
-from ..inputs import is_keypoint_source
-from .common import (
-    EXIT_OK,
-    MODEL_HELP,
-    Interrupted,
-    UsageError,
-    add_model_flags,
-    add_stream_flags,
-    apply_umask,
-    check_output_path,
-    check_pose_frames,
-    check_reference,
-    emit,
-    load_models,
-    model_folder_size,
-    partial_path,
-    pose_frames,
-    positive_int,
-    read_image,
-    run_stream_to_sink,
-    stream_config,
-)
+from .common import EXIT_OK, MODEL_HELP, add_model_flags, add_stream_flags, emit, load_models, positive_int
+from .render import prepare_job, render_job
 
 
 def add_parser(sub) -> None:
@@ -46,68 +23,15 @@ def add_parser(sub) -> None:
     p.set_defaults(handler=run)
 
 
-def _input_fps(poses: Path) -> float | None:
-    from ..video import VideoSourceError, open_pose_source
-
-    if is_keypoint_source(poses):
-        return None
-    try:
-        probe = open_pose_source(poses)
-    except VideoSourceError:
-        return None  # reading the frames reports the problem with its own message
-    try:
-        return getattr(probe, "fps", None)
-    finally:
-        probe.close()
-
-
 def run(args) -> int:
     from tqdm import tqdm
 
-    from ..stream import RainStream
-    from ..video import VideoSink
-
-    out = check_output_path(args.out)
-    poses = Path(args.poses)
-    if not poses.exists():
-        raise UsageError(f"--poses {args.poses}: not found; expected a pose video, a folder of pose images, "
-                         "or a POSE_KEYPOINT / OpenPose .json")
-    args.height, args.width = model_folder_size(args)
-    reference = check_reference(read_image(args.reference, args.height, args.width), args.reference)
-    fps = args.fps or _input_fps(poses) or 16.0
-    frames = pose_frames(args, args.height, args.width)
-    if not is_keypoint_source(poses):
-        frames = check_pose_frames(frames, args.poses, args.pose_check)
+    job = prepare_job(args)  # every input refused before the model loads
     models, folder = load_models(args)
-    stream = RainStream(models, stream_config(args))
-    stream.set_reference(reference)
-    start = time.perf_counter()
-    sink = VideoSink(out, fps=fps)
-    try:
-        with tqdm(desc="rain animate", unit="frame", disable=args.json) as bar:
-            count, interrupted = run_stream_to_sink(stream, frames, sink, args.frames_per_cohort, args.max_frames,
-                                                    bar, flush_on_interrupt=args.keep_partial)
-        if interrupted:
-            if args.keep_partial and sink.frames_written:
-                sink.output_path = partial_path(sink.output_path)  # the sink renames its temporary file to this
-                kept = sink.close()
-                apply_umask(kept)
-                raise Interrupted(f"interrupted after {count} pose frames; the {sink.frames_written} frames made so "
-                                  f"far are in {kept}; {out} was not changed.")
-            raise Interrupted(f"interrupted after {count} pose frames; nothing written, {out} was not changed "
-                              "(--keep-partial keeps the frames made so far).")
-        written = sink.close()
-    except BaseException:
-        sink.abort()  # a failed or interrupted run leaves an existing output as it was (no-op once closed)
-        raise
-    if count == 0:
-        raise UsageError(f"--poses {args.poses}: no pose frames found")
-    apply_umask(written)
-    seconds = time.perf_counter() - start
-    stats = stream.stats
-    summary = {"output": str(written), "frames": stats["frames_out"], "fps": stats["frames_out"] / seconds,
-               "output_fps": fps, "size": [args.height, args.width], "ms_per_tick": stats["mean_ms_per_tick"],
-               "latency_frames": stats["latency_frames"], "model": str(folder)}
+    with tqdm(desc="rain animate", unit="frame", disable=args.json) as bar:
+        summary = render_job(models, args, job, bar)
+    summary["model"] = str(folder)
+    fps = summary["output_fps"]
     emit(args, summary, [f"wrote {summary['output']} ({summary['frames']} frames, {args.height}×{args.width}, "
                          f"{fps:g} fps)",
                          f"speed: {summary['fps']:.2f} fps, {summary['ms_per_tick'] or 0:.1f} ms per tick, "

@@ -89,36 +89,43 @@ def check_output_path(path: str) -> Path:
 # --------------------------------------------------------------------------- model / stream helpers
 
 
-def add_stream_flags(parser: argparse.ArgumentParser, defaults: dict) -> None:
+def add_stream_flags(parser: argparse.ArgumentParser, defaults: dict, exclude: tuple = ()) -> None:
+    """The stream's flags; `exclude` leaves some out for a command that defines its own (`rain batch`'s --threads
+    is per worker)."""
     group = parser.add_argument_group("stream settings")
-    group.add_argument("--levels", type=int, default=defaults.get("levels", 4), help="p: noise levels (cohorts) in flight")
-    group.add_argument("--frames-per-cohort", type=int, default=defaults.get("frames_per_cohort", 4),
-                       help="m: frames sharing one noise level")
-    group.add_argument("--steps", type=int, default=defaults.get("steps", 4), help="LCM steps per frame (multiple of --levels)")
-    group.add_argument("--guidance", type=float, default=defaults.get("guidance", 3.5), help="LCM w-embedding value")
+
+    def add(flag, **kwargs):
+        if flag[2:].replace("-", "_") not in exclude:
+            group.add_argument(flag, **kwargs)
+
+    add("--levels", type=int, default=defaults.get("levels", 4), help="p: noise levels (cohorts) in flight")
+    add("--frames-per-cohort", type=int, default=defaults.get("frames_per_cohort", 4),
+        help="m: frames sharing one noise level")
+    add("--steps", type=int, default=defaults.get("steps", 4), help="LCM steps per frame (multiple of --levels)")
+    add("--guidance", type=float, default=defaults.get("guidance", 3.5), help="LCM w-embedding value")
     size_help = "default: the model's own size (64 for the built-in tiny model, 512 for RAIN-v0.1)"
-    group.add_argument("--height", type=positive_int, default=defaults.get("height"),
-                       help=None if "height" in defaults else size_help)
-    group.add_argument("--width", type=positive_int, default=defaults.get("width"),
-                       help=None if "width" in defaults else size_help)
-    group.add_argument("--seed", type=int, default=0)
-    group.add_argument("--noise", choices=["fresh", "shared"], default="fresh",
-                       help="fresh: every frame its own noise (the method); shared: one noise for every frame, so "
-                            "still parts stay still (~74%% less frame-to-frame error on the built-in model; not "
-                            "in the paper)")
-    group.add_argument("--decoder", choices=["auto", "taesdv", "vae"], default="auto",
-                       help="auto: TAESDV when the model has it, else the full decoder")
-    group.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 … (auto: cuda when available)")
-    group.add_argument("--dtype", choices=["auto", "float32", "float16", "bfloat16"], default="auto")
-    group.add_argument("--fps", type=positive_float, default=None,
-                       help="output video fps (default: the input's when it has one, else 16)")
-    group.add_argument("--threads", type=int, default=None,
-                       help="CPU threads for torch (default on CPU: half the cores)")
-    group.add_argument("--fast-path", choices=["auto", "eager", "compile", "graph"], default="auto",
-                       help="auto: a CUDA graph on CUDA; on the CPU the compiled tick when it is saved, else eager "
-                            "while a background process compiles it (used as soon as it is ready; "
-                            "RAIN_BACKGROUND_COMPILE=0 turns that off); compile: wait for the compiled tick "
-                            "(a minute or more the first time, later starts load it in about a second)")
+    add("--height", type=positive_int, default=defaults.get("height"),
+        help=None if "height" in defaults else size_help)
+    add("--width", type=positive_int, default=defaults.get("width"),
+        help=None if "width" in defaults else size_help)
+    add("--seed", type=int, default=0)
+    add("--noise", choices=["fresh", "shared"], default="fresh",
+        help="fresh: every frame its own noise (the method); shared: one noise for every frame, so "
+             "still parts stay still (~74%% less frame-to-frame error on the built-in model; not "
+             "in the paper)")
+    add("--decoder", choices=["auto", "taesdv", "vae"], default="auto",
+        help="auto: TAESDV when the model has it, else the full decoder")
+    add("--device", default="auto", help="cpu, cuda, cuda:1 … (auto: cuda when available)")
+    add("--dtype", choices=["auto", "float32", "float16", "bfloat16"], default="auto")
+    add("--fps", type=positive_float, default=None,
+        help="output video fps (default: the input's when it has one, else 16)")
+    add("--threads", type=int, default=None,
+        help="CPU threads for torch (default on CPU: half the cores)")
+    add("--fast-path", choices=["auto", "eager", "compile", "graph"], default="auto",
+        help="auto: a CUDA graph on CUDA; on the CPU the compiled tick when it is saved, else eager "
+             "while a background process compiles it (used as soon as it is ready; "
+             "RAIN_BACKGROUND_COMPILE=0 turns that off); compile: wait for the compiled tick "
+             "(a minute or more the first time, later starts load it in about a second)")
 
 
 MODEL_HELP = "model folder, or 'tiny' / 'builtin' for the built-in 64 px model"
