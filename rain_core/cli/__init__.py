@@ -1,4 +1,4 @@
-"""The `rain` command: demo, animate, live, bench, info, convert, download, train, queue; one module each.
+"""The `rain` command: demo, animate, batch, live, bench, info, convert, download, train, queue; one module each.
 
 Exit codes: 0 ok, 2 bad input (the message says what to change), 1 internal error, 130 interrupted.
 """
@@ -9,7 +9,7 @@ import argparse
 import sys
 import traceback
 
-from . import animate, bench, convert, demo, download, info, live, queue, train
+from . import animate, batch, bench, convert, demo, download, info, live, queue, train
 from .common import (
     EXIT_BAD_INPUT,
     EXIT_INTERNAL,
@@ -23,7 +23,7 @@ from .common import (
 
 __all__ = ["main", "build_parser", "UsageError", "builtin_model_dir", "EXIT_OK", "EXIT_INTERNAL", "EXIT_BAD_INPUT"]
 
-SUBCOMMANDS = (demo, animate, live, bench, info, convert, download, train, queue)
+SUBCOMMANDS = (demo, animate, batch, live, bench, info, convert, download, train, queue)
 
 
 def build_parser() -> argparse.ArgumentParser:
