@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import bench_module
 from PIL import Image
 
 from rain_core.batch.jobs import JobsFileError, read_jobs
@@ -245,3 +246,12 @@ def test_ctrl_c_stops_cleanly_and_the_next_run_skips_the_completed_jobs(ray_sess
     assert (summary["skipped"], summary["done"]) == (2, 2)
     assert {i: (tmp_path / f"out/short{i}.mp4").stat().st_mtime_ns for i in range(2)} == stamps
     assert all(probe_video(tmp_path / f"out/long{i}.mp4").frame_count == 8 for i in range(2))
+
+
+def test_batch_scale_bench_smoke_mode_measures_one_and_two_workers(ray_session, tmp_path):
+    result = bench_module("batch_scale").main(["--smoke", "--out", str(tmp_path / "batch_scale.json")])
+    assert [row["workers"] for row in result["rows"]] == [1, 2] and result["rows"][0]["speedup"] == 1.0
+    assert all(row["jobs_per_min"] > 0 for row in result["rows"])
+    assert [turn["workers_used"] for turn in result["turns"]] == [1, 2]
+    assert result["gpus_on_paper"]["on_paper"] is True
+    assert json.loads((tmp_path / "batch_scale.json").read_text())["rows"] == result["rows"]
