@@ -172,6 +172,7 @@ def run_jobs(jobs: list[Job], defaults: dict, options: Options, results: Results
             while pending and pool.idle:
                 actor, job = pool.idle.popleft(), pending.popleft()
                 attempts[job.id] += 1
+                remove_partial_files(job.output)  # left by a batch that was killed outright (SIGKILL, power)
                 running[actor.render.remote(job.arguments(defaults))] = (actor, job)
             ready, _ = ray.wait(list(running), num_returns=1, timeout=0.5)  # short: Ctrl-C is seen between waits
             for ref in ready:
