@@ -116,18 +116,20 @@ def start_ray(ray, options: Options) -> bool:
     return True
 
 
-def plan_workers(ray, options: Options) -> tuple[int, str]:
-    """(workers, device): one worker per GPU when Ray has GPUs (unless --device cpu), else CPUs // threads."""
+def plan_workers(ray, options: Options) -> tuple[int, str, str | None]:
+    """(workers, device, note): one worker per GPU when Ray has GPUs (unless --device cpu), else CPUs // threads;
+    never more than the cluster can place (a worker Ray cannot place would hold its job forever)."""
     resources = ray.cluster_resources()
     gpus = int(resources.get("GPU", 0))
     if options.device == "cuda" and not gpus:
         raise BatchError("--device cuda: the Ray cluster has no GPU; leave --device out to render on the CPUs.")
     device = "cuda" if gpus and options.device != "cpu" else "cpu"
-    if options.workers:
-        return options.workers, device
-    if device == "cuda":
-        return gpus, device
-    return max(1, int(resources.get("CPU", 1)) // max(1, options.threads)), device
+    capacity = gpus if device == "cuda" else max(1, int(resources.get("CPU", 1)) // max(1, options.threads))
+    if options.workers and options.workers > capacity:
+        room = f"{gpus} GPU(s)" if device == "cuda" else f"{int(resources.get('CPU', 1))} CPU(s) at " \
+                                                          f"{options.threads} thread(s) a worker"
+        return capacity, device, f"--workers {options.workers}: the cluster has room for {capacity} ({room})"
+    return options.workers or capacity, device, None
 
 
 def run_jobs(jobs: list[Job], defaults: dict, options: Options, results: ResultsFile, fingerprints: dict,
@@ -141,7 +143,9 @@ def run_jobs(jobs: list[Job], defaults: dict, options: Options, results: Results
     pool = None
     running: dict = {}  # object ref → (actor, job)
     try:
-        count, device = plan_workers(ray, options)
+        count, device, note = plan_workers(ray, options)
+        if note:
+            report(note)
         count = min(count, len(jobs))
         outcome = Outcome(workers=count, device=device)
         pool = Pool(ray, count, device, options.threads, defaults)
