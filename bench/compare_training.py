@@ -40,7 +40,9 @@ from safetensors.torch import load_file, save_file
 from rain_core.loading import convert_official
 from rain_core.models import RainModelConfig
 from rain_core.models.config import ClipConfig, MotionConfig
-from rain_core.train.trainer import StepDraws, TrainConfig, Trainer
+from rain_core.train.config import TrainConfig
+from rain_core.train.parts import StepDraws
+from rain_core.train.trainer import Trainer
 
 BATCH, FRAMES_STAGE2 = 2, 4
 REFERENCE_SCRIPT = Path(__file__).resolve().with_name("compare_training_reference.py")

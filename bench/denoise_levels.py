@@ -33,7 +33,7 @@ if str(ROOT) not in sys.path:
 
 from bench.quality import heldout_clips, psnr, temporal_error  # noqa: E402
 from rain_core.train import objectives  # noqa: E402
-from rain_core.train.trainer import DenoiseForward  # noqa: E402
+from rain_core.train.parts import DenoiseForward  # noqa: E402
 
 
 @torch.no_grad()
@@ -114,7 +114,7 @@ def main(argv=None) -> int:
         models = load_rain(folder).eval()
         variants = [(folder, models)]
         if args.motion_off and models.config.motion is not None:
-            from rain_core.train.trainer import without_motion
+            from rain_core.train.parts import without_motion
 
             variants.append((f"{folder} without motion modules", without_motion(models).eval()))
         for name, variant in variants:

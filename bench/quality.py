@@ -59,7 +59,8 @@ from rain_core.fileio import temporary_beside  # noqa: E402
 from rain_core.metrics import bootstrap_ci, temporal_error, temporal_error_per_frame  # noqa: E402,F401
 from rain_core.scheduler import LCMStepper, trailing_timesteps  # noqa: E402
 from rain_core.stream import RainStream, StreamConfig  # noqa: E402
-from rain_core.train.synthetic import WORLDS, SyntheticWorld, render_character, render_skeleton  # noqa: E402
+from rain_core.stream.feed import push_frames  # noqa: E402
+from rain_core.synthetic import WORLDS, SyntheticWorld, render_character, render_skeleton  # noqa: E402
 
 SHIPPED = ROOT / "rain_core" / "assets" / "tiny-rain"
 RESULTS = ROOT / "bench" / "results" / "quality.json"
@@ -176,7 +177,7 @@ def stream_render(models, reference, poses, levels, frames_per_cohort, guidance,
                           noise="shared" if shared_noise else "fresh")
     stream = RainStream(models, config)
     stream.set_reference(torch.from_numpy(reference).float())
-    outputs = [stream.push(torch.from_numpy(poses)), stream.flush()]
+    outputs = [frames for _, frames in push_frames(stream, torch.from_numpy(poses), flush=True)]
     return torch.cat([o for o in outputs if o.shape[0]]).numpy()
 
 
@@ -229,12 +230,14 @@ def drift(models, world, index, levels, frames_per_cohort, guidance, total, size
                 last.append(value)
             emitted += 1
 
-    chunk = 64
-    for start in range(0, total, chunk):
-        _, truth, poses = heldout_clip(world, index, min(chunk, total - start), size, start_frame=start)
-        waiting.extend(truth)
-        score(stream.push(torch.from_numpy(poses)).numpy())
-    score(stream.flush().numpy())
+    def pose_frames(chunk: int = 64):  # the clip drawn 64 frames at a time: memory stays flat over 10,000
+        for start in range(0, total, chunk):
+            _, truth, poses = heldout_clip(world, index, min(chunk, total - start), size, start_frame=start)
+            waiting.extend(truth)
+            yield from torch.from_numpy(poses)
+
+    for _, frames in push_frames(stream, pose_frames(), flush=True):
+        score(frames.numpy())
     return float(np.mean(first)), float(np.mean(last))
 
 

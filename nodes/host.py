@@ -222,10 +222,11 @@ def unload_model(patcher) -> None:
             _comfy_mm.current_loaded_models.remove(loaded)
 
 
-def give_memory_back(delay_s: float = 0.5) -> None:
-    """Once the networks are gone (a moment from now: this is called while the last references are being dropped),
-    return the freed memory to the system: glibc keeps freed heap pages otherwise, so RSS would stay high after
-    POST /free; and CUDA's cache (ComfyUI's soft_empty_cache)."""
+def give_memory_back(delay_s: float = 0.0) -> None:
+    """The one way the pack returns freed memory to the system: gc, glibc's heap (it keeps freed pages otherwise,
+    so RSS would stay high after POST /free or a closed live session) and CUDA's cache (ComfyUI's
+    soft_empty_cache). With `delay_s` it runs that long from now, for callers that are still dropping the last
+    references (finalizers)."""
     import threading
 
     def release():
@@ -246,16 +247,12 @@ def give_memory_back(delay_s: float = 0.5) -> None:
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
 
+    if delay_s <= 0:
+        release()
+        return
     timer = threading.Timer(delay_s, release)
     timer.daemon = True
     timer.start()
-
-
-def is_loaded(patcher) -> bool:
-    """Whether ComfyUI holds the networks loaded now (standalone: always)."""
-    if patcher is None:
-        return True
-    return any(loaded.model is patcher for loaded in _comfy_mm.current_loaded_models)
 
 
 # ------------------------------------------------------------------------------------------------ clients

@@ -56,11 +56,11 @@ def _taesdv_path() -> Path | None:
 
 
 def _dtype(precision: str, device):
-    import torch
+    from ..rain_core.stream.config import resolve_precision
 
     if precision == "auto":
-        return host.auto_dtype(device)
-    return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
+        return host.auto_dtype(device)  # inside ComfyUI its own unet dtype rule; standalone resolve_precision's
+    return resolve_precision(precision, device)
 
 
 def _close_streams_of(token: str) -> None:
@@ -70,7 +70,7 @@ def _close_streams_of(token: str) -> None:
 
     closed = default_registry().close_streams(lambda entry: entry.extra.get("model_token") == token)
     host.logger.info("RAIN: a loaded model was released (%d stream(s) built on it closed)", len(closed))
-    host.give_memory_back()
+    host.give_memory_back(delay_s=0.5)  # the last references are still being dropped
 
 
 class LoadRainModel:

@@ -13,7 +13,7 @@ from conftest import bench_module
 import rain_core
 from rain_core.loading import load_rain
 from rain_core.stream import RainStream, StreamConfig
-from rain_core.train.synthetic import SyntheticWorld, render_character, render_skeleton
+from rain_core.synthetic import SyntheticWorld, render_character, render_skeleton
 
 SHIPPED = Path(rain_core.__file__).parent / "assets" / "tiny-rain"
 SIZE = 64

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..layout import is_builtin_name
+from ..stream.config import DECODERS, NOISE_MODES
 
 
 class JobsFileError(ValueError):
@@ -67,12 +68,12 @@ SETTINGS = {
     "steps": _positive(_whole),
     "guidance": float,
     "seed": _whole,
-    "noise": _choice("fresh", "shared"),
+    "noise": _choice(*NOISE_MODES),
     "height": _positive(_whole),
     "width": _positive(_whole),
     "max_frames": _positive(_whole),
     "fps": _positive(float),
-    "decoder": _choice("auto", "taesdv", "vae"),
+    "decoder": _choice(*DECODERS),
     "pose_check": _boolean,
 }
 COLUMNS = ("id", *PATH_COLUMNS, *SETTINGS)

@@ -19,7 +19,7 @@ def add_parser(sub) -> None:
     p.add_argument("--no-pose-check", dest="pose_check", action="store_false",
                    help="do not refuse a pose video that does not look like rendered skeletons")
     p.add_argument("--json", action="store_true")
-    add_stream_flags(p, {})
+    add_stream_flags(p)
     p.set_defaults(handler=run)
 
 

@@ -46,7 +46,7 @@ def add_parser(sub) -> None:
     p.add_argument("--verbose", action="store_true", help="show Ray's log lines and the workers' output")
     p.add_argument("--json", action="store_true")
     add_model_flags(p)
-    add_stream_flags(p, {}, exclude=("threads", "device"))
+    add_stream_flags(p, exclude=("threads", "device"))
     p.set_defaults(handler=run)
 
 

@@ -7,7 +7,7 @@ import json
 import os
 from pathlib import Path
 
-from ..layout import builtin_model_dir, model_size, readme_layout_parts, resolve_model_folder
+from ..layout import builtin_model_dir, readme_layout_parts, resolve_model_folder
 
 EXIT_OK, EXIT_INTERNAL, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -89,39 +89,45 @@ def check_output_path(path: str) -> Path:
 # --------------------------------------------------------------------------- model / stream helpers
 
 
-def add_stream_flags(parser: argparse.ArgumentParser, defaults: dict, exclude: tuple = ()) -> None:
-    """The stream's flags; `exclude` leaves some out for a command that defines its own (`rain batch`'s --threads
-    is per worker)."""
+def add_stream_flags(parser: argparse.ArgumentParser, output: bool = True, exclude: tuple = ()) -> None:
+    """The stream's settings as flags; every default is StreamConfig's own (the one home of the defaults).
+    output: the command writes frames (adds --fps); exclude: flags a command defines its own way (`rain batch`'s
+    --threads is per worker, its --device picks GPU or CPU workers)."""
+    from ..stream.config import DECODERS, FAST_PATHS, NOISE_MODES, StreamConfig
+
+    default = StreamConfig()
     group = parser.add_argument_group("stream settings")
 
     def add(flag, **kwargs):
         if flag[2:].replace("-", "_") not in exclude:
             group.add_argument(flag, **kwargs)
 
-    add("--levels", type=int, default=defaults.get("levels", 4), help="p: noise levels (cohorts) in flight")
-    add("--frames-per-cohort", type=int, default=defaults.get("frames_per_cohort", 4),
-        help="m: frames sharing one noise level")
-    add("--steps", type=int, default=defaults.get("steps", 4), help="LCM steps per frame (multiple of --levels)")
-    add("--guidance", type=float, default=defaults.get("guidance", 3.5), help="LCM w-embedding value")
+    add("--levels", type=positive_int, default=default.levels,
+        help=f"p: noise levels (cohorts) in flight (default {default.levels})")
+    add("--frames-per-cohort", type=positive_int, default=default.frames_per_cohort,
+        help=f"m: frames sharing one noise level (default {default.frames_per_cohort})")
+    add("--steps", type=positive_int, default=default.steps,
+        help=f"LCM steps per frame, a multiple of --levels (default {default.steps})")
+    add("--guidance", type=float, default=default.guidance,
+        help=f"LCM w-embedding value (default {default.guidance})")
     size_help = "default: the model's own size (64 for the built-in tiny model, 512 for RAIN-v0.1)"
-    add("--height", type=positive_int, default=defaults.get("height"),
-        help=None if "height" in defaults else size_help)
-    add("--width", type=positive_int, default=defaults.get("width"),
-        help=None if "width" in defaults else size_help)
-    add("--seed", type=int, default=0)
-    add("--noise", choices=["fresh", "shared"], default="fresh",
+    add("--height", type=positive_int, default=None, help=size_help)
+    add("--width", type=positive_int, default=None, help=size_help)
+    add("--seed", type=int, default=default.seed)
+    add("--noise", choices=NOISE_MODES, default=default.noise,
         help="fresh: every frame its own noise (the method); shared: one noise for every frame, so "
              "still parts stay still (~74%% less frame-to-frame error on the built-in model; not "
              "in the paper)")
-    add("--decoder", choices=["auto", "taesdv", "vae"], default="auto",
+    add("--decoder", choices=DECODERS, default=default.decoder,
         help="auto: TAESDV when the model has it, else the full decoder")
     add("--device", default="auto", help="cpu, cuda, cuda:1 … (auto: cuda when available)")
     add("--dtype", choices=["auto", "float32", "float16", "bfloat16"], default="auto")
-    add("--fps", type=positive_float, default=None,
-        help="output video fps (default: the input's when it has one, else 16)")
+    if output:
+        add("--fps", type=positive_float, default=None,
+            help="output video fps (default: the input's when it has one, else 16)")
     add("--threads", type=int, default=None,
         help="CPU threads for torch (default on CPU: half the cores)")
-    add("--fast-path", choices=["auto", "eager", "compile", "graph"], default="auto",
+    add("--fast-path", choices=FAST_PATHS, default=default.fast_path,
         help="auto: a CUDA graph on CUDA; on the CPU the compiled tick when it is saved, else eager "
              "while a background process compiles it (used as soon as it is ready; "
              "RAIN_BACKGROUND_COMPILE=0 turns that off); compile: wait for the compiled tick "
@@ -171,7 +177,7 @@ def stream_config(args):
     from ..stream import StreamConfig
 
     return StreamConfig(levels=args.levels, frames_per_cohort=args.frames_per_cohort, steps=args.steps,
-                        guidance=args.guidance, height=args.height, width=args.width, seed=args.seed,
+                        guidance=args.guidance, height=args.height or 0, width=args.width or 0, seed=args.seed,
                         decoder=args.decoder, fast_path=getattr(args, "fast_path", "auto"),
                         noise=getattr(args, "noise", "fresh"))
 
@@ -197,7 +203,9 @@ def load_models(args):
 
 def model_folder_size(args) -> tuple[int, int]:
     """--height / --width, each defaulting to the model's own size (read from its folder, before loading)."""
-    height, width = model_size(resolve_model_folder(getattr(args, "model", None)))
+    from ..loading import folder_frame_size
+
+    height, width = folder_frame_size(resolve_model_folder(getattr(args, "model", None)))
     return args.height or height, args.width or width
 
 
@@ -227,7 +235,7 @@ def read_image(path: str, height: int, width: int):
 
 def check_reference(image, path: str):
     """Refuse a reference that cannot be a character picture (1×1, blank): the output would ignore it."""
-    from ..metrics import reference_problem
+    from ..inputs import reference_problem
 
     problem = reference_problem(image)
     if problem:
@@ -235,25 +243,20 @@ def check_reference(image, path: str):
     return image
 
 
-POSE_CHECK_FRAMES = 8
-
-
 def check_pose_frames(frames, source: str, enabled: bool = True):
-    """Look at the first frames of a pose video or image folder before any compute: refuse camera footage given
-    where rendered skeletons are expected (the output would be colour noise). Returns an iterator over all frames."""
+    """Look at the first frames of a pose video or image folder before any compute (`inputs.check_pose_render`,
+    the one check). Returns an iterator over all frames."""
     import itertools
 
-    from ..metrics import dark_fraction, looks_like_pose_render
+    from ..inputs import POSE_CHECK_FRAMES, NotAPoseRender, check_pose_render
 
     frames = iter(frames)
     first = list(itertools.islice(frames, POSE_CHECK_FRAMES))
-    if enabled and first and not looks_like_pose_render(first):
-        raise UsageError(
-            f"--poses {source}: these frames do not look like rendered skeletons ({dark_fraction(first):.0%} of the "
-            "pixels are black; a DWPose/OpenPose render is ~95% black with thin coloured limbs). RAIN needs pose "
-            "renders, not camera footage: for footage of a person use `rain live --source VIDEO --poses detector` "
-            "(DWPose), or render the poses first (e.g. ComfyUI's DWPose preprocessor); pass --no-pose-check if this "
-            "really is a render.")
+    if enabled and first:
+        try:
+            check_pose_render(first, f"--poses {source}")
+        except NotAPoseRender as error:
+            raise UsageError(str(error)) from None
     return itertools.chain(first, frames)
 
 

@@ -32,7 +32,7 @@ def add_parser(sub) -> None:
     p.add_argument("--no-side-by-side", dest="side_by_side", action="store_false",
                    help="write only the animation (default: pose | RAIN | ground truth panels)")
     p.add_argument("--json", action="store_true")
-    add_stream_flags(p, {"guidance": 3.5})
+    add_stream_flags(p)
     p.set_defaults(handler=run)
 
 
@@ -55,7 +55,7 @@ def run(args) -> int:
 
     from ..metrics import psnr
     from ..stream import RainStream
-    from ..train.synthetic import SyntheticWorld, render_character, render_skeleton
+    from ..synthetic import SyntheticWorld, render_character, render_skeleton
     from ..video import VideoSink
 
     out = check_output_path(args.out)

@@ -40,7 +40,7 @@ def add_parser(sub) -> None:
     p.add_argument("--no-pose-check", dest="pose_check", action="store_false",
                    help="with --poses skeleton, do not refuse a source that does not look like rendered skeletons")
     p.add_argument("--json", action="store_true")
-    add_stream_flags(p, {})
+    add_stream_flags(p)
     p.set_defaults(handler=run)
 
 

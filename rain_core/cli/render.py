@@ -43,7 +43,9 @@ def input_fps(poses: Path) -> float | None:
     from ..video import VideoSourceError, open_pose_source
 
     if is_keypoint_source(poses):
-        return None
+        from ..pose import read_keypoints
+
+        return read_keypoints(poses).fps  # {"fps", "frames"} files name theirs; errors come with the frames
     try:
         probe = open_pose_source(poses)
     except VideoSourceError:

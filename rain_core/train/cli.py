@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
-from .trainer import TrainConfig
+from .config import TrainConfig
 
 _HELP = {
     "stage": "1: image pairs (reference UNet + denoising UNet + pose guider); 2: clips with motion modules and "
@@ -18,6 +18,13 @@ _HELP = {
     "top_width": "narrow the top UNet level to N channels (a multiple of the norm groups) before training; with --init "
     "the trained channels are pruned, keeping each norm group's strongest, and the run fine-tunes the rest",
     "init": "RAIN model folder to start from (the previous stage's OUTPUT/final, or converted official weights)",
+    "init_sd_unet": "a fresh model of --model's size with both UNets from SD-1.5 / sd-image-variations UNet weights (a "
+    "diffusers folder with unet/, the unet folder, or a single LDM/diffusers file), the AnimateAnyone way",
+    "init_motion_modules": "with --init-sd-unet: AnimateDiff motion-module weights (e.g. mm_sd_v15_v2.ckpt); absent "
+    "ones start as the identity",
+    "vae": "with --init-sd-unet and an SD-size model: the sd-vae-ft-mse diffusers folder",
+    "image_encoder": "with --init-sd-unet: the sd-image-variations image_encoder folder (default: a fresh one of the "
+    "model's size)",
     "distill": "stage 2: a trained (stage-3) model folder whose outputs, at guidance w drawn as in stage 3, are the "
     "targets instead of the data; retrains a narrower architecture (--top-width) to a model's function",
     "rollout_ticks": "stage 2: before each loss, run the 4-step stream over the clip for N ticks with the model itself "
