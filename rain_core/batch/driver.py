@@ -156,6 +156,7 @@ def run_jobs(jobs: list[Job], defaults: dict, options: Options, results: Results
             entry = {"id": job.id, "line": job.line, "output": result.get("output") or job.output,
                      "status": result["status"], "frames": result.get("frames"), "fps": result.get("fps"),
                      "output_fps": result.get("output_fps"), "seconds": result.get("seconds"),
+                     "cpu_seconds": result.get("cpu_seconds"),
                      "started_at": result.get("started_at"), "ms_per_tick": result.get("ms_per_tick"),
                      "worker": result.get("worker"), "attempts": attempts[job.id], "error": result.get("error"),
                      "kind": result.get("kind"), "job_hash": fingerprints[job.id]}

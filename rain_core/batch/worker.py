@@ -89,7 +89,7 @@ class Renderer:
         from ..cli.render import prepare_job, render_job
 
         args = self._arguments(arguments)
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         result = {"worker": self.describe(), "started_at": round(time.time(), 3)}
         try:
             Path(args.out).parent.mkdir(parents=True, exist_ok=True)
@@ -107,4 +107,5 @@ class Renderer:
                 result.update(status="failed", kind="internal", error=f"internal error: {error}",
                               traceback=traceback.format_exc())
         result["seconds"] = round(time.perf_counter() - start, 3)
+        result["cpu_seconds"] = round(time.process_time() - cpu_start, 3)  # this worker's CPU time (all threads)
         return result
