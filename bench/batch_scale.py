@@ -157,7 +157,9 @@ def main(argv=None) -> dict:
     ticks_per_job = statistics.mean(frames[i % len(frames)] / frames_per_cohort for i in range(args.jobs)) + levels - 1
     result = {
         "bench": "batch_scale",
-        "command": "bench/batch_scale.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "command": " ".join(["bench/batch_scale.py", *(f"--{k.replace('_', '-')}" + ("" if v is True else f" {v}")
+                                                       for k, v in vars(args).items()
+                                                       if k != "out" and v != parser.get_default(k))]),
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "load_avg_1_5_15_before": load_before,
                     "load_avg_1_5_15_after": [round(x, 2) for x in os.getloadavg()]},
         "setup": {"jobs": args.jobs, "frames_per_job": frames, "model": args.model, "threads_per_worker": args.threads,
