@@ -100,6 +100,24 @@ def test_a_bad_jobs_file_is_refused_naming_the_line_and_column(tmp_path, rows, m
         read_jobs(write_csv(tmp_path / "jobs.csv", rows))
 
 
+def test_a_job_counts_as_complete_only_while_its_output_and_settings_are_as_recorded(tmp_path):
+    from rain_core.batch.driver import result_record
+    from rain_core.batch.jobs import is_complete
+
+    (job,) = read_jobs(write_csv(tmp_path / "jobs.csv", [{"reference": "a.png", "poses": "p.mp4", "output": "o.mp4"}]))
+    output = tmp_path / "o.mp4"
+    output.write_bytes(b"frames")
+    defaults = {"seed": 0}
+    record = result_record(job, {"status": "done", "output": str(output)}, 1, job.fingerprint(defaults))
+    assert is_complete(job, record, job.fingerprint(defaults))
+    assert not is_complete(job, record, job.fingerprint({"seed": 1}))  # a flag or column changed
+    assert not is_complete(job, {**record, "status": "failed"}, job.fingerprint(defaults))
+    output.write_bytes(b"other frames")  # replaced since
+    assert not is_complete(job, record, job.fingerprint(defaults))
+    output.unlink()
+    assert not is_complete(job, record, job.fingerprint(defaults))
+
+
 def test_without_ray_batch_exits_2_saying_which_extra_to_install(tmp_path, capsys, monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` now raises ImportError, as when it is absent
     jobs = write_csv(tmp_path / "jobs.csv", [{"reference": REFERENCE, "poses": POSES, "output": "o.mp4"}])

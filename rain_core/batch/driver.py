@@ -14,7 +14,7 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 
-from .jobs import Job, ResultsFile
+from .jobs import Job, ResultsFile, output_stamp
 from .worker import Renderer, remove_partial_files
 
 INSTALL_HINT = 'pip install "comfyui-rain[cluster]" (or: pip install ray)'
@@ -132,12 +132,25 @@ def plan_workers(ray, options: Options) -> tuple[int, str, str | None]:
     return options.workers or capacity, device, None
 
 
+RECORD_KEYS = ("status", "frames", "fps", "output_fps", "seconds", "cpu_seconds", "started_at", "ms_per_tick", "worker",
+               "error", "kind")
+
+
+def result_record(job: Job, result: dict, attempts: int, fingerprint: str) -> dict:
+    """The results-file line of a finished job (done: with its output's size and modification time)."""
+    entry = {"id": job.id, "line": job.line, "output": result.get("output") or job.output,
+             **{key: result.get(key) for key in RECORD_KEYS}, "attempts": attempts, "job_hash": fingerprint}
+    if entry["status"] == "done":
+        entry.update(output_stamp(entry["output"]) or {})
+    return entry
+
+
 def run_jobs(jobs: list[Job], defaults: dict, options: Options, results: ResultsFile, fingerprints: dict,
              progress=None, report=print) -> Outcome:
     """Render `jobs` on Ray; appends each job's record to `results` as it finishes. Ctrl-C kills the workers,
     removes their temporary files and re-raises KeyboardInterrupt (the jobs already finished stay recorded)."""
     ray = import_ray()
-    from ray.exceptions import RayActorError
+    from ray.exceptions import RayActorError, RayError
 
     started = start_ray(ray, options)
     pool = None
@@ -153,17 +166,7 @@ def run_jobs(jobs: list[Job], defaults: dict, options: Options, results: Results
         attempts = {job.id: 0 for job in jobs}
 
         def record(job: Job, result: dict) -> None:
-            entry = {"id": job.id, "line": job.line, "output": result.get("output") or job.output,
-                     "status": result["status"], "frames": result.get("frames"), "fps": result.get("fps"),
-                     "output_fps": result.get("output_fps"), "seconds": result.get("seconds"),
-                     "cpu_seconds": result.get("cpu_seconds"),
-                     "started_at": result.get("started_at"), "ms_per_tick": result.get("ms_per_tick"),
-                     "worker": result.get("worker"), "attempts": attempts[job.id], "error": result.get("error"),
-                     "kind": result.get("kind"), "job_hash": fingerprints[job.id]}
-            if result["status"] == "done":
-                from .jobs import output_stamp
-
-                entry.update(output_stamp(entry["output"]) or {})
+            entry = result_record(job, result, attempts[job.id], fingerprints[job.id])
             results.append(entry)
             outcome.records.append(entry)
             if progress is not None:
@@ -195,6 +198,8 @@ def run_jobs(jobs: list[Job], defaults: dict, options: Options, results: Results
                         record(job, {"status": "failed", "kind": "internal", "error": f"its worker died "
                                      f"{attempts[job.id]} times while rendering it; last: {reason}"})
                     continue
+                except RayError as error:  # Ray could not run or return the task (the worker lives on)
+                    result = {"status": "failed", "kind": "internal", "error": f"internal error: {error}"}
                 pool.idle.append(actor)
                 if result.get("kind") == "interrupted":  # Ctrl-C reached the worker too (the terminal's group)
                     raise KeyboardInterrupt
