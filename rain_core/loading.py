@@ -29,7 +29,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from .layout import MODEL_FILES, NETWORK_PARTS, own_candidates
+from .layout import MODEL_FILES, NETWORK_PARTS, own_candidates, resolve_model_folder
 from .models import RainModelConfig, RainModels
 from .models.codecs import SpaceToDepthCodec, VaeCodec
 from .models.image_encoder import ClipImageEncoder
@@ -287,14 +287,15 @@ def load_rain(
     dtype: torch.dtype = torch.float32,
     config: RainModelConfig | None = None,
 ) -> RainModels:
-    """Load RAIN from `folder` (official .pth files or our safetensors layout; safetensors preferred).
+    """Load RAIN from `folder` (official .pth files or our safetensors layout; safetensors preferred); "tiny" or
+    "builtin" is the built-in model, as `--model tiny` is (`rain_core.layout.resolve_model_folder`).
 
     vae: diffusers AutoencoderKL folder (sd-vae-ft-mse); image_encoder: transformers CLIPVisionModelWithProjection
     folder (sd-image-variations `image_encoder`); taesdv: taesdv.pth. Each defaults to what the folder holds
     (our layout) or to a sibling folder/file of the usual name. config: the model size when the folder has no
     rain_config.json (default: the released SD-1.5 size).
     """
-    folder = Path(folder)
+    folder = resolve_model_folder(folder)
     if not folder.is_dir():
         raise RainLoadError(f"{folder}: checkpoint folder not found. {DOWNLOAD_HINT}")
     check_device_dtype(device, dtype)

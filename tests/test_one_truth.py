@@ -141,7 +141,7 @@ def test_the_one_push_loop_gives_the_frames_of_one_whole_push_whatever_the_chunk
     from rain_core.video import read_video_frames
 
     poses = torch.from_numpy(read_video_frames(DATA / "anyone-video-1_kps.mp4", 0, 11)[0]).float() / 255
-    reference = torch.from_numpy(np.asarray(Image.open(DATA / "anyone-1.png").convert("RGB"))).float() / 255
+    reference = torch.from_numpy(np.array(Image.open(DATA / "anyone-1.png").convert("RGB"))).float() / 255
     config = StreamConfig(levels=2, frames_per_cohort=2, steps=2, seed=4)
 
     def render(feed):

@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
+import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
 
+from ..fileio import remove_stale_temporaries
 from .jobs import Job, ResultsFile, output_stamp
-from .worker import Renderer, remove_partial_files
+from .worker import Renderer
 
 INSTALL_HINT = 'pip install "comfyui-rain[cluster]" (or: pip install ray)'
 
@@ -95,6 +98,16 @@ class Pool:
                 pass
 
 
+def _init_keeping_sigterm(ray, **kwargs) -> None:
+    """ray.init, then SIGTERM back to what it was: Ray's driver handler exits at once (sys.exit), where the `rain`
+    command stops on SIGTERM as on Ctrl-C (workers killed, temporaries removed, exit 143)."""
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.getsignal(signal.SIGTERM) if main else None
+    ray.init(**kwargs)
+    if previous is not None:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def start_ray(ray, options: Options) -> bool:
     """Join `options.address`, or start Ray on this machine; returns whether we started it (and so stop it)."""
     if ray.is_initialized():  # a caller (a test, a notebook) runs Ray already: use it
@@ -103,7 +116,7 @@ def start_ray(ray, options: Options) -> bool:
     quiet = {"logging_level": logging.INFO if options.verbose else logging.ERROR, "log_to_driver": options.verbose}
     if options.address:
         try:
-            ray.init(address=options.address, **quiet)
+            _init_keeping_sigterm(ray, address=options.address, **quiet)
         except ConnectionError as error:
             raise BatchError(f"--address {options.address}: no Ray cluster answers there ({error}). Start one with "
                              "`ray start --head` and pass the address it prints, or leave --address out.") from None
@@ -111,8 +124,8 @@ def start_ray(ray, options: Options) -> bool:
     cpus = os.cpu_count() or 1
     wanted = (options.workers or 0) * (options.threads if options.device != "cuda" else 0)
     # A local Ray only: no dashboard, a small object store (jobs and results are a few hundred bytes each).
-    ray.init(address="local", num_cpus=max(cpus, wanted), include_dashboard=False,
-             object_store_memory=100 * 1024 * 1024, **quiet)
+    _init_keeping_sigterm(ray, address="local", num_cpus=max(cpus, wanted), include_dashboard=False,
+                          object_store_memory=100 * 1024 * 1024, **quiet)
     return True
 
 
@@ -180,7 +193,6 @@ def run_jobs(jobs: list[Job], defaults: dict, options: Options, results: Results
             while pending and pool.idle:
                 actor, job = pool.idle.popleft(), pending.popleft()
                 attempts[job.id] += 1
-                remove_partial_files(job.output)  # left by a batch that was killed outright (SIGKILL, power)
                 running[actor.render.remote(job.arguments(defaults))] = (actor, job)
             ready, _ = ray.wait(list(running), num_returns=1, timeout=0.5)  # short: Ctrl-C is seen between waits
             for ref in ready:
@@ -188,7 +200,7 @@ def run_jobs(jobs: list[Job], defaults: dict, options: Options, results: Results
                 try:
                     result = ray.get(ref)
                 except RayActorError as error:  # the worker died (killed, out of memory): not the job's fault
-                    remove_partial_files(job.output)
+                    remove_stale_temporaries(job.output)  # the dead worker's temporary output
                     pool.replace(actor)
                     reason = str(error).strip().splitlines()[0]
                     if attempts[job.id] <= options.retries:
@@ -209,6 +221,6 @@ def run_jobs(jobs: list[Job], defaults: dict, options: Options, results: Results
         if pool is not None:
             pool.shutdown()
         for _, job in running.values():  # interrupted or failed mid-job: no temporary file stays behind
-            remove_partial_files(job.output)
+            remove_stale_temporaries(job.output)
         if started:
             ray.shutdown()

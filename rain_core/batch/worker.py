@@ -16,29 +16,16 @@ import traceback
 from pathlib import Path
 
 # Per-job argument names the worker fills in when the driver leaves them out (the rest come from the job).
-FIXED = {"keep_partial": False, "json": True, "pose_check": True, "max_frames": None, "fps": None}
+FIXED = {"keep_partial": False, "json": True, "pose_check": True, "max_frames": None, "fps": None,
+         "overwrite_frames": False}
 
 
 def partial_files(output) -> list[Path]:
-    """The temporary files and folders `VideoSink` makes beside `output` (`.NAME.XXXXXXXX.partial[.mp4]`): what a
-    killed worker leaves behind."""
+    """The temporaries beside `output` (`.NAME.rain-tmp-PID-….partial…`, `rain_core.fileio`), whoever writes them."""
+    from ..fileio import MARKER
+
     output = Path(output)
-    folder = output.parent
-    if not folder.is_dir():
-        return []
-    names = [f".{output.name}.????????.partial{output.suffix}", f".{output.name}.????????.partial"]
-    if output.suffix:  # VideoSink falls back to a PNG folder named like the video without its suffix
-        names.append(f".{output.stem}.????????.partial")
-    return sorted({path for name in names for path in folder.glob(name)})
-
-
-def remove_partial_files(output) -> list[Path]:
-    import shutil
-
-    removed = partial_files(output)
-    for path in removed:
-        shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
-    return removed
+    return sorted(output.parent.glob(f".{output.name}.{MARKER}-*")) if output.parent.is_dir() else []
 
 
 class Renderer:
@@ -93,9 +80,9 @@ class Renderer:
         result = {"worker": self.describe(), "started_at": round(time.time(), 3)}
         try:
             Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-            job = prepare_job(args)  # refuses bad inputs before the model is touched, as `rain animate` does
-            models, load_seconds = self._load(args)
-            summary = render_job(models, args, job)
+            with prepare_job(args) as job:  # bad inputs refused, the output claimed, as `rain animate` does
+                models, load_seconds = self._load(args)
+                summary = render_job(models, args, job)
             result.update(status="done", load_seconds=round(load_seconds, 3), **summary)
             self.jobs_done += 1
         except (KeyboardInterrupt, Interrupted):

@@ -2,7 +2,16 @@
 
 from __future__ import annotations
 
-from .common import EXIT_OK, MODEL_HELP, add_model_flags, add_stream_flags, emit, load_models, positive_int
+from .common import (
+    EXIT_OK,
+    MODEL_HELP,
+    add_model_flags,
+    add_output_flags,
+    add_stream_flags,
+    emit,
+    load_models,
+    positive_int,
+)
 from .render import prepare_job, render_job
 
 
@@ -11,11 +20,12 @@ def add_parser(sub) -> None:
     add_model_flags(p, required=True, help=MODEL_HELP + " (the authors' .pth files or rain safetensors)")
     p.add_argument("--reference", required=True, help="reference character image")
     p.add_argument("--poses", required=True, help="pose video, folder of pose images, or POSE_KEYPOINT/OpenPose JSON")
-    p.add_argument("--out", required=True, help="output .mp4 (or a folder name for PNG frames)")
+    add_output_flags(p, required=True)
     p.add_argument("--max-frames", type=positive_int, default=None, help="stop after this many pose frames")
     p.add_argument("--keep-partial", action="store_true",
-                   help="on Ctrl-C, flush and keep the frames made so far as OUT.partial.mp4 (a second Ctrl-C skips "
-                   "the flush); without it an interrupted run writes nothing and leaves OUT as it was")
+                   help="on Ctrl-C (or SIGTERM / SIGHUP), flush and keep the frames made so far as OUT.partial.mp4 "
+                   "(OUT.partial-2.mp4 … when that exists; a second signal skips the flush); without it an "
+                   "interrupted run writes nothing and leaves OUT as it was")
     p.add_argument("--no-pose-check", dest="pose_check", action="store_false",
                    help="do not refuse a pose video that does not look like rendered skeletons")
     p.add_argument("--json", action="store_true")
@@ -26,10 +36,10 @@ def add_parser(sub) -> None:
 def run(args) -> int:
     from tqdm import tqdm
 
-    job = prepare_job(args)  # every input refused before the model loads
-    models, folder = load_models(args)
-    with tqdm(desc="rain animate", unit="frame", disable=args.json) as bar:
-        summary = render_job(models, args, job, bar)
+    with prepare_job(args) as job:  # every input refused and the output claimed before the model loads
+        models, folder = load_models(args)
+        with tqdm(desc="rain animate", unit="frame", disable=args.json) as bar:
+            summary = render_job(models, args, job, bar)
     summary["model"] = str(folder)
     fps = summary["output_fps"]
     emit(args, summary, [f"wrote {summary['output']} ({summary['frames']} frames, {args.height}×{args.width}, "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import sys
 from pathlib import Path
 
@@ -14,12 +15,15 @@ from .common import (
     add_model_flags,
     add_stream_flags,
     emit,
+    interrupt_signal,
     positive_int,
+    signal_name,
 )
 
 # The command's flags that are also job settings (a column of the same name overrides them per job).
 DEFAULT_KEYS = ("model", "vae", "image_encoder", "taesdv", "levels", "frames_per_cohort", "steps", "guidance",
-                "height", "width", "seed", "noise", "decoder", "dtype", "fps", "fast_path", "max_frames", "pose_check")
+                "height", "width", "seed", "noise", "decoder", "dtype", "fps", "fast_path", "max_frames", "pose_check",
+                "overwrite_frames")
 
 
 def add_parser(sub) -> None:
@@ -43,6 +47,9 @@ def add_parser(sub) -> None:
     p.add_argument("--max-frames", type=positive_int, default=None, help="stop each job after this many pose frames")
     p.add_argument("--no-pose-check", dest="pose_check", action="store_false",
                    help="do not refuse pose videos that do not look like rendered skeletons")
+    p.add_argument("--overwrite-frames", action="store_true",
+                   help="a job whose output is a frame folder replaces the frames of an earlier run there (a folder "
+                   "holding frame_NNNNNN.png files only; a folder holding anything else is never emptied)")
     p.add_argument("--verbose", action="store_true", help="show Ray's log lines and the workers' output")
     p.add_argument("--json", action="store_true")
     add_model_flags(p)
@@ -96,11 +103,13 @@ def run(args) -> int:
         outcome = None
         try:
             outcome = run_jobs(todo, defaults, options, results, fingerprints, progress=bar, report=report)
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as stop:  # Ctrl-C, or SIGTERM / SIGHUP (the command raises those alike)
             recorded = read_results(results_path)
             done = sum(is_complete(job, recorded.get(job.id), fingerprints[job.id]) for job in jobs)
-            raise Interrupted(f"stopped; {done} of {len(jobs)} jobs are complete (recorded in {results_path}), no "
-                              "partial output left; run the same command again to render the rest.") from None
+            by = "" if interrupt_signal(stop) == signal.SIGINT else f" by {signal_name(interrupt_signal(stop))}"
+            raise Interrupted(f"stopped{by}; {done} of {len(jobs)} jobs are complete (recorded in {results_path}), "
+                              "no partial output left; run the same command again to render the rest.",
+                              interrupt_signal(stop)) from None
         finally:
             results.close()
     failed = outcome.failed

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+from pathlib import Path
 
 from .config import TrainConfig
 
@@ -85,12 +86,49 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def claim_output_folder(config: TrainConfig):
+    """Check --output before training and lock it (a context manager; nothing is held by other ranks).
+
+    A new run starts in a new or empty folder: an earlier run's loss.csv, checkpoints and final model there would
+    be overwritten step by step, and rain never replaces what the user did not name. `--resume` names the folder
+    as the run to continue. One trainer per folder: the lock (`.NAME.lock` beside it) refuses a second one."""
+    import contextlib
+    import os
+
+    from ..io.outputs import OutputError, OutputLock
+
+    output = Path(config.output)
+    if not output.parent.is_dir():
+        raise OutputError(f"--output {output}: the folder {output.parent} does not exist; create it first.")
+    if os.path.lexists(output) and not output.is_dir():
+        raise OutputError(f"--output {output}: this is a file; --output is a folder.")
+    if output.is_dir() and any(os.scandir(output)) and not config.resume:
+        held = sorted(entry.name for entry in os.scandir(output))
+        raise OutputError(f"--output {output}: the folder already holds {', '.join(held[:4])}"
+                          f"{' …' if len(held) > 4 else ''}; a new run starts in a new or empty folder. Pass "
+                          "--resume to continue the run there, or choose another --output.")
+    # under `accelerate launch` every process runs this; the main one (RANK 0) holds the lock for all
+    if int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0")) or 0) != 0:
+        return contextlib.nullcontext()
+    lock = OutputLock(output)
+    try:
+        lock.acquire("--output")
+    except OutputError:
+        raise
+    except OSError as error:
+        raise OutputError(f"--output {output}: cannot write in {output.parent} ({error.strerror or error}).") from None
+    held = contextlib.ExitStack()
+    held.callback(lock.release)
+    return held
+
+
 def train_main(argv: list[str] | None = None) -> int:
     """Entry point of `rain train` and `python -m rain_core.train`; prints where the model went."""
     from .trainer import train
 
     args = build_parser().parse_args(argv)
     config = TrainConfig(**vars(args))
-    final = train(config)
+    with claim_output_folder(config):
+        final = train(config)
     print(f"trained model: {final}")
     return 0
