@@ -16,9 +16,8 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 
-from ..fileio import remove_stale_temporaries
 from .jobs import Job, ResultsFile, output_stamp
-from .worker import Renderer
+from .worker import Renderer, remove_partial_files
 
 INSTALL_HINT = 'pip install "comfyui-rain[cluster]" (or: pip install ray)'
 
@@ -200,7 +199,7 @@ def run_jobs(jobs: list[Job], defaults: dict, options: Options, results: Results
                 try:
                     result = ray.get(ref)
                 except RayActorError as error:  # the worker died (killed, out of memory): not the job's fault
-                    remove_stale_temporaries(job.output)  # the dead worker's temporary output
+                    remove_partial_files(job.output)  # the dead worker's temporary output
                     pool.replace(actor)
                     reason = str(error).strip().splitlines()[0]
                     if attempts[job.id] <= options.retries:
@@ -221,6 +220,6 @@ def run_jobs(jobs: list[Job], defaults: dict, options: Options, results: Results
         if pool is not None:
             pool.shutdown()
         for _, job in running.values():  # interrupted or failed mid-job: no temporary file stays behind
-            remove_stale_temporaries(job.output)
+            remove_partial_files(job.output)
         if started:
             ray.shutdown()

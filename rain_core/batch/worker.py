@@ -28,6 +28,18 @@ def partial_files(output) -> list[Path]:
     return sorted(output.parent.glob(f".{output.name}.{MARKER}-*")) if output.parent.is_dir() else []
 
 
+def remove_partial_files(output) -> list[Path]:
+    """Remove `partial_files(output)`: for a job whose worker the driver saw die or killed itself, whose pid may not
+    have gone yet (`fileio.remove_stale_temporaries` keeps a temporary while its writer runs). Outputs are one per
+    job and locked by their writer, so no other writer's temporary has this name."""
+    import shutil
+
+    removed = partial_files(output)
+    for path in removed:
+        shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+    return removed
+
+
 class Renderer:
     """Renders jobs with one loaded model. `device`: "cpu" or "cuda" (the GPU Ray gave this worker)."""
 
