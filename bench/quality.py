@@ -24,8 +24,8 @@ Rows (methods):
 
 And the paired difference RAIN − baseline per clip (same clips, same seeds), with its bootstrap interval.
 `--json` writes everything (default bench/results/quality.json); `--picture` draws one clip's ground truth,
-RAIN and baseline frames and the per-frame temporal error of both (docs/quality_strip.jpg,
-docs/temporal_error.png).
+RAIN and baseline frames and the per-frame temporal error of both (docs/temporal-claim/quality_strip.jpg,
+docs/temporal-claim/temporal_error.png, the figures of the temporal-claim study, docs/temporal-claim.md).
 
     .venv/bin/python bench/quality.py                       # the shipped tiny model, short run
     .venv/bin/python bench/quality.py --model A --baseline B --clips 16 --frames 32 --windows 4x2,2x4,4x1 \
@@ -64,7 +64,7 @@ from rain_core.synthetic import WORLDS, SyntheticWorld, render_character, render
 
 SHIPPED = ROOT / "rain_core" / "assets" / "tiny-rain"
 RESULTS = ROOT / "bench" / "results" / "quality.json"
-DOCS = ROOT / "docs"
+DOCS = ROOT / "docs" / "temporal-claim"  # --picture: the temporal-claim study's figures
 FPS = 12.0
 FAST_PATH = "eager"
 """The stream's tick runs eagerly here: the figures are about quality, and torch.compile would spend CPU-minutes
@@ -417,7 +417,7 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=1, help="torch threads per row")
     parser.add_argument("--jobs", type=int, default=1, help="rows computed side by side in worker processes")
     parser.add_argument("--json", default=str(RESULTS), help="where to write the results ('' for nowhere)")
-    parser.add_argument("--picture", action="store_true", help="draw the strip and the temporal-error plot into docs/")
+    parser.add_argument("--picture", action="store_true", help="draw the strip and the temporal-error plot into --docs")
     parser.add_argument("--picture-clip", type=int, default=None, help="held-out clip of the picture (default: a spin)")
     parser.add_argument("--docs", default=str(DOCS), help="folder of the pictures")
     args = parser.parse_args(argv)

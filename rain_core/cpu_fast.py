@@ -1,7 +1,7 @@
 """CPU speed for the RAIN tick: the OpenMP wait policy, torch.compile with a persistent cache and a clean fallback,
 and what the CPU offers (bf16).
 
-Two things decide the built-in model's speed on a small CPU (measured with `bench/cpu_profile.py` and
+Two things decide the built-in model's speed on a small CPU (measured with `docs/cpu-speed/cpu_profile.py` and
 `bench/cpu_live.py`, see NOTES.md):
 
 - **How idle OpenMP threads wait.** A tick of the tiny model is ~5,000 small ops, each a parallel region ending in

@@ -62,9 +62,10 @@ def write_official_checkpoint(models: RainModels, folder: Path) -> Path:
     return folder
 
 
-def bench_module(name: str):
-    """A script of bench/ as a module (bench/ is no package: its scripts are run by path)."""
-    spec = importlib.util.spec_from_file_location(f"bench_{name}", Path(__file__).parents[1] / "bench" / f"{name}.py")
+def bench_module(name: str, folder: str = "bench"):
+    """A script of the repository as a module: bench/NAME.py, or FOLDER/NAME.py (a study's tools live beside its
+    page under docs/); neither folder is a package, their scripts are run by path."""
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", Path(__file__).parents[1] / folder / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module

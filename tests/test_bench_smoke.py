@@ -26,15 +26,15 @@ BUILTIN = ROOT / "rain_core" / "assets" / "tiny-rain"
 
 
 def entry_points() -> list[Path]:
-    """bench/*.py and the bench/gpu/*.py files that run as scripts."""
+    """bench/*.py, the bench/gpu/*.py files that run as scripts, and a study's tools beside its page (docs/*/*.py)."""
     scripts = sorted(BENCH.glob("*.py"))
     scripts += [p for p in sorted((BENCH / "gpu").glob("*.py")) if 'if __name__ == "__main__"' in p.read_text()]
+    scripts += sorted(ROOT.glob("docs/*/*.py"))
     return scripts
 
 
 # A small run where the script has one and it needs only this repository; TMP is replaced by a temporary folder.
 SMALL = {
-    "reference_cache_cpu.py": ["--frames", "4", "--size", "32", "--repeats", "1"],
     "stream_cpu.py": ["--frames", "24", "--size", "16", "--interleaved-ticks", "2"],
     "cpu_profile.py": ["--threads", "1", "--ticks", "1", "--no-ops", "--top", "3"],
     "denoise_levels.py": [str(BUILTIN), "--clips", "1", "--frames", "4"],
@@ -76,10 +76,10 @@ def _run_script(path: Path, argv: list[str], cwd: Path) -> tuple[int, str]:
     return code, output.getvalue()
 
 
-@pytest.mark.parametrize("script", entry_points(), ids=lambda p: p.relative_to(BENCH).as_posix())
+@pytest.mark.parametrize("script", entry_points(), ids=lambda p: p.relative_to(ROOT).as_posix())
 def test_bench_script_starts_and_its_small_mode_runs(script, tmp_path):
     name = script.name
-    assert name in SMALL or name in HELP_ONLY, f"bench/{name} is new: give it a small run in SMALL or a reason in HELP_ONLY"
+    assert name in SMALL or name in HELP_ONLY, f"{script.relative_to(ROOT)} is new: give it a small run in SMALL or a reason in HELP_ONLY"
     code, text = _run_script(script, ["--help"], tmp_path)
     assert code == 0 and ("usage" in text.lower() or len(text) > 200), f"{name} --help:\n{text[-2000:]}"
     if name in SMALL:
