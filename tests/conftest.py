@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 from pathlib import Path
@@ -59,6 +60,15 @@ def write_official_checkpoint(models: RainModels, folder: Path) -> Path:
         models.codec.vae.save_pretrained(folder / "sd-vae-ft-mse")
     (folder / "rain_config.json").write_text(json.dumps(models.config.to_dict(), indent=1))
     return folder
+
+
+def bench_module(name: str, folder: str = "bench"):
+    """A script of the repository as a module: bench/NAME.py, or FOLDER/NAME.py (a study's tools live beside its
+    page under docs/); neither folder is a package, their scripts are run by path."""
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", Path(__file__).parents[1] / folder / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 @pytest.fixture(scope="session")

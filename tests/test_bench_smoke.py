@@ -48,6 +48,7 @@ HELP_ONLY = {  # why no small run here
     "cpu_live.py": "starts worker processes per round (minutes); bench/results/cpu_live.json is its last run",
     "live_latency.py": "serves a route and plays a source for seconds; bench/results/live_latency.json",
     "quality.py": "small run tested in tests/test_train_shipped.py",
+    "batch_scale.py": "--smoke tested in tests/test_batch.py (slow tier: it starts Ray workers, ~60 s here)",
     "gpu_stream.py": "tiny run tested in tests/test_accel.py",
     "tick_profile_cpu.py": "full-size networks (tens of seconds even at 64 px)",
     "model_flops.py": "builds the full-size networks on meta tensors (~25 s on the 2-core machine)",
