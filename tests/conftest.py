@@ -23,7 +23,7 @@ TINY_SEED = 1234
 # pool oversubscribes badly (one stream test module took 162 s with 2 threads, 14 s with 1).
 torch.set_num_threads(1)
 # fast_path "auto" compiles the CPU tick (minutes per new shape on a busy machine); the suite runs it eagerly
-# (tests/test_cpu_fast.py compiles on purpose, in the slow tier). Subprocesses (CLI tests) inherit it.
+# (tests/test_cpu_speed.py compiles on purpose, in the slow tier). Subprocesses (CLI tests) inherit it.
 os.environ.setdefault("RAIN_NO_COMPILE", "1")
 # and no background compile either, where a test lets the compiler in (it would outlive the test)
 os.environ.setdefault("RAIN_BACKGROUND_COMPILE", "0")

@@ -22,6 +22,7 @@ import torch
 
 from ..inputs import InputError, as_frames, fit_frames
 from ..scheduler import LCMStepper, ladder
+from .compiled import auto_fast_path
 from .config import PoseInputError, StreamConfig, StreamStateError
 from .noise import NoiseSource, SeededNoise, SharedNoise, TickNoise
 from .state import StreamStateMixin
@@ -74,8 +75,6 @@ class RainStream(StreamStateMixin):
         self._tick_noise = TickNoise(rows, steps.step_length, config.frames_per_cohort, self._latent_shape)
         fast = config.fast_path
         if fast == "auto":
-            from ..cpu_fast import auto_fast_path
-
             fast = "graph" if self.models.device.type == "cuda" else auto_fast_path(self.models.device)
         self._fast_path = fast
         self._drop_tick()
