@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -64,10 +65,17 @@ def write_official_checkpoint(models: RainModels, folder: Path) -> Path:
 
 def bench_module(name: str, folder: str = "bench"):
     """A script of the repository as a module: bench/NAME.py, or FOLDER/NAME.py (a study's tools live beside its
-    page under docs/); neither folder is a package, their scripts are run by path."""
-    spec = importlib.util.spec_from_file_location(f"bench_{name}", Path(__file__).parents[1] / folder / f"{name}.py")
+    page under docs/); neither folder is a package, their scripts are run by path. The module is registered in
+    sys.modules as bench_NAME (dataclasses look their module up there while it runs)."""
+    key = f"bench_{name}"
+    spec = importlib.util.spec_from_file_location(key, Path(__file__).parents[1] / folder / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    sys.modules[key] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[key]
+        raise
     return module
 
 

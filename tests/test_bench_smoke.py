@@ -25,9 +25,14 @@ BENCH = ROOT / "bench"
 BUILTIN = ROOT / "rain_core" / "assets" / "tiny-rain"
 
 
+# What bench/ holds beside its scripts: modules the scripts (and tests) import, never run on their own.
+MODULES = {"measure.py": "the measuring helpers (trace_ops, count_flops, ...) of the benches and tests"}
+
+
 def entry_points() -> list[Path]:
-    """bench/*.py, the bench/gpu/*.py files that run as scripts, and a study's tools beside its page (docs/*/*.py)."""
-    scripts = sorted(BENCH.glob("*.py"))
+    """bench/*.py (less MODULES), the bench/gpu/*.py files that run as scripts, and a study's tools beside its page
+    (docs/*/*.py)."""
+    scripts = [p for p in sorted(BENCH.glob("*.py")) if p.name not in MODULES]
     scripts += [p for p in sorted((BENCH / "gpu").glob("*.py")) if 'if __name__ == "__main__"' in p.read_text()]
     scripts += sorted(ROOT.glob("docs/*/*.py"))
     return scripts

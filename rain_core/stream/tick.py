@@ -22,9 +22,9 @@ from collections.abc import Callable
 
 import torch
 
-from ..accel import CudaGraphed, FastPath, attention_backend, tf32_matmuls
 from ..cpu import background_compile_allowed
 from ..scheduler import FusedLCMStep, LCMStepper, ladder
+from .accel import CudaGraphed, FastPath, attention_backend, tf32_matmuls
 from .compiled import AUTO_MAX_BYTES, CompiledUNet, SteadyPackage, compiler_problem, package_path, state_bytes
 from .window import Occupancy
 
