@@ -716,6 +716,7 @@ class LiveSession:
             "lookahead_frames": lookahead,
             "floor_ms": lookahead / input_fps * 1000.0 if input_fps else None,
             "mean_ms_per_tick": stream_stats.get("mean_ms_per_tick"),
+            "fast_path": stream_stats.get("fast_path"),
             "mode": self.settings.mode,
             "face_morph": self.face_morph,
             "recording": self.recording,
