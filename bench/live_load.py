@@ -452,8 +452,9 @@ def checks(result: dict) -> list[str]:
             failures.append(f"K={row['sessions']}: starts failed: {row['failed_starts'][:2]}")
         if not row["freed"]:
             failures.append(f"K={row['sessions']}: sessions left on the server after their sockets closed")
-        if row["fps_out_min"] <= 0:
-            failures.append(f"K={row['sessions']}: a session got no frames back")
+        if any(s["frames_back"] == 0 for s in row["per_session"]):
+            failures.append(f"K={row['sessions']}: a session got no frames back (a longer --seconds lets a slow "
+                            "server fill every window)")
     attack = result["adversarial"]
     for key in ("huge_refused", "loop_refusals_as_expected", "streams_kept_streaming", "isolated", "server_alive",
                 "freed"):
