@@ -242,6 +242,8 @@ class Client:
                 "latency_p95_ms": round(float(np.percentile(latencies, 95)), 1) if latencies else None,
                 "tick_ms": round(stats["mean_ms_per_tick"], 1) if stats.get("mean_ms_per_tick") else None,
                 "fast_path": stats.get("fast_path"),
+                "server": {key: stats.get(key) for key in ("received", "taken", "dropped", "pushed", "emitted",
+                                                            "dropped_out", "errors")},
                 "isolated": all(seq in self.sent for seq in seqs),
                 "in_order": seqs == sorted(seqs),
                 "errors": [m["message"] for m in self.messages if m.get("type") == "error"][:3]}
@@ -446,7 +448,8 @@ async def run_all(args) -> dict:
                          "source_fps": args.fps, "seconds": args.seconds,
                          "frame": "256x352 JPEG", "server_torch_threads": args.threads},
             "machine": {"cpus": cores, "load_average": os.getloadavg(), "platform": platform.platform(),
-                        "fast_path_env": {k: os.environ.get(k) for k in ("RAIN_NO_COMPILE", "RAIN_BACKGROUND_COMPILE")}},
+                        "env": {k: os.environ.get(k) for k in ("RAIN_NO_COMPILE", "RAIN_BACKGROUND_COMPILE",
+                                                               "OMP_WAIT_POLICY")}},
             "rows": rows, "adversarial": attack, "server_rss_mb_end": round(rss_end, 1) if rss_end else None,
             "capacity": capacity(rows, args.target_fps, cores, 21.0, args.fps, args.frames_per_cohort or 4)}
 
@@ -496,7 +499,10 @@ def main(argv=None) -> int:
     parser.add_argument("--out", type=Path, default=RESULTS, help=f"default {RESULTS.relative_to(ROOT)}")
     args = parser.parse_args(argv)
     args.argv = argv
-    if not args.compiled:  # inherited by the server process
+    # inherited by the server process: OpenMP threads that sleep while they wait (NOTES: a busy CPU otherwise makes
+    # ticks several times slower; the README asks ComfyUI to start this way), and the eager tick unless --compiled
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    if not args.compiled:
         os.environ.update({"RAIN_NO_COMPILE": "1", "RAIN_BACKGROUND_COMPILE": "0"})
     if args.smoke:
         args.ks, args.seconds, args.adversarial_seconds = "1,2", 3.0, 4.0

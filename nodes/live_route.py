@@ -38,6 +38,7 @@ import json
 import logging
 import os
 import struct
+import threading
 import time
 import uuid
 import weakref
@@ -83,6 +84,7 @@ _connections: dict[str, LiveConnection] = {}  # every open socket, by connection
 # (load arguments) -> RainModelHandle, while a live session holds it: a second tab or a restart reuses the loaded
 # networks; once the last session closes they are freed (or left to ComfyUI's memory manager, which /free empties).
 _model_cache: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
+_model_cache_lock = threading.Lock()
 
 
 def pack_message(header: dict, body: bytes) -> bytes:
@@ -232,11 +234,12 @@ def _load_model(settings: dict):
     from .model_loader import LoadRainModel
 
     key = tuple(str(settings[k]) for k in ("model", "precision", "device", "decoder"))
-    handle = _model_cache.get(key)
-    if handle is None:
-        (handle,) = LoadRainModel().load(settings["model"], "auto", "auto", settings["decoder"],
-                                         settings["precision"], settings["device"], True)
-        _model_cache[key] = handle
+    with _model_cache_lock:  # Starts arrive together: one load, shared (and one networks lock for all of them)
+        handle = _model_cache.get(key)
+        if handle is None:
+            (handle,) = LoadRainModel().load(settings["model"], "auto", "auto", settings["decoder"],
+                                             settings["precision"], settings["device"], True)
+            _model_cache[key] = handle
     if getattr(handle, "patcher", None) is not None and hasattr(host, "load_model"):
         host.load_model(handle.patcher)  # onto its device through ComfyUI's memory manager
     return handle

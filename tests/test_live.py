@@ -537,6 +537,32 @@ def test_route_refuses_what_one_session_may_not_ask_naming_the_field_and_the_lim
         live_route._open_session(live_route._settings({"width": 256, "height": 256}))
 
 
+def test_sessions_started_together_share_one_loaded_model(live_route):
+    """Starts that arrive at once (several tabs, a reconnecting client) load the model once: every session holds the
+    same networks, so they take turns through one lock instead of ticking copies of the model side by side."""
+    gc.collect()
+    assert len(live_route._model_cache) == 0
+    settings = live_route._settings({"levels": 2, "frames_per_cohort": 2, "steps": 2})
+    sessions, barrier = [], threading.Barrier(3)
+
+    def open_one():
+        barrier.wait()
+        sessions.append(live_route._open_session(dict(settings)))
+
+    threads = [threading.Thread(target=open_one) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    try:
+        assert len(sessions) == 3
+        assert len({id(session.model_handle) for session in sessions}) == 1
+        assert len({id(session.networks_lock) for session in sessions}) == 1
+    finally:
+        for session in sessions:
+            session.close()
+
+
 def test_route_session_limit_comes_from_the_environment(live_route, monkeypatch):
     monkeypatch.delenv(live_route.MAX_SESSIONS_ENV, raising=False)
     assert live_route.max_sessions() == live_route.DEFAULT_MAX_SESSIONS

@@ -262,6 +262,26 @@ def test_camera_footage_in_pose_mode_stops_with_the_pose_check_message_and_frees
         tab.check_clean()
 
 
+def test_detection_mode_without_the_detector_names_the_files_and_how_to_get_them(server, playwright, pose_camera):
+    """DWPose detection chosen by the user where the detector cannot run (here: no onnxruntime in ComfyUI's venv, no
+    files): the session ends at the first frame with the message, and the panel stops and frees everything."""
+    with comfy_page(playwright, server, pose_camera) as tab:
+        page = tab.page
+        page.click("#rain-live-toggle")
+        page.select_option("#rain-live-source", "webcam")
+        page.select_option("#rain-live-mode", "detect")
+        page.click("#rain-live-start")
+        page.wait_for_function(f"() => ({MESSAGE})().includes('dwpose')", timeout=180_000)
+        message = page.evaluate(MESSAGE)
+        for part in ("models/rain/dwpose/", "yolox_l.onnx", "dw-ll_ucoco_384.onnx", "rain download --what dwpose"):
+            assert part in message, (part, message)
+        page.wait_for_function("() => !document.querySelector('#rain-live-start').disabled", timeout=10_000)
+        assert page.evaluate("() => document.querySelector('#rain-live-input').srcObject") is None
+        assert page.input_value("#rain-live-mode") == "detect"  # still the user's choice
+        wait_until_no_sessions(server, page)
+        tab.check_clean()
+
+
 def test_no_camera_gives_a_clear_message_in_the_panel(server, playwright):
     with comfy_page(playwright, server) as tab:  # no camera at all
         page = tab.page
