@@ -490,7 +490,9 @@ def main(argv=None) -> int:
     parser.add_argument("--max-sessions", type=int, default=None, help="the server's limit (default: the largest K)")
     parser.add_argument("--adversarial-streams", type=int, default=2)
     parser.add_argument("--adversarial-seconds", type=float, default=20.0)
-    parser.add_argument("--target-fps", type=float, default=10.0, help="output fps a session counts as served at")
+    parser.add_argument("--target-fps", type=float, default=5.0,
+                        help="output fps a session counts as served at (default 5: live latency is about "
+                             "(window - 1) / fps out, ~3 s at the default window of 16)")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="the bare server's torch threads")
     parser.add_argument("--comfyui", action="store_true", help="a real ComfyUI (COMFYUI_DIR, COMFY_PYTHON)")
     parser.add_argument("--compiled", action="store_true",

@@ -74,9 +74,11 @@ MAX_AREA_FACTOR = 4  # width × height at most this many times the model's own a
 MAX_WINDOW = 32  # levels × frames_per_cohort (the released operating point is 4 × 4 = 16)
 MAX_STEPS = 16  # LCM steps per frame (the released operating point is 4)
 MAX_CAPACITY = 64  # frames waiting at the door
-# Live sessions one server holds at once. Measured with bench/live_load.py (built-in model, defaults, 2 CPU cores):
-# see NOTES.md "Live panel". RAIN_LIVE_MAX_SESSIONS overrides it.
-DEFAULT_MAX_SESSIONS = 4
+# Live sessions one server holds at once. Sessions share the server's throughput (one tick at a time), and live
+# latency is about (window - 1) / a session's fps out. bench/live_load.py (built-in model at its defaults, 2 CPU cores
+# under load ~10): 8-14 fps out in all, so 2 sessions at >= 5 fps each (~3 s latency); 4 get ~1.6 fps each (10 s).
+# A GPU server serves more (README "Live from the browser": the estimate): raise it with RAIN_LIVE_MAX_SESSIONS.
+DEFAULT_MAX_SESSIONS = 2
 MAX_SESSIONS_ENV = "RAIN_LIVE_MAX_SESSIONS"
 KEYPOINT_FPS = 30.0  # a keypoint file that names no frame rate plays at this one
 
