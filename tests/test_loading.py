@@ -11,14 +11,13 @@ from safetensors.torch import load_file
 
 from rain_core.loading import (
     RainLoadError,
-    _diffusers_unet_config,
     convert_official,
-    init_for_training,
     load_rain,
     read_state_dict,
     save_rain,
 )
 from rain_core.models import DenoisingUNet, PoseGuider, RainModelConfig, ReferenceUNet
+from rain_core.train.init import diffusers_unet_config
 
 MANIFEST = Path(__file__).resolve().parent / "fixtures" / "official-rain-keys.json"  # see fixtures/README.md
 
@@ -124,7 +123,7 @@ def test_missing_folder_and_missing_file_are_named(official_checkpoint, tmp_path
 def test_sd_unet_in_place_of_motion_unet_is_recognised(official_checkpoint, tiny_models):
     from diffusers import UNet2DConditionModel
 
-    sd_unet = UNet2DConditionModel(**_diffusers_unet_config(tiny_models.config))
+    sd_unet = UNet2DConditionModel(**diffusers_unet_config(tiny_models.config))
     torch.save(sd_unet.state_dict(), official_checkpoint / "motion_unet.pth")
     with pytest.raises(RainLoadError, match=r"motion_unet.pth: expected the RAIN denoising UNet.*found an SD-1.5 UNet"):
         load_rain(official_checkpoint)
@@ -177,41 +176,3 @@ def test_dtype_the_device_cannot_run_is_refused(official_checkpoint):
         load_rain(official_checkpoint, dtype=torch.float8_e4m3fn)
     with pytest.raises(RainLoadError, match="expected a floating torch dtype"):
         load_rain(official_checkpoint, dtype=torch.int8)
-
-
-def _tiny_sd_unet_folder(config, folder: Path):
-    from diffusers import UNet2DConditionModel
-
-    from rain_core.models.testing import randomize_parameters
-
-    unet = randomize_parameters(UNet2DConditionModel(**_diffusers_unet_config(config)), seed=5)
-    unet.save_pretrained(folder / "unet")
-    return unet
-
-
-def test_training_init_copies_sd_unet_and_animatediff_motion_modules(tiny_models, tmp_path):
-    config = tiny_models.config
-    sd_unet = _tiny_sd_unet_folder(config, tmp_path / "sd")
-    motion = {k: v for k, v in tiny_models.denoising_unet.state_dict().items() if "motion_modules." in k}
-    motion = {k: v for k, v in motion.items() if not k.startswith("mid_block.")}  # like AnimateDiff v1: no mid block
-    torch.save({"state_dict": {f"module.{k}": v for k, v in motion.items()}}, tmp_path / "mm.ckpt")
-
-    models = init_for_training(tmp_path / "sd", tmp_path / "mm.ckpt", config=config)
-    sd = sd_unet.state_dict()
-    for name, value in models.reference_unet.state_dict().items():
-        assert torch.equal(value, sd[name]), name
-    denoising = models.denoising_unet.state_dict()
-    for name in sd:
-        assert torch.equal(denoising[name], sd[name]), name
-    for name in motion:
-        assert torch.equal(denoising[name], motion[name]), name
-    mid_proj_out = models.denoising_unet.mid_block.motion_modules[0].temporal_transformer.proj_out.weight
-    assert torch.all(mid_proj_out == 0)  # absent from the file: stays the identity
-    assert torch.all(models.denoising_unet.time_embedding.cond_proj.weight == 0)
-
-
-def test_training_init_refuses_a_unet_file_as_motion_modules(tiny_models, tmp_path):
-    sd_unet = _tiny_sd_unet_folder(tiny_models.config, tmp_path / "sd")
-    torch.save(sd_unet.state_dict(), tmp_path / "mm.ckpt")
-    with pytest.raises(RainLoadError, match="expected AnimateDiff motion-module weights"):
-        init_for_training(tmp_path / "sd", tmp_path / "mm.ckpt", config=tiny_models.config)

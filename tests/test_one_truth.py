@@ -9,8 +9,10 @@ import sys
 from pathlib import Path
 
 import av
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 from test_nodes import DATA, PACK_NAME, all_inputs, load_pack, standalone_host
 
 from rain_core.layout import builtin_model_dir
@@ -116,3 +118,43 @@ def test_sampler_cli_and_live_route_on_their_defaults_make_frames_of_the_models_
         stream = container.streams.video[0]
         assert (stream.height, stream.width) == (64, 64)
     assert torch.is_tensor(frames)
+
+
+def test_rain_bench_honours_every_stream_flag_it_takes_and_takes_no_output_fps(capsys):
+    from rain_core.cli import build_parser, main
+
+    argv = ["bench", "--model", "tiny", "--frames", "12", "--levels", "2", "--frames-per-cohort", "2", "--steps", "2",
+            "--seed", "5", "--noise", "shared", "--fast-path", "eager", "--json"]
+    assert main(argv) == 0
+    rows = json.loads(capsys.readouterr().out)["rows"]
+    assert [(r["noise"], r["fast_path"], r["frames_per_cohort"]) for r in rows] == [("shared", "eager", 2),
+                                                                                 ("shared", "eager", 1)]
+    with pytest.raises(SystemExit) as exit_info:
+        build_parser().parse_args(["bench", "--fps", "30"])
+    assert exit_info.value.code == 2
+
+
+def test_the_one_push_loop_gives_the_frames_of_one_whole_push_whatever_the_chunking(builtin):
+    """push_frames (the loop the CLI, the sampler, the live session and the benches share) in chunks of m, of 1,
+    and with a missing pose, against one push of everything plus a flush."""
+    from rain_core.stream.feed import push_frames
+    from rain_core.video import read_video_frames
+
+    poses = torch.from_numpy(read_video_frames(DATA / "anyone-video-1_kps.mp4", 0, 11)[0]).float() / 255
+    reference = torch.from_numpy(np.array(Image.open(DATA / "anyone-1.png").convert("RGB"))).float() / 255
+    config = StreamConfig(levels=2, frames_per_cohort=2, steps=2, seed=4)
+
+    def render(feed):
+        stream = RainStream(builtin, config)
+        stream.set_reference(reference)
+        return feed(stream)
+
+    whole = render(lambda s: torch.cat([s.push(poses), s.flush()]))
+    for chunk in (None, 1, 3):
+        items = render(lambda s, chunk=chunk: list(push_frames(s, poses, flush=True, chunk=chunk)))
+        assert [taken for taken, _ in items][-1] == 11
+        assert torch.equal(torch.cat([frames for _, frames in items]), whole)
+    with_gap = list(poses[:5]) + [None] + list(poses[6:])
+    held = render(lambda s: torch.cat([frames for _, frames in push_frames(s, with_gap, flush=True)]))
+    assert held.shape == whole.shape and not torch.equal(held, whole)  # the missing pose held the last one
+    assert render(lambda s: list(push_frames(s, [], flush=True))) == []  # nothing taken: no flush either

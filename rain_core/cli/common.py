@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import signal
+import threading
 from pathlib import Path
 
 from ..layout import builtin_model_dir, readme_layout_parts, resolve_model_folder
 
-EXIT_OK, EXIT_INTERNAL, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
+EXIT_OK, EXIT_INTERNAL, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130  # a signal: 128 + its number
 
 __all__ = ["EXIT_OK", "EXIT_INTERNAL", "EXIT_BAD_INPUT", "EXIT_INTERRUPTED", "UsageError", "builtin_model_dir"]
 
@@ -19,7 +22,61 @@ class UsageError(ValueError):
 
 
 class Interrupted(Exception):
-    """Ctrl-C stopped a run; `message` says what was (not) written. main() exits 130 with it."""
+    """Ctrl-C, SIGTERM or SIGHUP stopped a run; the message says what was (not) written. main() exits 128 + the
+    signal's number with it (130, 143, 129)."""
+
+    def __init__(self, message: str, signum: int = signal.SIGINT):
+        super().__init__(message)
+        self.signum = int(signum)
+
+
+class Stopped(KeyboardInterrupt):
+    """SIGTERM or SIGHUP, raised where the program is (as Python raises KeyboardInterrupt for Ctrl-C), so every
+    path that handles Ctrl-C (abort the temporary output, release the lock, skip or finish the flush) handles
+    them too. `signum` says which."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal_name(signum))
+        self.signum = int(signum)
+
+
+STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name))
+
+
+def signal_name(signum: int) -> str:
+    return "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
+
+
+def interrupt_signal(error: BaseException) -> int:
+    """The signal behind a KeyboardInterrupt (SIGINT for Ctrl-C itself)."""
+    return getattr(error, "signum", signal.SIGINT)
+
+
+def _raise_stopped(signum, frame):
+    raise Stopped(signum)
+
+
+@contextlib.contextmanager
+def stop_signals():
+    """While inside: SIGTERM and SIGHUP raise `Stopped`, so a service manager's stop or a closed terminal ends a
+    command exactly as Ctrl-C does (without this, Python dies at once: no message, a temporary file left). A
+    signal that was ignored when the command started (`nohup`) stays ignored. Only the main thread can set
+    handlers; elsewhere (a command run from a thread) nothing changes."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {}
+    for signum in STOP_SIGNALS:
+        handler = signal.getsignal(signum)
+        if handler == signal.SIG_IGN:
+            continue
+        previous[signum] = handler
+        signal.signal(signum, _raise_stopped)
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 def positive_int(text: str) -> int:
@@ -77,20 +134,36 @@ def emit(args, summary: dict, lines: list[str]) -> None:
             print(line)
 
 
-def check_output_path(path: str) -> Path:
-    out = Path(path)
-    folder = out if out.suffix == "" else out.parent
-    parent = folder.parent if out.suffix == "" else folder
-    if not parent.exists():
-        raise UsageError(f"--out {path}: the folder {parent} does not exist. Create it first or choose another path.")
-    return out
+def add_output_flags(parser: argparse.ArgumentParser, required: bool = False, default: str | None = None,
+                     what: str = "output") -> None:
+    """--out and --overwrite-frames: the one description of what an output may be (`rain_core.io.outputs`)."""
+    from ..io.outputs import kinds_help
+
+    parser.add_argument("--out", required=required, default=default,
+                        help=f"{what}: {kinds_help()}. Any other suffix is refused before anything runs; the "
+                        "output is written beside under a hidden temporary name and renamed when complete"
+                        + (f" (default: {default})" if default else ""))
+    parser.add_argument("--overwrite-frames", action="store_true",
+                        help="with a frame-folder --out: replace the frames of an earlier run there (a folder that "
+                        "holds frame_NNNNNN.png files only; a folder holding anything else is never emptied)")
+
+
+def claim_output(args, frames: int | None = None, height: int = 512, width: int = 512, flag: str = "--out"):
+    """Check and lock `args.out` before any model loads (`rain_core.io.outputs.claim_output`): kind, folder,
+    free space for about `frames` frames of height × width, no other writer. Use as `with claim_output(...)`."""
+    from ..io import outputs
+
+    kind = outputs.output_kind(args.out, flag)
+    return outputs.claim_output(args.out, flag, overwrite_frames=getattr(args, "overwrite_frames", False),
+                                estimate_bytes=outputs.estimate_bytes(kind, frames, height, width))
 
 
 # --------------------------------------------------------------------------- model / stream helpers
 
 
-def add_stream_flags(parser: argparse.ArgumentParser) -> None:
-    """The stream's settings as flags; every default is StreamConfig's own (the one home of the defaults)."""
+def add_stream_flags(parser: argparse.ArgumentParser, output: bool = True) -> None:
+    """The stream's settings as flags; every default is StreamConfig's own (the one home of the defaults).
+    output: the command writes frames (adds --fps)."""
     from ..stream.config import DECODERS, FAST_PATHS, NOISE_MODES, StreamConfig
 
     default = StreamConfig()
@@ -115,15 +188,17 @@ def add_stream_flags(parser: argparse.ArgumentParser) -> None:
                        help="auto: TAESDV when the model has it, else the full decoder")
     group.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 … (auto: cuda when available)")
     group.add_argument("--dtype", choices=["auto", "float32", "float16", "bfloat16"], default="auto")
-    group.add_argument("--fps", type=positive_float, default=None,
-                       help="output video fps (default: the input's when it has one, else 16)")
+    if output:
+        group.add_argument("--fps", type=positive_float, default=None,
+                           help="output video fps (default: the input's when it has one, else 16)")
     group.add_argument("--threads", type=int, default=None,
                        help="CPU threads for torch (default on CPU: half the cores)")
     group.add_argument("--fast-path", choices=FAST_PATHS, default=default.fast_path,
                        help="auto: a CUDA graph on CUDA; on the CPU the compiled tick when it is saved, else eager "
-                            "while a background process compiles it (used as soon as it is ready; "
-                            "RAIN_BACKGROUND_COMPILE=0 turns that off); compile: wait for the compiled tick "
-                            "(a minute or more the first time, later starts load it in about a second)")
+                            "(`rain live`, a long-lived host, also compiles it in a background process that ends "
+                            "with it, and switches when it is ready; RAIN_BACKGROUND_COMPILE=1 lets any command do "
+                            "that, 0 none); compile: wait for the compiled tick (a minute or more the first time, "
+                            "later starts load it in about a second; `rain cache` shows the saved ones)")
 
 
 MODEL_HELP = "model folder, or 'tiny' / 'builtin' for the built-in 64 px model"
@@ -253,47 +328,48 @@ def check_pose_frames(frames, source: str, enabled: bool = True):
 
 
 def partial_path(path: Path) -> Path:
-    """Where --keep-partial puts an interrupted run's frames: anim.mp4 → anim.partial.mp4, frames → frames.partial."""
+    """Where --keep-partial puts an interrupted run's frames: anim.mp4 → anim.partial.mp4, frames → frames.partial;
+    when that exists (an earlier interrupted run), anim.partial-2.mp4 and so on: it never replaces anything."""
     path = Path(path)
-    return path.with_name(f"{path.stem}.partial{path.suffix}")
+    for number in range(1, 1000):
+        tail = "" if number == 1 else f"-{number}"
+        candidate = path.with_name(f"{path.stem}.partial{tail}{path.suffix}")
+        if not os.path.lexists(candidate):
+            return candidate
+    raise UsageError(f"{path}: 999 partial outputs exist beside it; remove some")
 
 
-def run_stream_to_sink(stream, frames, sink, frames_per_cohort: int, limit: int | None, progress=None,
-                       flush_on_interrupt: bool = False):
-    """Push frames m at a time and write what comes out; at the end push the rest and flush.
+def run_stream_to_sink(stream, frames, sink, limit: int | None, progress=None, flush_on_interrupt: bool = False):
+    """Push frames a cohort at a time (`rain_core.stream.feed.push_frames`, THE push loop) and write what comes
+    out; at the end flush.
 
-    Ctrl-C stops reading. With `flush_on_interrupt` the frames already pushed are still flushed (the warm-up's
-    p − 1 ticks at most), and a second Ctrl-C skips that flush; without it nothing more is computed. Returns
-    (pose frames read, interrupted).
+    Ctrl-C (or SIGTERM / SIGHUP, see `stop_signals`) stops reading. With `flush_on_interrupt` the frames already
+    pushed are still flushed (the warm-up's p − 1 ticks at most), and a second signal skips that flush; without
+    it nothing more is computed. Returns (pose frames pushed, the signal that stopped the run or 0).
     """
-    import numpy as np
+    import itertools
 
-    batch, count, interrupted = [], 0, False
+    from ..stream.feed import push_frames
+
+    count, interrupted = 0, 0
 
     def write(out):
         if out.shape[0]:
             sink.write(out.numpy())
 
     try:
-        for frame in frames:
-            batch.append(frame)
-            count += 1
-            if len(batch) == frames_per_cohort:
-                write(stream.push(np.stack(batch)))
-                batch = []
-                if progress is not None:
-                    progress.update(frames_per_cohort)
-            if limit and count >= limit:
-                break
-    except KeyboardInterrupt:
-        interrupted = True
+        for taken, out in push_frames(stream, itertools.islice(frames, limit) if limit else frames):
+            write(out)
+            if progress is not None:
+                progress.update(taken - count)
+            count = taken
+    except KeyboardInterrupt as stop:  # a push is a transaction: the stream holds what was pushed before
+        interrupted = interrupt_signal(stop)
     if interrupted and not flush_on_interrupt:
-        return count, True
+        return count, interrupted
     try:
-        if batch and not interrupted:
-            write(stream.push(np.stack(batch)))
         if count:
             write(stream.flush())
-    except KeyboardInterrupt:  # a second Ctrl-C (or the first, during the final flush): stop now
-        interrupted = True
+    except KeyboardInterrupt as stop:  # a second Ctrl-C (or the first, during the final flush): stop now
+        interrupted = interrupted or interrupt_signal(stop)
     return count, interrupted

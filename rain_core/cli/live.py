@@ -2,23 +2,27 @@
 
 from __future__ import annotations
 
+import contextlib
+import signal
 import time
 
 from .common import (
     EXIT_OK,
     UsageError,
     add_model_flags,
+    add_output_flags,
     add_stream_flags,
     apply_umask,
-    check_output_path,
     check_pose_frames,
     check_reference,
+    claim_output,
     emit,
     load_models,
     model_folder_size,
     positive_int,
     read_image,
     run_stream_to_sink,
+    signal_name,
     stream_config,
 )
 
@@ -35,7 +39,7 @@ def add_parser(sub) -> None:
     p.add_argument("--dwpose-dir", default=None, help="folder with the DWPose ONNX files (default: models/rain/dwpose; "
                    "`rain download --what dwpose` fetches them)")
     p.add_argument("--loop", action="store_true", help="loop a video file source")
-    p.add_argument("--out", default=None, help="write to this file instead of a window")
+    add_output_flags(p, what="write here instead of a window")
     p.add_argument("--max-frames", type=positive_int, default=None, help="stop after this many source frames")
     p.add_argument("--no-pose-check", dest="pose_check", action="store_false",
                    help="with --poses skeleton, do not refuse a source that does not look like rendered skeletons")
@@ -105,13 +109,24 @@ def _detector(args):
 
 
 def run(args) -> int:
+    height, width = args.height, args.width = model_folder_size(args)
+    # the output first: a folder that takes no file or a second writer is found before any model loads
+    frames = args.max_frames if args.max_frames and not str(args.source).isdigit() else None
+    with claim_output(args, frames, height, width) if args.out else contextlib.nullcontext() as claim:
+        return _run(args, claim.path if claim is not None else None)
+
+
+def _run(args, out) -> int:
     import numpy as np
 
+    from ..cpu_fast import allow_background_compile
     from ..stream import RainStream
     from ..video import VideoSink
 
-    height, width = args.height, args.width = model_folder_size(args)
-    out = check_output_path(args.out) if args.out else None
+    # a live run is a long-lived host: it may build the compiled tick in the background while it runs (the
+    # builder ends with this process)
+    allow_background_compile()
+    height, width = args.height, args.width
     window = out is None
     if window:
         import cv2
@@ -141,7 +156,7 @@ def run(args) -> int:
                 people = detector((frame * 255).astype(np.uint8))
                 yield render_pose(people, height, width).astype(np.float32) / 255
 
-    sink = VideoSink(out, fps=fps) if out else None
+    sink = VideoSink(out, fps=fps, overwrite_frames=args.overwrite_frames) if out else None
     shown = 0
     start = time.perf_counter()
 
@@ -165,8 +180,7 @@ def run(args) -> int:
     target = sink if sink is not None else _Overlay()
     try:
         # Ctrl-C is how a live run ends: the frames in flight are flushed; a second Ctrl-C skips the flush.
-        _, interrupted = run_stream_to_sink(stream, poses(), target, args.frames_per_cohort, args.max_frames,
-                                            flush_on_interrupt=True)
+        _, interrupted = run_stream_to_sink(stream, poses(), target, args.max_frames, flush_on_interrupt=True)
     except BaseException:
         if sink is not None:
             sink.abort()
@@ -176,8 +190,9 @@ def run(args) -> int:
     stats = stream.stats
     summary = {"output": str(sink.output_path) if sink else None, "frames": stats["frames_out"],
                "output_fps": fps if sink else None, "size": [height, width],
-               "interrupted": interrupted, "ms_per_tick": stats["mean_ms_per_tick"],
+               "interrupted": bool(interrupted), "ms_per_tick": stats["mean_ms_per_tick"],
                "latency_frames": stats["latency_frames"]}
     emit(args, summary, [f"live: {summary['frames']} frames" + (f" → {summary['output']}" if sink else "")
-                         + (" (stopped with Ctrl-C, flushed)" if interrupted else "")])
-    return EXIT_OK
+                         + (f" (stopped with {signal_name(interrupted)}, flushed)" if interrupted else "")])
+    # Ctrl-C is how a live run ends (0); SIGTERM / SIGHUP stop it the same way but say so in the exit code
+    return EXIT_OK if interrupted in (0, signal.SIGINT) else 128 + interrupted

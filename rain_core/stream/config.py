@@ -56,10 +56,12 @@ class StreamConfig:
         code, never captured; "compile": the steady-state UNet call compiled by torch.compile (inductor, cached on
         disk; eager after one log line where no C++ compiler exists: `rain_core.cpu_fast`); "auto" (default):
         "graph" on CUDA; on the CPU the compiled tick when its package is in the cache (loaded in about a second),
-        else "eager" at once while a lower-priority child process compiles the package, switching to it when it
-        is ready (a minute or more; `stats["fast_path"]` then says "compile"; `RAIN_BACKGROUND_COMPILE=0` turns
-        the child off; `rain_core.cpu_fast.BackgroundBuild`). Warm-up and flush ticks (partial windows) run the
-        same code eagerly.
+        else "eager". In a long-lived host (`rain_core.cpu_fast.allow_background_compile()`: the ComfyUI server,
+        `rain live`; or `RAIN_BACKGROUND_COMPILE=1`) a lower-priority child process compiles the package
+        meanwhile and the stream switches to it when it is ready (a minute or more; `stats["fast_path"]` then
+        says "compile"); the child ends with its parent (`rain_core.cpu_fast.BackgroundBuild`). A short script or
+        command starts no child: "compile" waits for the package instead. Warm-up and flush ticks (partial
+        windows) run the same code eagerly.
     output_device: where returned frames live: "cpu" (default) or "device" (the models' device, no copy back).
     noise: "fresh" (default, the method): every frame draws its own noise; "shared": every frame gets the same
         noise (StreamDiffusion's fixed noise), which keeps still parts of the picture still: on the built-in model

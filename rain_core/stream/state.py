@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from ..fileio import temporary_beside
+from ..fileio import temporary_beside, user_file_mode
 from .config import StreamConfig, StreamConfigError, StreamStateError
 from .timing import TickClock
 from .window import Window, is_consecutive
@@ -150,6 +150,7 @@ class StreamStateMixin:
         os.close(handle)
         try:
             save_file(tensors, temporary, metadata=metadata)
+            os.chmod(temporary, user_file_mode())  # safetensors recreates the file 0600
             os.replace(temporary, path)
         except BaseException:
             Path(temporary).unlink(missing_ok=True)

@@ -21,7 +21,7 @@ import cv2
 import numpy as np
 import torch
 
-from .synthetic import HELDOUT_BASE, SyntheticWorld, render_character, render_skeleton
+from ..synthetic import HELDOUT_BASE, SyntheticWorld, render_character, render_skeleton
 
 
 class DataError(ValueError):
