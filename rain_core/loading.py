@@ -22,6 +22,7 @@ import os
 import pickle
 import re
 import zipfile
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
@@ -29,6 +30,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from . import single_file
 from .layout import MODEL_FILES, NETWORK_PARTS, own_candidates, resolve_model_folder
 from .models import RainModelConfig, RainModels
 from .models.codecs import SpaceToDepthCodec, VaeCodec
@@ -290,8 +292,11 @@ def load_rain(
     """Load RAIN from `folder` (official .pth files or our safetensors layout; safetensors preferred); "tiny" or
     "builtin" is the built-in model, as `--model tiny` is (`rain_core.layout.resolve_model_folder`).
 
-    vae: diffusers AutoencoderKL folder (sd-vae-ft-mse); image_encoder: transformers CLIPVisionModelWithProjection
-    folder (sd-image-variations `image_encoder`); taesdv: taesdv.pth. Each defaults to what the folder holds
+    vae: diffusers AutoencoderKL folder (sd-vae-ft-mse), a single .safetensors file in diffusers' or the LDM layout
+    (vae-ft-mse-840000-ema-pruned.safetensors), or its tensors as a mapping; image_encoder: transformers
+    CLIPVisionModelWithProjection folder (sd-image-variations `image_encoder`), a single file in transformers' or
+    open_clip's layout (ComfyUI's models/clip_vision), or its tensors; taesdv: taesdv.pth (`rain_core.single_file`
+    converts the layouts). Each defaults to what the folder holds
     (our layout) or to a sibling folder/file of the usual name. config: the model size when the folder has no
     rain_config.json (default: the released SD-1.5 size).
     """
@@ -363,52 +368,68 @@ def _from_pretrained(model_class, path: Path, expected: str):
 
 
 def _load_codec(folder: Path, config: RainModelConfig, extras: dict, vae_path) -> nn.Module:
+    """The model's codec. `vae_path`: a diffusers folder, a single file (diffusers or LDM keys), or the tensors
+    themselves (a mapping, e.g. ComfyUI's VAE's state dict)."""
     if config.codec == "space_to_depth":
         return SpaceToDepthCodec(config.codec_factor)
     from diffusers import AutoencoderKL
 
+    if isinstance(vae_path, Mapping):
+        return VaeCodec(_vae_from_state(vae_path, "vae (the VAE given)", extras, config), config.vae_scaling_factor)
     defaults = own_candidates(folder, "vae")
     path = _component_path(
         vae_path,
         defaults,
-        "VAE not found; expected a diffusers AutoencoderKL folder (sd-vae-ft-mse).",
+        "VAE not found; expected a diffusers AutoencoderKL folder (sd-vae-ft-mse) or a .safetensors VAE "
+        "(e.g. vae-ft-mse-840000-ema-pruned.safetensors).",
         f"{folder}: this model decodes with the SD VAE but none was given or found; pass vae= the sd-vae-ft-mse "
         "folder (Hugging Face stabilityai/sd-vae-ft-mse, e.g. models/vae/sd-vae-ft-mse).",
     )
     if path.is_dir():
         vae = _from_pretrained(AutoencoderKL, path, "sd-vae-ft-mse (config.json + diffusion_pytorch_model.safetensors)")
         return VaeCodec(vae, config.vae_scaling_factor)
-    vae_config = extras.get("vae") or config.vae
-    if vae_config is None:
-        raise RainLoadError(f"{path}: no VAE config in {folder / CONFIG_NAME}; cannot rebuild the VAE.")
+    return VaeCodec(_vae_from_state(read_state_dict(path, "vae"), path, extras, config), config.vae_scaling_factor)
+
+
+def _vae_from_state(state, source, extras: dict, config: RainModelConfig) -> nn.Module:
+    """The AutoencoderKL of this model (its stored config, else sd-vae-ft-mse's) filled with `state` in diffusers'
+    or the LDM layout (ComfyUI's models/vae files and its VAE in memory)."""
+    from diffusers import AutoencoderKL
+
     with torch.device("meta"):
-        vae = AutoencoderKL.from_config(vae_config)
-    state = read_state_dict(path, "vae")
-    check_state_dict(state, vae, path, "vae")
-    return VaeCodec(_assign(vae, state), config.vae_scaling_factor)
+        vae = AutoencoderKL.from_config(extras.get("vae") or config.vae or single_file.SD_VAE_CONFIG)
+    state = single_file.to_diffusers_vae(state, vae.config)
+    check_state_dict(state, vae, source, "vae")
+    return _assign(vae, state)
 
 
 def _load_image_encoder(folder: Path, config: RainModelConfig, extras: dict, encoder_path) -> ClipImageEncoder:
+    """The CLIP image encoder. `encoder_path`: a transformers folder, a single file (transformers or open_clip
+    keys), or the tensors themselves (a mapping, e.g. ComfyUI's CLIP vision state dict)."""
     from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
     from .models.image_encoder import build_clip
 
-    defaults = own_candidates(folder, "image_encoder")
-    path = _component_path(
-        encoder_path,
-        defaults,
-        "image encoder not found; expected a CLIP image_encoder folder.",
-        f"{folder}: no image encoder given or found; pass image_encoder= the sd-image-variations image_encoder "
-        "folder (lambdalabs/sd-image-variations-diffusers/image_encoder, e.g. models/clip_vision/sd-image-variations).",
-    )
-    if path.is_dir():
-        return ClipImageEncoder(
-            _from_pretrained(CLIPVisionModelWithProjection, path, "the sd-image-variations image_encoder folder")
+    if isinstance(encoder_path, Mapping):
+        state, path = encoder_path, "clip_vision (the CLIP vision model given)"
+    else:
+        path = _component_path(
+            encoder_path,
+            own_candidates(folder, "image_encoder"),
+            "image encoder not found; expected a CLIP image_encoder folder or a .safetensors CLIP vision file.",
+            f"{folder}: no image encoder given or found; pass image_encoder= the sd-image-variations image_encoder "
+            "folder (lambdalabs/sd-image-variations-diffusers/image_encoder, e.g. models/clip_vision/"
+            "sd-image-variations).",
         )
+        if path.is_dir():
+            return ClipImageEncoder(
+                _from_pretrained(CLIPVisionModelWithProjection, path, "the sd-image-variations image_encoder folder")
+            )
+        state = read_state_dict(path, "image_encoder")
     clip_config = CLIPVisionConfig.from_dict(extras["image_encoder"]) if "image_encoder" in extras else None
     with torch.device("meta"):
         model = CLIPVisionModelWithProjection(clip_config) if clip_config else build_clip(config.clip)
-    state = read_state_dict(path, "image_encoder")
+    state = single_file.to_transformers_clip(state)
     check_state_dict(state, model, path, "image_encoder", allow_missing=("position_ids",))
     return ClipImageEncoder(_assign_clip(model, state))
 

@@ -48,6 +48,16 @@ if REASON:
 HOST_MARKS = [pytest.mark.comfyui] + ([pytest.mark.skip(reason=REASON)] if REASON else [])
 FRONTEND_ROOT = os.environ.get("COMFY_FRONTEND_ROOT") or None
 EXTRA_ARGS = shlex.split(os.environ.get("COMFY_EXTRA_ARGS", ""))
+GPU_MEMORY_FLAGS = {"--lowvram", "--novram", "--normalvram", "--highvram", "--gpu-only"}
+
+
+def comfy_has_gpu() -> bool:
+    """Whether COMFY_PYTHON's torch sees a CUDA device (the memory flags need one)."""
+    if REASON:
+        return False
+    probe = subprocess.run([COMFY_PYTHON, "-c", "import torch; print(torch.cuda.is_available())"],
+                           capture_output=True, text=True, timeout=300)
+    return probe.stdout.strip() == "True"
 
 # The browser tiers (test_browser.py, test_live_browser.py) share these: Debian's Chromium, never a downloaded one.
 CHROMIUM = os.environ.get("RAIN_CHROMIUM", shutil.which("chromium") or "/usr/bin/chromium")
@@ -91,16 +101,20 @@ class Server:
         custom_nodes.mkdir()
         (custom_nodes / PACK_FOLDER).symlink_to(ROOT)
         models = self.workdir / "models"
-        (models / "rain").mkdir(parents=True, exist_ok=True)
+        for kind in ("rain", "vae", "clip_vision"):  # the test's own model files, beside ComfyUI's folders
+            (models / kind).mkdir(parents=True, exist_ok=True)
         paths = self.workdir / "paths.yaml"
-        paths.write_text(f"pack_under_test:\n    custom_nodes: {custom_nodes}\n    rain: {models / 'rain'}\n")
+        paths.write_text(f"pack_under_test:\n    custom_nodes: {custom_nodes}\n    rain: {models / 'rain'}\n"
+                         f"    vae: {models / 'vae'}\n    clip_vision: {models / 'clip_vision'}\n")
         inputs = self.input = self.workdir / "input"
         inputs.mkdir()
         # The user's own file of a name the examples use; the pack copies the other examples in at start-up.
         shutil.copy(DATA / "anime-portrait.png", inputs / USER_FILE)
         self.output = self.workdir / "output"
         self.output.mkdir()
-        command = [COMFY_PYTHON, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(self.port),
+        # --cpu unless a memory flag asks for the GPU (ComfyUI refuses --lowvram/--novram beside --cpu)
+        device = [] if set(extra_args + tuple(EXTRA_ARGS)) & GPU_MEMORY_FLAGS else ["--cpu"]
+        command = [COMFY_PYTHON, "main.py", *device, "--listen", "127.0.0.1", "--port", str(self.port),
                    "--disable-api-nodes", "--extra-model-paths-config", str(paths), "--input-directory", str(inputs),
                    "--output-directory", str(self.output), "--temp-directory", str(self.workdir),
                    "--disable-auto-launch", *extra_args, *EXTRA_ARGS]

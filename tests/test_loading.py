@@ -176,3 +176,122 @@ def test_dtype_the_device_cannot_run_is_refused(official_checkpoint):
         load_rain(official_checkpoint, dtype=torch.float8_e4m3fn)
     with pytest.raises(RainLoadError, match="expected a floating torch dtype"):
         load_rain(official_checkpoint, dtype=torch.int8)
+
+
+# ---- ComfyUI's model files: single-file VAEs (LDM layout) and CLIP vision files (transformers / open_clip) ------
+
+
+@pytest.fixture(scope="module")
+def vae_rain(tmp_path_factory):
+    """A tiny VAE-codec RAIN in the authors' layout whose VAE and image encoder live elsewhere (as in ComfyUI);
+    read-only: (models, folder)."""
+    import shutil
+
+    from conftest import build_tiny_models, tiny_config, write_official_checkpoint
+
+    models = build_tiny_models(tiny_config(codec="vae", codec_factor=8, block_out_channels=(16, 32), attention_heads=2))
+    folder = write_official_checkpoint(models, tmp_path_factory.mktemp("vae_rain") / "official")
+    shutil.rmtree(folder / "sd-vae-ft-mse")
+    shutil.rmtree(folder / "image_encoder")
+    return models, folder
+
+
+@pytest.mark.parametrize("prefix", ["", "first_stage_model."])
+def test_a_single_file_vae_in_the_ldm_layout_loads_the_tensors_it_holds(tmp_path, vae_rain, prefix):
+    from foreign_layouts import to_ldm_vae, with_text_tower
+    from safetensors.torch import save_file
+
+    from rain_core.single_file import vae_file_problem
+
+    models, folder = vae_rain
+    original = models.codec.vae.state_dict()
+    ldm = to_ldm_vae(original, prefix)
+    assert "encoder.down.0.block.0.norm1.weight" in {k[len(prefix):] for k in ldm}  # really the LDM names
+    save_file(ldm, str(tmp_path / "vae-ft-mse-840000-ema-pruned.safetensors"))
+    save_file(with_text_tower(models.image_encoder.model.state_dict()), str(tmp_path / "clip_vision_vit_l.safetensors"))
+    assert vae_file_problem(tmp_path / "vae-ft-mse-840000-ema-pruned.safetensors") is None
+    loaded = load_rain(folder, vae=tmp_path / "vae-ft-mse-840000-ema-pruned.safetensors",
+                       image_encoder=tmp_path / "clip_vision_vit_l.safetensors")
+    _assert_same_weights(loaded, models)  # every network, the VAE and the image encoder included
+
+
+def test_a_vae_and_image_encoder_handed_over_as_tensors_load_without_a_file(vae_rain):
+    from foreign_layouts import to_ldm_vae, to_open_clip
+
+    models, folder = vae_rain
+    loaded = load_rain(folder, vae=to_ldm_vae(models.codec.vae.state_dict()),  # as ComfyUI's VAE holds it
+                       image_encoder=to_open_clip(models.image_encoder.model.state_dict()))
+    _assert_same_weights(loaded, models)
+
+
+def test_an_open_clip_vision_file_loads_the_tensors_it_holds(tmp_path, tiny_models, official_checkpoint):
+    import shutil
+
+    from foreign_layouts import to_open_clip
+    from safetensors.torch import save_file
+
+    from rain_core.single_file import clip_file_problem
+
+    shutil.rmtree(official_checkpoint / "image_encoder")
+    state = to_open_clip(tiny_models.image_encoder.model.state_dict())
+    assert "visual.transformer.resblocks.0.attn.in_proj_weight" in state
+    save_file(state, str(tmp_path / "open_clip_vit.safetensors"))
+    assert clip_file_problem(tmp_path / "open_clip_vit.safetensors") is None
+    _assert_same_weights(load_rain(official_checkpoint, image_encoder=tmp_path / "open_clip_vit.safetensors"),
+                         tiny_models)
+
+
+def test_a_vae_of_another_size_is_refused_with_what_does_not_match(vae_rain):
+    from foreign_layouts import to_ldm_vae
+
+    models, folder = vae_rain
+    state = to_ldm_vae(models.codec.vae.state_dict())
+    state["decoder.conv_in.weight"] = torch.zeros(16, 4, 3, 3, dtype=torch.float32)[:8]  # 8 channels, not 16
+    with pytest.raises(RainLoadError, match=r"does not match an AutoencoderKL.*\n.*mis-shaped: decoder.conv_in"):
+        load_rain(folder, vae=state, image_encoder=models.image_encoder.model.state_dict())
+
+
+def _header_file(path, shapes):
+    from safetensors.torch import save_file
+
+    save_file({name: torch.zeros(shape) for name, shape in shapes.items()}, str(path))
+    return path
+
+
+@pytest.mark.parametrize("shapes, reason", [
+    ({"decoder.conv_in.weight": (512, 16, 3, 3), "encoder.down.0.block.0.conv1.weight": (128, 128, 3, 3)},
+     "16 latent channels"),  # SD3 / Flux ae.safetensors
+    ({"decoder.conv_in.weight": (512, 16, 3, 3, 3), "encoder.down.0.block.0.conv1.weight": (128, 128, 3, 3, 3)},
+     "video VAE"),
+    ({"decoder.conv_in.weight": (64, 4, 3, 3), "decoder.1.weight": (64, 64, 3, 3)}, "neither the LDM nor"),  # TAESD
+    ({"model.diffusion_model.input_blocks.0.0.weight": (320, 4, 3, 3)}, "not an image VAE"),
+])
+def test_the_vae_list_leaves_out_files_rain_cannot_use_from_the_header_alone(tmp_path, shapes, reason):
+    from rain_core.single_file import vae_file_problem
+
+    assert reason in vae_file_problem(_header_file(tmp_path / "x.safetensors", shapes))
+
+
+def test_the_vae_list_names_why_pickles_and_bare_folders_are_left_out(tmp_path):
+    from rain_core.single_file import clip_file_problem, vae_file_problem
+
+    (tmp_path / "vae-ft-mse-840000-ema-pruned.ckpt").write_bytes(b"\x80\x02}q\x00.")
+    assert "connect ComfyUI's own loader to the vae input" in vae_file_problem(
+        tmp_path / "vae-ft-mse-840000-ema-pruned.ckpt")
+    (tmp_path / "folder").mkdir()
+    assert "without config.json" in clip_file_problem(tmp_path / "folder")
+    (tmp_path / "broken.safetensors").write_bytes(b"\xff" * 16)
+    assert "not a readable safetensors file" in vae_file_problem(tmp_path / "broken.safetensors")
+
+
+@pytest.mark.parametrize("shapes, reason", [
+    ({"vision_model.embeddings.patch_embedding.weight": (1152, 3, 14, 14)}, "SigLIP"),
+    ({"vision_model.embeddings.patch_embedding.weight": (1024, 3, 14, 14),
+      "vision_model.embeddings.class_embedding": (1024,)}, "without visual_projection"),
+    ({"visual.conv1.weight": (1024, 3, 14, 14)}, "without its projection"),
+    ({"embeddings.patch_embeddings.projection.weight": (1024, 3, 14, 14)}, "not a CLIP vision model"),  # DINOv2
+])
+def test_the_clip_vision_list_leaves_out_towers_rain_cannot_use(tmp_path, shapes, reason):
+    from rain_core.single_file import clip_file_problem
+
+    assert reason in clip_file_problem(_header_file(tmp_path / "x.safetensors", shapes))

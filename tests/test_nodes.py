@@ -116,7 +116,7 @@ def test_node_contract_is_consistent(pack, key):
         elif kind in ("STRING", "BOOLEAN"):
             assert "default" in options
         else:
-            assert kind in CUSTOM_TYPES | {"IMAGE"}, f"{key}.{name}: unknown type {kind}"
+            assert kind in CUSTOM_TYPES | {"IMAGE", "VAE", "CLIP_VISION"}, f"{key}.{name}: unknown type {kind}"
 
 
 def test_seed_has_no_front_end_randomizer(pack):

@@ -108,6 +108,24 @@ def _detector(args):
                          "models/rain/dwpose.") from None
 
 
+def window_problem() -> str | None:
+    """Why `rain live` cannot show its window, asked before OpenCV tries (its Qt GUI aborts the whole process when
+    there is no display), or None."""
+    import os
+    import re
+    import sys
+
+    import cv2
+
+    gui = re.search(r"^\s*GUI:\s*(\S+)", cv2.getBuildInformation(), re.MULTILINE)
+    if gui is None or gui.group(1).upper() == "NONE":
+        return (f"this OpenCV ({cv2.__version__}) has no GUI (opencv-python-headless?); pip install opencv-python, "
+                "the build the pack requires")
+    if sys.platform.startswith("linux") and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
+        return "no display (neither DISPLAY nor WAYLAND_DISPLAY is set: a server or an SSH session without -X?)"
+    return None
+
+
 def run(args) -> int:
     height, width = args.height, args.width = model_folder_size(args)
     # the output first: a folder that takes no file or a second writer is found before any model loads
@@ -131,11 +149,15 @@ def _run(args, out) -> int:
     if window:
         import cv2
 
-        try:
-            cv2.namedWindow("rain live")
-        except cv2.error:
-            raise UsageError("no window can be opened here (opencv-python-headless has no GUI, or no display); "
-                             "pass --out FILE.mp4 to write the stream to a file instead") from None
+        problem = window_problem()
+        if problem is None:
+            try:
+                cv2.namedWindow("rain live")
+            except cv2.error as error:
+                problem = f"OpenCV could not open one ({str(error).strip().splitlines()[-1][:200]})"
+        if problem:
+            raise UsageError(f"no window can be opened here: {problem}; pass --out FILE.mp4 to write the stream to "
+                             "a file instead") from None
     reference = check_reference(read_image(args.reference, height, width), args.reference)
     detector = _detector(args) if args.poses == "detector" else None
     fps = args.fps or _source_fps(args) or 16.0
