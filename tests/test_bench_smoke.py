@@ -52,6 +52,7 @@ HELP_ONLY = {  # why no small run here
     "compare_training_reference.py": "runs in the reference environment only",
     "cpu_live.py": "starts worker processes per round (minutes); bench/results/cpu_live.json is its last run",
     "live_latency.py": "serves a route and plays a source for seconds; bench/results/live_latency.json",
+    "live_load.py": "its --smoke run (a server and clients, ~1 min) is tests/test_live_load.py",
     "quality.py": "small run tested in tests/test_train_shipped.py",
     "batch_scale.py": "--smoke tested in tests/test_batch.py (slow tier: it starts Ray workers, ~60 s here)",
     "gpu_stream.py": "tiny run tested in tests/test_accel.py",
