@@ -6,12 +6,12 @@ everything inside the pack is imported relatively. The engine (`rain_core`) neve
 
 if __package__:
     from .nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS, host, live_route  # live_route: /rain/live
-    from .rain_core.cpu_fast import allow_background_compile
+    from .rain_core.cpu import allow_background_compile
 
     host.warn_about_opencv()  # two OpenCV builds in one cv2 folder: say which and what to keep
     del host, live_route  # imported for its effect: the live panel's route, registered only under ComfyUI's server
     # The ComfyUI server is a long-lived host: the nodes and the live panel may build the compiled CPU tick in a
-    # background child while streams run eagerly; the child ends with the server (rain_core.cpu_fast).
+    # background child while streams run eagerly; the child ends with the server (rain_core.stream.background_build).
     allow_background_compile()
 else:
     # Imported as a plain file, not as a package: pytest does this to the repository root while collecting

@@ -9,7 +9,7 @@ and settings in this process (interleaved, so both sides see the same load on a 
     COMFYUI_DIR=$COMFY COMFY_PYTHON=$COMFY_VENV/bin/python .venv/bin/python bench/comfy_overhead.py
 
 Same threads on both sides (--threads, default 2: OMP_NUM_THREADS for the server, torch.set_num_threads here),
-and the same OpenMP wait policy: rain_core sets OMP_WAIT_POLICY=PASSIVE before torch loads (rain_core/cpu_fast.py),
+and the same OpenMP wait policy: rain_core sets OMP_WAIT_POLICY=PASSIVE before torch loads (rain_core/cpu.py),
 which ComfyUI, importing torch first, never gets unless it is started with it; --same-omp-policy (default on)
 starts the server with this process's policy, --no-same-omp-policy shows what a default ComfyUI start costs.
 """

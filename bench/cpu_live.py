@@ -310,7 +310,8 @@ def main(argv=None) -> None:
         worker(args)
         return
 
-    from rain_core.cpu_fast import cache_dir, cpu_summary
+    from rain_core.cpu import cpu_summary
+    from rain_core.stream.compile_cache import cache_dir
 
     machine = {**cpu_summary(), "load_average_start": round(os.getloadavg()[0], 1)}
     machine.pop("threads")

@@ -59,7 +59,7 @@ from bench.gpu.sections import (  # noqa: E402
     section_environment,
 )
 from bench.gpu.table import print_table  # noqa: E402
-from rain_core.accel import FastPath  # noqa: E402
+from rain_core.stream.accel import FastPath  # noqa: E402
 
 # ---------------------------------------------------------------------- main
 

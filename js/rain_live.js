@@ -1,9 +1,12 @@
-// RAIN live panel: the browser's webcam, a local video or a pose video animates the character in real time.
-// Frames go to the pack's websocket route (/rain/live, nodes/live_route.py) as JPEG with their capture time;
-// animated frames come back as soon as they leave the RAIN stream and are shown beside the input, with the
-// measured fps and latency (capture -> display). The model and settings come from the Load RAIN Model, RAIN
-// Sampler and Load Image nodes of the current graph, or from the panel's fields. Imports are relative because
-// registry installs rename the pack folder (served under /extensions/<folder>/).
+// RAIN live panel: the browser's webcam, a local video, a keypoint file or the example pose video animates the
+// character in real time. Frames go to the pack's websocket route (/rain/live, nodes/live_route.py) as JPEG with
+// their capture time; animated frames come back as soon as they leave the RAIN stream and are shown beside the
+// input, with the measured fps and latency (capture -> display). A keypoint file (.json: OpenPose, POSE_KEYPOINT or
+// {"fps", "frames"}) goes up once and the server plays it. The model and settings come from the nodes linked to the
+// graph's RAIN Sampler (its own widgets, its Load RAIN Model and its Load Image), or from the panel's fields; an
+// empty field takes the server's default (width/height 0 = the model's own size). The source never changes the
+// mode: a camera in "pose video as is" mode is stopped by the server's pose check with its message. Imports are
+// relative because registry installs rename the pack folder (served under /extensions/<folder>/).
 import { app } from "../../scripts/app.js";
 import { api } from "../../scripts/api.js";
 
@@ -16,14 +19,16 @@ const FACE_SLIDERS = [ // name, default, min, max (the authors' live-demo defaul
   ["face_length", 0.75, 0.1, 3.0], ["eye_height", 3.0, 0.1, 6.0], ["eye_width", 1.6, 0.1, 4.0],
   ["mouth_height", 1.2, 0.1, 4.0], ["mouth_width", 0.67, 0.1, 4.0], ["jaw_width", 0.9, 0.1, 3.0],
 ];
-const FIELDS = [ // panel field, graph node type, widget name
-  ["model", "LoadRainModel", "model"], ["precision", "LoadRainModel", "precision"],
-  ["device", "LoadRainModel", "device"], ["decoder", "LoadRainModel", "decoder"],
-  ["width", "RainSampler", "width"], ["height", "RainSampler", "height"], ["levels", "RainSampler", "levels"],
-  ["frames_per_cohort", "RainSampler", "frames_per_cohort"], ["steps", "RainSampler", "steps"],
-  ["guidance", "RainSampler", "guidance"], ["seed", "RainSampler", "seed"], ["noise", "RainSampler", "noise"],
-  ["reference", "LoadImage", "image"],
+const SAMPLER = "RainSampler";
+const FIELDS = [ // panel field, where in the graph (the sampler itself, or the node on one of its inputs), widget
+  ["model", "rain_model", "model"], ["precision", "rain_model", "precision"],
+  ["device", "rain_model", "device"], ["decoder", "rain_model", "decoder"],
+  ["width", SAMPLER, "width"], ["height", SAMPLER, "height"], ["levels", SAMPLER, "levels"],
+  ["frames_per_cohort", SAMPLER, "frames_per_cohort"], ["steps", SAMPLER, "steps"],
+  ["guidance", SAMPLER, "guidance"], ["seed", SAMPLER, "seed"], ["noise", SAMPLER, "noise"],
+  ["reference", "reference", "image"],
 ];
+const SOURCE_NODE = { rain_model: "LoadRainModel", reference: "LoadImage" }; // the node type read on each input
 const NUMERIC = new Set(["width", "height", "levels", "frames_per_cohort", "steps", "guidance", "seed"]);
 
 function el(tag, attrs = {}, ...children) {
@@ -49,17 +54,48 @@ function socketUrl() {
   return url.href;
 }
 
-// Settings of the current graph: the first Load RAIN Model, RAIN Sampler and Load Image nodes.
+const nodeClass = (node) => node?.comfyClass ?? node?.constructor?.comfyClass ?? node?.type;
+
+// The node feeding `input` of `node` (through Reroute nodes), or null.
+function inputNode(node, input) {
+  for (let hops = 0; node && hops < 16; hops++) {
+    const slot = node.inputs?.findIndex((i) => i.name === input) ?? -1;
+    const from = slot >= 0 && node.inputs[slot].link != null ? node.getInputNode?.(slot) : null;
+    if (!from || nodeClass(from) !== "Reroute") return from ?? null;
+    node = from;
+    input = from.inputs?.[0]?.name;
+  }
+  return null;
+}
+
+// Settings of the current graph: the RAIN Sampler (the first one whose model input is linked, else the first one),
+// the Load RAIN Model on its rain_model input and the Load Image on its reference input. Another node on an input
+// (or none) leaves those fields to the server's defaults. No sampler: nothing from the graph.
 function graphSettings() {
-  const nodes = app.graph?._nodes ?? [];
+  const samplers = (app.graph?._nodes ?? []).filter((n) => nodeClass(n) === SAMPLER);
+  const sampler = samplers.find((n) => inputNode(n, "rain_model")) ?? samplers[0];
   const settings = {};
-  for (const [field, type, widget] of FIELDS) {
-    const node = nodes.find((n) => (n.comfyClass ?? n.type) === type);
+  if (!sampler) return settings;
+  for (const [field, where, widget] of FIELDS) {
+    let node = sampler;
+    if (where !== SAMPLER) {
+      node = inputNode(sampler, where);
+      if (nodeClass(node) !== SOURCE_NODE[where]) continue;
+    }
     const value = node?.widgets?.find((w) => w.name === widget)?.value;
     if (value !== undefined && value !== null && value !== "") settings[field] = value;
   }
   return settings;
 }
+
+// Send only on an open socket: a closing one makes the browser log "WebSocket is already in CLOSING or CLOSED state".
+function send(socket, data) {
+  if (!socket || socket.readyState !== WebSocket.OPEN) return false;
+  socket.send(data);
+  return true;
+}
+
+const isKeypointFile = (file) => /\.json$/i.test(file?.name ?? "") || file?.type === "application/json";
 
 function cameraMessage(error) {
   if (!window.isSecureContext || !navigator.mediaDevices?.getUserMedia) {
@@ -98,12 +134,18 @@ class LivePanel {
     this.source = el("select", { id: "rain-live-source", style: input, onchange: () => this.sourceChanged() },
       el("option", { value: "example" }, "example pose video"),
       el("option", { value: "webcam" }, "webcam"),
-      el("option", { value: "file" }, "video file…"));
+      el("option", { value: "file" }, "video or keypoint file…"));
     this.mode = el("select", { id: "rain-live-mode", style: input, onchange: () => this.modeChanged() },
       el("option", { value: "pose" }, "pose video as is"),
       el("option", { value: "detect" }, "DWPose detection"),
       el("option", { value: "face_morph" }, "face morph"));
-    this.file = el("input", { type: "file", accept: "video/*", style: "display:none", onchange: () => this.openFile() });
+    this.file = el("input", { type: "file", accept: "video/*,.json,application/json", style: "display:none",
+      onchange: () => this.openFile() });
+    this.poseCheck = el("input", { type: "checkbox", id: "rain-live-pose-check", checked: "" });
+    this.poseCheck.checked = true;
+    const poseCheck = el("label", { style: "color:#aaa;display:flex;align-items:center;gap:2px;",
+      title: "Pose video mode: stop with a message when the first frames are not rendered skeletons (camera footage)" },
+    this.poseCheck, "pose check");
     this.startButton = el("button", { id: "rain-live-start", style: input, onclick: () => this.start() }, "Start");
     this.stopButton = el("button", { id: "rain-live-stop", style: input, onclick: () => this.stop("stopped") }, "Stop");
     this.recordButton = el("button", { id: "rain-live-record", style: input, onclick: () => this.toggleRecord() },
@@ -142,7 +184,7 @@ class LivePanel {
         "border-radius:6px;box-shadow:0 4px 16px #000a;font:13px sans-serif;color:#ddd;",
     },
     el("div", { style: "display:flex;gap:6px;align-items:center;flex-wrap:wrap;" },
-      el("b", {}, "RAIN live"), this.source, this.mode, this.file, this.startButton, this.stopButton,
+      el("b", {}, "RAIN live"), this.source, this.mode, poseCheck, this.file, this.startButton, this.stopButton,
       this.recordButton),
     settings, this.sliders,
     el("div", { style: "display:grid;grid-template-columns:1fr 1fr;gap:6px;" },
@@ -171,7 +213,8 @@ class LivePanel {
   }
 
   settings() {
-    const settings = { type: "start", mode: this.mode.value, face_morph: this.faceValues() };
+    const settings = { type: "start", mode: this.mode.value, face_morph: this.faceValues(),
+      pose_check: this.poseCheck.checked };
     for (const [field, box] of Object.entries(this.fields)) {
       if (box.value === "") continue;
       settings[field] = NUMERIC.has(field) ? Number(box.value) : box.value;
@@ -196,9 +239,7 @@ class LivePanel {
     this.recordButton.disabled = !running;
   }
 
-  sourceChanged() {
-    this.mode.value = this.source.value === "example" ? "pose" : this.mode.value === "pose" ? "detect" : this.mode.value;
-    this.modeChanged();
+  sourceChanged() { // the mode stays the user's: a camera in pose mode is stopped by the pose check, with its message
     if (this.source.value === "file") this.file.click();
   }
 
@@ -208,14 +249,25 @@ class LivePanel {
 
   openFile() {
     const file = this.file.files?.[0];
-    if (file) this.say(`video: ${file.name}`, "#8c8");
+    if (file) this.say(`${isKeypointFile(file) ? "keypoints" : "video"}: ${file.name}`, "#8c8");
   }
 
   // ------------------------------------------------------------------ the source
   async openSource() {
     this.closeSource();
+    this.keypoints = null;
     const video = this.video;
     video.loop = true;
+    if (this.source.value === "file" && isKeypointFile(this.file.files?.[0])) {
+      const file = this.file.files[0];
+      try {
+        this.keypoints = { name: file.name, data: JSON.parse(await file.text()) };
+      } catch (error) {
+        throw new Error(`${file.name}: not a JSON file (${error.message}); expected OpenPose, POSE_KEYPOINT or ` +
+          "{fps, frames} keypoints.");
+      }
+      return; // the server plays the keypoints; nothing to capture here
+    }
     if (this.source.value === "webcam") {
       if (!navigator.mediaDevices?.getUserMedia) throw new Error(cameraMessage(null));
       try {
@@ -226,7 +278,7 @@ class LivePanel {
       video.srcObject = this.stream;
     } else if (this.source.value === "file") {
       const file = this.file.files?.[0];
-      if (!file) throw new Error("Choose a video file first (Source: video file…).");
+      if (!file) throw new Error("Choose a video or keypoint file first (Source: video or keypoint file…).");
       video.src = URL.createObjectURL(file);
     } else {
       video.src = api.apiURL(`${ROUTE}/example_pose.mp4`);
@@ -269,7 +321,8 @@ class LivePanel {
     socket.binaryType = "arraybuffer";
     this.socket = socket;
     socket.onopen = () => {
-      socket.send(JSON.stringify(this.settings()));
+      if (this.socket !== socket) { socket.close(1000); return; } // stopped while connecting
+      send(socket, JSON.stringify(this.settings()));
       this.say("loading the model…", "#cc8");
     };
     socket.onmessage = (event) => this.onMessage(event);
@@ -281,24 +334,26 @@ class LivePanel {
     socket.onerror = () => this.say("Cannot reach the live route on the server (is the RAIN pack loaded?).");
   }
 
-  stop(reason) {
+  // Stop sending, release the camera and the video, close the socket (the server frees the session). `reason`:
+  // shown in grey for the user's own Stop, in red (`failed`) when the server ended or refused the session.
+  stop(reason, failed = false) {
     this.ready = false;
     clearInterval(this.timer);
     this.timer = null;
     const socket = this.socket;
     this.socket = null;
-    if (socket && socket.readyState <= 1) socket.close(1000);
+    if (socket?.readyState === WebSocket.OPEN) socket.close(1000); // CONNECTING: onopen closes it
     this.closeSource();
+    this.keypoints = null;
     this.recording = false;
     this.recordButton.textContent = "Record";
     this.setRunning(false);
-    if (reason) this.say(reason, "#ccc");
+    if (reason) this.say(reason, failed ? "#f88" : "#ccc");
   }
 
   toggleRecord() {
-    if (!this.socket) return;
+    if (!send(this.socket, JSON.stringify({ type: "record", on: !this.recording }))) return;
     this.recording = !this.recording;
-    this.socket.send(JSON.stringify({ type: "record", on: this.recording }));
     this.recordButton.textContent = this.recording ? "Stop recording" : "Record";
   }
 
@@ -309,7 +364,7 @@ class LivePanel {
     if (this.faceTimer) return;
     this.faceTimer = requestAnimationFrame(() => {
       this.faceTimer = null;
-      this.socket?.send(JSON.stringify({ type: "face_morph", params: this.facePending }));
+      send(this.socket, JSON.stringify({ type: "face_morph", params: this.facePending }));
       this.facePending = null;
     });
   }
@@ -335,15 +390,15 @@ class LivePanel {
     const captured = performance.now();
     const seq = this.seq++;
     this.capture.toBlob(async (blob) => {
-      if (!blob || this.socket !== socket || socket.readyState !== 1) return;
+      if (!blob || this.socket !== socket || socket.readyState !== WebSocket.OPEN) return;
       if (blob.size > MAX_FRAME_BYTES) { this.say("A frame is over 4 MB; use a smaller video."); return; }
       const header = new TextEncoder().encode(JSON.stringify({ seq, t: captured }));
       const message = new Uint8Array(4 + header.length + blob.size);
       new DataView(message.buffer).setUint32(0, header.length);
       message.set(header, 4);
       message.set(new Uint8Array(await blob.arrayBuffer()), 4 + header.length);
-      socket.send(message);
-      this.sent += 1;
+      // the socket may have closed (Stop, a fatal error) while the frame was being read
+      if (this.socket === socket && send(socket, message)) this.sent += 1;
     }, "image/jpeg", 0.85);
   }
 
@@ -352,8 +407,10 @@ class LivePanel {
     if (typeof event.data !== "string") { this.showFrame(event.data); return; }
     const message = JSON.parse(event.data);
     if (message.type === "error") {
-      if (!this.ready) this.stop(null); // the stream could not start (model, reference, settings): say why, reset
-      this.say(message.message);
+      // before "ready" the stream could not start (model, reference, settings, the server's limits): say why and
+      // stop sending; after it, a bad frame: the stream goes on (a fatal one is followed by status "stopped")
+      if (!this.ready) this.stop(message.message, true);
+      else this.say(message.message);
     }
     else if (message.type === "stats") { this.serverStats = message; this.showStats(); }
     else if (message.type === "recorded") {
@@ -367,9 +424,12 @@ class LivePanel {
         this.output.height = message.height;
         this.say(`streaming: ${message.model}, ${message.width}×${message.height}, window ${message.window} ` +
           `(look-ahead ${message.lookahead_frames} frames)`, "#8c8");
-        this.beginCapture();
+        if (this.keypoints) send(this.socket, JSON.stringify({ type: "keypoints", ...this.keypoints }));
+        else this.beginCapture();
       } else if (message.state === "stopped") {
-        this.stop(message.reason);
+        this.stop(message.reason, message.reason !== "stopped"); // the server ended it: the reason, in red
+      } else if (message.state === "keypoints") {
+        this.say(`streaming keypoints: ${message.name}, ${message.frames} frames at ${message.fps} fps`, "#8c8");
       } else if (message.state === "loading") {
         this.say(`loading ${message.model}…`, "#cc8");
       }
@@ -400,6 +460,7 @@ class LivePanel {
     const parts = [`out ${fps.toFixed(1)} fps`,
       `latency p50 ${p50 === null ? "–" : Math.round(p50)} ms, p95 ${p95 === null ? "–" : Math.round(p95)} ms`];
     if (server) {
+      if (p50 === null && server.latency_ms?.p50 != null) parts.push(`server p50 ${Math.round(server.latency_ms.p50)} ms`);
       parts.push(`dropped ${Math.round(100 * server.dropped_share)}% of ${server.received}`);
       if (server.floor_ms) parts.push(`floor ${Math.round(server.floor_ms)} ms`);
       if (server.mean_ms_per_tick) parts.push(`tick ${Math.round(server.mean_ms_per_tick)} ms`);

@@ -12,14 +12,23 @@ Protocol (every binary message is a 4-byte big-endian header length, a UTF-8 JSO
                      "face_morph", "capacity", "pose_check"}            (missing keys take DEFAULTS;
                                                                         width/height 0 = the model's own size)
                     {"type": "stop"} · {"type": "face_morph", "params": {...}} · {"type": "record", "on": bool}
+                    {"type": "keypoints", "name", "data"}    a keypoint file (OpenPose / POSE_KEYPOINT /
+                                                             {"fps", "frames"}), read by rain_core.pose.parse_keypoints
+                                                             and streamed by the server at its fps, looping, as pose
+                                                             frames (instead of image frames; t is null)
   server → browser  binary {"seq", "t", "server_ms"}                    an animated frame (JPEG)
                     {"type": "status", "state": "loading" | "ready" | "stopped", ...}
                     {"type": "stats", ...LiveSession.stats()}           twice a second while streaming
                     {"type": "error", "message": ...}                   a bad frame or setting; the stream goes on
                     {"type": "recorded", "filename", "subfolder", "url"}
 
-One live stream per server: a Start from another tab stops the first (its panel says so), and a closed socket
-(Stop, reload, a closed tab) frees its stream at once. GET /rain/live/status lists the open sessions.
+Each socket holds at most one live session, with its own stream, and its frames go back to that socket only. A
+server holds up to `max_sessions()` sessions at once (RAIN_LIVE_MAX_SESSIONS, default DEFAULT_MAX_SESSIONS); a Start
+beyond that, or one asking for more than the LIMITS below (frame size, window, steps), is refused with a message that
+names the field or the limit. Sessions on the same model share its loaded networks and take turns per frame through
+`rain_core.live.networks_lock`. A session whose source cannot feed it (frames that are not pose renders, no detector)
+ends with an error and status "stopped" with the reason; a closed socket (Stop, reload, a closed tab) frees its
+stream at once. GET /rain/live/status lists the open sessions and the limits.
 """
 
 from __future__ import annotations
@@ -27,7 +36,9 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import struct
+import threading
 import time
 import uuid
 import weakref
@@ -56,10 +67,26 @@ DEFAULTS = {
 }
 INT_FIELDS = ("width", "height", "levels", "frames_per_cohort", "steps", "seed")
 
+# What one session may ask for. A server's memory and time per tick grow with the frame area, the window and the steps:
+# these bounds keep one client from taking the server down for the others (issue 32; bench/live_load.py).
+MAX_SIDE = 1024  # px, width and height (0 = the model's own size)
+MAX_AREA_FACTOR = 4  # width × height at most this many times the model's own area
+MAX_WINDOW = 32  # levels × frames_per_cohort (the released operating point is 4 × 4 = 16)
+MAX_STEPS = 16  # LCM steps per frame (the released operating point is 4)
+MAX_CAPACITY = 64  # frames waiting at the door
+# Live sessions one server holds at once. Sessions share the server's throughput (one tick at a time), and live
+# latency is about (window - 1) / a session's fps out. bench/live_load.py (built-in model at its defaults, 2 CPU cores
+# under load ~10): 8-14 fps out in all, so 2 sessions at >= 5 fps each (~3 s latency); 4 get ~1.6 fps each (10 s).
+# A GPU server serves more (README "Live from the browser": the estimate): raise it with RAIN_LIVE_MAX_SESSIONS.
+DEFAULT_MAX_SESSIONS = 2
+MAX_SESSIONS_ENV = "RAIN_LIVE_MAX_SESSIONS"
+KEYPOINT_FPS = 30.0  # a keypoint file that names no frame rate plays at this one
+
 _connections: dict[str, LiveConnection] = {}  # every open socket, by connection id
 # (load arguments) -> RainModelHandle, while a live session holds it: a second tab or a restart reuses the loaded
 # networks; once the last session closes they are freed (or left to ComfyUI's memory manager, which /free empties).
 _model_cache: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
+_model_cache_lock = threading.Lock()
 
 
 def pack_message(header: dict, body: bytes) -> bytes:
@@ -89,6 +116,29 @@ def live_sessions() -> list[str]:
     return sorted(cid for cid, connection in _connections.items() if connection.session is not None)
 
 
+def max_sessions() -> int:
+    """Live sessions a server holds at once: RAIN_LIVE_MAX_SESSIONS when set (read at each Start), else
+    DEFAULT_MAX_SESSIONS."""
+    from ..rain_core.live import LiveInputError
+
+    text = os.environ.get(MAX_SESSIONS_ENV, "").strip()
+    if not text:
+        return DEFAULT_MAX_SESSIONS
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise LiveInputError(f"the server's {MAX_SESSIONS_ENV}={text!r} is not a whole number of sessions ≥ 1; "
+                             "ask its administrator to fix it")
+    return value
+
+
+def limits() -> dict:
+    return {"max_sessions": max_sessions(), "max_side": MAX_SIDE, "max_area_factor": MAX_AREA_FACTOR,
+            "max_window": MAX_WINDOW, "max_steps": MAX_STEPS, "max_capacity": MAX_CAPACITY}
+
+
 def _output_directory() -> Path:
     return host.output_directory()  # ComfyUI imports stay in host.py
 
@@ -112,7 +162,48 @@ def _settings(message: dict) -> dict:
         raise LiveInputError(f"guidance: expected a number, found {settings['guidance']!r}") from error
     if not isinstance(settings["face_morph"], dict):
         raise LiveInputError("face_morph: expected an object of face-morph parameters")
+    _check_bounds(settings)
     return settings
+
+
+def _check_bounds(settings: dict) -> None:
+    """Refuse what one live session may not ask of a shared server, naming the field and the limit (the frame area
+    against the model's own size is checked once the model is loaded: `_check_area`)."""
+    from ..rain_core.live import LiveInputError
+
+    for side in ("width", "height"):
+        if settings[side] > MAX_SIDE:
+            raise LiveInputError(f"{side}: {settings[side]} px is over the live limit of {MAX_SIDE} px a side; "
+                                 "use 0 for the model's own size")
+    window = settings["levels"] * settings["frames_per_cohort"]
+    if window > MAX_WINDOW:
+        raise LiveInputError(
+            f"levels × frames_per_cohort: a window of {settings['levels']} × {settings['frames_per_cohort']} = {window} "
+            f"frames is over the live limit of {MAX_WINDOW}; use fewer levels or frames per cohort")
+    if settings["steps"] > MAX_STEPS:
+        raise LiveInputError(f"steps: {settings['steps']} is over the live limit of {MAX_STEPS} steps per frame")
+    capacity = settings["capacity"]
+    if capacity is not None:
+        try:
+            capacity = int(capacity)
+        except (TypeError, ValueError) as error:
+            raise LiveInputError(f"capacity: expected a whole number of frames, found {capacity!r}") from error
+        if not 1 <= capacity <= MAX_CAPACITY:
+            raise LiveInputError(f"capacity: expected 1 to {MAX_CAPACITY} frames waiting, found {capacity}")
+        settings["capacity"] = capacity
+
+
+def _check_area(config, models) -> None:
+    """The resolved frame size against the model's own area (× MAX_AREA_FACTOR)."""
+    from ..rain_core.live import LiveInputError
+
+    own_height, own_width = models.config.own_frame_size()
+    limit = MAX_AREA_FACTOR * own_height * own_width
+    if config.width * config.height > limit:
+        raise LiveInputError(
+            f"width × height: {config.width}×{config.height} is over the live limit of {MAX_AREA_FACTOR}× the model's "
+            f"own area ({own_width}×{own_height}, so at most {limit:,} px, e.g. {2 * own_width}×{2 * own_height}); "
+            "use 0 for the model's own size")
 
 
 def _reference_image(name: str):
@@ -145,21 +236,29 @@ def _load_model(settings: dict):
     from .model_loader import LoadRainModel
 
     key = tuple(str(settings[k]) for k in ("model", "precision", "device", "decoder"))
-    handle = _model_cache.get(key)
-    if handle is None:
-        (handle,) = LoadRainModel().load(settings["model"], "auto", "auto", settings["decoder"],
-                                         settings["precision"], settings["device"], True)
-        _model_cache[key] = handle
+    with _model_cache_lock:  # Starts arrive together: one load, shared (and one networks lock for all of them)
+        handle = _model_cache.get(key)
+        if handle is None:
+            (handle,) = LoadRainModel().load(settings["model"], "auto", "auto", settings["decoder"],
+                                             settings["precision"], settings["device"], True)
+            _model_cache[key] = handle
     if getattr(handle, "patcher", None) is not None and hasattr(host, "load_model"):
         host.load_model(handle.patcher)  # onto its device through ComfyUI's memory manager
     return handle
 
 
 def _models_folder_detector():
-    """The detector Pose Stream uses: files in ComfyUI's models/rain/dwpose, fetched there on first use."""
+    """The detector Pose Stream uses: files in ComfyUI's models/rain/dwpose, fetched there on first use. A failed
+    fetch (no network) is a missing detector too: the session ends with the message instead of retrying per frame."""
+    from ..rain_core.pose import DetectorUnavailable
     from .pose_stream import _detector
 
-    return _detector()
+    try:
+        return _detector()
+    except DetectorUnavailable:
+        raise
+    except Exception as error:
+        raise DetectorUnavailable(f"the DWPose files could not be fetched ({type(error).__name__}: {error}).") from error
 
 
 def _open_session(settings: dict):
@@ -169,6 +268,7 @@ def _open_session(settings: dict):
     handle = _load_model(settings)
     config = StreamConfig(**{name: settings[name] for name in STREAM_FIELDS},
                           decoder=getattr(handle, "decoder", "auto"))  # RainStream resolves a size of 0
+    _check_area(config.for_models(handle.models), handle.models)
     live = LiveSettings(mode=settings["mode"], face_morph=dict(settings["face_morph"]),
                         capacity=settings["capacity"], pose_check=bool(settings["pose_check"]),
                         warm_up=True)  # no stall (compile, capture) on live frames
@@ -191,6 +291,7 @@ class LiveConnection:
         self.wakeup = asyncio.Event()
         self.told_not_ready = False
         self.dropped_out = 0
+        self.keypoint_task = None
 
     # ------------------------------------------------------------------ sending
     def send_json(self, message: dict) -> None:
@@ -262,8 +363,48 @@ class LiveConnection:
             self.session.set_face_morph(dict(message.get("params") or {}))
         elif kind == "record":
             await self.record(bool(message.get("on")))
+        elif kind == "keypoints":
+            await self.play_keypoints(message)
         else:
-            raise LiveInputError(f"message type {kind!r}: expected start, stop, face_morph or record")
+            raise LiveInputError(f"message type {kind!r}: expected start, stop, face_morph, record or keypoints")
+
+    async def play_keypoints(self, message: dict) -> None:
+        """Stream a keypoint file (parsed by the one reader) into the session as pose frames, at its frame rate,
+        looping until the session ends or another file comes."""
+        from ..rain_core.live import LiveInputError
+        from ..rain_core.pose import parse_keypoints
+
+        if self.session is None:
+            raise LiveInputError("keypoints: no live stream yet; press Start first")
+        name = str(message.get("name") or "keypoints")
+        sequence = await self.loop.run_in_executor(None, parse_keypoints, message.get("data"), name)
+        if not sequence.frames:
+            raise LiveInputError(f"{name}: no frames")
+        self._stop_keypoints()
+        fps = float(sequence.fps or KEYPOINT_FPS)
+        self.keypoint_task = asyncio.ensure_future(self._pace_keypoints(self.session, sequence.frames, fps))
+        self.send_json({"type": "status", "state": "keypoints", "name": name, "frames": len(sequence.frames),
+                        "fps": fps})
+
+    async def _pace_keypoints(self, session, frames, fps: float) -> None:
+        started = time.monotonic()
+        index = 0
+        while self.session is session and not session.closed:
+            delay = started + index / fps - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            elif delay < -1.0:  # the loop was busy: skip ahead rather than burst
+                started, index = time.monotonic(), 0
+                continue
+            if self.session is not session or session.closed:
+                return
+            session.submit(frames[index % len(frames)], seq=index, capture_ms=None)
+            index += 1
+
+    def _stop_keypoints(self) -> None:
+        task, self.keypoint_task = self.keypoint_task, None
+        if task is not None:
+            task.cancel()
 
     async def on_frame(self, data: bytes) -> None:
         from ..rain_core.live import LiveInputError
@@ -287,9 +428,13 @@ class LiveConnection:
             raise LiveInputError("start: a stream is already starting; wait for it")
         settings = _settings(message)
         await self.close_session(None)
-        for other in list(_connections.values()):  # one live stream per server: the newest Start wins
-            if other is not self and (other.session is not None or other.starting):
-                await other.close_session("another tab started a live stream; press Start here to take it back")
+        limit = max_sessions()
+        held = sum(1 for other in _connections.values()
+                   if other is not self and (other.session is not None or other.starting))
+        if held >= limit:  # counted and reserved (self.starting) with no await between: no two Starts race past it
+            its_limit = "its limit" if held == limit else f"its limit is {limit}"
+            raise LiveInputError(f"the server holds {held} live sessions ({its_limit}); try again later or raise "
+                                 f"{MAX_SESSIONS_ENV}")
         self.starting, self.told_not_ready = True, False
         self.send_json({"type": "status", "state": "loading", "model": settings["model"]})
         started = time.monotonic()
@@ -326,6 +471,7 @@ class LiveConnection:
                         "url": f"/view?filename={path.name}&type=output"})
 
     async def close_session(self, reason: str | None) -> None:
+        self._stop_keypoints()
         session, self.session = self.session, None
         if session is not None:
             recorded = None
@@ -352,7 +498,8 @@ async def live_socket(request):
     connection = LiveConnection(socket, asyncio.get_running_loop())
     _connections[connection.id] = connection
     tasks = [asyncio.ensure_future(connection.sender()), asyncio.ensure_future(connection.stats_loop())]
-    connection.send_json({"type": "hello", "id": connection.id, "defaults": DEFAULTS})
+    connection.send_json({"type": "hello", "id": connection.id, "defaults": DEFAULTS, "limits": {
+        "max_side": MAX_SIDE, "max_area_factor": MAX_AREA_FACTOR, "max_window": MAX_WINDOW, "max_steps": MAX_STEPS}})
     try:
         async for message in socket:
             try:
@@ -378,8 +525,12 @@ async def live_socket(request):
 async def live_status(request):
     from aiohttp import web
 
+    try:
+        bounds = limits()
+    except ValueError as error:
+        bounds = {"error": str(error)}
     return web.json_response({"sessions": live_sessions(), "connections": len(_connections),
-                              "defaults": DEFAULTS})
+                              "defaults": DEFAULTS, "limits": bounds})
 
 
 async def example_pose_video(request):

@@ -6,11 +6,11 @@ The public API is `load_rain`, `RainStream` and `StreamConfig`. They are importe
 
 __version__ = "0.1.0"
 
-from .cpu_fast import allow_background_compile
-from .cpu_fast import prefer_passive_wait as _prefer_passive_wait
+from .cpu import allow_background_compile
+from .cpu import prefer_passive_wait as _prefer_passive_wait
 
 # Before anything imports torch: idle OpenMP threads sleep instead of spinning (2 threads were 8–10× slower than 1
-# on a busy machine without it); the user's OMP_WAIT_POLICY wins, RAIN_CPU_TUNING=0 skips it. See cpu_fast.py.
+# on a busy machine without it); the user's OMP_WAIT_POLICY wins, RAIN_CPU_TUNING=0 skips it. See cpu.py.
 _prefer_passive_wait()
 
 __all__ = ["load_rain", "RainStream", "StreamConfig", "allow_background_compile", "__version__"]

@@ -7,14 +7,11 @@ from __future__ import annotations
 
 import json
 import mimetypes
-import threading
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
 import uuid
-from collections import deque
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,10 +29,6 @@ class WorkflowError(ValueError):
 
 class ServerError(RuntimeError):
     """The ComfyUI server could not be reached or refused a request."""
-
-
-class ServerUnreachable(ServerError):
-    """The server did not answer at all (down, killed, wrong address): a job on it may move to another server."""
 
 
 def _is_widget(spec) -> bool:
@@ -167,65 +160,7 @@ class JobResult:
     files: list[str] = field(default_factory=list)
     error: str | None = None
     seconds: float = 0.0
-    server: str | None = None  # the server that ran it (last tried, for a failure)
-    moved_from: list[str] = field(default_factory=list)  # servers that failed while holding this job
-
-
-def spread_jobs(jobs: list, servers: list[str], attempt: Callable, name: Callable = str) -> list[JobResult]:
-    """Run `jobs` over `servers`, one job at a time per server, all servers at once; results in job order.
-
-    `attempt(server, job)` returns the job's JobResult, or raises ServerUnreachable when the server failed (not
-    the job): that server takes no more jobs and the job moves to one still up. A job is an error only when its
-    own run failed, or when every server is down. `name(job)` names a job in those errors.
-    """
-    condition = threading.Condition()
-    pending = deque(enumerate(jobs))
-    results: list[JobResult | None] = [None] * len(jobs)
-    moved: list[list[str]] = [[] for _ in jobs]
-    alive = list(dict.fromkeys(servers))
-    in_flight = 0
-
-    def worker(server: str) -> None:
-        nonlocal in_flight
-        while True:
-            with condition:
-                while not pending and in_flight > 0:
-                    condition.wait()  # a job may come back from a server that fails
-                if not pending:
-                    return
-                index, job = pending.popleft()
-                in_flight += 1
-            failure = None
-            try:
-                result = attempt(server, job)
-            except ServerUnreachable as error:
-                failure = error
-            with condition:
-                in_flight -= 1
-                if failure is None:
-                    result.server = result.server or server
-                    result.moved_from = moved[index]
-                    results[index] = result
-                else:
-                    alive.remove(server)
-                    moved[index].append(server)
-                    pending.appendleft((index, job))
-                    if not alive:  # nobody left: every job still waiting fails, naming why
-                        while pending:
-                            left, left_job = pending.popleft()
-                            results[left] = JobResult(name=name(left_job), status="error", server=server,
-                                                      moved_from=moved[left],
-                                                      error=f"no server left to run it; last: {failure}")
-                condition.notify_all()
-                if failure is not None:
-                    return
-
-    threads = [threading.Thread(target=worker, args=(server,), daemon=True) for server in alive]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    return [r for r in results if r is not None]
+    server: str | None = None
 
 
 class ComfyClient:
@@ -245,7 +180,7 @@ class ComfyClient:
             body = error.read().decode("utf-8", "replace")[:2000]
             raise ServerError(f"{self.base}{path}: HTTP {error.code}: {body}") from None
         except (urllib.error.URLError, OSError) as error:
-            raise ServerUnreachable(f"cannot reach ComfyUI at {self.base} ({error}). Is it running? "
+            raise ServerError(f"cannot reach ComfyUI at {self.base} ({error}). Is it running? "
                                     "Start it with `python main.py --listen 127.0.0.1 --port 8188`.") from None
 
     def get_json(self, path: str):

@@ -30,6 +30,7 @@ import logging
 import os
 import threading
 import time
+import weakref
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -45,6 +46,10 @@ from .inputs import POSE_CHECK_FRAMES, NotAPoseRender, check_pose_render
 log = logging.getLogger(__name__)
 
 LIVE_MODES = ("pose", "detect", "face_morph")
+DETECTOR_FILES_HINT = (
+    "The detector is onnxruntime (`pip install onnxruntime`) and two files in models/rain/dwpose/: yolox_l.onnx and "
+    "dw-ll_ucoco_384.onnx. Get them with `rain download --what dwpose` (add --models-dir <ComfyUI>/models for "
+    "ComfyUI), or let Pose Stream or this live session fetch them on first use while online.")
 MAX_FRAME_BYTES = 4 * 1024 * 1024
 MAX_FRAME_SIDE = 2048
 
@@ -324,6 +329,58 @@ class LiveRecorder:
         self._temp.unlink(missing_ok=True)
 
 
+# ------------------------------------------------------------------------------------------- shared networks
+
+
+class FairLock:
+    """A lock granted in the order it was asked for. `threading.Lock` is not: a worker that releases it and asks
+    again at once (the next frame) can take it back before a waiting worker wakes, and starve the others."""
+
+    def __init__(self):
+        self._mutex = threading.Lock()
+        self._waiters: deque[threading.Event] = deque()
+        self._held = False
+
+    def acquire(self) -> None:
+        with self._mutex:
+            if not self._held and not self._waiters:
+                self._held = True
+                return
+            turn = threading.Event()
+            self._waiters.append(turn)
+        turn.wait()  # the releasing thread handed the lock over
+
+    def release(self) -> None:
+        with self._mutex:
+            if self._waiters:
+                self._waiters.popleft().set()  # still held: now by the first waiter
+            else:
+                self._held = False
+
+    def __enter__(self) -> FairLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+_NETWORK_LOCKS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_NETWORK_LOCKS_GUARD = threading.Lock()
+
+
+def networks_lock(models) -> FairLock:
+    """The one lock of a set of loaded networks. Sessions that share networks (the live route loads a model once for
+    every session) take turns through it for every call into them: the denoising UNet hands each layer its reference
+    through the layer's attention processor for the length of a forward pass, so two streams running it at once
+    would read each other's character. Turns are fair (first asked, first served), one frame push at a time."""
+    with _NETWORK_LOCKS_GUARD:
+        lock = _NETWORK_LOCKS.get(models)
+        if lock is None:
+            lock = _NETWORK_LOCKS[models] = FairLock()
+        return lock
+
+
 # ------------------------------------------------------------------------------------------- the session
 
 
@@ -379,8 +436,10 @@ class LiveSession:
         self.settings = settings or LiveSettings()
         self.settings.validate()
         self.clock = clock
-        self.stream = RainStream(models, config)
-        self.stream.set_reference(reference)
+        self.networks_lock = networks_lock(models)
+        with self.networks_lock:  # the reference pass runs the shared reference UNet
+            self.stream = RainStream(models, config)
+            self.stream.set_reference(reference)
         self.config = self.stream.config
         self.intake = FrameIntake(self.settings.capacity or self.config.frames_per_cohort, clock)
         self._detector = detector
@@ -412,7 +471,7 @@ class LiveSession:
         is paid here, before any live frame waits for it. Returns the seconds it took."""
         started = time.monotonic()
         count = (self.config.levels + 1) * self.config.frames_per_cohort
-        with self._lock:
+        with self._lock, self.networks_lock:
             self.stream.push(np.zeros((count, self.config.height, self.config.width, 3), np.float32))
             self.stream.reset()
         return time.monotonic() - started
@@ -485,7 +544,8 @@ class LiveSession:
             if self._morpher is not None:
                 self._morpher.params = self._face_params
         pose = self._pose_frame(frame.payload)
-        images = self.stream.push(pose[None])
+        with self.networks_lock:  # one push of one frame: sessions on the same networks take turns per frame
+            images = self.stream.push(pose[None])
         self._pushed += 1
         self._in_flight.append((frame, pose) if self.settings.send_pose else (frame, None))
         return self._collect(images)
@@ -545,14 +605,16 @@ class LiveSession:
                 self._detector = (self._make_detector or DWPoseDetector)()
             except DetectorUnavailable as error:
                 raise LiveSourceError(
-                    f"mode {self.settings.mode!r}: needs the DWPose detector for camera or video frames. {error} "
-                    "Or send a pose video with mode 'pose'.") from error
+                    f"mode {self.settings.mode!r}: needs the DWPose detector for camera or video frames: {error} "
+                    f"{DETECTOR_FILES_HINT} Or send a pose video (or keypoints) with mode 'pose'.") from error
         return self._detector(image)
 
     def flush(self) -> list[LiveOutput]:
         """End of input: the frames still in the window (the stream closes; start a new session after)."""
         with self._lock:
-            return self._collect(self.stream.flush())
+            with self.networks_lock:
+                images = self.stream.flush()
+            return self._collect(images)
 
     # ------------------------------------------------------------------ the worker thread
     def start(self, on_outputs: Callable[[list[LiveOutput]], None], on_error: Callable[[str], None] | None = None,
@@ -654,6 +716,7 @@ class LiveSession:
             "lookahead_frames": lookahead,
             "floor_ms": lookahead / input_fps * 1000.0 if input_fps else None,
             "mean_ms_per_tick": stream_stats.get("mean_ms_per_tick"),
+            "fast_path": stream_stats.get("fast_path"),
             "mode": self.settings.mode,
             "face_morph": self.face_morph,
             "recording": self.recording,

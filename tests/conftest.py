@@ -6,8 +6,10 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -22,7 +24,7 @@ TINY_SEED = 1234
 # pool oversubscribes badly (one stream test module took 162 s with 2 threads, 14 s with 1).
 torch.set_num_threads(1)
 # fast_path "auto" compiles the CPU tick (minutes per new shape on a busy machine); the suite runs it eagerly
-# (tests/test_cpu_fast.py compiles on purpose, in the slow tier). Subprocesses (CLI tests) inherit it.
+# (tests/test_cpu_speed.py compiles on purpose, in the slow tier). Subprocesses (CLI tests) inherit it.
 os.environ.setdefault("RAIN_NO_COMPILE", "1")
 # and no background compile either, where a test lets the compiler in (it would outlive the test)
 os.environ.setdefault("RAIN_BACKGROUND_COMPILE", "0")
@@ -59,6 +61,22 @@ def write_official_checkpoint(models: RainModels, folder: Path) -> Path:
         models.codec.vae.save_pretrained(folder / "sd-vae-ft-mse")
     (folder / "rain_config.json").write_text(json.dumps(models.config.to_dict(), indent=1))
     return folder
+
+
+def bench_module(name: str, folder: str = "bench"):
+    """A script of the repository as a module: bench/NAME.py, or FOLDER/NAME.py (a study's tools live beside its
+    page under docs/); neither folder is a package, their scripts are run by path. The module is registered in
+    sys.modules as bench_NAME (dataclasses look their module up there while it runs)."""
+    key = f"bench_{name}"
+    spec = importlib.util.spec_from_file_location(key, Path(__file__).parents[1] / folder / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[key] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[key]
+        raise
+    return module
 
 
 @pytest.fixture(scope="session")

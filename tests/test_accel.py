@@ -5,21 +5,21 @@ script runs end to end on CPU with --tiny."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import build_tiny_models
+from conftest import bench_module, build_tiny_models
 
-from rain_core.accel import CudaGraphed, FastPath, latency_seconds, to_channels_last, trace_ops
 from rain_core.models import RainModelConfig, RainModels
 from rain_core.scheduler import FusedLCMStep, LCMStepper, ladder
 from rain_core.stream import RainStream, SeededNoise, StreamConfig, Tick, TickNoise
+from rain_core.stream.accel import CudaGraphed, FastPath, to_channels_last
 
 ROOT = Path(__file__).resolve().parents[1]
+measure = bench_module("measure")  # bench/measure.py: trace_ops, latency_seconds
 
 
 @pytest.fixture(scope="module")
@@ -109,12 +109,12 @@ def test_tick_trace_has_no_host_syncs_but_lcm_stepper_does(small_models):
     with torch.no_grad():
         cache = small_models.reference_unet(torch.randn(1, small_models.config.latent_channels, 8, 8), clip)
     tick = Tick(small_models, config, clip, cache, FastPath(), noise="device")
-    _, trace = trace_ops(tick.run)
+    _, trace = measure.trace_ops(tick.run)
     assert trace.syncs == []
     assert len(trace.ops) > 100 and trace.bytes_written > 0
 
     unfused = Tick(small_models, config, clip, cache, FastPath(fused_step=False), noise="device")
-    _, trace = trace_ops(unfused.run)
+    _, trace = measure.trace_ops(unfused.run)
     assert any("scheduler.py" in where for _, where in trace.syncs), trace.syncs
 
 
@@ -155,16 +155,14 @@ def test_fast_path_for_cpu_changes_no_numerics_setting():
 
 
 def test_latency_counts_the_window_look_ahead_and_refuses_a_tick_that_falls_behind():
-    latency = latency_seconds(levels=4, frames_per_cohort=4, input_fps=30.0, tick_seconds=0.05)
+    latency = measure.latency_seconds(levels=4, frames_per_cohort=4, input_fps=30.0, tick_seconds=0.05)
     assert latency["first"] == pytest.approx(15 / 30 + 0.05) and latency["last"] == pytest.approx(12 / 30 + 0.05)
-    behind = latency_seconds(levels=4, frames_per_cohort=4, input_fps=30.0, tick_seconds=0.2)  # > 4/30 s
+    behind = measure.latency_seconds(levels=4, frames_per_cohort=4, input_fps=30.0, tick_seconds=0.2)  # > 4/30 s
     assert not behind["keeps_up"] and math.isinf(behind["mean"])
 
 
 def test_gpu_stream_tiny_run_writes_every_section_to_json(tmp_path):
-    spec = importlib.util.spec_from_file_location("gpu_stream", ROOT / "bench" / "gpu_stream.py")
-    gpu_stream = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(gpu_stream)
+    gpu_stream = bench_module("gpu_stream")
     gpu_stream.main(
         ["--tiny", "--out", str(tmp_path), "--rows", "eager_fp32_math,fused_step", "--skip", "compile", "--ticks", "1"]
     )

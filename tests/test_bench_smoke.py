@@ -25,9 +25,14 @@ BENCH = ROOT / "bench"
 BUILTIN = ROOT / "rain_core" / "assets" / "tiny-rain"
 
 
+# What bench/ holds beside its scripts: modules the scripts (and tests) import, never run on their own.
+MODULES = {"measure.py": "the measuring helpers (trace_ops, count_flops, ...) of the benches and tests"}
+
+
 def entry_points() -> list[Path]:
-    """bench/*.py, the bench/gpu/*.py files that run as scripts, and a study's tools beside its page (docs/*/*.py)."""
-    scripts = sorted(BENCH.glob("*.py"))
+    """bench/*.py (less MODULES), the bench/gpu/*.py files that run as scripts, and a study's tools beside its page
+    (docs/*/*.py)."""
+    scripts = [p for p in sorted(BENCH.glob("*.py")) if p.name not in MODULES]
     scripts += [p for p in sorted((BENCH / "gpu").glob("*.py")) if 'if __name__ == "__main__"' in p.read_text()]
     scripts += sorted(ROOT.glob("docs/*/*.py"))
     return scripts
@@ -48,7 +53,9 @@ HELP_ONLY = {  # why no small run here
     "compare_training_reference.py": "runs in the reference environment only",
     "cpu_live.py": "starts worker processes per round (minutes); bench/results/cpu_live.json is its last run",
     "live_latency.py": "serves a route and plays a source for seconds; bench/results/live_latency.json",
+    "live_load.py": "its --smoke run (a server and clients, ~1 min) is tests/test_live_load.py",
     "quality.py": "small run tested in tests/test_train_shipped.py",
+    "batch_scale.py": "--smoke tested in tests/test_batch.py (slow tier: it starts Ray workers, ~60 s here)",
     "gpu_stream.py": "tiny run tested in tests/test_accel.py",
     "tick_profile_cpu.py": "full-size networks (tens of seconds even at 64 px)",
     "model_flops.py": "builds the full-size networks on meta tensors (~25 s on the 2-core machine)",

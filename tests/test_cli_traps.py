@@ -190,6 +190,15 @@ def test_queue_with_an_unreachable_server_exits_2(tmp_path, capsys):
     assert "--server http://127.0.0.1:9" in err and "Traceback" not in err
 
 
+def test_queue_drives_one_server_and_points_to_rain_batch_for_several(tmp_path, capsys):
+    workflow = tmp_path / "wf.json"
+    workflow.write_text(json.dumps({"1": {"class_type": "RAIN Sampler", "inputs": {}}}))
+    code, _, err = run(["queue", workflow, "--server", "http://127.0.0.1:9", "--server", "http://127.0.0.1:10"],
+                       capsys)
+    assert code == 2, err
+    assert "one ComfyUI server" in err and "rain batch" in err and "Traceback" not in err
+
+
 def test_live_detector_without_the_onnx_files_names_the_flag(tmp_path, capsys):
     empty = tmp_path / "dwpose"
     empty.mkdir()

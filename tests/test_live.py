@@ -7,6 +7,7 @@ import asyncio
 import gc
 import io
 import json
+import re
 import threading
 import time
 from pathlib import Path
@@ -427,3 +428,277 @@ def test_camera_footage_in_pose_mode_ends_the_session_with_the_one_pose_check_me
         assert session.stats()["pushed"] == 1
     finally:
         session.close()
+
+
+# ------------------------------------------------------------------------------------------- many sessions
+
+
+def test_sessions_sharing_networks_take_turns_and_never_see_each_others_reference(models, pose_jpegs):
+    """Two sessions on the same loaded networks with different characters, pushed from two threads at once, give
+    exactly the frames each gives alone: the UNet's per-pass reference is never the other session's."""
+    references = [np.asarray(Image.open(EXAMPLES / name).convert("RGB")) for name in ("anyone-1.png", "anime-portrait.png")]
+    config = dict(CONFIG, levels=2, frames_per_cohort=1, steps=2)  # a tick per frame: the most turns
+
+    def run(reference, results, key, barrier=None):
+        session = LiveSession(models, StreamConfig(**config), reference, LiveSettings(capacity=len(pose_jpegs)))
+        if barrier is not None:
+            barrier.wait()
+        frames = []
+        for index, data in enumerate(pose_jpegs):
+            session.submit(data, seq=index)
+            frames += [output.image for output in session.step()]
+        results[key] = np.stack(frames)
+        session.close()
+
+    alone: dict = {}
+    for key, reference in enumerate(references):
+        run(reference, alone, key)
+    assert not np.array_equal(alone[0], alone[1])  # the characters differ, so a mix-up would show
+    together: dict = {}
+    barrier = threading.Barrier(2)
+    threads = [threading.Thread(target=run, args=(reference, together, key, barrier))
+               for key, reference in enumerate(references)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    for key in (0, 1):
+        assert np.array_equal(together[key], alone[key]), key
+
+
+def test_fair_lock_serves_waiters_in_the_order_they_asked():
+    from rain_core.live import FairLock
+
+    lock, order = FairLock(), []
+    lock.acquire()
+    threads = []
+    for index in range(4):
+        thread = threading.Thread(target=lambda i=index: (lock.acquire(), order.append(i), lock.release()))
+        thread.start()
+        threads.append(thread)
+        deadline = time.monotonic() + 5
+        while len(lock._waiters) < index + 1 and time.monotonic() < deadline:
+            time.sleep(0.001)
+    lock.release()
+    for thread in threads:
+        thread.join(5)
+    assert order == [0, 1, 2, 3]
+
+
+def test_a_missing_detector_message_names_the_files_the_folder_and_how_to_get_them(models, reference, pose_jpegs):
+    from rain_core.live import LiveSourceError
+    from rain_core.pose import DetectorUnavailable
+
+    def missing():
+        raise DetectorUnavailable("DWPose detector needs onnxruntime, which is not installed.")
+
+    session = LiveSession(models, StreamConfig(**CONFIG), reference, LiveSettings(mode="detect"), make_detector=missing)
+    session.submit(pose_jpegs[0])
+    with pytest.raises(LiveSourceError) as caught:
+        session.step()
+    message = str(caught.value)
+    for part in ("models/rain/dwpose/", "yolox_l.onnx", "dw-ll_ucoco_384.onnx", "rain download --what dwpose",
+                 "on first use", "onnxruntime"):
+        assert part in message, (part, message)
+    session.close()
+
+
+def test_a_session_takes_pose_frames_from_a_keypoint_file(models, reference):
+    from rain_core.pose import read_keypoints
+
+    sequence = read_keypoints(EXAMPLES / "keypoints" / "rain-dance-keypoints.json")
+    session = LiveSession(models, StreamConfig(**CONFIG), reference, LiveSettings(send_pose=True))
+    outputs = []
+    for index, frame in enumerate(sequence.frames[:8]):
+        session.submit(frame, seq=index)
+        outputs += session.step()
+    assert [o.seq for o in outputs] == list(range(len(outputs))) and outputs
+    assert all(o.pose.shape == (64, 64, 3) and o.pose.max() > 0 for o in outputs)  # a drawn skeleton
+    session.close()
+
+
+# ------------------------------------------------------------------------------------------- the route's bounds
+
+
+def test_route_refuses_what_one_session_may_not_ask_naming_the_field_and_the_limit(live_route):
+    cases = [({"width": 100_000}, "width: 100000 px is over the live limit of 1024 px a side"),
+             ({"height": 1025}, "height: 1025 px is over the live limit of 1024 px"),
+             ({"levels": 8, "frames_per_cohort": 8}, "levels × frames_per_cohort: a window of 8 × 8 = 64 frames is "
+                                                     "over the live limit of 32"),
+             ({"levels": 4, "steps": 64}, "steps: 64 is over the live limit of 16"),
+             ({"capacity": 10_000}, "capacity: expected 1 to 64 frames waiting, found 10000")]
+    for message, expected in cases:
+        with pytest.raises(ValueError, match=re.escape(expected)):
+            live_route._settings(message)
+    assert live_route._settings({"width": 1024, "height": 0, "capacity": "8"})["capacity"] == 8
+    # the area against the model's own (64×64 for the built-in model): 4× its area is the most
+    with pytest.raises(ValueError, match=re.escape("width × height: 256×256 is over the live limit of 4× the model's "
+                                                   "own area (64×64, so at most 16,384 px, e.g. 128×128)")):
+        live_route._open_session(live_route._settings({"width": 256, "height": 256}))
+
+
+def test_sessions_started_together_share_one_loaded_model(live_route):
+    """Starts that arrive at once (several tabs, a reconnecting client) load the model once: every session holds the
+    same networks, so they take turns through one lock instead of ticking copies of the model side by side."""
+    gc.collect()
+    assert len(live_route._model_cache) == 0
+    settings = live_route._settings({"levels": 2, "frames_per_cohort": 2, "steps": 2})
+    sessions, barrier = [], threading.Barrier(3)
+
+    def open_one():
+        barrier.wait()
+        sessions.append(live_route._open_session(dict(settings)))
+
+    threads = [threading.Thread(target=open_one) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    try:
+        assert len(sessions) == 3
+        assert len({id(session.model_handle) for session in sessions}) == 1
+        assert len({id(session.networks_lock) for session in sessions}) == 1
+    finally:
+        for session in sessions:
+            session.close()
+
+
+def test_route_session_limit_comes_from_the_environment(live_route, monkeypatch):
+    monkeypatch.delenv(live_route.MAX_SESSIONS_ENV, raising=False)
+    assert live_route.max_sessions() == live_route.DEFAULT_MAX_SESSIONS
+    monkeypatch.setenv(live_route.MAX_SESSIONS_ENV, "7")
+    assert live_route.max_sessions() == 7 and live_route.limits()["max_sessions"] == 7
+    monkeypatch.setenv(live_route.MAX_SESSIONS_ENV, "lots")
+    with pytest.raises(ValueError, match="RAIN_LIVE_MAX_SESSIONS='lots' is not a whole number"):
+        live_route.max_sessions()
+
+
+class RouteClient:
+    """One websocket client of the bare route: frames and messages it receives, frames it sends (seqs)."""
+
+    def __init__(self, port: int, tag: int):
+        self.url, self.tag = f"ws://127.0.0.1:{port}/rain/live", tag
+        self.frames, self.messages, self.sent = [], [], set()
+
+    async def open(self, client):
+        import aiohttp
+
+        self.ws = await client.ws_connect(self.url)
+
+        async def read():
+            async for message in self.ws:
+                if message.type == aiohttp.WSMsgType.BINARY:
+                    self.frames.append(unpack_header(message.data))
+                elif message.type == aiohttp.WSMsgType.TEXT:
+                    self.messages.append(json.loads(message.data))
+
+        self.reader = asyncio.ensure_future(read())
+        return self
+
+    async def wait(self, predicate, timeout=120.0):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for message in self.messages:
+                if predicate(message):
+                    return message
+            await asyncio.sleep(0.02)
+        raise AssertionError(f"no such message in {timeout} s: {self.messages[-5:]}")
+
+    async def start(self, **settings):
+        self.messages.clear()
+        await self.ws.send_str(json.dumps({"type": "start", **CONFIG, **settings}))
+        return await self.wait(lambda m: m.get("state") == "ready" or m.get("type") == "error")
+
+    async def send(self, route, seq, data):
+        self.sent.add(seq)
+        await self.ws.send_bytes(route.pack_message({"seq": seq, "t": float(seq)}, data))
+
+    async def close(self):
+        await self.ws.close()
+        self.reader.cancel()
+
+
+def unpack_header(message: bytes) -> dict:
+    import struct
+
+    (length,) = struct.unpack(">I", message[:4])
+    return json.loads(message[4:4 + length])
+
+
+def test_route_serves_concurrent_sessions_each_with_its_own_frames_and_refuses_beyond_the_limit(
+        live_route, pose_jpegs, monkeypatch):
+    """Two tabs stream at once, each gets back only frames it sent (seq ranges apart); a third Start beyond
+    RAIN_LIVE_MAX_SESSIONS=2 is refused with the message and the two keep streaming; once one leaves, a new one fits."""
+    aiohttp = pytest.importorskip("aiohttp")
+    monkeypatch.setenv(live_route.MAX_SESSIONS_ENV, "2")
+
+    async def run():
+        runner, port = await serve_route(live_route)
+        try:
+            async with aiohttp.ClientSession() as client:
+                first, second, third = [await RouteClient(port, tag).open(client) for tag in (1, 2, 3)]
+                assert (await first.start(reference="", capacity=32)).get("state") == "ready"  # none dropped
+                assert (await second.start(reference="", seed=9, capacity=32)).get("state") == "ready"
+                refused = await third.start(reference="")
+                assert refused["type"] == "error", refused
+                assert refused["message"] == ("the server holds 2 live sessions (its limit); try again later or raise "
+                                              "RAIN_LIVE_MAX_SESSIONS")
+                for index in range(24):  # interleaved, seq ranges apart: 1000.. and 2000..
+                    for tagged in (first, second):
+                        await tagged.send(live_route, tagged.tag * 1000 + index, pose_jpegs[index % len(pose_jpegs)])
+                    await asyncio.sleep(0.02)
+                deadline = time.monotonic() + 120
+                while time.monotonic() < deadline and not (len(first.frames) >= 8 and len(second.frames) >= 8):
+                    await asyncio.sleep(0.05)
+                status = await (await client.get(f"http://127.0.0.1:{port}/rain/live/status")).json()
+                assert len(status["sessions"]) == 2 and status["limits"]["max_sessions"] == 2
+                await first.close()
+                for _ in range(100):
+                    if len(live_route.live_sessions()) == 1:
+                        break
+                    await asyncio.sleep(0.05)
+                assert (await third.start(reference="")).get("state") == "ready"  # room again
+                await second.close()
+                await third.close()
+                return first, second
+        finally:
+            await runner.cleanup()
+
+    first, second = asyncio.run(run())
+    for tagged in (first, second):
+        seqs = [header["seq"] for header in tagged.frames]
+        assert len(seqs) >= 8 and set(seqs) <= tagged.sent, (tagged.tag, seqs)  # isolated: only its own frames
+        assert seqs == sorted(seqs)
+
+
+def test_route_streams_a_keypoint_file_read_by_the_one_reader(live_route):
+    """The panel's keypoint source: the JSON goes up once, the server paces its frames; a malformed file is named."""
+    aiohttp = pytest.importorskip("aiohttp")
+    data = json.loads((EXAMPLES / "keypoints" / "rain-dance-keypoints.json").read_text())
+
+    async def run():
+        runner, port = await serve_route(live_route)
+        try:
+            async with aiohttp.ClientSession() as client:
+                tab = await RouteClient(port, 1).open(client)
+                await tab.ws.send_str(json.dumps({"type": "keypoints", "name": "early.json", "data": data}))
+                early = await tab.wait(lambda m: m.get("type") == "error")
+                assert "press Start first" in early["message"]
+                assert (await tab.start(reference="")).get("state") == "ready"
+                await tab.ws.send_str(json.dumps({"type": "keypoints", "name": "bad.json", "data": {"frames": 3}}))
+                bad = await tab.wait(lambda m: m.get("type") == "error" and "bad.json" in m["message"])
+                assert "'frames' must be a list" in bad["message"]
+                await tab.ws.send_str(json.dumps({"type": "keypoints", "name": "dance.json", "data": data}))
+                playing = await tab.wait(lambda m: m.get("state") == "keypoints")
+                deadline = time.monotonic() + 120
+                while time.monotonic() < deadline and len(tab.frames) < 6:
+                    await asyncio.sleep(0.05)
+                await tab.close()
+                return playing, tab.frames
+        finally:
+            await runner.cleanup()
+
+    playing, frames = asyncio.run(run())
+    assert playing["name"] == "dance.json" and playing["frames"] == len(data["frames"]) and playing["fps"] == data["fps"]
+    seqs = [header["seq"] for header in frames]
+    assert len(seqs) >= 6 and seqs == sorted(seqs) and all(header["t"] is None for header in frames)

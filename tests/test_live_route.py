@@ -34,9 +34,14 @@ SETTINGS = {"type": "start", "model": "tiny-rain (built-in)", "width": 64, "heig
             "frames_per_cohort": 2, "steps": 2, "seed": 5, "reference": REFERENCE, "mode": "pose"}
 
 
+MAX_SESSIONS = 2  # the server's RAIN_LIVE_MAX_SESSIONS in this module
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    yield from live_server(tmp_path_factory, "comfy-live")
+    with pytest.MonkeyPatch.context() as patch:  # the server process inherits it
+        patch.setenv("RAIN_LIVE_MAX_SESSIONS", str(MAX_SESSIONS))
+        yield from live_server(tmp_path_factory, "comfy-live")
 
 
 @pytest.fixture(scope="module")
@@ -207,16 +212,29 @@ def test_a_socket_closed_mid_stream_frees_its_stream_and_memory(server, pose_jpe
     assert after < baseline + 48
 
 
-def test_a_second_tab_takes_the_stream_over_and_the_first_is_told(server):
+def test_two_tabs_stream_at_once_each_gets_only_its_own_frames_and_a_third_is_refused(server, pose_jpegs):
     async def run():
-        async with Client(server) as first, Client(server) as second:
+        async with Client(server) as first, Client(server) as second, Client(server) as third:
             assert (await first.start()).get("state") == "ready"
-            assert (await second.start()).get("state") == "ready"
-            stopped = await first.wait_for(lambda m: m.get("state") == "stopped")
-            assert "another tab" in stopped["reason"]
-            assert len(status(server)["sessions"]) == 1
+            assert (await second.start(reference="")).get("state") == "ready"  # another character
+            refused = await third.start()
+            assert refused["type"] == "error" and refused["message"] == (
+                f"the server holds {MAX_SESSIONS} live sessions (its limit); try again later or raise "
+                "RAIN_LIVE_MAX_SESSIONS"), refused
+            assert len(status(server)["sessions"]) == MAX_SESSIONS
+            sent = await asyncio.gather(first.feed(pose_jpegs, count=40, first_seq=1000),
+                                        second.feed(pose_jpegs[::-1], count=40, first_seq=2000))
+            assert sent == [40, 40]
+            await first.settle(40)
+            await second.settle(40)
+            third.messages.clear()
+            huge = await third.start(width=100_000)  # the bounds come before the count: the field is named
+            assert huge["type"] == "error" and "width: 100000 px is over the live limit" in huge["message"]
+            return [[header["seq"] for header, _, _ in client.frames] for client in (first, second)]
 
-    asyncio.run(run())
+    first, second = asyncio.run(run())
+    assert first and second
+    assert set(first) <= set(range(1000, 1040)) and set(second) <= set(range(2000, 2040))  # never the other's
     assert wait_until(lambda: status(server)["sessions"] == [])
 
 

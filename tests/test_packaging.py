@@ -36,6 +36,18 @@ def test_requirements_txt_lists_the_same_runtime_dependencies_without_torch():
     names = {re.split(r"[<>=!~ ]", line.strip())[0].lower() for line in requirements if line.strip() and not line.startswith("#")}
     assert not names & {"torch", "torchvision", "torchaudio"}
     assert "accelerate" not in names  # training only: the `train` extra
+    assert "ray" not in names  # `rain batch` only: the `cluster` extra; installing the pack into ComfyUI never pulls it
+
+
+def test_ray_is_the_cluster_extra_and_the_test_extra_installs_it_so_ci_runs_the_batch_tests():
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    assert [r for r in extras["cluster"] if re.match(r"ray\b", r)] == extras["cluster"] != []
+    assert set(extras["cluster"]) <= set(extras["test"])
+    assert not any(re.match(r"ray\b", r) for r in project_dependencies())
+
+
+def project_dependencies() -> list[str]:
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
 
 
 def test_no_tracked_file_names_the_workspace_or_its_shared_folder():

@@ -2,8 +2,11 @@
 
 import pytest
 import torch
+from conftest import bench_module
 
 from rain_core.scheduler import LCMStepper, ScheduleError, alphas_cumprod, check_steps, ladder, trailing_timesteps
+
+measure = bench_module("measure")  # bench/measure.py: trace_ops
 
 
 def closed_form_alphas_cumprod() -> torch.Tensor:
@@ -107,14 +110,12 @@ def test_step_rejects_timesteps_of_the_wrong_shape_or_range():
 
 def test_unchecked_step_reads_no_value_back_and_computes_the_same():
     """check=False is what a GPU tick uses: no timestep or noise check, so nothing is read back to the host."""
-    from rain_core.accel import trace_ops
-
     stepper = LCMStepper(4)
     generator = torch.Generator().manual_seed(1)
     sample, v, noise = (torch.randn(1, 4, 4, 2, 2, generator=generator) for _ in range(3))
     timesteps = ladder(4, 4)
-    checked, trace = trace_ops(lambda: stepper.step(v, timesteps, sample, noise))
+    checked, trace = measure.trace_ops(lambda: stepper.step(v, timesteps, sample, noise))
     assert trace.syncs  # the range check reads the timesteps
-    unchecked, trace = trace_ops(lambda: stepper.step(v, timesteps, sample, noise, check=False))
+    unchecked, trace = measure.trace_ops(lambda: stepper.step(v, timesteps, sample, noise, check=False))
     assert trace.syncs == []
     assert torch.equal(unchecked[0], checked[0]) and torch.equal(unchecked[1], checked[1])

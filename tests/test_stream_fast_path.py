@@ -8,9 +8,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import build_tiny_models, tiny_config
+from conftest import bench_module, build_tiny_models, tiny_config
 
-from rain_core.accel import FastPath, trace_ops
 from rain_core.models import RainModels
 from rain_core.stream import (
     Occupancy,
@@ -21,7 +20,9 @@ from rain_core.stream import (
     Tick,
     resolve_precision,
 )
+from rain_core.stream.accel import FastPath
 
+measure = bench_module("measure")  # bench/measure.py: trace_ops
 SIZE = 16
 REFERENCE = torch.rand(SIZE, SIZE, 3, generator=torch.Generator().manual_seed(99))
 
@@ -168,7 +169,7 @@ def test_whole_stream_on_meta_reads_no_device_value():
     assert stream.push(pose_frames(4)).shape[0] == 0  # warm-up
     traces = []
     for push in range(3):
-        frames, trace = trace_ops(lambda push=push: stream.push(pose_frames(2, seed=push)))
+        frames, trace = measure.trace_ops(lambda push=push: stream.push(pose_frames(2, seed=push)))
         assert frames.device.type == "meta" and frames.shape == (2, SIZE, SIZE, 3)
         traces.append(trace)
     assert stream.stats["ticks"] == 5

@@ -1,7 +1,6 @@
 """The tiny RAIN shipped in rain_core/assets/tiny-rain: it loads, and streams held-out characters above a
 measured PSNR floor and at least 3 dB above copying their reference image (NOTES.md, training section)."""
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -9,6 +8,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from conftest import bench_module
 
 import rain_core
 from rain_core.loading import load_rain
@@ -65,17 +65,8 @@ def test_shipped_model_beats_copying_the_reference_by_3_db(heldout_scores):
     assert model >= copy + 3.0, f"shipped model {model:.2f} dB is not 3 dB above copying the reference ({copy:.2f} dB)"
 
 
-def _bench_module(name: str, folder: str = "bench"):
-    """A script of the repository as a module: bench/NAME.py, or FOLDER/NAME.py (a study's tools live beside its
-    page under docs/)."""
-    spec = importlib.util.spec_from_file_location(f"bench_{name}", Path(__file__).parents[1] / folder / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def _quality_module():
-    return _bench_module("quality")
+    return bench_module("quality")
 
 
 def test_quality_bench_prints_its_table_and_writes_json_and_pictures(capsys, tmp_path):
@@ -108,7 +99,7 @@ def test_quality_bench_prints_its_table_and_writes_json_and_pictures(capsys, tmp
 def test_temporal_claim_picture_reads_the_committed_results(capsys, tmp_path):
     """docs/temporal-claim/temporal_claim.py draws issue 16's evidence from the study's committed results alone: one
     row per trained pair, then the arms paired at the same operating point."""
-    claim = _bench_module("temporal_claim", "docs/temporal-claim")
+    claim = bench_module("temporal_claim", "docs/temporal-claim")
     assert claim.main(["--out", str(tmp_path / "claim.png")]) == 0
     lines = capsys.readouterr().out.splitlines()
     rows = [line for line in lines if " | " in line][1:]

@@ -10,9 +10,10 @@ import traceback
 
 import torch
 
-from rain_core.accel import FastPath, latency_seconds, parameter_bytes, to_channels_last
 from rain_core.stream import Tick
+from rain_core.stream.accel import FastPath, to_channels_last
 
+from ..measure import latency_seconds, parameter_bytes
 from .build import warm_tick_state
 from .run import GIB, Clock, Run, SectionTimeout, allocated, free_memory, peak, reset_peak, synchronize
 

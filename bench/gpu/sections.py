@@ -12,10 +12,11 @@ import time
 import diffusers
 import torch
 
-from rain_core.accel import FastPath, count_flops, parameter_bytes, to_channels_last, trace_ops
 from rain_core.scheduler import LCMStepper, ladder
 from rain_core.stream import RainStream, SeededNoise, StreamConfig, Tick, TickNoise
+from rain_core.stream.accel import FastPath, to_channels_last
 
+from ..measure import count_flops, parameter_bytes, trace_ops
 from .build import given_noise, random_poses, warm_tick_state
 from .run import GIB, Clock, Run, free_memory, relative_error
 

@@ -1,4 +1,5 @@
-"""The `rain` command: demo, animate, live, bench, info, convert, download, train, queue, cache; one module each.
+"""The `rain` command: demo, animate, batch, live, bench, info, convert, download, train, queue, cache; one module
+each.
 
 Exit codes: 0 ok, 2 bad input (the message says what to change), 1 internal error, 130 interrupted (Ctrl-C),
 143 / 129 stopped by SIGTERM / SIGHUP (handled as Ctrl-C is). With --json a failure prints
@@ -15,7 +16,7 @@ import signal
 import sys
 import traceback
 
-from . import animate, bench, cache, convert, demo, download, info, live, queue, train
+from . import animate, batch, bench, cache, convert, demo, download, info, live, queue, train
 from .common import (
     EXIT_BAD_INPUT,
     EXIT_INTERNAL,
@@ -31,7 +32,7 @@ from .common import (
 
 __all__ = ["main", "build_parser", "UsageError", "builtin_model_dir", "EXIT_OK", "EXIT_INTERNAL", "EXIT_BAD_INPUT"]
 
-SUBCOMMANDS = (demo, animate, live, bench, info, convert, download, train, queue, cache)
+SUBCOMMANDS = (demo, animate, batch, live, bench, info, convert, download, train, queue, cache)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -21,7 +21,7 @@ def _mb(count: int) -> str:
 
 
 def run(args) -> int:
-    from ..cpu_fast import (
+    from ..stream.compile_cache import (  # import time: rain_core.stream loads torch; `rain --help` does not
         CACHE_MAX_ENV,
         cache_dir,
         cache_limit_bytes,

@@ -161,44 +161,50 @@ def claim_output(args, frames: int | None = None, height: int = 512, width: int 
 # --------------------------------------------------------------------------- model / stream helpers
 
 
-def add_stream_flags(parser: argparse.ArgumentParser, output: bool = True) -> None:
+def add_stream_flags(parser: argparse.ArgumentParser, output: bool = True, exclude: tuple = ()) -> None:
     """The stream's settings as flags; every default is StreamConfig's own (the one home of the defaults).
-    output: the command writes frames (adds --fps)."""
+    output: the command writes frames (adds --fps); exclude: flags a command defines its own way (`rain batch`'s
+    --threads is per worker, its --device picks GPU or CPU workers)."""
     from ..stream.config import DECODERS, FAST_PATHS, NOISE_MODES, StreamConfig
 
     default = StreamConfig()
     group = parser.add_argument_group("stream settings")
-    group.add_argument("--levels", type=positive_int, default=default.levels,
-                       help=f"p: noise levels (cohorts) in flight (default {default.levels})")
-    group.add_argument("--frames-per-cohort", type=positive_int, default=default.frames_per_cohort,
-                       help=f"m: frames sharing one noise level (default {default.frames_per_cohort})")
-    group.add_argument("--steps", type=positive_int, default=default.steps,
-                       help=f"LCM steps per frame, a multiple of --levels (default {default.steps})")
-    group.add_argument("--guidance", type=float, default=default.guidance,
-                       help=f"LCM w-embedding value (default {default.guidance})")
+
+    def add(flag, **kwargs):
+        if flag[2:].replace("-", "_") not in exclude:
+            group.add_argument(flag, **kwargs)
+
+    add("--levels", type=positive_int, default=default.levels,
+        help=f"p: noise levels (cohorts) in flight (default {default.levels})")
+    add("--frames-per-cohort", type=positive_int, default=default.frames_per_cohort,
+        help=f"m: frames sharing one noise level (default {default.frames_per_cohort})")
+    add("--steps", type=positive_int, default=default.steps,
+        help=f"LCM steps per frame, a multiple of --levels (default {default.steps})")
+    add("--guidance", type=float, default=default.guidance,
+        help=f"LCM w-embedding value (default {default.guidance})")
     size_help = "default: the model's own size (64 for the built-in tiny model, 512 for RAIN-v0.1)"
-    group.add_argument("--height", type=positive_int, default=None, help=size_help)
-    group.add_argument("--width", type=positive_int, default=None, help=size_help)
-    group.add_argument("--seed", type=int, default=default.seed)
-    group.add_argument("--noise", choices=NOISE_MODES, default=default.noise,
-                       help="fresh: every frame its own noise (the method); shared: one noise for every frame, so "
-                            "still parts stay still (~74%% less frame-to-frame error on the built-in model; not "
-                            "in the paper)")
-    group.add_argument("--decoder", choices=DECODERS, default=default.decoder,
-                       help="auto: TAESDV when the model has it, else the full decoder")
-    group.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 … (auto: cuda when available)")
-    group.add_argument("--dtype", choices=["auto", "float32", "float16", "bfloat16"], default="auto")
+    add("--height", type=positive_int, default=None, help=size_help)
+    add("--width", type=positive_int, default=None, help=size_help)
+    add("--seed", type=int, default=default.seed)
+    add("--noise", choices=NOISE_MODES, default=default.noise,
+        help="fresh: every frame its own noise (the method); shared: one noise for every frame, so "
+             "still parts stay still (~74%% less frame-to-frame error on the built-in model; not "
+             "in the paper)")
+    add("--decoder", choices=DECODERS, default=default.decoder,
+        help="auto: TAESDV when the model has it, else the full decoder")
+    add("--device", default="auto", help="cpu, cuda, cuda:1 … (auto: cuda when available)")
+    add("--dtype", choices=["auto", "float32", "float16", "bfloat16"], default="auto")
     if output:
-        group.add_argument("--fps", type=positive_float, default=None,
-                           help="output video fps (default: the input's when it has one, else 16)")
-    group.add_argument("--threads", type=int, default=None,
-                       help="CPU threads for torch (default on CPU: half the cores)")
-    group.add_argument("--fast-path", choices=FAST_PATHS, default=default.fast_path,
-                       help="auto: a CUDA graph on CUDA; on the CPU the compiled tick when it is saved, else eager "
-                            "(`rain live`, a long-lived host, also compiles it in a background process that ends "
-                            "with it, and switches when it is ready; RAIN_BACKGROUND_COMPILE=1 lets any command do "
-                            "that, 0 none); compile: wait for the compiled tick (a minute or more the first time, "
-                            "later starts load it in about a second; `rain cache` shows the saved ones)")
+        add("--fps", type=positive_float, default=None,
+            help="output video fps (default: the input's when it has one, else 16)")
+    add("--threads", type=int, default=None,
+        help="CPU threads for torch (default on CPU: half the cores)")
+    add("--fast-path", choices=FAST_PATHS, default=default.fast_path,
+        help="auto: a CUDA graph on CUDA; on the CPU the compiled tick when it is saved, else eager "
+             "(`rain live`, a long-lived host, also compiles it in a background process that ends "
+             "with it, and switches when it is ready; RAIN_BACKGROUND_COMPILE=1 lets any command do "
+             "that, 0 none); compile: wait for the compiled tick (a minute or more the first time, "
+             "later starts load it in about a second; `rain cache` shows the saved ones)")
 
 
 MODEL_HELP = "model folder, or 'tiny' / 'builtin' for the built-in 64 px model"

@@ -6,6 +6,7 @@ import contextlib
 import signal
 import time
 
+from ..cpu import allow_background_compile
 from .common import (
     EXIT_OK,
     UsageError,
@@ -137,7 +138,6 @@ def run(args) -> int:
 def _run(args, out) -> int:
     import numpy as np
 
-    from ..cpu_fast import allow_background_compile
     from ..stream import RainStream
     from ..video import VideoSink
 

@@ -1,4 +1,8 @@
-"""`rain queue`: batch-render a workflow through a running ComfyUI server."""
+"""`rain queue`: batch-render a workflow through one running ComfyUI server, one job after another.
+
+One server on purpose: spreading work over machines is `rain batch`'s (Ray: workers, placement, retries), which
+renders the engine directly and needs no ComfyUI on each machine.
+"""
 
 from __future__ import annotations
 
@@ -15,8 +19,8 @@ def add_parser(sub) -> None:
     p = sub.add_parser("queue", help="batch-render a workflow through a running ComfyUI")
     p.add_argument("workflow", help="workflow .json (UI format or API format)")
     p.add_argument("--server", action="append", metavar="URL",
-                   help="a ComfyUI server (default http://127.0.0.1:8188); repeat it to spread the jobs over several "
-                        "servers: a job whose server stops answering moves to another")
+                   help="the ComfyUI server (default http://127.0.0.1:8188); one server: to spread jobs over several "
+                        "machines use `rain batch` on Ray")
     p.add_argument("--set", action="append", metavar="NODE.INPUT=VALUE", help="override an input (repeatable)")
     p.add_argument("--sweep", action="append", metavar="INPUT=GLOB", help="one job per matching file (repeatable)")
     p.add_argument("--out", default="out/queue", help="folder for downloaded outputs")
@@ -31,15 +35,18 @@ def run(args) -> int:
         ComfyClient,
         JobResult,
         ServerError,
-        ServerUnreachable,
         WorkflowError,
         apply_overrides,
         error_messages,
         parse_value,
-        spread_jobs,
         ui_to_api,
     )
 
+    servers = list(dict.fromkeys(args.server or ["http://127.0.0.1:8188"]))
+    if len(servers) > 1:
+        raise UsageError(f"--server given {len(servers)} times: rain queue drives one ComfyUI server. To spread jobs "
+                         "over several machines or GPUs use `rain batch JOBS` (Ray; README: Batch rendering), or "
+                         "run one rain queue per server.")
     workflow_path = Path(args.workflow)
     if not workflow_path.is_file():
         raise UsageError(f"WORKFLOW {workflow_path}: file not found. Pass a workflow saved from ComfyUI (.json).")
@@ -63,21 +70,12 @@ def run(args) -> int:
             raise UsageError(f"--sweep {item}: the pattern matches no file")
         sweeps.append((key, [Path(f) for f in files]))
 
-    clients = {url: ComfyClient(url, timeout=args.timeout)
-                for url in dict.fromkeys(args.server or ["http://127.0.0.1:8188"])}
-    object_info, unreachable = None, []
-    for url, client in list(clients.items()):
-        try:
-            info = client.object_info()
-        except ServerError as error:
-            unreachable.append(f"--server {url}: {error}")
-            del clients[url]
-            continue
-        object_info = object_info or info
-    if not clients:
-        raise UsageError("\n".join(unreachable)) from None
-    for message in unreachable:
-        print(f"{message}; its share of the jobs goes to the others", file=sys.stderr)
+    url = servers[0]
+    client = ComfyClient(url, timeout=args.timeout)
+    try:
+        object_info = client.object_info()
+    except ServerError as error:
+        raise UsageError(f"--server {url}: {error}") from None
     base_prompt = apply_overrides(ui_to_api(workflow, object_info), overrides)
 
     def sweep_targets(key):
@@ -95,38 +93,29 @@ def run(args) -> int:
         jobs = [({**o, **{t: f for t in targets}}, f"{name}-{f.stem}") for o, name in jobs for f in files]
 
     out = Path(args.out)
-    numbered = [(index, sweep_values, name) for index, (sweep_values, name) in enumerate(jobs, 1)]
-
-    def attempt(url, job) -> JobResult:
-        index, sweep_values, name = job
-        client = clients[url]
+    results = []
+    for index, (sweep_values, name) in enumerate(jobs, 1):
         start = time.monotonic()
         result = JobResult(name=name, status="error", server=url)
         try:
             uploads = {key: client.upload_image(path) for key, path in sweep_values.items()}
             prompt = apply_overrides(base_prompt, uploads)
             result.prompt_id = client.queue(prompt)
-            print(f"[{index}/{len(jobs)}] {name}: queued {result.prompt_id} on {url}", file=sys.stderr)
+            print(f"[{index}/{len(jobs)}] {name}: queued {result.prompt_id}", file=sys.stderr)
             entry = client.wait(result.prompt_id, timeout=args.job_timeout)
             if entry["status"]["status_str"] == "success":
                 result.files = client.download_outputs(entry, out, prefix=f"{name}_" if len(jobs) > 1 else "")
                 result.status = "success"
             else:
                 result.error = error_messages(entry)
-        except ServerUnreachable as error:
-            print(f"[{index}/{len(jobs)}] {name}: {url} stopped answering ({error}); moving the job", file=sys.stderr)
-            raise
-        except (WorkflowError, RuntimeError, OSError) as error:
+        except (WorkflowError, RuntimeError, OSError) as error:  # ServerError is a RuntimeError
             result.error = str(error)
         result.seconds = round(time.monotonic() - start, 2)
         print(f"[{index}/{len(jobs)}] {name}: {result.status}" + (f" — {result.error}" if result.error else
                                                                     f" — {len(result.files)} file(s)"), file=sys.stderr)
-        return result
+        results.append(result)
 
-    results = spread_jobs(numbered, list(clients), attempt, name=lambda job: job[2])
     failed = [r for r in results if r.status != "success"]
-    summary = {"jobs": [r.__dict__ for r in results], "failed": len(failed),
-               "servers": {url: sum(r.server == url and r.status == "success" for r in results)
-                           for url in dict.fromkeys(args.server or ["http://127.0.0.1:8188"])}}
+    summary = {"jobs": [r.__dict__ for r in results], "failed": len(failed), "server": url}
     emit(args, summary, [f"{r.name}: {r.status} {r.files or r.error}" for r in results])
     return EXIT_OK if not failed else EXIT_INTERNAL

@@ -5,6 +5,10 @@ window.py  the cohorts in flight, the levels they occupy (`Occupancy`), warm-up 
 noise.py   `SeededNoise` (a cohort's noise is a function of seed, cohort, step) and `TickNoise`, the one assembly;
            `SharedNoise` (one noise for every frame: an ablation)
 tick.py    `Tick`: THE tick on fixed buffers, the same code for every occupancy, capturable as a CUDA graph
+accel.py   the tick's speed options (`FastPath`), attention backend, tf32, channels_last, the CUDA-graph wrapper
+compiled.py          the steady tick compiled on the CPU (`CompiledUNet`, an AOTInductor package on disk per key)
+compile_cache.py     that package cache: folder, files, bound, listing, clearing, what dead builders left
+background_build.py  the child process that builds a package while a stream runs eagerly (ends with its parent)
 timing.py  tick times from CUDA events (lazily) or the host clock
 state.py   state_dict / load_state_dict / save / load, bit-exact
 engine.py  `RainStream`: reference, push, flush, rollback on error, stats

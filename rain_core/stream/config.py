@@ -54,12 +54,12 @@ class StreamConfig:
         nothing read back to the host). "graph": a steady-state tick (full window, a new cohort entering) is
         captured once as a CUDA graph and replayed (CUDA only; elsewhere it runs eagerly); "eager": the same
         code, never captured; "compile": the steady-state UNet call compiled by torch.compile (inductor, cached on
-        disk; eager after one log line where no C++ compiler exists: `rain_core.cpu_fast`); "auto" (default):
+        disk; eager after one log line where no C++ compiler exists: `rain_core.stream.compiled`); "auto" (default):
         "graph" on CUDA; on the CPU the compiled tick when its package is in the cache (loaded in about a second),
-        else "eager". In a long-lived host (`rain_core.cpu_fast.allow_background_compile()`: the ComfyUI server,
+        else "eager". In a long-lived host (`rain_core.allow_background_compile()`: the ComfyUI server,
         `rain live`; or `RAIN_BACKGROUND_COMPILE=1`) a lower-priority child process compiles the package
         meanwhile and the stream switches to it when it is ready (a minute or more; `stats["fast_path"]` then
-        says "compile"); the child ends with its parent (`rain_core.cpu_fast.BackgroundBuild`). A short script or
+        says "compile"); the child ends with its parent (`rain_core.stream.background_build`). A short script or
         command starts no child: "compile" waits for the package instead. Warm-up and flush ticks (partial
         windows) run the same code eagerly.
     output_device: where returned frames live: "cpu" (default) or "device" (the models' device, no copy back).

@@ -22,6 +22,8 @@ import torch
 
 from ..inputs import InputError, as_frames, fit_frames
 from ..scheduler import LCMStepper, ladder
+from .accel import FastPath
+from .compiled import auto_fast_path
 from .config import PoseInputError, StreamConfig, StreamStateError
 from .noise import NoiseSource, SeededNoise, SharedNoise, TickNoise
 from .state import StreamStateMixin
@@ -44,7 +46,7 @@ class RainStream(StreamStateMixin):
 
     def __init__(self, models, config: StreamConfig | None = None, noise: NoiseSource | None = None, fast=None):
         """models: `RainModels`; noise: where the randomness comes from (default `SeededNoise(config.seed)`);
-        fast: the tick's speed options (`rain_core.accel.FastPath`); default: the models' dtype and layout, the
+        fast: the tick's speed options (`rain_core.stream.accel.FastPath`); default: the models' dtype and layout, the
         caller's tf32 settings, the fused LCM step, and the CUDA graph as `config.fast_path` says. Its `dtype`
         and `channels_last` are not applied to the networks here: convert them first."""
         config = (config or StreamConfig()).for_models(models)  # a size of 0 is the model's own
@@ -74,8 +76,6 @@ class RainStream(StreamStateMixin):
         self._tick_noise = TickNoise(rows, steps.step_length, config.frames_per_cohort, self._latent_shape)
         fast = config.fast_path
         if fast == "auto":
-            from ..cpu_fast import auto_fast_path
-
             fast = "graph" if self.models.device.type == "cuda" else auto_fast_path(self.models.device)
         self._fast_path = fast
         self._drop_tick()
@@ -288,8 +288,6 @@ class RainStream(StreamStateMixin):
         """The one tick on this stream's reference, built on first use. Numerics as the models are: their dtype,
         the caller's tf32 settings, no layout change; the fused LCM step."""
         if self._tick_object is None:
-            from ..accel import FastPath
-
             reference = self._reference
             fast = self._fast or FastPath(tf32=None, fused_step=True)
             fast = fast.replace(cuda_graph=self._fast_path == "graph")

@@ -22,8 +22,10 @@ from collections.abc import Callable
 
 import torch
 
-from ..accel import CudaGraphed, FastPath, attention_backend, tf32_matmuls
+from ..cpu import background_compile_allowed
 from ..scheduler import FusedLCMStep, LCMStepper, ladder
+from .accel import CudaGraphed, FastPath, attention_backend, tf32_matmuls
+from .compiled import AUTO_MAX_BYTES, CompiledUNet, SteadyPackage, compiler_problem, package_path, state_bytes
 from .window import Occupancy
 
 
@@ -245,7 +247,7 @@ class Tick:
         self._graph = self._stage_graphs = None
 
     def compile_steady_unet(self, mode: str | None = None, cached_only: bool = False, background: bool = False):
-        """The steady-state UNet call compiled, every other occupancy eager (`rain_core.cpu_fast.CompiledUNet`:
+        """The steady-state UNet call compiled, every other occupancy eager (`rain_core.stream.compiled.CompiledUNet`:
         persistent cache, eager fallback after one log line when there is no compiler or compiling fails). The
         call is compiled ahead of time into a package on disk (loaded in a second at the next start) on the CPU
         when the reference K/V cache is on (the package takes the K/V as inputs); otherwise, or with a `mode`,
@@ -253,16 +255,6 @@ class Tick:
         None is returned); it is then never compiled here. `background` (with `cached_only`): a missing package is
         built by a low-priority child process while the steady calls run eagerly, and used once it is on disk (the
         returned `CompiledUNet` has `background` set; `RAIN_BACKGROUND_COMPILE=0` turns this off)."""
-        from ..cpu_fast import (
-            AUTO_MAX_BYTES,
-            CompiledUNet,
-            SteadyPackage,
-            background_compile_allowed,
-            compiler_problem,
-            package_path,
-            state_bytes,
-        )
-
         if cached_only and (
             mode is not None
             or compiler_problem() is not None

@@ -1,11 +1,13 @@
-"""The CPU fast path (rain_core/cpu_fast.py): the compiled steady-state tick equals the eager one, a second start loads
-it from the package on disk instead of compiling, the package's key covers what the compiled code depends on, the
-fallback where no compiler exists (or compiling fails) runs the eager tick exactly, and the OpenMP wait policy is set
-only where it can take effect."""
+"""CPU speed (docs/cpu-speed.md): the compiled steady-state tick (rain_core/stream/compiled.py) equals the eager one, a
+second start loads it from the package on disk instead of compiling, the package's key covers what the compiled code
+depends on, the fallback where no compiler exists (or compiling fails) runs the eager tick exactly; the background
+builder (stream/background_build.py) and the package cache (stream/compile_cache.py); and the OpenMP wait policy
+(rain_core/cpu.py) is set only where it can take effect."""
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import logging
 import os
 import subprocess
@@ -16,8 +18,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from rain_core import RainStream, StreamConfig
-from rain_core.cpu_fast import NO_COMPILE_ENV, SteadyPackage, compiler_problem, cpu_summary, prefer_passive_wait
+import rain_core.stream.tick as tick_module
+from rain_core import RainStream, StreamConfig, cpu
+from rain_core.cpu import cpu_summary, prefer_passive_wait
+from rain_core.stream import background_build, compile_cache, compiled
+from rain_core.stream.compiled import NO_COMPILE_ENV, SteadyPackage, compiler_problem
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -122,12 +127,15 @@ def test_the_package_key_follows_weights_threads_and_shapes_but_not_the_referenc
     assert changed_package.key(*inputs) not in (changed_key, key)
 
 
+def test_the_package_key_covers_rains_model_code(monkeypatch):
+    monkeypatch.setattr(compiled, "_MODEL_CODE", None)  # read again, from where the module looks
+    assert compiled._model_code_digest() != hashlib.sha256().digest()  # rain_core/models/*.py found and hashed
+
+
 def test_auto_looks_for_a_package_with_weights_loaded_under_inference_mode_as_comfyui_does(monkeypatch, tmp_path):
     """ComfyUI runs nodes under torch.inference_mode, so the networks' tensors keep no version counter: looking for a
     saved package (the key hashes the weights) must still work, and with nothing saved the tick runs eagerly."""
     from conftest import build_tiny_models
-
-    import rain_core.cpu_fast as cpu_fast
 
     monkeypatch.delenv(NO_COMPILE_ENV, raising=False)
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))
@@ -140,23 +148,21 @@ def test_auto_looks_for_a_package_with_weights_loaded_under_inference_mode_as_co
         eager, _ = _stream_frames(models, "eager", poses, reference)
         frames, stream = _stream_frames(models, "auto", poses, reference)
     assert torch.equal(frames, eager) and stream.stats["fast_path"] == "eager"
-    assert cpu_fast._WEIGHTS.get(models.denoising_unet) is not None  # the key was computed (and remembered)
+    assert compiled._WEIGHTS.get(models.denoising_unet) is not None  # the key was computed (and remembered)
 
 
 def test_a_package_that_cannot_be_built_falls_back_to_the_eager_tick(tiny_models, monkeypatch, caplog, tmp_path):
-    import rain_core.cpu_fast as cpu_fast
-
     monkeypatch.delenv(NO_COMPILE_ENV, raising=False)
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))
     if compiler_problem() is not None:
         pytest.skip(f"torch.compile cannot build here: {compiler_problem()}")
-    monkeypatch.setattr(cpu_fast, "_LOADED", {})
-    monkeypatch.setattr(cpu_fast, "_warned", set())
+    monkeypatch.setattr(compiled, "_LOADED", {})
+    monkeypatch.setattr(cpu, "_warned", set())
 
     def refuse(package, inputs, path):
         raise RuntimeError("export refused")
 
-    monkeypatch.setattr(cpu_fast, "_compile_package", refuse)
+    monkeypatch.setattr(compiled, "compile_package", refuse)
     package, inputs = _steady_package(tiny_models)
     damaged = tmp_path / "aoti" / f"{package.key(*inputs)}.pt2"
     damaged.parent.mkdir(parents=True)
@@ -174,24 +180,22 @@ def test_a_package_that_cannot_be_built_falls_back_to_the_eager_tick(tiny_models
 
 
 def test_auto_loads_a_compiled_tick_already_on_disk_and_never_compiles(tiny_models, monkeypatch, tmp_path):
-    import rain_core.cpu_fast as cpu_fast
-
     monkeypatch.delenv(NO_COMPILE_ENV, raising=False)
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))
     if compiler_problem() is not None:
         pytest.skip(f"torch.compile cannot build here: {compiler_problem()}")
-    monkeypatch.setattr(cpu_fast, "_LOADED", {})
+    monkeypatch.setattr(compiled, "_LOADED", {})
 
     def never(*args):
         raise AssertionError("fast_path auto compiled")
 
-    monkeypatch.setattr(cpu_fast, "_compile_package", never)
-    monkeypatch.setenv(cpu_fast.BACKGROUND_ENV, "0")  # and no background build either
+    monkeypatch.setattr(compiled, "compile_package", never)
+    monkeypatch.setenv(cpu.BACKGROUND_ENV, "0")  # and no background build either
     poses, reference = _inputs(4)
     eager, _ = _stream_frames(tiny_models, "eager", poses, reference)
     frames, stream = _stream_frames(tiny_models, "auto", poses, reference)  # nothing on disk: eager, nothing built
     assert torch.equal(frames, eager) and stream.stats["fast_path"] == "eager"
-    assert not isinstance(stream._tick()._unet, cpu_fast.CompiledUNet)
+    assert not isinstance(stream._tick()._unet, compiled.CompiledUNet)
 
     package, inputs = _steady_package(tiny_models, reference_seed=4)
     path = tmp_path / "aoti" / f"{package.key(*inputs)}.pt2"
@@ -204,7 +208,7 @@ def test_auto_loads_a_compiled_tick_already_on_disk_and_never_compiles(tiny_mode
         loaded.append(where)
         return lambda sample, timesteps, features, *extra: streams[-1]._tick()._unet_eager(sample, timesteps, features)
 
-    monkeypatch.setattr(cpu_fast, "_load_package", load)
+    monkeypatch.setattr(compiled, "_load_package", load)
     config = StreamConfig(levels=2, frames_per_cohort=2, steps=2, height=32, width=32)
     stream = RainStream(tiny_models, config)
     streams.append(stream)
@@ -242,20 +246,27 @@ def test_passive_wait_is_set_only_before_torch_and_never_over_the_users_choice()
         assert result.stdout.strip() == expected, (extra, result.stdout, result.stderr)
 
 
-def test_a_host_that_loaded_torch_first_is_told_how_to_stop_spinning(monkeypatch, caplog):
-    import rain_core.cpu_fast as cpu_fast
+def test_importing_rain_core_loads_no_torch():
+    """rain_core/__init__.py imports rain_core.cpu to set the wait policy: neither may load torch (OpenMP reads the
+    policy when torch loads)."""
+    script = "import sys, rain_core, rain_core.cpu; print('torch' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", script], env={**os.environ, "PYTHONPATH": str(ROOT)},
+                            capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert result.returncode == 0 and result.stdout.strip() == "False", (result.stdout, result.stderr)
 
+
+def test_a_host_that_loaded_torch_first_is_told_how_to_stop_spinning(monkeypatch, caplog):
     monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
     monkeypatch.delenv("RAIN_CPU_TUNING", raising=False)
-    monkeypatch.setattr(cpu_fast, "_WAIT_POLICY_TOO_LATE", False)
-    monkeypatch.setattr(cpu_fast, "_warned", set())
-    cpu_fast.prefer_passive_wait()  # torch is loaded in this process: too late, remembered
+    monkeypatch.setattr(cpu, "_WAIT_POLICY_TOO_LATE", False)
+    monkeypatch.setattr(cpu, "_warned", set())
+    cpu.prefer_passive_wait()  # torch is loaded in this process: too late, remembered
     threads = torch.get_num_threads()
     try:
         torch.set_num_threads(2)
         with caplog.at_level(logging.WARNING, logger="rain.cpu"):
-            cpu_fast.note_wait_policy()
-            cpu_fast.note_wait_policy()
+            cpu.note_wait_policy()
+            cpu.note_wait_policy()
     finally:
         torch.set_num_threads(threads)
     messages = [r.getMessage() for r in caplog.records if r.name == "rain.cpu"]
@@ -265,7 +276,7 @@ def test_a_host_that_loaded_torch_first_is_told_how_to_stop_spinning(monkeypatch
 def test_compiled_code_is_cached_under_rain_unless_the_user_chose_a_folder(monkeypatch, tmp_path):
     from torch._inductor.runtime.cache_dir_utils import default_cache_dir
 
-    from rain_core.cpu_fast import CACHE_ENV, cache_dir
+    from rain_core.stream.compile_cache import CACHE_ENV, cache_dir
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     monkeypatch.setenv(CACHE_ENV, default_cache_dir())  # what importing inductor puts there: not a choice
@@ -290,19 +301,17 @@ def test_compiled_stream_equals_eager_over_warmup_steady_ticks_and_flush(tiny_mo
         pytest.skip(f"torch.compile cannot build here: {compiler_problem()}")
     poses, reference = _inputs(1)
     eager, _ = _stream_frames(tiny_models, "eager", poses, reference)
-    import rain_core.cpu_fast as cpu_fast
-
-    monkeypatch.setattr(cpu_fast, "_LOADED", {})
-    compiled, stream = _stream_frames(tiny_models, "compile", poses, reference)
+    monkeypatch.setattr(compiled, "_LOADED", {})
+    frames, stream = _stream_frames(tiny_models, "compile", poses, reference)
     unet = stream._tick()._unet
     assert unet.active, unet.problem
     assert unet.source in ("compiled", "cache")  # "cache": an earlier run filled TORCHINDUCTOR_CACHE_DIR
     assert unet.compiled_calls >= 4  # every steady tick (2 levels × 2 frames: 6 cohorts, 2 UNet calls… once each)
-    assert compiled.shape == eager.shape
-    assert (compiled - eager).abs().max().item() <= 1e-4
+    assert frames.shape == eager.shape
+    assert (frames - eager).abs().max().item() <= 1e-4
 
     # a second start (nothing loaded in this process) and another reference image: the package comes from disk
-    monkeypatch.setattr(cpu_fast, "_LOADED", {})
+    monkeypatch.setattr(compiled, "_LOADED", {})
     other_poses, other_reference = _inputs(3)
     eager_other, _ = _stream_frames(tiny_models, "eager", other_poses, other_reference)
     loaded, stream = _stream_frames(tiny_models, "compile", other_poses, other_reference)
@@ -310,7 +319,7 @@ def test_compiled_stream_equals_eager_over_warmup_steady_ticks_and_flush(tiny_mo
     assert unet.active and unet.source == "cache" and unet.compiled_calls >= 4, unet.problem
     assert (loaded - eager_other).abs().max().item() <= 1e-4
     # fast_path "auto" finds it too (the key it predicts before the first tick is the one the tick used)
-    monkeypatch.setattr(cpu_fast, "_LOADED", {})
+    monkeypatch.setattr(compiled, "_LOADED", {})
     auto, stream = _stream_frames(tiny_models, "auto", other_poses, other_reference)
     unet = stream._tick()._unet
     assert stream.stats["fast_path"] == "compile" and unet.source == "cache" and unet.compiled_calls >= 4
@@ -319,14 +328,12 @@ def test_compiled_stream_equals_eager_over_warmup_steady_ticks_and_flush(tiny_mo
 
 def test_a_background_job_rebuilds_the_same_steady_call_with_the_same_key(tiny_models, tmp_path):
     """What the background child gets (a job folder) is enough to rebuild the exact call: same key, same output."""
-    import rain_core.cpu_fast as cpu_fast
-
     package, inputs = _steady_package(tiny_models)
     generator = torch.Generator().manual_seed(7)
     inputs = (torch.randn(inputs[0].shape, generator=generator), inputs[1], torch.randn(inputs[2].shape, generator=generator))
     path = tmp_path / "aoti" / f"{package.key(*inputs)}.pt2"
-    cpu_fast._write_job(package, inputs, path, tmp_path / "job")
-    rebuilt, rebuilt_inputs, rebuilt_path = cpu_fast.read_job(tmp_path / "job")
+    background_build._write_job(package, inputs, path, tmp_path / "job")
+    rebuilt, rebuilt_inputs, rebuilt_path = background_build.read_job(tmp_path / "job")
     assert rebuilt_path == path and rebuilt.key(*rebuilt_inputs) == path.stem
     assert rebuilt.unet is not package.unet and rebuilt.names == package.names
     with torch.no_grad():
@@ -336,42 +343,38 @@ def test_a_background_job_rebuilds_the_same_steady_call_with_the_same_key(tiny_m
 
 
 def test_auto_builds_no_background_tick_when_told_not_to_or_without_a_compiler(tiny_models, monkeypatch, tmp_path):
-    import rain_core.cpu_fast as cpu_fast
-
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))
     monkeypatch.delenv(NO_COMPILE_ENV, raising=False)
-    monkeypatch.setenv(cpu_fast.BACKGROUND_ENV, "0")
+    monkeypatch.setenv(cpu.BACKGROUND_ENV, "0")
     poses, reference = _inputs(2)
     _, stream = _stream_frames(tiny_models, "auto", poses, reference)
-    assert not isinstance(stream._tick()._unet, cpu_fast.CompiledUNet) and not (tmp_path / "aoti").exists()
-    monkeypatch.delenv(cpu_fast.BACKGROUND_ENV)
+    assert not isinstance(stream._tick()._unet, compiled.CompiledUNet) and not (tmp_path / "aoti").exists()
+    monkeypatch.delenv(cpu.BACKGROUND_ENV)
     monkeypatch.setenv(NO_COMPILE_ENV, "1")
     _, stream = _stream_frames(tiny_models, "auto", poses, reference)
-    assert not isinstance(stream._tick()._unet, cpu_fast.CompiledUNet) and not (tmp_path / "aoti").exists()
+    assert not isinstance(stream._tick()._unet, compiled.CompiledUNet) and not (tmp_path / "aoti").exists()
 
 
 def test_a_library_stream_starts_no_background_build_unless_the_process_allows_it(tiny_models, monkeypatch, tmp_path):
     """RainStream from plain Python (a short script) with a compiler present: "auto" runs eagerly and starts no
     child; a long-lived host's `allow_background_compile()` (or RAIN_BACKGROUND_COMPILE=1) would allow one."""
-    import rain_core.cpu_fast as cpu_fast
-
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))
-    monkeypatch.delenv(cpu_fast.BACKGROUND_ENV, raising=False)
-    monkeypatch.setattr(cpu_fast, "_HOST_ALLOWS_BACKGROUND", False)
-    monkeypatch.setattr(cpu_fast, "compiler_problem", lambda: None)  # as on a machine with g++
+    monkeypatch.delenv(cpu.BACKGROUND_ENV, raising=False)
+    monkeypatch.setattr(cpu, "_HOST_ALLOWS_BACKGROUND", False)
+    monkeypatch.setattr(tick_module, "compiler_problem", lambda: None)  # as on a machine with g++ (the tick asks)
     started = []
-    monkeypatch.setattr(cpu_fast.BackgroundBuild, "start", classmethod(lambda cls, *a: started.append(a)))
+    monkeypatch.setattr(background_build.BackgroundBuild, "start", classmethod(lambda cls, *a: started.append(a)))
     poses, reference = _inputs(2)
     _, stream = _stream_frames(tiny_models, "auto", poses, reference)
     assert stream.stats["fast_path"] == "eager" and not started
-    assert not cpu_fast.background_compile_allowed()
-    monkeypatch.setenv(cpu_fast.BACKGROUND_ENV, "1")
-    assert cpu_fast.background_compile_allowed()
-    monkeypatch.delenv(cpu_fast.BACKGROUND_ENV)
-    cpu_fast.allow_background_compile()
-    assert cpu_fast.background_compile_allowed()
-    monkeypatch.setenv(cpu_fast.BACKGROUND_ENV, "0")  # the user's 0 wins over the host
-    assert not cpu_fast.background_compile_allowed()
+    assert not cpu.background_compile_allowed()
+    monkeypatch.setenv(cpu.BACKGROUND_ENV, "1")
+    assert cpu.background_compile_allowed()
+    monkeypatch.delenv(cpu.BACKGROUND_ENV)
+    cpu.allow_background_compile()
+    assert cpu.background_compile_allowed()
+    monkeypatch.setenv(cpu.BACKGROUND_ENV, "0")  # the user's 0 wins over the host
+    assert not cpu.background_compile_allowed()
 
 
 @pytest.mark.slow
@@ -380,15 +383,13 @@ def test_auto_builds_the_compiled_tick_in_the_background_and_switches_to_it(tiny
     call; the stream switches when it is ready, with frames equal to the eager ones; the next start loads it."""
     import time
 
-    import rain_core.cpu_fast as cpu_fast
-
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))
     monkeypatch.delenv(NO_COMPILE_ENV, raising=False)
-    monkeypatch.delenv(cpu_fast.BACKGROUND_ENV, raising=False)
-    monkeypatch.setattr(cpu_fast, "_HOST_ALLOWS_BACKGROUND", True)  # what a long-lived host says
+    monkeypatch.delenv(cpu.BACKGROUND_ENV, raising=False)
+    monkeypatch.setattr(cpu, "_HOST_ALLOWS_BACKGROUND", True)  # what a long-lived host says
     if compiler_problem() is not None:
         pytest.skip(f"torch.compile cannot build here: {compiler_problem()}")
-    monkeypatch.setattr(cpu_fast, "_LOADED", {})
+    monkeypatch.setattr(compiled, "_LOADED", {})
     poses, reference = _inputs(6)
     config = StreamConfig(levels=2, frames_per_cohort=2, steps=2, height=32, width=32)
     stream, eager = RainStream(tiny_models, config), RainStream(tiny_models, dataclasses.replace(config, fast_path="eager"))
@@ -410,7 +411,7 @@ def test_auto_builds_the_compiled_tick_in_the_background_and_switches_to_it(tiny
     assert unet.source == "background" and unet.compiled_calls >= 3 and unet.problem is None
     assert difference <= 1e-4
     assert list((tmp_path / "aoti").glob("*.pt2")) and not list((tmp_path / "aoti").glob("jobs/*/job.json"))
-    monkeypatch.setattr(cpu_fast, "_LOADED", {})
+    monkeypatch.setattr(compiled, "_LOADED", {})
     _, again = _stream_frames(tiny_models, "auto", poses, reference)  # the next start loads what the child built
     assert again.stats["fast_path"] == "compile" and again._tick()._unet.source == "cache"
 
@@ -421,22 +422,21 @@ def test_a_background_build_that_fails_leaves_a_marker_and_is_not_retried_at_eve
     import json
     import subprocess
 
-    import rain_core.cpu_fast as cpu_fast
-
     package, inputs = _steady_package(tiny_models)
     path = tmp_path / "aoti" / ("0" * 32 + ".pt2")  # not this call's key
     job = tmp_path / "aoti" / "jobs" / path.stem
-    cpu_fast._write_job(package, inputs, path, job)
+    background_build._write_job(package, inputs, path, job)
     spec = json.loads((job / "job.json").read_text())
     spec["threads"] = torch.get_num_threads()
     (job / "job.json").write_text(json.dumps(spec))
-    script = "import sys; from rain_core.cpu_fast import build_job; build_job(sys.argv[1])"
+    assert background_build.PACKAGE_ROOT == ROOT  # the child's cwd and PYTHONPATH: where `import rain_core` works
+    script = f"import sys; from {background_build.CHILD_MODULE} import build_job; build_job(sys.argv[1])"
     result = subprocess.run([sys.executable, "-c", script, str(job)], cwd=ROOT, capture_output=True, text=True,
                             timeout=300, env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert result.returncode != 0 and "rebuilt call has key" in result.stderr
     assert "rebuilt call has key" in path.with_suffix(".failed").read_text()
     assert not job.exists() and not path.with_suffix(".building").exists() and not path.exists()
-    build = cpu_fast.BackgroundBuild.start(package, inputs, path)
+    build = background_build.BackgroundBuild.start(package, inputs, path)
     assert build.process is None and build.finished() and "to retry" in build.failure()
 
 
@@ -445,7 +445,7 @@ def test_a_background_build_that_fails_leaves_a_marker_and_is_not_retried_at_eve
 _PARENT = """
 import sys, time
 from pathlib import Path
-from rain_core.cpu_fast import BackgroundBuild, read_job
+from rain_core.stream.background_build import BackgroundBuild, read_job
 package, inputs, path = read_job(Path(sys.argv[1]))
 build = BackgroundBuild.start(package, inputs, path)
 print(build.process.pid, flush=True)
@@ -470,14 +470,12 @@ def test_a_background_builder_ends_with_its_parent_and_cleans_up(tiny_models, tm
     its job folder, its marker and any half-written package, and leaves no failure marker."""
     import signal
 
-    import rain_core.cpu_fast as cpu_fast
-
     if os.name != "posix":
         pytest.skip("POSIX signals")
     package, inputs = _steady_package(tiny_models)
     cache = tmp_path / "aoti"
     path = cache / f"{package.key(*inputs)}.pt2"
-    cpu_fast._write_job(package, inputs, path, tmp_path / "seed-job")  # what the parent rebuilds the call from
+    background_build._write_job(package, inputs, path, tmp_path / "seed-job")  # what the parent rebuilds the call from
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     parent = subprocess.Popen([sys.executable, "-c", _PARENT, str(tmp_path / "seed-job")], cwd=ROOT, env=env,
                               stdout=subprocess.PIPE, text=True)
@@ -503,8 +501,6 @@ def test_stale_builder_leftovers_are_recovered_and_live_ones_kept(tmp_path, monk
     """What a builder killed by SIGKILL leaves (marker with its dead pid, job folder, half-written package) is
     removed by the next start (`recover_stale_builds`, run by BackgroundBuild.start and `rain cache`); a marker
     whose builder still runs blocks nothing of its own and is kept."""
-    import rain_core.cpu_fast as cpu_fast
-
     dead = subprocess.Popen(["true"])
     dead.wait()
     cache = tmp_path / "aoti"
@@ -514,14 +510,12 @@ def test_stale_builder_leftovers_are_recovered_and_live_ones_kept(tmp_path, monk
     (cache / f".{'a' * 32}.pt2.rain-tmp-{dead.pid}-xyz.pt2").write_bytes(b"half a package")
     (cache / f"{'b' * 32}.building").write_text(str(os.getpid()))  # a build that runs (this process)
     (cache / "jobs" / ("b" * 32)).mkdir()
-    assert cpu_fast.recover_stale_builds(cache) == ["a" * 32]
+    assert compile_cache.recover_stale_builds(cache) == ["a" * 32]
     left = sorted(p.relative_to(cache).as_posix() for p in cache.rglob("*"))
     assert left == ["b" * 32 + ".building", "jobs", "jobs/" + "b" * 32]
 
 
 def test_the_package_cache_keeps_the_most_recently_used_within_its_bound(tmp_path, monkeypatch):
-    import rain_core.cpu_fast as cpu_fast
-
     cache = tmp_path / "aoti"
     cache.mkdir()
     now = time.time()
@@ -530,13 +524,13 @@ def test_the_package_cache_keeps_the_most_recently_used_within_its_bound(tmp_pat
         package.write_bytes(b"x" * 400_000)
         package.with_suffix(".log").write_text("compiled")
         os.utime(package, (now - age * 100, now - age * 100))
-    monkeypatch.setenv(cpu_fast.CACHE_MAX_ENV, "1")  # 1 MB: two packages of 0.4 MB fit
-    removed = cpu_fast.evict_packages(keep=cache / f"{'a' * 32}.pt2")  # just loaded: kept although oldest
+    monkeypatch.setenv(compile_cache.CACHE_MAX_ENV, "1")  # 1 MB: two packages of 0.4 MB fit
+    removed = compile_cache.evict_packages(keep=cache / f"{'a' * 32}.pt2")  # just loaded: kept although oldest
     assert sorted(p.name[0] for p in removed) == ["b", "c"]
     assert sorted(p.name for p in cache.iterdir()) == [f"{'a' * 32}.log", f"{'a' * 32}.pt2", f"{'d' * 32}.log",
                                                       f"{'d' * 32}.pt2"]
-    monkeypatch.setenv(cpu_fast.CACHE_MAX_ENV, "0")  # no bound
-    assert cpu_fast.evict_packages() == []
+    monkeypatch.setenv(compile_cache.CACHE_MAX_ENV, "0")  # no bound
+    assert compile_cache.evict_packages() == []
 
 
 def test_rain_cache_shows_and_clears_the_compiled_tick_cache(tmp_path, monkeypatch, capsys):
