@@ -69,9 +69,18 @@ class RainLoadError(ValueError):
 # ---- reading files -----------------------------------------------------------------------------------------
 
 
-def read_state_dict(path: str | os.PathLike, part: str = "checkpoint") -> dict[str, torch.Tensor]:
+def read_state_dict(path: str | os.PathLike, part: str = "checkpoint", mmap: bool = False) -> dict[str, torch.Tensor]:
     """Tensors of a .safetensors / .pth / .pt / .ckpt / .bin file on the CPU. Pickles load with
-    weights_only=True only. Raises RainLoadError for a missing, truncated, corrupt or non-checkpoint file."""
+    weights_only=True only. Raises RainLoadError for a missing, truncated, corrupt or non-checkpoint file.
+
+    mmap=True maps a torch.save zip archive instead of reading it (its tensors are the file's pages, read when
+    touched, never a second copy in memory; the legacy pickle format is read as usual); safetensors files are
+    always mapped and copied tensor by tensor."""
+    return _read(path, part, mmap)[0]
+
+
+def _read(path: str | os.PathLike, part: str, mmap: bool) -> tuple[dict[str, torch.Tensor], bool]:
+    """`read_state_dict`, and whether its tensors are pages of the mapped file."""
     path = Path(path)
     expected = PART_DESCRIPTIONS.get(part, part)
     if not path.exists():
@@ -81,10 +90,11 @@ def read_state_dict(path: str | os.PathLike, part: str = "checkpoint") -> dict[s
     if path.stat().st_size == 0:
         raise RainLoadError(f"{path}: the file is empty; expected {expected}. Download it again.")
     try:
+        mapped = mmap and path.suffix != ".safetensors" and zipfile.is_zipfile(path)
         if path.suffix == ".safetensors":
             state = load_file(str(path), device="cpu")
         else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
+            state = torch.load(path, map_location="cpu", weights_only=True, **({"mmap": True} if mapped else {}))
     except (SafetensorError, RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, OSError) as error:
         # a pickled object, refused by weights_only=True ("This file can still be loaded"; a text file fails the
         # same check without that sentence and is described below)
@@ -109,7 +119,7 @@ def read_state_dict(path: str | os.PathLike, part: str = "checkpoint") -> dict[s
         state = state["state_dict"]  # Lightning-style wrapper (AnimateDiff, LDM checkpoints)
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise RainLoadError(f"{path}: holds a {type(state).__name__}, not a dict of tensors; expected {expected}.")
-    return state
+    return state, mapped
 
 
 def _describe_unreadable(path: Path) -> str:
@@ -191,9 +201,21 @@ def check_state_dict(
     raise RainLoadError("\n".join(lines))
 
 
-def _assign(model: nn.Module, state: dict[str, torch.Tensor]) -> nn.Module:
+def _assign(
+    model: nn.Module, state: dict[str, torch.Tensor], dtype: torch.dtype | None = None, mapped: bool = False
+) -> nn.Module:
     """Load a checked state dict into a meta-device model without allocating twice, then rebuild the
-    recomputable buffers the file did not carry."""
+    recomputable buffers the file did not carry. With `dtype`, floating tensors are converted one at a time
+    (the file's tensors are dropped from `state` as they go), so a model loads straight into its precision:
+    never the whole model in the file's precision and again in the target one. `mapped`: the tensors are pages
+    of a mapped file (`_read(..., mmap=True)`), given back as soon as each is converted."""
+    if dtype is not None:
+        for name in list(state):
+            tensor = state.pop(name)
+            converted = tensor.to(dtype) if tensor.is_floating_point() and tensor.dtype != dtype else tensor
+            if mapped and converted is not tensor:
+                _release_pages(tensor)
+            state[name] = converted
     model.load_state_dict(state, strict=False, assign=True)
     for module in model.modules():
         for name, buffer in list(module.named_buffers(recurse=False)):
@@ -203,6 +225,29 @@ def _assign(model: nn.Module, state: dict[str, torch.Tensor]) -> nn.Module:
         if param.is_meta:
             raise RainLoadError(f"internal: parameter {name} was not loaded")
     return model
+
+
+def _release_pages(tensor: torch.Tensor) -> None:
+    """Give back the memory pages of a tensor read from a mapped file once it has been converted (they would
+    otherwise stay resident until the whole file is unmapped: a 5 GB file converted to bf16 would peak at 1.5×
+    its size). Only clean pages of a private file mapping are dropped; reading them again would read the file.
+    Call it only on tensors of a private file mapping; a no-op off Linux."""
+    import ctypes
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        page = os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, AttributeError):
+        return
+    start = tensor.data_ptr()
+    end = start + tensor.numel() * tensor.element_size()
+    first, last = -(-start // page) * page, end // page * page  # whole pages inside this tensor only
+    if last > first:
+        libc.madvise(ctypes.c_void_p(first), ctypes.c_size_t(last - first), 4)  # MADV_DONTNEED
 
 
 def _rebuild_buffer(module: nn.Module, name: str) -> torch.Tensor:
@@ -256,6 +301,16 @@ def _read_config_file(folder: Path) -> tuple[RainModelConfig, dict]:
         raise RainLoadError(f"{path}: not a valid RAIN model config ({error}).") from error
 
 
+def _meta_network(part: str, config: RainModelConfig) -> nn.Module:
+    """One RAIN network of `config` on the meta device (no memory), ready to receive checked tensors."""
+    with torch.device("meta"):
+        if part == "reference_unet":
+            return ReferenceUNet(config)
+        if part == "denoising_unet":
+            return DenoisingUNet(config)
+        return PoseGuider(config.pose_channels, config.pose_guider_channels)
+
+
 def _meta_networks(folder: Path, config: RainModelConfig | None):
     """The folder's config (its rain_config.json, else `config`, else SD-1.5 size), the extras stored with it,
     and the three RAIN networks built on the meta device (no memory) ready to receive checked tensors."""
@@ -263,13 +318,34 @@ def _meta_networks(folder: Path, config: RainModelConfig | None):
     if (folder / CONFIG_NAME).exists():
         config, extras = _read_config_file(folder)
     config = config or RainModelConfig.sd15()
-    with torch.device("meta"):
-        networks = {
-            "reference_unet": ReferenceUNet(config),
-            "denoising_unet": DenoisingUNet(config),
-            "pose_guider": PoseGuider(config.pose_channels, config.pose_guider_channels),
-        }
-    return config, extras, networks
+    return config, extras, {part: _meta_network(part, config) for part in PART_FILES}
+
+
+def _fill(network: nn.Module, folder: Path, part: str, dtype: torch.dtype) -> nn.Module:
+    """Fill a meta-device network from its file in `folder`, straight into `dtype`: the file is mapped, not read
+    (one copy of the weights at most: in float32 the file's own pages, otherwise each tensor converted as it goes)."""
+    path = _find_part(folder, part)
+    state, mapped = _read(path, part, mmap=True)
+    check_state_dict(state, network, path, part)
+    return _assign(network, state, dtype, mapped)
+
+
+def load_network(
+    folder: str | os.PathLike,
+    part: str,
+    device="cpu",
+    dtype: torch.dtype = torch.float32,
+    config: RainModelConfig | None = None,
+) -> nn.Module:
+    """One RAIN network of `folder` ("reference_unet", "denoising_unet" or "pose_guider"), in eval mode,
+    loaded straight into `dtype` on `device` (see `load_rain` for the folder and `config`)."""
+    if part not in PART_FILES:
+        raise ValueError(f"load_network: part must be one of {sorted(PART_FILES)}, found {part!r}")
+    folder = Path(folder)
+    if (folder / CONFIG_NAME).exists():
+        config = _read_config_file(folder)[0]
+    network = _fill(_meta_network(part, config or RainModelConfig.sd15()), folder, part, dtype)
+    return network.to(device).eval()
 
 
 def load_rain(
@@ -280,6 +356,7 @@ def load_rain(
     device="cpu",
     dtype: torch.dtype = torch.float32,
     config: RainModelConfig | None = None,
+    release_reference: bool = False,
 ) -> RainModels:
     """Load RAIN from `folder` (official .pth files or our safetensors layout; safetensors preferred).
 
@@ -287,21 +364,25 @@ def load_rain(
     folder (sd-image-variations `image_encoder`); taesdv: taesdv.pth. Each defaults to what the folder holds
     (our layout) or to a sibling folder/file of the usual name. config: the model size when the folder has no
     rain_config.json (default: the released SD-1.5 size).
+
+    Every network goes straight into `dtype`: files are mapped and converted one tensor at a time, so loading
+    never holds the weights twice (float32 weights stay the mapped file's pages). release_reference=True frees
+    the reference UNet and the image encoder once a reference is encoded (the authors' demo unloads its
+    reference part the same way: at full size 4.7 GB in float32, 2.3 GB in bfloat16); they are loaded again
+    from their files, in the models' device and dtype at that time, for the next reference or a restored state
+    (`RainModels.reference_networks`).
     """
     folder = Path(folder)
     if not folder.is_dir():
         raise RainLoadError(f"{folder}: checkpoint folder not found. {DOWNLOAD_HINT}")
     check_device_dtype(device, dtype)
     config, extras, networks = _meta_networks(folder, config)
-
     for part, network in networks.items():
-        path = _find_part(folder, part)
-        state = read_state_dict(path, part)
-        check_state_dict(state, network, path, part)
-        _assign(network, state)
+        _fill(network, folder, part, dtype)
 
-    codec = _load_codec(folder, config, extras, vae)
-    encoder = _load_image_encoder(folder, config, extras, image_encoder)
+    # each part in its precision before the next loads: at most one part in float32 at a time
+    codec = _load_codec(folder, config, extras, vae).to(dtype)
+    encoder = _load_image_encoder(folder, config, extras, image_encoder).to(dtype)
     fast_decoder = _load_taesdv(folder, config, taesdv)
     models = RainModels(
         config,
@@ -310,9 +391,19 @@ def load_rain(
         networks["pose_guider"],
         codec,
         encoder,
-        fast_decoder,
+        None if fast_decoder is None else fast_decoder.to(dtype),
     )
-    return models.to(device=device, dtype=dtype).eval()
+    models = models.to(device=device, dtype=dtype).eval()
+
+    def reference_unet(device, dtype):
+        return _fill(_meta_network("reference_unet", config), folder, "reference_unet", dtype).to(device).eval()
+
+    def image_encoder_again(device, dtype):
+        return _load_image_encoder(folder, config, extras, image_encoder).to(device=device, dtype=dtype).eval()
+
+    models.set_reference_loaders(reference_unet=reference_unet, image_encoder=image_encoder_again)
+    models.release_reference_after_use(release_reference)
+    return models
 
 
 def _find_part(folder: Path, part: str) -> Path:
