@@ -19,6 +19,7 @@ from .common import (
     check_reference,
     emit,
     load_models,
+    memory_gib,
     model_folder_size,
     partial_path,
     pose_frames,
@@ -62,6 +63,7 @@ def _input_fps(poses: Path) -> float | None:
 
 
 def run(args) -> int:
+    import torch
     from tqdm import tqdm
 
     from ..stream import RainStream
@@ -78,15 +80,20 @@ def run(args) -> int:
     frames = pose_frames(args, args.height, args.width)
     if not is_keypoint_source(poses):
         frames = check_pose_frames(frames, args.poses, args.pose_check)
+    started = time.perf_counter()
     models, folder = load_models(args)
+    loaded, memory = time.perf_counter(), {"loaded": memory_gib()}
     stream = RainStream(models, stream_config(args))
     stream.set_reference(reference)
     start = time.perf_counter()
+    memory["reference"] = memory_gib()
     sink = VideoSink(out, fps=fps)
+    tick_seconds = []
     try:
         with tqdm(desc="rain animate", unit="frame", disable=args.json) as bar:
             count, interrupted = run_stream_to_sink(stream, frames, sink, args.frames_per_cohort, args.max_frames,
-                                                    bar, flush_on_interrupt=args.keep_partial)
+                                                    bar, flush_on_interrupt=args.keep_partial,
+                                                    tick_seconds=tick_seconds)
         if interrupted:
             if args.keep_partial and sink.frames_written:
                 sink.output_path = partial_path(sink.output_path)  # the sink renames its temporary file to this
@@ -105,9 +112,22 @@ def run(args) -> int:
     apply_umask(written)
     seconds = time.perf_counter() - start
     stats = stream.stats
+    warm_up = args.levels - 1  # ticks before the window is full: no frame leaves yet
+
+    def median(values):
+        values = sorted(values)
+        return values[len(values) // 2] if values else None
+
     summary = {"output": str(written), "frames": stats["frames_out"], "fps": stats["frames_out"] / seconds,
                "output_fps": fps, "size": [args.height, args.width], "ms_per_tick": stats["mean_ms_per_tick"],
-               "latency_frames": stats["latency_frames"], "model": str(folder)}
+               "latency_frames": stats["latency_frames"], "model": str(folder), "dtype": str(models.dtype)[6:],
+               "threads": torch.get_num_threads(),
+               "load_seconds": loaded - started, "reference_seconds": start - loaded,
+               # every push of m frames (one tick), warm-up first: wall seconds, and CPU seconds of this process
+               "tick_seconds": [wall for wall, _ in tick_seconds], "tick_cpu_seconds": [cpu for _, cpu in tick_seconds],
+               "steady_seconds_per_tick": median(wall for wall, _ in tick_seconds[warm_up:]),  # median after warm-up
+               "steady_cpu_seconds_per_tick": median(cpu for _, cpu in tick_seconds[warm_up:]),
+               "memory_gib": {**memory, "end": memory_gib()}}
     emit(args, summary, [f"wrote {summary['output']} ({summary['frames']} frames, {args.height}×{args.width}, "
                          f"{fps:g} fps)",
                          f"speed: {summary['fps']:.2f} fps, {summary['ms_per_tick'] or 0:.1f} ms per tick, "

@@ -184,8 +184,25 @@ def load_models(args):
         torch.set_num_threads(threads)
     dtype = resolve_dtype(args.dtype, device)
     folder = resolve_model_folder(getattr(args, "model", None))
-    models = load_rain(folder, **model_parts(args, folder), device=device, dtype=dtype)
+    # Each command encodes its reference once per stream: the reference UNet and image encoder are freed after
+    # that (4.7 GB at full size in float32) and loaded again from their files if another reference comes.
+    models = load_rain(folder, **model_parts(args, folder), device=device, dtype=dtype, release_reference=True)
     return models, folder
+
+
+def memory_gib() -> dict:
+    """This process's resident memory now and at its peak, in GiB (Linux /proc; elsewhere the peak from
+    getrusage, or None)."""
+    try:
+        with open("/proc/self/status") as handle:
+            fields = dict(line.split(":", 1) for line in handle if ":" in line)
+        return {"rss_gib": int(fields["VmRSS"].split()[0]) / 2**20, "peak_rss_gib": int(fields["VmHWM"].split()[0]) / 2**20}
+    except (OSError, KeyError, ValueError):
+        import resource
+        import sys
+
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # kB on Linux, bytes on macOS
+        return {"rss_gib": None, "peak_rss_gib": peak / (2**30 if sys.platform == "darwin" else 2**20)}
 
 
 def model_folder_size(args) -> tuple[int, int]:
@@ -257,13 +274,17 @@ def partial_path(path: Path) -> Path:
 
 
 def run_stream_to_sink(stream, frames, sink, frames_per_cohort: int, limit: int | None, progress=None,
-                       flush_on_interrupt: bool = False):
+                       flush_on_interrupt: bool = False, tick_seconds: list | None = None):
     """Push frames m at a time and write what comes out; at the end push the rest and flush.
 
     Ctrl-C stops reading. With `flush_on_interrupt` the frames already pushed are still flushed (the warm-up's
     p − 1 ticks at most), and a second Ctrl-C skips that flush; without it nothing more is computed. Returns
-    (pose frames read, interrupted).
+    (pose frames read, interrupted). `tick_seconds`, when given, receives (wall seconds, CPU seconds of this
+    process) of every full push (one tick each: the first p − 1 are warm-up), not counting reading or writing
+    frames; the CPU time is what the tick costs whatever else the machine runs.
     """
+    import time
+
     import numpy as np
 
     batch, count, interrupted = [], 0, False
@@ -277,7 +298,11 @@ def run_stream_to_sink(stream, frames, sink, frames_per_cohort: int, limit: int 
             batch.append(frame)
             count += 1
             if len(batch) == frames_per_cohort:
-                write(stream.push(np.stack(batch)))
+                started, cpu = time.perf_counter(), time.process_time()
+                out = stream.push(np.stack(batch))
+                if tick_seconds is not None:
+                    tick_seconds.append((time.perf_counter() - started, time.process_time() - cpu))
+                write(out)
                 batch = []
                 if progress is not None:
                     progress.update(frames_per_cohort)
