@@ -87,12 +87,18 @@ def free_port() -> int:
 
 
 class Server:
-    def __init__(self, workdir: Path):
+    """`base_directory=True`: the workdir is ComfyUI's base directory (`--base-directory`), so ComfyUI's own models/
+    folder, where downloads go, is the workdir's; otherwise only models/rain and custom_nodes are added to the
+    checkout's. `env`: variables added to the server's environment."""
+
+    def __init__(self, workdir: Path, base_directory: bool = False, env: dict | None = None):
         self.workdir = workdir
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.log_path = workdir / "server.log"
         self.process = None
+        self.base_directory = base_directory
+        self.env = env or {}
 
     def start(self):
         custom_nodes = self.workdir / "custom_nodes"
@@ -101,7 +107,10 @@ class Server:
         models = self.workdir / "models"
         (models / "rain").mkdir(parents=True, exist_ok=True)
         paths = self.workdir / "paths.yaml"
-        paths.write_text(f"pack_under_test:\n    custom_nodes: {custom_nodes}\n    rain: {models / 'rain'}\n")
+        if self.base_directory:
+            paths.write_text("{}\n")  # the base directory holds custom_nodes/ and models/ already
+        else:
+            paths.write_text(f"pack_under_test:\n    custom_nodes: {custom_nodes}\n    rain: {models / 'rain'}\n")
         inputs = self.input = self.workdir / "input"
         inputs.mkdir()
         # The user's own file of a name the examples use; the pack copies the other examples in at start-up.
@@ -111,9 +120,10 @@ class Server:
         command = [COMFY_PYTHON, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(self.port),
                    "--disable-api-nodes", "--extra-model-paths-config", str(paths), "--input-directory", str(inputs),
                    "--output-directory", str(self.output), "--temp-directory", str(self.workdir),
-                   "--disable-auto-launch"]
+                   "--disable-auto-launch"] + (["--base-directory", str(self.workdir)] if self.base_directory else [])
         self.log = open(self.log_path, "w")
-        self.process = subprocess.Popen(command, cwd=COMFYUI_DIR, stdout=self.log, stderr=subprocess.STDOUT)
+        self.process = subprocess.Popen(command, cwd=COMFYUI_DIR, stdout=self.log, stderr=subprocess.STDOUT,
+                                        env={**os.environ, **self.env})
         deadline = time.time() + 300
         while time.time() < deadline:
             if self.process.poll() is not None:
