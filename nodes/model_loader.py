@@ -21,7 +21,7 @@ WHERE_FILES_GO = """RAIN looks for these files in ComfyUI/models:
                                (reference_unet.pth, motion_unet.pth, pose_guider.pth; huggingface.co/Pscgylotti/RAIN-v0.1)
                                or our safetensors layout (rain_config.json + one .safetensors per part; `rain convert`)
   vae/sd-vae-ft-mse/           the SD VAE (config.json + diffusion_pytorch_model.safetensors; huggingface.co/stabilityai/sd-vae-ft-mse)
-  clip_vision/sd-image-variations/  the image encoder (config.json + model.safetensors; the image_encoder folder of
+  clip_vision/sd-image-variations/  the image encoder (config.json + pytorch_model.bin or model.safetensors; the image_encoder folder of
                                huggingface.co/lambdalabs/sd-image-variations-diffusers)
   vae_approx/taesdv.pth        optional fast decoder (github.com/madebyollin/taesdv)
 The built-in tiny-rain model needs none of them (it is a small demo model, not the released weights)."""
@@ -90,7 +90,7 @@ class LoadRainModel:
                 "tooltip": "A folder in models/rain holding the RAIN weights (official .pth files or our "
                            "safetensors layout). 'tiny-rain (built-in)' ships with the pack. 'RAIN-v0.1 (download "
                            "from Hugging Face)' fetches the released weights, the SD VAE, the image encoder and "
-                           "TAESDV into models/ on first use (about 5 GB; resumable), then loads them."}),
+                           "TAESDV into models/ on first use (about 10 GB; resumable), then loads them."}),
             "vae": ([AUTO] + host.list_models("vae"), {
                 "tooltip": "The SD VAE (sd-vae-ft-mse) in models/vae. auto: the one next to the RAIN weights, or "
                            "none for models with their own codec (tiny-rain)."}),
