@@ -24,6 +24,7 @@ import json
 import os
 import platform
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -83,24 +84,9 @@ def wait_for_memory(need_gib: float, wait_s: float, log) -> str | None:
         time.sleep(30)
 
 
-def run_child(command: list[str], env: dict, log_path: Path, timeout_s: float, cwd: Path = ROOT) -> dict:
-    """Run a command; its output to `log_path`; the exit code, wall time and the child's peak RSS (GiB)."""
-    started = time.perf_counter()
-    with open(log_path, "w") as log:
-        process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=log, text=True, cwd=cwd)
-        try:
-            stdout, _ = process.communicate(timeout=timeout_s)
-            timed_out = False
-        except subprocess.TimeoutExpired:
-            process.kill()
-            stdout, _ = process.communicate()
-            timed_out = True
-    # the waited child's high-water mark: ru_maxrss of RUSAGE_CHILDREN is the largest child so far, so each row
-    # runs in a fresh `python -c` wrapper that waits for its own child and reports it (wait4)
-    return {"code": process.returncode, "seconds": time.perf_counter() - started, "stdout": stdout,
-            "timed_out": timed_out}
-
-
+# The peak resident memory of a process (ru_maxrss from wait4) starts from its parent's at the fork: Linux folds
+# the forked image's high-water mark in at exec. So each command runs under this small wrapper (~10 MB, not the
+# bench's hundreds), which waits for it and reports its figure.
 WRAPPER = """
 import json, os, subprocess, sys
 process = subprocess.Popen(sys.argv[1:])
@@ -112,12 +98,25 @@ sys.exit(code if code >= 0 else 1)
 
 
 def measured(command: list[str], env: dict, log_path: Path, timeout_s: float, cwd: Path = ROOT) -> dict:
-    """`command` through the wait4 wrapper: its stdout, exit code and peak RSS (GiB) of that process alone."""
-    result = run_child([sys.executable, "-c", WRAPPER, *command], env, log_path, timeout_s, cwd)
+    """Run `command` (stderr to `log_path`, stdout beside it as .out): exit code, wall seconds, stdout, and the
+    peak resident memory of that process alone (GiB). After `timeout_s` it is killed with its wrapper."""
+    started = time.perf_counter()
+    out_path = log_path.with_suffix(".out")
+    with open(out_path, "w") as out, open(log_path, "w") as err:
+        process = subprocess.Popen([sys.executable, "-c", WRAPPER, *command], env=env, stdout=out, stderr=err,
+                                   cwd=cwd, start_new_session=True)
+        try:
+            process.wait(timeout=timeout_s)
+            timed_out = False
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)  # its own session: the wrapper and the command, nothing else
+            process.wait()
+            timed_out = True
     child = next((json.loads(line.split(" ", 1)[1]) for line in log_path.read_text().splitlines()
                   if line.startswith("FULLSIZE_CHILD ")), None)
-    result["peak_rss_gib"] = child["maxrss_kib"] / 2**20 if child else None
-    return result
+    return {"code": child["code"] if child else process.returncode, "seconds": time.perf_counter() - started,
+            "stdout": out_path.read_text(), "timed_out": timed_out,
+            "peak_rss_gib": child["maxrss_kib"] / 2**20 if child else None}  # ru_maxrss: KiB on Linux
 
 
 def last_json(text: str) -> dict | None:
@@ -213,6 +212,7 @@ def parse_args(argv=None):
     parser.add_argument("--error-size", type=int, default=None, help="frame size of the precision table (256; 32 tiny)")
     parser.add_argument("--error-frames", type=int, default=32, help="frames of the whole-stream comparison (8 tiny)")
     parser.add_argument("--keep", action="store_true", help="keep what a previous run of rows measured (resume)")
+    parser.add_argument("--redo", default="", help="with --keep: rows to measure again, e.g. bf16:256,fp32:512")
     parser.add_argument("--source", default=None,
                         help="run `rain animate` from this checkout's rain_core instead (e.g. a `git archive` of an "
                         "earlier commit, for before/after figures)")
@@ -220,6 +220,7 @@ def parse_args(argv=None):
     args.sizes = [int(s) for s in (args.sizes or ("32" if args.tiny else "256,512")).split(",")]
     args.precisions = [p for p in args.precisions.split(",") if p]
     args.skip = {s for s in args.skip.split(",") if s}
+    args.redo = {(p, int(z)) for p, z in (item.split(":") for item in args.redo.split(",") if item)}
     args.error_size = args.error_size or (32 if args.tiny else 256)
     if args.tiny and args.error_frames == 32:
         args.error_frames = 8
@@ -255,7 +256,8 @@ def main(argv=None) -> dict:
         shutil.copy(root / "hub" / standin_hub.TINY_CONFIG, root / "models/rain/RAIN-v0.1/rain_config.json")
     save(out, results)
 
-    done = {(row["precision"], row["size"]): row for row in previous.get("rows", []) if "s_per_tick" in row}
+    done = {(row["precision"], row["size"]): row for row in previous.get("rows", [])
+            if "s_per_tick" in row and (row["precision"], row["size"]) not in args.redo}
     if "rows" not in args.skip:
         for size in args.sizes:
             for precision in args.precisions:

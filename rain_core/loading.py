@@ -377,13 +377,13 @@ def load_rain(
         raise RainLoadError(f"{folder}: checkpoint folder not found. {DOWNLOAD_HINT}")
     check_device_dtype(device, dtype)
     config, extras, networks = _meta_networks(folder, config)
+    # Every part straight into `dtype`, the small ones first: what their loaders hold for a moment (a mapped
+    # file's pages) then comes on top of little, not on top of the UNets.
+    codec = _load_codec(folder, config, extras, vae, dtype).to(dtype)
+    encoder = _load_image_encoder(folder, config, extras, image_encoder, dtype).to(dtype)
+    fast_decoder = _load_taesdv(folder, config, taesdv, dtype)
     for part, network in networks.items():
         _fill(network, folder, part, dtype)
-
-    # each part in its precision before the next loads: at most one part in float32 at a time
-    codec = _load_codec(folder, config, extras, vae).to(dtype)
-    encoder = _load_image_encoder(folder, config, extras, image_encoder).to(dtype)
-    fast_decoder = _load_taesdv(folder, config, taesdv)
     models = RainModels(
         config,
         networks["reference_unet"],
@@ -391,7 +391,7 @@ def load_rain(
         networks["pose_guider"],
         codec,
         encoder,
-        None if fast_decoder is None else fast_decoder.to(dtype),
+        fast_decoder,
     )
     models = models.to(device=device, dtype=dtype).eval()
 
@@ -399,7 +399,7 @@ def load_rain(
         return _fill(_meta_network("reference_unet", config), folder, "reference_unet", dtype).to(device).eval()
 
     def image_encoder_again(device, dtype):
-        return _load_image_encoder(folder, config, extras, image_encoder).to(device=device, dtype=dtype).eval()
+        return _load_image_encoder(folder, config, extras, image_encoder, dtype).to(device=device, dtype=dtype).eval()
 
     models.set_reference_loaders(reference_unet=reference_unet, image_encoder=image_encoder_again)
     models.release_reference_after_use(release_reference)
@@ -435,10 +435,19 @@ def _component_path(explicit, defaults: list[Path], missing: str, absent: str) -
     return found
 
 
-def _from_pretrained(model_class, path: Path, expected: str):
-    """A diffusers / transformers model from its save_pretrained folder, offline; RainLoadError if it is not one."""
+def _from_pretrained(model_class, path: Path, expected: str, dtype: torch.dtype | None = None):
+    """A diffusers / transformers model from its save_pretrained folder, offline, in `dtype` (loaded straight into it:
+    never the whole model in float32 first); RainLoadError if it is not one."""
+    kwargs = {}
+    if dtype is not None:
+        kwargs["torch_dtype"] = dtype
+        if model_class.__module__.startswith("transformers"):
+            import transformers
+
+            if tuple(int(x) for x in re.findall(r"\d+", transformers.__version__)[:2]) >= (4, 56):
+                kwargs = {"dtype": dtype}  # `torch_dtype` is deprecated from 4.56 on
     try:
-        return model_class.from_pretrained(str(path), local_files_only=True)
+        return model_class.from_pretrained(str(path), local_files_only=True, **kwargs)
     except Exception as error:
         raise RainLoadError(
             f"{path}: not a loadable {model_class.__name__} folder ({type(error).__name__}: "
@@ -446,7 +455,7 @@ def _from_pretrained(model_class, path: Path, expected: str):
         ) from error
 
 
-def _load_codec(folder: Path, config: RainModelConfig, extras: dict, vae_path) -> nn.Module:
+def _load_codec(folder: Path, config: RainModelConfig, extras: dict, vae_path, dtype=None) -> nn.Module:
     if config.codec == "space_to_depth":
         return SpaceToDepthCodec(config.codec_factor)
     from diffusers import AutoencoderKL
@@ -460,7 +469,8 @@ def _load_codec(folder: Path, config: RainModelConfig, extras: dict, vae_path) -
         "folder (Hugging Face stabilityai/sd-vae-ft-mse, e.g. models/vae/sd-vae-ft-mse).",
     )
     if path.is_dir():
-        vae = _from_pretrained(AutoencoderKL, path, "sd-vae-ft-mse (config.json + diffusion_pytorch_model.safetensors)")
+        vae = _from_pretrained(AutoencoderKL, path, "sd-vae-ft-mse (config.json + diffusion_pytorch_model.safetensors)",
+                               dtype)
         return VaeCodec(vae, config.vae_scaling_factor)
     vae_config = extras.get("vae") or config.vae
     if vae_config is None:
@@ -469,10 +479,12 @@ def _load_codec(folder: Path, config: RainModelConfig, extras: dict, vae_path) -
         vae = AutoencoderKL.from_config(vae_config)
     state = read_state_dict(path, "vae")
     check_state_dict(state, vae, path, "vae")
-    return VaeCodec(_assign(vae, state), config.vae_scaling_factor)
+    return VaeCodec(_assign(vae, state, dtype), config.vae_scaling_factor)
 
 
-def _load_image_encoder(folder: Path, config: RainModelConfig, extras: dict, encoder_path) -> ClipImageEncoder:
+def _load_image_encoder(
+    folder: Path, config: RainModelConfig, extras: dict, encoder_path, dtype=None
+) -> ClipImageEncoder:
     from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
     from .models.image_encoder import build_clip
@@ -487,17 +499,19 @@ def _load_image_encoder(folder: Path, config: RainModelConfig, extras: dict, enc
     )
     if path.is_dir():
         return ClipImageEncoder(
-            _from_pretrained(CLIPVisionModelWithProjection, path, "the sd-image-variations image_encoder folder")
+            _from_pretrained(CLIPVisionModelWithProjection, path, "the sd-image-variations image_encoder folder", dtype)
         )
     clip_config = CLIPVisionConfig.from_dict(extras["image_encoder"]) if "image_encoder" in extras else None
     with torch.device("meta"):
         model = CLIPVisionModelWithProjection(clip_config) if clip_config else build_clip(config.clip)
     state = read_state_dict(path, "image_encoder")
     check_state_dict(state, model, path, "image_encoder", allow_missing=("position_ids",))
-    return ClipImageEncoder(_assign_clip(model, state))
+    return ClipImageEncoder(_assign_clip(model, state, dtype))
 
 
-def _assign_clip(model: nn.Module, state: dict[str, torch.Tensor]) -> nn.Module:
+def _assign_clip(model: nn.Module, state: dict[str, torch.Tensor], dtype=None) -> nn.Module:
+    if dtype is not None:
+        state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
     model.load_state_dict(state, strict=False, assign=True)
     for module in model.modules():  # position_ids is a non-persistent arange buffer
         for name, buffer in list(module.named_buffers(recurse=False)):
@@ -506,7 +520,7 @@ def _assign_clip(model: nn.Module, state: dict[str, torch.Tensor]) -> nn.Module:
     return model
 
 
-def _load_taesdv(folder: Path, config: RainModelConfig, taesdv_path) -> TAESDV | None:
+def _load_taesdv(folder: Path, config: RainModelConfig, taesdv_path, dtype=None) -> TAESDV | None:
     candidates = (
         [Path(taesdv_path)] if taesdv_path is not None else [folder / "taesdv.safetensors", folder / "taesdv.pth"]
     )
@@ -517,7 +531,7 @@ def _load_taesdv(folder: Path, config: RainModelConfig, taesdv_path) -> TAESDV |
                 decoder = TAESDV(config.latent_channels, config.taesdv_channels or 64, upsamplings)
             state = read_state_dict(path, "taesdv")
             check_state_dict(state, decoder, path, "taesdv")
-            return _assign(decoder, state)
+            return _assign(decoder, state, dtype)
     log.info("%s: no taesdv.pth; the fast decoder is off (the codec decodes)", folder)
     return None
 
