@@ -263,5 +263,8 @@ def step(checkout: Path, run: Path) -> None:
 
 
 if __name__ == "__main__":
+    if len(sys.argv) != 4 or sys.argv[1] not in ("build", "step"):  # --help included: the usage is the docstring
+        print(__doc__)
+        raise SystemExit(0 if sys.argv[1:] in (["-h"], ["--help"]) else 2)
     command, checkout, run = sys.argv[1], Path(sys.argv[2]).resolve(), Path(sys.argv[3]).resolve()
     {"build": build, "step": step}[command](checkout, run)

@@ -47,6 +47,21 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULT = ROOT / "bench" / "results" / "cpu_live.json"
+EXAMPLES = ROOT / "examples"
+MODEL = ROOT / "rain_core" / "assets" / "tiny-rain"
+
+
+def load_inputs(size: int, frames: int):
+    """(reference (H, W, 3), poses (N, size, size, 3), seconds per pose frame for decode + letterbox)."""
+    from rain_core.inputs import fit_frames, read_image, uint8_frames
+    from rain_core.video import read_video_frames
+
+    reference = read_image(EXAMPLES / "anyone-1.png")
+    started = time.perf_counter()
+    raw, _, _ = read_video_frames(EXAMPLES / "anyone-video-1_kps.mp4", 0, frames)
+    poses = fit_frames(uint8_frames(raw), size, size)
+    io_seconds = (time.perf_counter() - started) / frames
+    return reference, poses, io_seconds
 
 
 # ---------------------------------------------------------------------- worker (one stream in its own process)
@@ -57,9 +72,6 @@ def worker(args) -> None:
 
     import numpy as np
     import torch
-
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from cpu_profile import MODEL, load_inputs
 
     from rain_core import RainStream, StreamConfig, load_rain
 

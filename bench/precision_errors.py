@@ -23,12 +23,17 @@ float16 (between modules every op runs on float16 tensors), convolutions, linear
 from the float16 values (a GPU accumulates fp16 products in fp32 too). "bf16_emulated" runs the same emulation in
 bfloat16: its distance to real "bf16" says how well the emulation stands for real kernels. The pose guider (cheap)
 also runs real float16 kernels ("fp16_kernels").
+
+    nice -n 10 .venv/bin/python bench/precision_errors.py runs/fullsize/models/rain/RAIN-v0.1 --size 256 --out T.json
+(`bench/fullsize_cpu.py` runs it after its rows and keeps the table in bench/results/fullsize_cpu.json.)
 """
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import gc
+import json
 import math
 import time
 from pathlib import Path
@@ -392,3 +397,20 @@ def stream_errors(folder, parts, reference_image, poses, size, variants, log, se
             f"PSNR {result['frames_psnr_db']:.1f} dB (worst frame {result['frames_psnr_min_db']:.1f})")
     seconds["stream"] = round(time.perf_counter() - started, 1)
     return entry
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("folder", help="a RAIN model folder of the README layout (e.g. models/rain/RAIN-v0.1)")
+    parser.add_argument("--size", type=int, default=256)
+    parser.add_argument("--frames", type=int, default=32, help="pose frames of the whole-stream comparison")
+    parser.add_argument("--out", default=None, help="write the table here as JSON")
+    args = parser.parse_args(argv)
+    table = measure(args.folder, size=args.size, frames=args.frames)
+    if args.out:
+        Path(args.out).write_text(json.dumps(table, indent=1) + "\n")
+    return table
+
+
+if __name__ == "__main__":
+    main()

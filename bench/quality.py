@@ -24,8 +24,8 @@ Rows (methods):
 
 And the paired difference RAIN − baseline per clip (same clips, same seeds), with its bootstrap interval.
 `--json` writes everything (default bench/results/quality.json); `--picture` draws one clip's ground truth,
-RAIN and baseline frames and the per-frame temporal error of both (docs/quality_strip.jpg,
-docs/temporal_error.png).
+RAIN and baseline frames and the per-frame temporal error of both (docs/temporal-claim/quality_strip.jpg,
+docs/temporal-claim/temporal_error.png, the figures of the temporal-claim study, docs/temporal-claim.md).
 
     .venv/bin/python bench/quality.py                       # the shipped tiny model, short run
     .venv/bin/python bench/quality.py --model A --baseline B --clips 16 --frames 32 --windows 4x2,2x4,4x1 \
@@ -59,11 +59,12 @@ from rain_core.fileio import temporary_beside  # noqa: E402
 from rain_core.metrics import bootstrap_ci, temporal_error, temporal_error_per_frame  # noqa: E402,F401
 from rain_core.scheduler import LCMStepper, trailing_timesteps  # noqa: E402
 from rain_core.stream import RainStream, StreamConfig  # noqa: E402
-from rain_core.train.synthetic import WORLDS, SyntheticWorld, render_character, render_skeleton  # noqa: E402
+from rain_core.stream.feed import push_frames  # noqa: E402
+from rain_core.synthetic import WORLDS, SyntheticWorld, render_character, render_skeleton  # noqa: E402
 
 SHIPPED = ROOT / "rain_core" / "assets" / "tiny-rain"
 RESULTS = ROOT / "bench" / "results" / "quality.json"
-DOCS = ROOT / "docs"
+DOCS = ROOT / "docs" / "temporal-claim"  # --picture: the temporal-claim study's figures
 FPS = 12.0
 FAST_PATH = "eager"
 """The stream's tick runs eagerly here: the figures are about quality, and torch.compile would spend CPU-minutes
@@ -176,7 +177,7 @@ def stream_render(models, reference, poses, levels, frames_per_cohort, guidance,
                           noise="shared" if shared_noise else "fresh")
     stream = RainStream(models, config)
     stream.set_reference(torch.from_numpy(reference).float())
-    outputs = [stream.push(torch.from_numpy(poses)), stream.flush()]
+    outputs = [frames for _, frames in push_frames(stream, torch.from_numpy(poses), flush=True)]
     return torch.cat([o for o in outputs if o.shape[0]]).numpy()
 
 
@@ -229,12 +230,14 @@ def drift(models, world, index, levels, frames_per_cohort, guidance, total, size
                 last.append(value)
             emitted += 1
 
-    chunk = 64
-    for start in range(0, total, chunk):
-        _, truth, poses = heldout_clip(world, index, min(chunk, total - start), size, start_frame=start)
-        waiting.extend(truth)
-        score(stream.push(torch.from_numpy(poses)).numpy())
-    score(stream.flush().numpy())
+    def pose_frames(chunk: int = 64):  # the clip drawn 64 frames at a time: memory stays flat over 10,000
+        for start in range(0, total, chunk):
+            _, truth, poses = heldout_clip(world, index, min(chunk, total - start), size, start_frame=start)
+            waiting.extend(truth)
+            yield from torch.from_numpy(poses)
+
+    for _, frames in push_frames(stream, pose_frames(), flush=True):
+        score(frames.numpy())
     return float(np.mean(first)), float(np.mean(last))
 
 
@@ -414,7 +417,7 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=1, help="torch threads per row")
     parser.add_argument("--jobs", type=int, default=1, help="rows computed side by side in worker processes")
     parser.add_argument("--json", default=str(RESULTS), help="where to write the results ('' for nowhere)")
-    parser.add_argument("--picture", action="store_true", help="draw the strip and the temporal-error plot into docs/")
+    parser.add_argument("--picture", action="store_true", help="draw the strip and the temporal-error plot into --docs")
     parser.add_argument("--picture-clip", type=int, default=None, help="held-out clip of the picture (default: a spin)")
     parser.add_argument("--docs", default=str(DOCS), help="folder of the pictures")
     args = parser.parse_args(argv)

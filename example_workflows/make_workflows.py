@@ -43,13 +43,18 @@ BUILTIN = "tiny-rain (built-in)"
 
 
 def pose_stream(mode="body", video_path="none", start_frame=0, frames_per_run=0, loop=False, smoothing=0.0,
-                align=False, face=None):
-    return [mode, video_path, start_frame, frames_per_run, loop, smoothing, align, *(face or FACE_DEFAULTS)]
+                align=False, face=None, pose_check=True):
+    return [mode, video_path, start_frame, frames_per_run, loop, smoothing, align, *(face or FACE_DEFAULTS),
+            pose_check]
 
 
-def sampler(width=0, height=0, levels=4, frames_per_cohort=4, steps=4, guidance=3.5, seed=0, stream_id="rain",
-            reset=False, flush=False, noise="fresh"):
-    return [width, height, levels, frames_per_cohort, steps, guidance, seed, stream_id, reset, flush, noise]
+def sampler(stream_id="rain", reset=False, flush=False, **settings):
+    """RAIN Sampler's widget values: StreamConfig's defaults (their one home) unless a template sets one."""
+    from rain_core.stream.config import StreamConfig
+
+    values = {**StreamConfig().to_dict(), **settings}
+    return [values["width"], values["height"], values["levels"], values["frames_per_cohort"], values["steps"],
+            values["guidance"], values["seed"], stream_id, reset, flush, values["noise"]]
 
 
 class Graph:

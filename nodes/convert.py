@@ -124,11 +124,6 @@ def tensor_fingerprint(value: torch.Tensor) -> str:
     return hashlib.sha1(array.tobytes() + str(array.shape).encode()).hexdigest()[:16]
 
 
-def empty_images(height: int, width: int) -> torch.Tensor:
-    """A zero-frame IMAGE batch (runs that emit nothing, e.g. during warm-up)."""
-    return torch.zeros((0, height, width, 3), dtype=torch.float32)
-
-
 def to_pil(frame: torch.Tensor, max_size: int | None = None) -> Image.Image:
     """One (H, W, 3) frame in [0, 1] as a PIL image, optionally shrunk to fit `max_size` (for previews)."""
     array = (frame.detach().to("cpu", torch.float32).clamp(0, 1).numpy() * 255.0 + 0.5).astype(np.uint8)
@@ -137,10 +132,3 @@ def to_pil(frame: torch.Tensor, max_size: int | None = None) -> Image.Image:
         image.thumbnail((max_size, max_size))
     return image
 
-
-def uint8_to_image(frames: np.ndarray) -> torch.Tensor:
-    """(N, H, W, 3) or (H, W, 3) uint8 (renderer output) -> IMAGE batch."""
-    array = np.asarray(frames)
-    if array.ndim == 3:
-        array = array[None]
-    return torch.from_numpy(array.astype(np.float32) / 255.0)

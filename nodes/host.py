@@ -213,19 +213,18 @@ def load_model(patcher) -> None:
 
 
 def unload_model(patcher) -> None:
-    """Move the networks back to their offload device now (Load RAIN Model's keep_loaded off)."""
-    if patcher is None:
-        return
-    for loaded in list(_comfy_mm.current_loaded_models):
-        if loaded.model is patcher:
-            loaded.model_unload()
-            _comfy_mm.current_loaded_models.remove(loaded)
+    """Move the networks back to their offload device now (Load RAIN Model's keep_loaded off), through the
+    ModelPatcher's own `detach`; ComfyUI's list of loaded models is left to ComfyUI (the entry then reports nothing
+    loaded, and the next `load_model` brings the networks back)."""
+    if patcher is not None:
+        patcher.detach(unpatch_all=True)
 
 
-def give_memory_back(delay_s: float = 0.5) -> None:
-    """Once the networks are gone (a moment from now: this is called while the last references are being dropped),
-    return the freed memory to the system: glibc keeps freed heap pages otherwise, so RSS would stay high after
-    POST /free; and CUDA's cache (ComfyUI's soft_empty_cache)."""
+def give_memory_back(delay_s: float = 0.0) -> None:
+    """The one way the pack returns freed memory to the system: gc, glibc's heap (it keeps freed pages otherwise,
+    so RSS would stay high after POST /free or a closed live session) and CUDA's cache (ComfyUI's
+    soft_empty_cache). With `delay_s` it runs that long from now, for callers that are still dropping the last
+    references (finalizers)."""
     import threading
 
     def release():
@@ -246,16 +245,27 @@ def give_memory_back(delay_s: float = 0.5) -> None:
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
 
+    if delay_s <= 0:
+        release()
+        return
     timer = threading.Timer(delay_s, release)
     timer.daemon = True
     timer.start()
 
 
-def is_loaded(patcher) -> bool:
-    """Whether ComfyUI holds the networks loaded now (standalone: always)."""
-    if patcher is None:
-        return True
-    return any(loaded.model is patcher for loaded in _comfy_mm.current_loaded_models)
+# ------------------------------------------------------------------------------------ ComfyUI's own models
+
+
+def vae_weights(vae) -> dict:
+    """The tensors of a VAE from ComfyUI's Load VAE (`comfy.sd.VAE`): its model's state dict as ComfyUI holds it
+    (the LDM layout for SD VAEs). Read, not copied: ComfyUI keeps its own object."""
+    return dict(vae.get_sd())
+
+
+def clip_vision_weights(clip_vision) -> dict:
+    """The tensors of a CLIP vision model from ComfyUI's Load CLIP Vision (`comfy.clip_vision.ClipVisionModel`),
+    in transformers' layout (`vision_model.*`, `visual_projection.weight`)."""
+    return dict(clip_vision.get_sd())
 
 
 # ------------------------------------------------------------------------------------------------ clients
@@ -358,6 +368,45 @@ def send_event(event: str, data: dict) -> None:
             _PromptServer.instance.send_sync(event, data, client)
     else:
         sent_events.append((event, dict(data, client=client_id())))
+
+
+# ------------------------------------------------------------------------------------------------ OpenCV
+
+OPENCV_BUILDS = ("opencv-python", "opencv-python-headless", "opencv-contrib-python", "opencv-contrib-python-headless")
+
+
+def opencv_builds() -> dict[str, str]:
+    """The OpenCV distributions installed beside the pack (name -> version); each of them owns the same cv2 folder."""
+    from importlib import metadata
+
+    found = {}
+    for name in OPENCV_BUILDS:
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return found
+
+
+def opencv_advice(builds: dict[str, str] | None = None) -> str | None:
+    """What to do when more than one OpenCV build shares the one cv2 folder (pip lets them overwrite each other's
+    files: the last installed wins, and uninstalling any of them breaks cv2 for all), or None when there is one."""
+    builds = opencv_builds() if builds is None else builds
+    if len(builds) < 2:
+        return None
+    keep = "opencv-contrib-python" if any("contrib" in name for name in builds) else "opencv-python"
+    why = " (it holds everything opencv-python has, and a GUI)" if keep == "opencv-contrib-python" else ""
+    listed = ", ".join(f"{name} {version}" for name, version in builds.items())
+    return (f"RAIN: {len(builds)} OpenCV builds share one cv2 folder ({listed}); the one pip installed last "
+            f"wins, and uninstalling any of them breaks cv2 for all. Keep one{why}: pip uninstall -y "
+            f"{' '.join(builds)}, then pip install {keep}")
+
+
+def warn_about_opencv() -> None:
+    """At load: log `opencv_advice` once (the pack works either way; the next install or uninstall may not)."""
+    advice = opencv_advice()
+    if advice:
+        logger.warning(advice)
 
 
 # ---------------------------------------------------------------------------------------- example inputs

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 
 from . import host
@@ -19,31 +18,17 @@ def keypoint_files() -> list[str]:
         return []
 
 
-def read_keypoints(path: str) -> tuple[list, float | None]:
-    """(POSE_KEYPOINT frames, fps or None) from a file holding a list of frame dicts, one frame dict, or
-    {"fps": F, "frames": [...]}. Errors name the file and what was expected."""
+def read_keypoint_file(path: str) -> tuple[list, float | None]:
+    """(POSE_KEYPOINT frames, fps or None) through the engine's one keypoint reader (`rain_core.pose.read_keypoints`:
+    {"fps", "frames"}, POSE_KEYPOINT lists, one frame, pixel or normalised coordinates by one rule). The frames go
+    on normalised, as comfyui_controlnet_aux's POSE_KEYPOINT."""
     from ..rain_core import pose as rain_pose
 
     try:
-        with open(path, encoding="utf-8") as handle:
-            data = json.load(handle)
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise ValueError(f"file: {os.path.basename(path)} is not valid JSON ({error}); expected OpenPose / "
-                         "POSE_KEYPOINT JSON (a list of frames with 'people').") from error
-    fps = None
-    if isinstance(data, dict) and "frames" in data:
-        fps = data.get("fps")
-        data = data["frames"]
-    frames = data if isinstance(data, list) else [data]
-    if not frames:
-        raise ValueError(f"file: {os.path.basename(path)} holds no frames.")
-    try:
-        rain_pose.from_pose_keypoint(frames)  # the same check Pose Stream makes, but naming this file
+        sequence = rain_pose.read_keypoints(path)
     except ValueError as error:
-        raise ValueError(f"file: {os.path.basename(path)}: {error}") from error
-    if fps is not None and not (isinstance(fps, (int, float)) and fps > 0):
-        raise ValueError(f"file: {os.path.basename(path)}: 'fps' must be a positive number, found {fps!r}.")
-    return frames, (float(fps) if fps is not None else None)
+        raise ValueError(f"file: {error}") from None
+    return rain_pose.to_pose_keypoint(sequence.frames, include_feet=True), sequence.fps
 
 
 class LoadPoseKeypoints:
@@ -83,5 +68,5 @@ class LoadPoseKeypoints:
         return f"{path}|{os.path.getmtime(path) if path.is_file() else ''}|{fps}"
 
     def load(self, file, fps):
-        frames, file_fps = read_keypoints(str(host.input_directory() / str(file)))
+        frames, file_fps = read_keypoint_file(str(host.input_directory() / str(file)))
         return (frames, float(fps) if fps else (file_fps or DEFAULT_FPS))

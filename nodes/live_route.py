@@ -8,8 +8,9 @@ streams frames; animated frames come back as soon as they leave the stream. The 
 Protocol (every binary message is a 4-byte big-endian header length, a UTF-8 JSON header, then a JPEG):
   browser → server  binary {"seq": n, "t": capture_ms}                  a frame (JPEG/PNG/WebP, ≤ 4 MB, ≤ 2048 px)
                     {"type": "start", "model", "precision", "device", "decoder", "width", "height", "levels",
-                     "frames_per_cohort", "steps", "guidance", "seed", "reference", "mode", "face_morph",
-                     "capacity"}                                        (missing keys take DEFAULTS)
+                     "frames_per_cohort", "steps", "guidance", "seed", "noise", "reference", "mode",
+                     "face_morph", "capacity", "pose_check"}            (missing keys take DEFAULTS;
+                                                                        width/height 0 = the model's own size)
                     {"type": "stop"} · {"type": "face_morph", "params": {...}} · {"type": "record", "on": bool}
   server → browser  binary {"seq", "t", "server_ms"}                    an animated frame (JPEG)
                     {"type": "status", "state": "loading" | "ready" | "stopped", ...}
@@ -24,7 +25,6 @@ One live stream per server: a Start from another tab stops the first (its panel 
 from __future__ import annotations
 
 import asyncio
-import gc
 import json
 import logging
 import struct
@@ -33,7 +33,9 @@ import uuid
 import weakref
 from pathlib import Path
 
+from ..rain_core.stream.config import StreamConfig
 from . import host
+from .model_loader import BUILTIN_MODEL
 
 log = logging.getLogger("rain")
 
@@ -45,10 +47,12 @@ MAX_MESSAGE_BYTES = 16 * 1024 * 1024  # larger frames get a clear message, not a
 STATS_PERIOD_S = 0.5
 OUTBOX_LIMIT = 8  # animated frames waiting for a slow socket: the oldest go first
 
+STREAM_FIELDS = ("width", "height", "levels", "frames_per_cohort", "steps", "guidance", "seed", "noise")
+# The stream's defaults are StreamConfig's own (width/height 0 = the model's own size, as in RAIN Sampler).
 DEFAULTS = {
-    "model": "tiny-rain (built-in)", "precision": "auto", "device": "auto", "decoder": "auto",
-    "width": 64, "height": 64, "levels": 4, "frames_per_cohort": 4, "steps": 4, "guidance": 3.5, "seed": 0,
-    "reference": "", "mode": "pose", "face_morph": {}, "capacity": None, "noise": "fresh",
+    "model": BUILTIN_MODEL, "precision": "auto", "device": "auto", "decoder": "auto",
+    **{name: getattr(StreamConfig(), name) for name in STREAM_FIELDS},
+    "reference": "", "mode": "pose", "face_morph": {}, "capacity": None, "pose_check": True,
 }
 INT_FIELDS = ("width", "height", "levels", "frames_per_cohort", "steps", "seed")
 
@@ -161,38 +165,17 @@ def _models_folder_detector():
 def _open_session(settings: dict):
     """Load the model (cached between sessions) and start a stream on the reference. Runs in a worker thread."""
     from ..rain_core.live import LiveSession, LiveSettings
-    from ..rain_core.stream import StreamConfig
 
     handle = _load_model(settings)
-    config = StreamConfig(levels=settings["levels"], frames_per_cohort=settings["frames_per_cohort"],
-                          steps=settings["steps"], guidance=settings["guidance"], height=settings["height"],
-                          width=settings["width"], seed=settings["seed"], noise=str(settings["noise"]),
-                          decoder=getattr(handle, "decoder", "auto"))
+    config = StreamConfig(**{name: settings[name] for name in STREAM_FIELDS},
+                          decoder=getattr(handle, "decoder", "auto"))  # RainStream resolves a size of 0
     live = LiveSettings(mode=settings["mode"], face_morph=dict(settings["face_morph"]),
-                        capacity=settings["capacity"], warm_up=True)  # no stall (compile, capture) on live frames
+                        capacity=settings["capacity"], pose_check=bool(settings["pose_check"]),
+                        warm_up=True)  # no stall (compile, capture) on live frames
     session = LiveSession(handle.models, config, _reference_image(settings["reference"]), live,
                           make_detector=_models_folder_detector)
     session.model_handle = handle  # keeps the networks (and their cache entry) while the session lives
     return session
-
-
-def _free_memory() -> None:
-    """Collect the closed stream and hand freed memory back: CUDA's cache, and glibc's heap (which otherwise keeps
-    what the worker threads' arenas held, so the server's RSS would creep up session after session)."""
-    gc.collect()
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc
-        pass
-    try:
-        import torch
-
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
-    except ImportError:
-        pass
 
 
 class LiveConnection:
@@ -249,6 +232,14 @@ class LiveConnection:
 
     def _on_error(self, message: str) -> None:
         self.loop.call_soon_threadsafe(self.send_json, {"type": "error", "message": message})
+
+    def _on_fatal(self, message: str) -> None:
+        """The source cannot feed the session (not pose renders, no detector): say why and free the stream."""
+        def end():
+            self.send_json({"type": "error", "message": message})
+            asyncio.ensure_future(self.close_session(message))
+
+        self.loop.call_soon_threadsafe(end)
 
     # ------------------------------------------------------------------ messages
     async def on_text(self, text: str) -> None:
@@ -310,7 +301,7 @@ class LiveConnection:
             session.close()
             return
         self.session = session
-        session.start(self._on_outputs, self._on_error)
+        session.start(self._on_outputs, self._on_error, on_fatal=self._on_fatal)
         config = session.config
         self.send_json({"type": "status", "state": "ready", "model": settings["model"],
                         "width": config.width, "height": config.height, "window": config.window,
@@ -342,7 +333,7 @@ class LiveConnection:
                 recorded = await self.loop.run_in_executor(None, session.stop_recording)
             await self.loop.run_in_executor(None, session.close)
             del session
-            _free_memory()
+            host.give_memory_back()
             if recorded is not None and not self.socket.closed:
                 self.send_json({"type": "recorded", "filename": recorded.name, "subfolder": "",
                                 "folder_type": "output", "url": f"/view?filename={recorded.name}&type=output"})

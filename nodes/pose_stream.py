@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import os
 
+from ..rain_core.inputs import POSE_CHECK_FRAMES, check_pose_render, uint8_frames
 from . import host
-from .convert import PoseBatch, image_batch, uint8_to_image
+from .convert import PoseBatch, image_batch
 
 FACE_SLIDERS = {  # name: (default, min, max, tooltip) — defaults are the authors' live demo (rain-method.md §3)
     "face_length": (0.75, 0.1, 3.0, "Face height ratio (anime faces are shorter)."),
@@ -219,6 +220,11 @@ class PoseStream:
                                                       "models/rain/dwpose on first use)."}),
                 "reference_pose": ("POSE_KEYPOINT", {"tooltip": "Keypoints of the reference character, for "
                                                                 "align_to_reference."}),
+                "pose_check": ("BOOLEAN", {
+                    "default": True,
+                    "tooltip": "Refuse pose images or a pose video that look like camera footage instead of "
+                               "rendered skeletons (their animation would be colour noise). Turn off only for an "
+                               "unusual render (e.g. skeletons on a light background)."}),
             },
             "hidden": {"unique_id": "UNIQUE_ID", "prompt": "PROMPT"},
         }
@@ -244,7 +250,7 @@ class PoseStream:
 
     def prepare(self, mode, video_path, start_frame, frames_per_run, loop, smoothing, align_to_reference,
                 pose_images=None, pose_keypoint=None, video_frames=None, reference_pose=None, video=None, fps=None,
-                unique_id=None, prompt=None, **face_sliders):
+                pose_check=True, unique_id=None, prompt=None, **face_sliders):
         from ..rain_core import pose as rain_pose
 
         live = _is_live(video_path, loop)
@@ -269,7 +275,7 @@ class PoseStream:
                 def commit(state=state, path=path, position=next_position):
                     if state.get("path") == path:
                         state["position"] = position
-            images = uint8_to_image(decoded)
+            images = uint8_frames(decoded)
             source_fps = _video_fps(path)
         elif video is not None:
             if not hasattr(video, "get_components"):
@@ -289,6 +295,9 @@ class PoseStream:
                              "video_frames, or choose a video_path.")
         if not (frames or images is not None and images.shape[0]):
             raise ValueError("Pose Stream: the pose source gave no frames.")
+        if images is not None and pose_check:
+            source = "video_path" if path else "video" if video is not None else "pose_images"
+            check_pose_render(images[:POSE_CHECK_FRAMES].numpy(), source)  # the one check, as the CLI's
 
         if frames is not None:
             # Confidence threshold, hold-last for missing keypoints, and the damping.

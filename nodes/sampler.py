@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from ..rain_core.stream.config import NOISE_MODES, StreamConfig
 from . import host
 from .convert import PoseBatch, RainModelHandle, TensorMemo, frame_origins, image_batch, tensor_fingerprint, to_pil
 
-PREVIEW_MAX = 512  # longest side of the progress preview; smaller frames are shown at their own size
+PREVIEW_MAX = 512
+DEFAULT = StreamConfig()  # the one home of the stream's defaults  # longest side of the progress preview; smaller frames are shown at their own size
 
 # Reference image tensor -> its fingerprint. ComfyUI hands the same cached tensor to every run of a live workflow,
 # so the content hash is computed once, not per run.
@@ -24,17 +26,6 @@ def _fingerprint(reference, prepared) -> str:
     value = tensor_fingerprint(prepared)
     _fingerprints.set(reference, (version, value))
     return value
-
-
-def native_size(models) -> int:
-    """The frame size a model was made for: recorded in its config when it is, else by its codec (the released
-    RAIN with the SD VAE works at 512 px; the built-in tiny-rain with its own codec at 64 px)."""
-    config = models.config
-    for name in ("native_size", "sample_size", "resolution"):
-        value = getattr(config, name, None)
-        if isinstance(value, int) and value > 0:
-            return value
-    return 512 if getattr(config, "codec", "vae") == "vae" else 64
 
 
 class RainSampler:
@@ -62,25 +53,25 @@ class RainSampler:
                     "tooltip": "The character to animate (the first image of the batch). Any size: it is "
                                "letterboxed to width x height; transparency becomes white."}),
                 "poses": ("RAIN_POSES", {"tooltip": "Pose frames from Pose Stream."}),
-                "width": ("INT", {"default": 0, "min": 0, "max": 2048, "step": 16,
+                "width": ("INT", {"default": DEFAULT.width, "min": 0, "max": 2048, "step": 16,
                                   "tooltip": "Output frame width in pixels; 0 = the model's own size (64 for the "
                                              "built-in tiny-rain, 512 for the released RAIN). A multiple of 64 for "
                                              "the released model (the sampler names the right multiple for "
                                              "others)."}),
-                "height": ("INT", {"default": 0, "min": 0, "max": 2048, "step": 16,
+                "height": ("INT", {"default": DEFAULT.height, "min": 0, "max": 2048, "step": 16,
                                    "tooltip": "Output frame height in pixels; 0 = the model's own size (64 for the "
                                               "built-in tiny-rain, 512 for the released RAIN)."}),
-                "levels": ("INT", {"default": 4, "min": 1, "max": 16,
+                "levels": ("INT", {"default": DEFAULT.levels, "min": 1, "max": 16,
                                    "tooltip": "Noise levels p in the window: more levels, smoother motion, longer "
                                               "warm-up (the window holds levels x frames_per_cohort frames)."}),
-                "frames_per_cohort": ("INT", {"default": 4, "min": 1, "max": 16,
+                "frames_per_cohort": ("INT", {"default": DEFAULT.frames_per_cohort, "min": 1, "max": 16,
                                               "tooltip": "Frames m that share a noise level; each tick emits m "
                                                          "frames."}),
-                "steps": ("INT", {"default": 4, "min": 1, "max": 50,
+                "steps": ("INT", {"default": DEFAULT.steps, "min": 1, "max": 50,
                                   "tooltip": "Denoising steps per level (the LCM-distilled weights use 4)."}),
-                "guidance": ("FLOAT", {"default": 3.5, "min": 0.0, "max": 20.0, "step": 0.1,
+                "guidance": ("FLOAT", {"default": DEFAULT.guidance, "min": 0.0, "max": 20.0, "step": 0.1,
                                        "tooltip": "Guidance scale w fed to the LCM guidance embedding."}),
-                "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "control_after_generate": False,
+                "seed": ("INT", {"default": DEFAULT.seed, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "control_after_generate": False,
                                  "tooltip": "Noise seed of the stream. Fixed for the life of a stream."}),
                 "stream_id": ("STRING", {"default": "rain",
                                          "tooltip": "Name of the stream kept between runs. Each client (browser "
@@ -98,8 +89,8 @@ class RainSampler:
                                                  "or live input."}),
             },
             "optional": {
-                "noise": (["fresh", "shared"], {
-                    "default": "fresh",
+                "noise": (list(NOISE_MODES), {
+                    "default": DEFAULT.noise,
                     "tooltip": "fresh: every frame draws its own noise (the RAIN method). shared: one noise for "
                                "every frame (StreamDiffusion's fixed noise), so still parts of the picture stay "
                                "still; with the built-in model the frame-to-frame flicker fell by about three "
@@ -111,7 +102,7 @@ class RainSampler:
     def sample(self, rain_model, reference, poses, width, height, levels, frames_per_cohort, steps, guidance, seed,
                stream_id, reset, flush, noise="fresh", unique_id=None):
         from ..rain_core.registry import default_registry
-        from ..rain_core.stream import RainStream, StreamConfig
+        from ..rain_core.stream import RainStream
 
         if not isinstance(rain_model, RainModelHandle):
             raise ValueError(f"rain_model: expected the output of Load RAIN Model, found {type(rain_model).__name__}.")
@@ -119,8 +110,10 @@ class RainSampler:
             raise ValueError(f"poses: expected the output of Pose Stream, found {type(poses).__name__}.")
         prepared = image_batch(reference, "reference")[:1]
         models = rain_model.models
-        native = native_size(models)
-        width, height = int(width) or native, int(height) or native
+        config = StreamConfig(levels=levels, frames_per_cohort=frames_per_cohort, steps=steps,
+                              guidance=float(guidance), height=int(height), width=int(width), seed=int(seed),
+                              decoder=rain_model.decoder, noise=noise).for_models(models)  # 0 = the model's own size
+        width, height = config.width, config.height
         settings = {"model": rain_model.key, "width": width, "height": height, "levels": levels,
                     "frames_per_cohort": frames_per_cohort, "steps": steps, "guidance": float(guidance),
                     "seed": int(seed), "noise": noise, "reference": _fingerprint(reference, prepared)}
@@ -134,9 +127,6 @@ class RainSampler:
             models.to(rain_model.device, rain_model.dtype)
 
         def create_stream():
-            config = StreamConfig(levels=levels, frames_per_cohort=frames_per_cohort, steps=steps,
-                                  guidance=float(guidance), height=height, width=width, seed=int(seed),
-                                  decoder=rain_model.decoder, noise=noise)
             stream = RainStream(models, config)
             stream.set_reference(prepared)
             return stream

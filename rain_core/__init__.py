@@ -6,13 +6,14 @@ The public API is `load_rain`, `RainStream` and `StreamConfig`. They are importe
 
 __version__ = "0.1.0"
 
+from .cpu_fast import allow_background_compile
 from .cpu_fast import prefer_passive_wait as _prefer_passive_wait
 
 # Before anything imports torch: idle OpenMP threads sleep instead of spinning (2 threads were 8–10× slower than 1
 # on a busy machine without it); the user's OMP_WAIT_POLICY wins, RAIN_CPU_TUNING=0 skips it. See cpu_fast.py.
 _prefer_passive_wait()
 
-__all__ = ["load_rain", "RainStream", "StreamConfig", "__version__"]
+__all__ = ["load_rain", "RainStream", "StreamConfig", "allow_background_compile", "__version__"]
 
 
 def __getattr__(name):

@@ -1,7 +1,7 @@
 """CPU speed for the RAIN tick: the OpenMP wait policy, torch.compile with a persistent cache and a clean fallback,
 and what the CPU offers (bf16).
 
-Two things decide the built-in model's speed on a small CPU (measured with `bench/cpu_profile.py` and
+Two things decide the built-in model's speed on a small CPU (measured with `docs/cpu-speed/cpu_profile.py` and
 `bench/cpu_live.py`, see NOTES.md):
 
 - **How idle OpenMP threads wait.** A tick of the tiny model is ~5,000 small ops, each a parallel region ending in
@@ -45,9 +45,13 @@ from pathlib import Path
 log = logging.getLogger("rain.cpu")
 
 NO_COMPILE_ENV = "RAIN_NO_COMPILE"
-BACKGROUND_ENV = "RAIN_BACKGROUND_COMPILE"  # "0": fast_path "auto" never builds a compiled tick in the background
+# "1": any process may build the compiled tick in the background (fast_path "auto"); "0": none may; unset: only
+# long-lived hosts that call `allow_background_compile()` (the ComfyUI server, `rain live`)
+BACKGROUND_ENV = "RAIN_BACKGROUND_COMPILE"
 TUNING_ENV = "RAIN_CPU_TUNING"
 CACHE_ENV = "TORCHINDUCTOR_CACHE_DIR"
+CACHE_MAX_ENV = "RAIN_CACHE_MAX_MB"  # the compiled-tick packages kept on disk, oldest evicted beyond it
+CACHE_MAX_MB = 2000
 
 
 # ---------------------------------------------------------------------- OpenMP threads
@@ -136,9 +140,26 @@ def compiler_problem() -> str | None:
     return None
 
 
+_HOST_ALLOWS_BACKGROUND = False
+
+
+def allow_background_compile(allowed: bool = True) -> None:
+    """Say that this process is a long-lived host (the ComfyUI server, `rain live`, a script that streams for
+    minutes): fast_path "auto" may then build the compiled tick in a background child while streams run eagerly.
+    The child ends with this process. Short commands and library calls do not build by default: the child would
+    either outlive them or be killed before it finishes (a first compile takes one to many minutes).
+    `RAIN_BACKGROUND_COMPILE=1` / `0` in the environment overrides this either way."""
+    global _HOST_ALLOWS_BACKGROUND
+    _HOST_ALLOWS_BACKGROUND = bool(allowed)
+
+
 def background_compile_allowed() -> bool:
-    """False when the user set `RAIN_BACKGROUND_COMPILE=0` (fast_path "auto" then only loads saved packages)."""
-    return os.environ.get(BACKGROUND_ENV, "1") != "0"
+    """Whether fast_path "auto" may start a background build here: `RAIN_BACKGROUND_COMPILE` when set ("0" no,
+    anything else yes), else whether the process called `allow_background_compile()`."""
+    value = os.environ.get(BACKGROUND_ENV, "").strip()
+    if value:
+        return value != "0"
+    return _HOST_ALLOWS_BACKGROUND
 
 
 def auto_fast_path(device) -> str:
@@ -147,10 +168,10 @@ def auto_fast_path(device) -> str:
     A stream does not wait for a compile: the first compile for a model, size and thread count takes a minute or
     more on an idle 2-core machine (minutes on a busy one), so a first `rain demo` or live panel would start late.
     When its tick is built, a stream with "auto" loads the compiled tick if this CPU holds its package (about a
-    second) and `stats["fast_path"]` says "compile"; otherwise it starts eagerly and a `BackgroundBuild` child
-    compiles the package meanwhile, and the stream switches to it when it is on disk
-    (`Tick.compile_steady_unet(cached_only=True, background=True)`). The passive OpenMP wait, the gain that holds
-    under load, applies to the eager tick too."""
+    second) and `stats["fast_path"]` says "compile"; otherwise it starts eagerly, and in a long-lived host
+    (`allow_background_compile`) a `BackgroundBuild` child compiles the package meanwhile and the stream switches
+    to it when it is on disk (`Tick.compile_steady_unet(cached_only=True, background=True)`). The passive OpenMP
+    wait, the gain that holds under load, applies to the eager tick too."""
     import torch
 
     if torch.device(device).type == "cpu":
@@ -322,6 +343,7 @@ class CompiledUNet:
         if runner is None and path.exists():
             try:
                 runner = _load_package(path)
+                _touch(path)  # recently used: the last to be evicted when the cache is over its bound
                 self.source = "cache"
             except Exception as error:  # a damaged or foreign file: build it again
                 log.warning("RAIN: could not load the compiled tick %s (%s); compiling it again", path, error)
@@ -439,16 +461,129 @@ def _compile_package(package: SteadyPackage, inputs: tuple, path: Path) -> None:
         finally:
             if os.path.exists(temporary):
                 os.unlink(temporary)
+    evict_packages(keep=path)
+
+
+# ---------------------------------------------------------------------- the package cache: bound, listing, clearing
+
+
+def _touch(path: Path) -> None:
+    try:
+        os.utime(path)
+    except OSError:
+        pass
+
+
+def cache_limit_bytes() -> int:
+    """`RAIN_CACHE_MAX_MB` (default 2000) in bytes; 0 or less: no bound."""
+    text = os.environ.get(CACHE_MAX_ENV, "").strip()
+    try:
+        megabytes = float(text) if text else CACHE_MAX_MB
+    except ValueError:
+        _warn_once(f"RAIN: {CACHE_MAX_ENV}={text!r} is not a number of megabytes; using {CACHE_MAX_MB}")
+        megabytes = CACHE_MAX_MB
+    return int(megabytes * 1e6)
+
+
+def cached_packages(folder: Path | None = None) -> list[dict]:
+    """The compiled-tick packages on disk, oldest use first: path, bytes, last use (mtime), and whether a build of
+    that key runs now."""
+    folder = Path(folder) if folder is not None else cache_dir() / "aoti"
+    packages = []
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return []
+    for entry in entries:
+        if entry.name.endswith(".pt2") and not entry.name.startswith(".") and entry.is_file():
+            stat = entry.stat()
+            packages.append({"path": Path(entry.path), "bytes": stat.st_size, "used": stat.st_mtime})
+    return sorted(packages, key=lambda p: p["used"])
+
+
+def evict_packages(keep: Path | None = None, limit: int | None = None) -> list[Path]:
+    """Remove the least recently used packages until the cache holds at most `limit` bytes (`cache_limit_bytes`);
+    `keep` (the package just written or loaded) stays. Returns what went."""
+    limit = cache_limit_bytes() if limit is None else limit
+    if limit <= 0:
+        return []
+    packages = cached_packages(keep.parent if keep is not None else None)
+    total = sum(p["bytes"] for p in packages)
+    removed = []
+    for package in packages:
+        if total <= limit:
+            break
+        if keep is not None and package["path"] == Path(keep):
+            continue
+        _remove_package(package["path"])
+        total -= package["bytes"]
+        removed.append(package["path"])
+    if removed:
+        log.info("RAIN: the compiled-tick cache was over %d MB; removed the %d least recently used packages",
+                 limit // 10**6, len(removed))
+    return removed
+
+
+def _remove_package(path: Path) -> None:
+    for leftover in (path, path.with_suffix(".log"), path.with_suffix(".failed")):
+        leftover.unlink(missing_ok=True)
+    _LOADED.pop(str(path), None)
+
+
+def clear_cache(folder: Path | None = None) -> dict:
+    """Remove every package, log and failure marker, and what killed builders left; a build that runs now keeps
+    its files. Returns {"removed": count, "bytes": freed, "kept": [builds still running]}."""
+    folder = Path(folder) if folder is not None else cache_dir() / "aoti"
+    removed, freed, kept = 0, 0, []
+    recover_stale_builds(folder)
+    running = {marker.stem for marker in folder.glob("*.building")} if folder.is_dir() else set()
+    for entry in (list(os.scandir(folder)) if folder.is_dir() else []):
+        key = entry.name.split(".", 1)[0]
+        if entry.name == "jobs" or key in running:
+            if key in running and entry.name.endswith(".building"):
+                kept.append(key)
+            continue
+        if entry.is_file() and entry.name.endswith((".pt2", ".log", ".failed")):
+            freed += entry.stat().st_size
+            os.unlink(entry.path)
+            removed += 1
+    return {"removed": removed, "bytes": freed, "kept": kept}
+
+
+def recover_stale_builds(folder: Path | None = None) -> list[str]:
+    """Remove what builders that no longer run left behind: `<key>.building` markers whose pid is gone (or older
+    than `BackgroundBuild.STALE_SECONDS`), their job folders, and half-written packages. Returns the keys."""
+    from .fileio import remove_stale_temporaries
+
+    folder = Path(folder) if folder is not None else cache_dir() / "aoti"
+    recovered = []
+    for marker in (folder.glob("*.building") if folder.is_dir() else []):
+        build = BackgroundBuild(marker.with_suffix(".pt2"))
+        if not build._someone_else_builds():
+            build.clean_up()
+            recovered.append(marker.stem)
+    jobs = folder / "jobs"
+    for job in (jobs.iterdir() if jobs.is_dir() else []):
+        if not (folder / f"{job.name}.building").exists():
+            shutil.rmtree(job, ignore_errors=True)  # a builder that died before or after its marker
+    for key in {leftover.name.split(".")[1] for leftover in folder.glob(".*.pt2.*")} if folder.is_dir() else ():
+        remove_stale_temporaries(folder / f"{key}.pt2")  # a package half-written by a killed compile
+    return recovered
 
 
 class BackgroundBuild:
     """A low-priority child process that exports and compiles one steady package into the cache, so that a stream
-    with fast_path "auto" starts at once on the eager tick and switches to the compiled one when it is ready (and
-    every later start loads it in a second). The child gets the UNet and the call's inputs through a job folder
-    (safetensors + JSON, beside the package), rebuilds the same UNet and checks that its package key is the one
-    asked for before compiling. One build per package: other streams, in this process or another, watch the same
-    file (`<key>.building` holds the builder's pid). The child outlives a short run on purpose: the next run loads
-    what it built. Its output goes to `<key>.log`."""
+    with fast_path "auto" in a long-lived host starts at once on the eager tick and switches to the compiled one
+    when it is ready (and every later start loads it in a second). The child gets the UNet and the call's inputs
+    through a job folder (safetensors + JSON, beside the package), rebuilds the same UNet and checks that its
+    package key is the one asked for before compiling. One build per package: other streams, in this process or
+    another, watch the same file (`<key>.building` holds the builder's pid). Its output goes to `<key>.log`.
+
+    The child ends with its parent: on Linux the kernel sends it SIGTERM when the parent dies
+    (`prctl(PR_SET_PDEATHSIG)`), it watches its parent's pid once a second as well (other systems, and a parent
+    thread that ends: the death signal follows the thread that started the child), and the parent terminates its
+    builders when it exits. A stopped builder removes its job folder, marker and half-written package; one killed
+    outright leaves them, and `recover_stale_builds` (run at every start) removes them once its pid is gone."""
 
     STALE_SECONDS = 30 * 60
     _mine: dict[str, BackgroundBuild] = {}
@@ -469,29 +604,42 @@ class BackgroundBuild:
         """Written by a child whose compile failed; delete it to try again."""
         return self.path.with_suffix(".failed")
 
+    @property
+    def job(self) -> Path:
+        return self.path.parent / "jobs" / self.path.stem
+
     @classmethod
     def start(cls, package: SteadyPackage, inputs: tuple, path: Path) -> BackgroundBuild:
         known = cls._mine.get(str(path))
         if known is not None and not known.finished():
             return known
         build = cls(path)
+        recover_stale_builds(path.parent)
         if build._someone_else_builds() or build.failed.exists():  # a build that failed is not retried each start
             return build
         import subprocess
+        import threading
 
-        job = path.parent / "jobs" / path.stem
-        _write_job(package, inputs, path, job)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        build.lock.write_text(str(os.getpid()))  # ours while the job is written (a cleaner must not take it)
+        _write_job(package, inputs, path, build.job)
         root = str(Path(__file__).resolve().parents[1])
         environ = {**os.environ, "PYTHONPATH": os.pathsep.join([root, *filter(None, [os.environ.get("PYTHONPATH")])])}
-        script = "import sys; from rain_core.cpu_fast import build_job; build_job(sys.argv[1])"
+        # the kernel's parent-death signal follows the *thread* that forks: only the main thread lives as long as
+        # the process, so from any other thread (ComfyUI runs nodes in a worker thread) the child relies on its
+        # parent-pid watch alone
+        death_signal = int(threading.current_thread() is threading.main_thread())
+        script = "import sys; from rain_core.cpu_fast import build_job; build_job(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]))"
         with open(build.log_path, "w") as output:
-            build.process = subprocess.Popen([sys.executable, "-c", script, str(job)], env=environ, cwd=root,
-                                             stdin=subprocess.DEVNULL, stdout=output, stderr=subprocess.STDOUT)
+            build.process = subprocess.Popen([sys.executable, "-c", script, str(build.job), str(os.getpid()),
+                                              str(death_signal)], env=environ, cwd=root, stdin=subprocess.DEVNULL,
+                                             stdout=output, stderr=subprocess.STDOUT)
         build.lock.write_text(str(build.process.pid))
         cls._mine[str(path)] = build
-        _warn_once(f"RAIN: building a compiled tick for this CPU in the background (low priority, a minute or more); "
-                   f"the stream runs eagerly until it is ready, later starts load it in a second ({BACKGROUND_ENV}=0 "
-                   f"turns this off)")
+        _stop_builders_at_exit()
+        _warn_once(f"RAIN: building a compiled tick for this CPU in the background (low priority, a minute or more; "
+                   f"it ends with this process); the stream runs eagerly until it is ready, later starts load it in "
+                   f"a second ({BACKGROUND_ENV}=0 turns this off)")
         return build
 
     def _someone_else_builds(self) -> bool:
@@ -503,18 +651,28 @@ class BackgroundBuild:
         if age > self.STALE_SECONDS:
             return False
         if os.name == "posix" and pid:
-            try:
-                os.kill(pid, 0)  # signal 0: does the builder still run?
-            except ProcessLookupError:
-                return False
-            except PermissionError:
-                pass
+            from .fileio import pid_running
+
+            return pid_running(pid)
         return True
+
+    def clean_up(self) -> None:
+        """Remove the marker, the job folder and half-written packages of this key (its builder is gone)."""
+        from .fileio import remove_stale_temporaries
+
+        self.lock.unlink(missing_ok=True)
+        shutil.rmtree(self.job, ignore_errors=True)
+        remove_stale_temporaries(self.path)
 
     def finished(self) -> bool:
         if self.process is not None:
             return self.process.poll() is not None
         return self.path.exists() or self.failed.exists() or not self._someone_else_builds()
+
+    def stop(self) -> None:
+        """Ask our child to end (it cleans up after itself)."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
 
     def failure(self) -> str:
         """The last line of the child's output (why it failed), or its exit code."""
@@ -524,6 +682,54 @@ class BackgroundBuild:
             lines = []
         code = None if self.process is None else self.process.returncode
         return (lines[-1][:300] if lines else f"exit code {code}") + f"; see {self.log_path}, delete {self.failed} to retry"
+
+
+_AT_EXIT = False
+
+
+def _stop_builders_at_exit() -> None:
+    """Once per process: at exit, terminate the builders this process started (the death signal and the pid watch
+    cover a parent that is killed; this covers a normal exit at once, not a second later)."""
+    global _AT_EXIT
+    if _AT_EXIT:
+        return
+    import atexit
+
+    atexit.register(lambda: [build.stop() for build in list(BackgroundBuild._mine.values())])
+    _AT_EXIT = True
+
+
+class BuilderStopped(BaseException):
+    """SIGTERM (the parent ended, or someone stopped the builder): clean up, write no failure marker."""
+
+
+def _end_with_parent(parent: int, death_signal: bool) -> None:
+    """In the builder: SIGTERM raises BuilderStopped; the kernel sends it when the parent dies (Linux,
+    PR_SET_PDEATHSIG) and a watcher thread sends it when the parent pid changes (every system)."""
+    import signal
+    import threading
+
+    def stopped(signum, frame):
+        raise BuilderStopped(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, stopped)
+    if death_signal and sys.platform.startswith("linux"):
+        try:
+            import ctypes
+
+            PR_SET_PDEATHSIG = 1
+            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+        except (OSError, AttributeError):
+            pass  # the watcher below still ends the builder
+    if os.getppid() != parent:  # the parent died before the death signal was armed
+        raise BuilderStopped("the parent process is gone")
+
+    def watch():
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="rain-parent-watch", daemon=True).start()
 
 
 def _write_job(package: SteadyPackage, inputs: tuple, path: Path, job: Path) -> None:
@@ -575,9 +781,10 @@ def read_job(folder: Path) -> tuple[SteadyPackage, tuple, Path]:
     return package, (tensors["sample"], tensors["timesteps"], tensors["features"]), Path(spec["path"])
 
 
-def build_job(folder: str) -> None:
+def build_job(folder: str, parent: int | None = None, death_signal: int = 1) -> None:
     """The background child (`BackgroundBuild`): rebuild the steady call from its job folder, check the key, compile
-    the package. Runs at lower priority (nice 5); removes the job folder and the lock whatever happens."""
+    the package. Runs at lower priority (nice 5) and ends with its parent (`parent`: its pid); removes the job
+    folder and the marker whatever happens, and writes `<key>.failed` only when the compile itself failed."""
     import json
 
     folder = Path(folder)
@@ -585,6 +792,8 @@ def build_job(folder: str) -> None:
     build = BackgroundBuild(Path(spec["path"]))
     path = build.path
     try:
+        if parent is not None:
+            _end_with_parent(parent, bool(death_signal))
         if hasattr(os, "nice"):
             os.nice(5)  # below the stream, not so far that a stream running flat out starves it
         import torch
@@ -597,6 +806,9 @@ def build_job(folder: str) -> None:
         started = time.perf_counter()
         _compile_package(package, (*inputs, *package.extra_inputs()), path)
         print(f"compiled {path.name} in {time.perf_counter() - started:.1f} s", flush=True)
+    except (BuilderStopped, KeyboardInterrupt) as stop:
+        print(f"stopped ({stop}); nothing kept", flush=True)
+        raise SystemExit(143) from None
     except BaseException as error:
         build.failed.write_text(f"{type(error).__name__}: {error}\n")
         raise
@@ -624,6 +836,13 @@ __all__ = [
     "BACKGROUND_ENV",
     "BackgroundBuild",
     "CACHE_ENV",
+    "CACHE_MAX_ENV",
+    "allow_background_compile",
+    "cache_limit_bytes",
+    "cached_packages",
+    "clear_cache",
+    "evict_packages",
+    "recover_stale_builds",
     "CompiledUNet",
     "NO_COMPILE_ENV",
     "TUNING_ENV",

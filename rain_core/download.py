@@ -28,6 +28,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from .layout import layout_paths
+
 ProgressCallback = Callable[[int, int, str], None]  # (done_bytes, total_bytes, file name)
 
 TAESDV_URL = "https://github.com/madebyollin/taesdv/raw/main/taesdv.pth"
@@ -309,14 +311,6 @@ def download_models(
     if convert:
         result["converted"] = str(convert_downloaded(models_dir))
     return result
-
-
-def layout_paths(models_dir: str | os.PathLike) -> dict[str, Path]:
-    """Where each part lives in the README layout under `models_dir`."""
-    root = Path(models_dir)
-    return {"rain": root / "rain" / "RAIN-v0.1", "taesdv": root / "vae_approx" / "taesdv.pth",
-            "vae": root / "vae" / "sd-vae-ft-mse", "image_encoder": root / "clip_vision" / "sd-image-variations",
-            "dwpose": root / "rain" / "dwpose"}
 
 
 def convert_downloaded(models_dir: str | os.PathLike) -> Path:

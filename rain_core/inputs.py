@@ -193,6 +193,53 @@ def uint8_frames(frames: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(array.astype(np.float32) / 255.0)
 
 
+# ---- cheap checks that catch a wrong file before minutes of compute ------------------------------------------
+
+SKELETON_DARK_FRACTION = 0.6  # DWPose / OpenPose renders: ~0.95 of the pixels are black; photos: under 0.05
+POSE_CHECK_FRAMES = 8  # the first frames of a pose source that the check looks at
+MIN_REFERENCE_SIDE = 16
+
+
+class NotAPoseRender(InputError):
+    """Frames given as pose renders look like camera footage; the message says the ways out."""
+
+
+def dark_fraction(frames) -> float:
+    """Share of near-black pixels (brightest channel under 0.1) of images, float in [0, 1] or uint8, (H, W, 3) or
+    (N, H, W, 3)."""
+    array = np.asarray(frames)
+    array = array.astype(np.float32) / (255.0 if array.dtype == np.uint8 else 1.0)
+    return float((array.max(axis=-1) < 0.1).mean()) if array.size else 1.0
+
+
+def check_pose_render(frames, source: str) -> None:
+    """THE pose-video check of the CLI, Pose Stream and the live panel: raise `NotAPoseRender` when frames given
+    as rendered skeletons (float in [0, 1] or uint8, (H, W, 3) or (N, H, W, 3); pass the first
+    POSE_CHECK_FRAMES) look like camera footage, whose animation would be colour noise. Measured on the examples:
+    the two DWPose videos and pose-1.png are 0.95–0.97 dark, the reference photos 0.001–0.03."""
+    dark = dark_fraction(frames)
+    if dark >= SKELETON_DARK_FRACTION:
+        return
+    raise NotAPoseRender(
+        f"{source}: these frames do not look like rendered skeletons ({dark:.0%} of the pixels are black; a "
+        "DWPose/OpenPose render is ~95% black with thin coloured limbs). RAIN follows pose renders, not camera "
+        "footage. For footage of a person, detect the poses: `rain live --poses detector`, Pose Stream's "
+        "video_frames input, or the live panel's DWPose detection mode. If this really is a render, turn the "
+        "check off: `--no-pose-check`, Pose Stream's pose_check, or the live panel's pose check box.")
+
+
+def reference_problem(image) -> str | None:
+    """Why an image (H, W, 3) in [0, 1] cannot be a reference picture, or None: too small, or one flat colour."""
+    array = np.asarray(image, dtype=np.float32)
+    height, width = array.shape[:2]
+    if min(height, width) < MIN_REFERENCE_SIDE:
+        return (f"it is {width}×{height} pixels; expected a picture of the character (at least "
+                f"{MIN_REFERENCE_SIDE} px a side, ideally the model's size or larger)")
+    if float(array.std()) < 0.01:
+        return "it is a single flat colour (blank); expected a picture of the character"
+    return None
+
+
 def is_keypoint_source(path: str | Path) -> bool:
     """A POSE_KEYPOINT / OpenPose .json file, or a folder of them (and no pose images)."""
     source = Path(path)
@@ -206,9 +253,9 @@ def pose_source_frames(path: str | Path, height: int, width: int) -> Iterator[to
     POSE_KEYPOINT / OpenPose JSON (rendered at (height, width) by `render_keypoints`). Video and image frames come
     at their own size: the stream fits them (`fit_frames`), exactly as it does for frames from the nodes."""
     if is_keypoint_source(path):
-        from .pose import load_openpose_json
+        from .pose import read_keypoints
 
-        for frame in load_openpose_json(Path(path)):
+        for frame in read_keypoints(Path(path)).frames:
             yield render_keypoints([frame], height, width)[0]
         return
     from .video import open_pose_source
@@ -225,6 +272,11 @@ def pose_source_frames(path: str | Path, height: int, width: int) -> Iterator[to
 
 __all__ = [
     "InputError",
+    "NotAPoseRender",
+    "POSE_CHECK_FRAMES",
+    "check_pose_render",
+    "dark_fraction",
+    "reference_problem",
     "RESIZE_MODES",
     "alpha_over_white",
     "as_frames",

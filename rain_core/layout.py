@@ -1,12 +1,11 @@
-"""Where model files live: the built-in tiny model and the models/ layout the README documents.
-
-One place for these paths, used by the CLI, the nodes and `rain_core.download`.
+"""Where model files live: the built-in tiny model, the one table of a model's files, and the models/ layout the
+README documents. Used by the loader, the CLI, the nodes and `rain_core.download`.
 """
 
 from __future__ import annotations
 
-import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 BUILTIN_NAMES = ("tiny", "builtin", "built-in")  # what a user may type instead of a folder
@@ -31,38 +30,54 @@ def resolve_model_folder(name) -> Path:
     return Path(name)
 
 
+@dataclass(frozen=True)
+class PartFiles:
+    """Where one part of a model may be, in the order the loader looks: names inside the model folder (ours first,
+    then the authors'), names in the folder that holds the model folder, and its place in the README layout under
+    models/."""
+
+    inside: tuple[str, ...]
+    beside: tuple[str, ...] = ()
+    layout: str | None = None
+
+
+# The one table of a model's files.
+MODEL_FILES = {
+    "reference_unet": PartFiles(("reference_unet.safetensors", "reference_unet.pth")),
+    "denoising_unet": PartFiles(("denoising_unet.safetensors", "motion_unet.pth")),
+    "pose_guider": PartFiles(("pose_guider.safetensors", "pose_guider.pth")),
+    "vae": PartFiles(("vae.safetensors", "sd-vae-ft-mse"), ("sd-vae-ft-mse",), "vae/sd-vae-ft-mse"),
+    "image_encoder": PartFiles(("image_encoder.safetensors", "image_encoder"), ("image_encoder",),
+                               "clip_vision/sd-image-variations"),
+    "taesdv": PartFiles(("taesdv.safetensors", "taesdv.pth"), (), "vae_approx/taesdv.pth"),
+}
+NETWORK_PARTS = ("reference_unet", "denoising_unet", "pose_guider")  # the three files of a RAIN checkpoint
+RELEASE_FOLDER = "rain/RAIN-v0.1"  # where the released checkpoint goes under models/
+DWPOSE_FOLDER = "rain/dwpose"
+
+
+def own_candidates(model_folder: str | os.PathLike, part: str) -> list[Path]:
+    """Where a model folder's own copy of `part` may be: inside it, then beside it (in the table's order)."""
+    folder = Path(model_folder)
+    files = MODEL_FILES[part]
+    return [folder / name for name in files.inside] + [folder.parent / name for name in files.beside]
+
+
+def layout_paths(models_dir: str | os.PathLike) -> dict[str, Path]:
+    """Where each downloadable item lives in the README layout under `models_dir`."""
+    root = Path(models_dir)
+    return {"rain": root / RELEASE_FOLDER, "dwpose": root / DWPOSE_FOLDER,
+            **{part: root / MODEL_FILES[part].layout for part in ("taesdv", "vae", "image_encoder")}}
+
+
 def readme_layout_parts(model_folder: str | os.PathLike) -> dict[str, Path]:
     """The VAE, image encoder and TAESDV of the README layout around a model folder, where they exist and the
     folder does not hold its own: models/rain/RAIN-v0.1 → models/vae/sd-vae-ft-mse,
     models/clip_vision/sd-image-variations, models/vae_approx/taesdv.pth. Keys: vae, image_encoder, taesdv."""
-    folder = Path(model_folder)
-    root = folder.parent.parent  # models/ (folder is models/rain/<name>)
-    own = {
-        "vae": [folder / "vae.safetensors", folder / "sd-vae-ft-mse", folder.parent / "sd-vae-ft-mse"],
-        "image_encoder": [folder / "image_encoder.safetensors", folder / "image_encoder",
-                          folder.parent / "image_encoder"],
-        "taesdv": [folder / "taesdv.safetensors", folder / "taesdv.pth"],
-    }
-    layout = {"vae": root / "vae" / "sd-vae-ft-mse", "image_encoder": root / "clip_vision" / "sd-image-variations",
-              "taesdv": root / "vae_approx" / "taesdv.pth"}
-    return {part: path for part, path in layout.items()
-            if path.exists() and not any(candidate.exists() for candidate in own[part])}
-
-
-def model_size(model_folder: str | os.PathLike, config=None) -> tuple[int, int]:
-    """The (height, width) a model was trained at: `resolution` in its rain_config.json when recorded (the
-    built-in model records 64×64), else 512×512 for an SD-VAE model (the released RAIN-v0.1) and 64×64 for a
-    pixel-codec model (the tiny family)."""
-    codec = getattr(config, "codec", None)
-    path = Path(model_folder) / "rain_config.json"
-    if path.is_file():
-        try:
-            data = json.loads(path.read_text())
-        except (OSError, ValueError):
-            data = {}  # load_rain reports a bad config with its own message
-        resolution = data.get("resolution") if isinstance(data, dict) else None
-        if isinstance(resolution, (list, tuple)) and len(resolution) == 2:
-            return int(resolution[0]), int(resolution[1])
-        if codec is None and isinstance(data, dict):
-            codec = (data.get("config") if isinstance(data.get("config"), dict) else data).get("codec")
-    return (64, 64) if codec == "space_to_depth" else (512, 512)
+    root = Path(model_folder).parent.parent  # models/ (the folder is models/rain/<name>)
+    found = {}
+    for part in ("vae", "image_encoder", "taesdv"):
+        path = root / MODEL_FILES[part].layout
+        if path.exists() and not any(candidate.exists() for candidate in own_candidates(model_folder, part)):
+            found[part] = path
+    return found

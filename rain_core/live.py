@@ -40,6 +40,7 @@ from typing import Any
 import numpy as np
 
 from .fileio import temporary_beside
+from .inputs import POSE_CHECK_FRAMES, NotAPoseRender, check_pose_render
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +51,11 @@ MAX_FRAME_SIDE = 2048
 
 class LiveInputError(ValueError):
     """A live frame or setting that cannot be used; the session is left as it was and keeps running."""
+
+
+class LiveSourceError(LiveInputError):
+    """The source cannot feed this session at all (frames that are not pose renders in pose mode, a detector that
+    is not installed): the worker stops and the host ends the session, telling the user why."""
 
 
 # ------------------------------------------------------------------------------------------- frames in
@@ -330,6 +336,7 @@ class LiveSettings:
     capacity: int | None = None  # frames waiting at the door; None: one cohort (frames_per_cohort)
     send_pose: bool = False  # keep the pose frame each output animates (LiveOutput.pose)
     warm_up: bool = False  # run the first ticks on blank poses before taking frames (see LiveSession.warm_up)
+    pose_check: bool = True  # mode "pose": refuse a source whose first frames are not rendered skeletons
 
     def validate(self) -> None:
         if self.mode not in LIVE_MODES:
@@ -394,6 +401,7 @@ class LiveSession:
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
         self.warm_up_s = self.warm_up() if self.settings.warm_up else None
+        self._pose_frames_checked = 0
         self.errors = 0  # worker steps that reported an error
         self.failed = 0  # frames taken but not pushed (each reported as an error)
         self.closed = False
@@ -512,7 +520,14 @@ class LiveSession:
         if _is_pose_frame(payload):
             keypoints = payload
         elif mode == "pose":
-            return _as_uint8(payload)  # the stream letterboxes it to its size
+            image = _as_uint8(payload)  # the stream letterboxes it to its size
+            if self.settings.pose_check and self._pose_frames_checked < POSE_CHECK_FRAMES:
+                try:
+                    check_pose_render(image, "live frames")  # the one check, as the CLI's and Pose Stream's
+                except NotAPoseRender as error:
+                    raise LiveSourceError(str(error)) from None
+                self._pose_frames_checked += 1
+            return image
         else:
             keypoints = self._detect(_as_uint8(payload))
         fitted = keypoints.letterboxed(height, width)
@@ -529,7 +544,7 @@ class LiveSession:
             try:
                 self._detector = (self._make_detector or DWPoseDetector)()
             except DetectorUnavailable as error:
-                raise LiveInputError(
+                raise LiveSourceError(
                     f"mode {self.settings.mode!r}: needs the DWPose detector for camera or video frames. {error} "
                     "Or send a pose video with mode 'pose'.") from error
         return self._detector(image)
@@ -541,8 +556,10 @@ class LiveSession:
 
     # ------------------------------------------------------------------ the worker thread
     def start(self, on_outputs: Callable[[list[LiveOutput]], None], on_error: Callable[[str], None] | None = None,
-              poll_s: float = 0.05) -> None:
-        """Run `step` in a daemon thread until `stop()`; outputs and error messages go to the callbacks."""
+              poll_s: float = 0.05, on_fatal: Callable[[str], None] | None = None) -> None:
+        """Run `step` in a daemon thread until `stop()`; outputs and error messages go to the callbacks. A
+        `LiveSourceError` (the source cannot feed this session) ends the worker and goes to `on_fatal` (else
+        `on_error`): the host then closes the session."""
         if self._thread is not None:
             raise LiveInputError("start: this live session is already running")
 
@@ -550,6 +567,11 @@ class LiveSession:
             while not self._stop.is_set():
                 try:
                     self.step(timeout=poll_s, emit=on_outputs)
+                except LiveSourceError as error:
+                    self.errors += 1
+                    log.warning("live session stopped: %s", error)
+                    (on_fatal or on_error or (lambda message: None))(str(error))
+                    return
                 except Exception as error:  # a bad frame or a failed tick: the stream is unchanged, go on
                     self.errors += 1
                     log.warning("live session: %s", error)

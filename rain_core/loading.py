@@ -22,6 +22,7 @@ import os
 import pickle
 import re
 import zipfile
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
@@ -29,6 +30,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from . import single_file
+from .layout import MODEL_FILES, NETWORK_PARTS, own_candidates, resolve_model_folder
 from .models import RainModelConfig, RainModels
 from .models.codecs import SpaceToDepthCodec, VaeCodec
 from .models.image_encoder import ClipImageEncoder
@@ -40,12 +43,8 @@ log = logging.getLogger(__name__)
 
 CONFIG_NAME = "rain_config.json"
 FORMAT = "rain-safetensors/1"
-# part -> (our safetensors name, the authors' file name)
-PART_FILES = {
-    "reference_unet": ("reference_unet.safetensors", "reference_unet.pth"),
-    "denoising_unet": ("denoising_unet.safetensors", "motion_unet.pth"),
-    "pose_guider": ("pose_guider.safetensors", "pose_guider.pth"),
-}
+# part -> (our safetensors name, the authors' file name), from the one table in layout.py
+PART_FILES = {part: MODEL_FILES[part].inside for part in NETWORK_PARTS}
 PART_DESCRIPTIONS = {
     "reference_unet": "the RAIN reference UNet (2D SD-1.5 UNet without conv_out)",
     "denoising_unet": "the RAIN denoising UNet (SD-1.5 UNet with motion_modules.* and time_embedding.cond_proj)",
@@ -74,8 +73,7 @@ def read_state_dict(path: str | os.PathLike, part: str = "checkpoint", mmap: boo
     weights_only=True only. Raises RainLoadError for a missing, truncated, corrupt or non-checkpoint file.
 
     mmap=True maps a torch.save zip archive instead of reading it (its tensors are the file's pages, read when
-    touched, never a second copy in memory; the legacy pickle format is read as usual); safetensors files are
-    always mapped and copied tensor by tensor."""
+    touched, never a second copy in memory; the legacy pickle format is read as usual)."""
     return _read(path, part, mmap)[0]
 
 
@@ -210,6 +208,7 @@ def _assign(
     never the whole model in the file's precision and again in the target one. `mapped`: the tensors are pages
     of a mapped file (`_read(..., mmap=True)`), given back as soon as each is converted."""
     if dtype is not None:
+        state = dict(state)  # the caller's mapping stays as it was
         for name in list(state):
             tensor = state.pop(name)
             converted = tensor.to(dtype) if tensor.is_floating_point() and tensor.dtype != dtype else tensor
@@ -230,14 +229,13 @@ def _assign(
 def _release_pages(tensor: torch.Tensor) -> None:
     """Give back the memory pages of a tensor read from a mapped file once it has been converted (they would
     otherwise stay resident until the whole file is unmapped: a 5 GB file converted to bf16 would peak at 1.5×
-    its size). Only clean pages of a private file mapping are dropped; reading them again would read the file.
-    Call it only on tensors of a private file mapping; a no-op off Linux."""
+    its size). Only clean pages of a file mapping are dropped; touching them again would read the file again.
+    Call it only on tensors of a file mapping; a no-op off Linux."""
     import ctypes
     import sys
 
     if not sys.platform.startswith("linux"):
         return
-
     try:
         libc = ctypes.CDLL(None, use_errno=True)
         page = os.sysconf("SC_PAGE_SIZE")
@@ -301,6 +299,15 @@ def _read_config_file(folder: Path) -> tuple[RainModelConfig, dict]:
         raise RainLoadError(f"{path}: not a valid RAIN model config ({error}).") from error
 
 
+def folder_frame_size(folder: str | os.PathLike) -> tuple[int, int]:
+    """A model folder's own (height, width), read from its rain_config.json without loading any weights (a folder
+    of the authors' .pth files has none: the released size). Asks `RainModelConfig.own_frame_size`, as a loaded
+    model does."""
+    folder = Path(folder)
+    config = _read_config_file(folder)[0] if (folder / CONFIG_NAME).is_file() else RainModelConfig.sd15()
+    return config.own_frame_size()
+
+
 def _meta_network(part: str, config: RainModelConfig) -> nn.Module:
     """One RAIN network of `config` on the meta device (no memory), ready to receive checked tensors."""
     with torch.device("meta"):
@@ -341,7 +348,7 @@ def load_network(
     loaded straight into `dtype` on `device` (see `load_rain` for the folder and `config`)."""
     if part not in PART_FILES:
         raise ValueError(f"load_network: part must be one of {sorted(PART_FILES)}, found {part!r}")
-    folder = Path(folder)
+    folder = resolve_model_folder(folder)
     if (folder / CONFIG_NAME).exists():
         config = _read_config_file(folder)[0]
     network = _fill(_meta_network(part, config or RainModelConfig.sd15()), folder, part, dtype)
@@ -358,21 +365,25 @@ def load_rain(
     config: RainModelConfig | None = None,
     release_reference: bool = False,
 ) -> RainModels:
-    """Load RAIN from `folder` (official .pth files or our safetensors layout; safetensors preferred).
+    """Load RAIN from `folder` (official .pth files or our safetensors layout; safetensors preferred); "tiny" or
+    "builtin" is the built-in model, as `--model tiny` is (`rain_core.layout.resolve_model_folder`).
 
-    vae: diffusers AutoencoderKL folder (sd-vae-ft-mse); image_encoder: transformers CLIPVisionModelWithProjection
-    folder (sd-image-variations `image_encoder`); taesdv: taesdv.pth. Each defaults to what the folder holds
+    vae: diffusers AutoencoderKL folder (sd-vae-ft-mse), a single .safetensors file in diffusers' or the LDM layout
+    (vae-ft-mse-840000-ema-pruned.safetensors), or its tensors as a mapping; image_encoder: transformers
+    CLIPVisionModelWithProjection folder (sd-image-variations `image_encoder`), a single file in transformers' or
+    open_clip's layout (ComfyUI's models/clip_vision), or its tensors; taesdv: taesdv.pth (`rain_core.single_file`
+    converts the layouts). Each defaults to what the folder holds
     (our layout) or to a sibling folder/file of the usual name. config: the model size when the folder has no
     rain_config.json (default: the released SD-1.5 size).
 
     Every network goes straight into `dtype`: files are mapped and converted one tensor at a time, so loading
     never holds the weights twice (float32 weights stay the mapped file's pages). release_reference=True frees
     the reference UNet and the image encoder once a reference is encoded (the authors' demo unloads its
-    reference part the same way: at full size 4.7 GB in float32, 2.3 GB in bfloat16); they are loaded again
-    from their files, in the models' device and dtype at that time, for the next reference or a restored state
+    reference part the same way: at full size 4.7 GB in float32, 2.3 GB in bfloat16); they are loaded again,
+    in the models' device and dtype at that time, for the next reference or a restored state
     (`RainModels.reference_networks`).
     """
-    folder = Path(folder)
+    folder = resolve_model_folder(folder)
     if not folder.is_dir():
         raise RainLoadError(f"{folder}: checkpoint folder not found. {DOWNLOAD_HINT}")
     check_device_dtype(device, dtype)
@@ -456,15 +467,21 @@ def _from_pretrained(model_class, path: Path, expected: str, dtype: torch.dtype 
 
 
 def _load_codec(folder: Path, config: RainModelConfig, extras: dict, vae_path, dtype=None) -> nn.Module:
+    """The model's codec. `vae_path`: a diffusers folder, a single file (diffusers or LDM keys), or the tensors
+    themselves (a mapping, e.g. ComfyUI's VAE's state dict)."""
     if config.codec == "space_to_depth":
         return SpaceToDepthCodec(config.codec_factor)
     from diffusers import AutoencoderKL
 
-    defaults = [folder / "vae.safetensors", folder / "sd-vae-ft-mse", folder.parent / "sd-vae-ft-mse"]
+    if isinstance(vae_path, Mapping):
+        return VaeCodec(_vae_from_state(vae_path, "vae (the VAE given)", extras, config, dtype),
+                        config.vae_scaling_factor)
+    defaults = own_candidates(folder, "vae")
     path = _component_path(
         vae_path,
         defaults,
-        "VAE not found; expected a diffusers AutoencoderKL folder (sd-vae-ft-mse).",
+        "VAE not found; expected a diffusers AutoencoderKL folder (sd-vae-ft-mse) or a .safetensors VAE "
+        "(e.g. vae-ft-mse-840000-ema-pruned.safetensors).",
         f"{folder}: this model decodes with the SD VAE but none was given or found; pass vae= the sd-vae-ft-mse "
         "folder (Hugging Face stabilityai/sd-vae-ft-mse, e.g. models/vae/sd-vae-ft-mse).",
     )
@@ -472,39 +489,52 @@ def _load_codec(folder: Path, config: RainModelConfig, extras: dict, vae_path, d
         vae = _from_pretrained(AutoencoderKL, path, "sd-vae-ft-mse (config.json + diffusion_pytorch_model.safetensors)",
                                dtype)
         return VaeCodec(vae, config.vae_scaling_factor)
-    vae_config = extras.get("vae") or config.vae
-    if vae_config is None:
-        raise RainLoadError(f"{path}: no VAE config in {folder / CONFIG_NAME}; cannot rebuild the VAE.")
+    return VaeCodec(_vae_from_state(read_state_dict(path, "vae"), path, extras, config, dtype),
+                    config.vae_scaling_factor)
+
+
+def _vae_from_state(state, source, extras: dict, config: RainModelConfig, dtype=None) -> nn.Module:
+    """The AutoencoderKL of this model (its stored config, else sd-vae-ft-mse's) filled with `state` in diffusers'
+    or the LDM layout (ComfyUI's models/vae files and its VAE in memory)."""
+    from diffusers import AutoencoderKL
+
     with torch.device("meta"):
-        vae = AutoencoderKL.from_config(vae_config)
-    state = read_state_dict(path, "vae")
-    check_state_dict(state, vae, path, "vae")
-    return VaeCodec(_assign(vae, state, dtype), config.vae_scaling_factor)
+        vae = AutoencoderKL.from_config(extras.get("vae") or config.vae or single_file.SD_VAE_CONFIG)
+    state = single_file.to_diffusers_vae(state, vae.config)
+    check_state_dict(state, vae, source, "vae")
+    return _assign(vae, state, dtype)
 
 
 def _load_image_encoder(
     folder: Path, config: RainModelConfig, extras: dict, encoder_path, dtype=None
 ) -> ClipImageEncoder:
+    """The CLIP image encoder. `encoder_path`: a transformers folder, a single file (transformers or open_clip
+    keys), or the tensors themselves (a mapping, e.g. ComfyUI's CLIP vision state dict)."""
     from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
     from .models.image_encoder import build_clip
 
-    defaults = [folder / "image_encoder.safetensors", folder / "image_encoder", folder.parent / "image_encoder"]
-    path = _component_path(
-        encoder_path,
-        defaults,
-        "image encoder not found; expected a CLIP image_encoder folder.",
-        f"{folder}: no image encoder given or found; pass image_encoder= the sd-image-variations image_encoder "
-        "folder (lambdalabs/sd-image-variations-diffusers/image_encoder, e.g. models/clip_vision/sd-image-variations).",
-    )
-    if path.is_dir():
-        return ClipImageEncoder(
-            _from_pretrained(CLIPVisionModelWithProjection, path, "the sd-image-variations image_encoder folder", dtype)
+    if isinstance(encoder_path, Mapping):
+        state, path = encoder_path, "clip_vision (the CLIP vision model given)"
+    else:
+        path = _component_path(
+            encoder_path,
+            own_candidates(folder, "image_encoder"),
+            "image encoder not found; expected a CLIP image_encoder folder or a .safetensors CLIP vision file.",
+            f"{folder}: no image encoder given or found; pass image_encoder= the sd-image-variations image_encoder "
+            "folder (lambdalabs/sd-image-variations-diffusers/image_encoder, e.g. models/clip_vision/"
+            "sd-image-variations).",
         )
+        if path.is_dir():
+            return ClipImageEncoder(
+                _from_pretrained(CLIPVisionModelWithProjection, path, "the sd-image-variations image_encoder folder",
+                                 dtype)
+            )
+        state = read_state_dict(path, "image_encoder")
     clip_config = CLIPVisionConfig.from_dict(extras["image_encoder"]) if "image_encoder" in extras else None
     with torch.device("meta"):
         model = CLIPVisionModelWithProjection(clip_config) if clip_config else build_clip(config.clip)
-    state = read_state_dict(path, "image_encoder")
+    state = single_file.to_transformers_clip(state)
     check_state_dict(state, model, path, "image_encoder", allow_missing=("position_ids",))
     return ClipImageEncoder(_assign_clip(model, state, dtype))
 
@@ -522,7 +552,7 @@ def _assign_clip(model: nn.Module, state: dict[str, torch.Tensor], dtype=None) -
 
 def _load_taesdv(folder: Path, config: RainModelConfig, taesdv_path, dtype=None) -> TAESDV | None:
     candidates = (
-        [Path(taesdv_path)] if taesdv_path is not None else [folder / "taesdv.safetensors", folder / "taesdv.pth"]
+        [Path(taesdv_path)] if taesdv_path is not None else own_candidates(folder, "taesdv")
     )
     for path in candidates:
         if path.is_file() or taesdv_path is not None:
@@ -614,92 +644,3 @@ def convert_official(
         _save_atomic(decoder.state_dict(), dst / "taesdv.safetensors")
     _write_config(dst, config, encoder.model.config.to_dict(), vae_config)
     return dst
-
-
-# ---- initialisation for training ---------------------------------------------------------------------------
-
-
-def _diffusers_unet_config(config: RainModelConfig) -> dict:
-    blocks = config.cross_attention_blocks
-    return {
-        "in_channels": config.latent_channels,
-        "out_channels": config.latent_channels,
-        "block_out_channels": list(config.block_out_channels),
-        "down_block_types": ["CrossAttnDownBlock2D" if b else "DownBlock2D" for b in blocks],
-        "up_block_types": ["CrossAttnUpBlock2D" if b else "UpBlock2D" for b in reversed(blocks)],
-        "layers_per_block": config.layers_per_block,
-        "attention_head_dim": config.attention_heads,
-        "cross_attention_dim": config.cross_attention_dim,
-        "norm_num_groups": config.norm_num_groups,
-        "norm_eps": config.norm_eps,
-    }
-
-
-def read_sd_unet(source: str | os.PathLike, config: RainModelConfig) -> dict[str, torch.Tensor]:
-    """SD-1.5 / sd-image-variations UNet weights in diffusers names, from a diffusers folder (the model folder
-    with unet/, or the unet folder itself) or a single file (diffusers names, or the original LDM layout with
-    model.diffusion_model.* keys, converted with diffusers' own key map)."""
-    source = Path(source)
-    if source.is_dir():
-        folder = source / "unet" if (source / "unet").is_dir() else source
-        for name in ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin"):
-            if (folder / name).exists():
-                return read_state_dict(folder / name, "an SD-1.5 UNet")
-        raise RainLoadError(
-            f"{folder}: no diffusion_pytorch_model.safetensors/.bin; expected a diffusers UNet folder "
-            "(e.g. runwayml/stable-diffusion-v1-5/unet or lambdalabs/sd-image-variations-diffusers/unet)."
-        )
-    state = read_state_dict(source, "an SD-1.5 UNet")
-    if any(k.startswith("model.diffusion_model.") for k in state):
-        from diffusers.loaders.single_file_utils import convert_ldm_unet_checkpoint
-
-        state = convert_ldm_unet_checkpoint(state, _diffusers_unet_config(config))
-    return state
-
-
-def read_motion_modules(source: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """AnimateDiff motion-module weights in their original key format (mm_sd_v15*.ckpt / .safetensors):
-    `{down,mid,up}_blocks.*.motion_modules.*.temporal_transformer.*` (a `module.` prefix is dropped)."""
-    state = read_state_dict(source, "AnimateDiff motion-module weights")
-    state = {k.removeprefix("module."): v for k, v in state.items()}
-    foreign = [k for k in state if "motion_modules." not in k]
-    if foreign:
-        raise RainLoadError(
-            f"{source}: expected AnimateDiff motion-module weights (only *.motion_modules.* tensors); found "
-            f"{_describe_contents(list(state))}. Use an AnimateDiff motion module such as mm_sd_v15_v2.ckpt."
-        )
-    return state
-
-
-def init_for_training(
-    sd_unet: str | os.PathLike,
-    motion_modules: str | os.PathLike | None = None,
-    config: RainModelConfig | None = None,
-    vae=None,
-    image_encoder: str | os.PathLike | None = None,
-) -> RainModels:
-    """RAIN networks initialised the AnimateAnyone way: both UNets from SD-1.5 / sd-image-variations UNet
-    weights, motion modules from AnimateDiff (absent ones, e.g. the mid block of v1 files, stay zero-initialised,
-    so they start as the identity), a fresh pose guider and cond_proj (zero outputs)."""
-    config = config or RainModelConfig.sd15()
-    models = RainModels.build(config, vae=vae, with_image_encoder=image_encoder is None)
-    if image_encoder is not None:
-        models.image_encoder = _load_image_encoder(Path(image_encoder), config, {}, image_encoder)
-    unet_state = read_sd_unet(sd_unet, config)
-    reference_state = {k: v for k, v in unet_state.items() if not k.startswith(("conv_norm_out.", "conv_out."))}
-    check_state_dict(reference_state, models.reference_unet, sd_unet, "reference_unet")
-    models.reference_unet.load_state_dict(reference_state)
-
-    denoising_state = dict(unet_state)
-    if motion_modules is not None:
-        motion_state = read_motion_modules(motion_modules)
-        expected = models.denoising_unet.state_dict()
-        for key, value in motion_state.items():
-            # a different position-table length (AnimateDiff v1: 24) is recomputed, not copied
-            if key.endswith(RECOMPUTABLE_SUFFIXES) and key in expected and value.shape != expected[key].shape:
-                continue
-            denoising_state[key] = value
-    allowed = ("motion_modules.", "time_embedding.cond_proj.")
-    check_state_dict(denoising_state, models.denoising_unet, sd_unet, "denoising_unet", allow_missing=allowed)
-    models.denoising_unet.load_state_dict(denoising_state, strict=False)
-    return models

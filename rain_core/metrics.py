@@ -58,34 +58,3 @@ def bootstrap_ci(values, resamples: int = 10_000, seed: int = 0, level: float = 
     estimates = statistic(array[rng.integers(0, len(array), size=(resamples, len(array)))], axis=1)
     tail = (1.0 - level) / 2.0 * 100.0
     return float(np.percentile(estimates, tail)), float(np.percentile(estimates, 100.0 - tail))
-
-
-# ---- input statistics: cheap checks that catch a wrong file before minutes of compute -----------------------
-
-SKELETON_DARK_FRACTION = 0.6  # DWPose / OpenPose renders: ~0.95 of the pixels are black; photos: under 0.05
-MIN_REFERENCE_SIDE = 16
-
-
-def dark_fraction(frames) -> float:
-    """Share of near-black pixels (brightest channel under 0.1) of images in [0, 1], (H, W, 3) or (N, H, W, 3)."""
-    array = np.asarray(frames, dtype=np.float32)
-    return float((array.max(axis=-1) < 0.1).mean()) if array.size else 1.0
-
-
-def looks_like_pose_render(frames) -> bool:
-    """Whether frames look like rendered skeletons (thin coloured limbs on black), not camera footage.
-    Measured on the examples: the two DWPose videos and pose-1.png 0.95–0.97 dark, the reference photos
-    0.001–0.03."""
-    return dark_fraction(frames) >= SKELETON_DARK_FRACTION
-
-
-def reference_problem(image) -> str | None:
-    """Why an image (H, W, 3) in [0, 1] cannot be a reference picture, or None: too small, or one flat colour."""
-    array = np.asarray(image, dtype=np.float32)
-    height, width = array.shape[:2]
-    if min(height, width) < MIN_REFERENCE_SIDE:
-        return (f"it is {width}×{height} pixels; expected a picture of the character (at least "
-                f"{MIN_REFERENCE_SIDE} px a side, ideally the model's size or larger)")
-    if float(array.std()) < 0.01:
-        return "it is a single flat colour (blank); expected a picture of the character"
-    return None

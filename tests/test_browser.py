@@ -17,7 +17,7 @@ import json
 import time
 
 import pytest
-from test_comfyui_host import BROWSER_MARKS, CHROMIUM, CHROMIUM_ARGS, ROOT, WORKFLOWS, Server
+from comfy_host import BROWSER_MARKS, CHROMIUM, CHROMIUM_ARGS, ROOT, WORKFLOWS, Server
 
 PACK_JS = "rain_frame_queue"
 

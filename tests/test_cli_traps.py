@@ -357,7 +357,7 @@ def test_ctrl_c_ends_rain_live_promptly_and_keeps_what_was_animated(tmp_path, lo
     rain = _Rain("live", "--model", "tiny", "--reference", REFERENCE, "--source", long_poses, "--out", out,
                  "--threads", 1, "--json")
     deadline = time.monotonic() + 120
-    while not [p for p in tmp_path.iterdir() if p.name.startswith(".live.")]:  # the sink's temporary file
+    while not [p for p in tmp_path.iterdir() if p.name.startswith(".live.mp4.rain-tmp-")]:  # the sink's temporary
         assert time.monotonic() < deadline and rain.process.poll() is None, rain.err.decode(errors="replace")
         time.sleep(0.2)
     code, err, seconds = rain.interrupt_and_wait()

@@ -1,6 +1,6 @@
 """Load RAIN Model's "RAIN-v0.1 (download from Hugging Face)" in a real ComfyUI, against the stand-in hub.
 
-Opt-in (markers comfyui and slow; COMFYUI_DIR / COMFY_PYTHON as for tests/test_comfyui_host.py):
+Opt-in (markers comfyui and slow; COMFYUI_DIR / COMFY_PYTHON as for tests/comfy_host.py):
 
     COMFYUI_DIR=$COMFY COMFY_PYTHON=$COMFY_VENV/bin/python .venv/bin/pytest -m "comfyui and slow" \
         tests/test_comfyui_download.py
@@ -22,9 +22,10 @@ import shutil
 from pathlib import Path
 
 import pytest
-from test_comfyui_host import PACK_FOLDER, REASON, ROOT, Server, saved_images
+from comfy_host import HOST_MARKS, PACK_FOLDER, ROOT, Server
+from test_comfyui_host import saved_images
 
-pytestmark = [pytest.mark.comfyui, pytest.mark.slow] + ([pytest.mark.skip(reason=REASON)] if REASON else [])
+pytestmark = [*HOST_MARKS, pytest.mark.slow]
 
 FULL_HUB = os.environ.get("RAIN_STANDIN_HUB")
 DOWNLOAD_MODEL = "RAIN-v0.1 (download from Hugging Face)"

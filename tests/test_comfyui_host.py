@@ -20,158 +20,32 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
-import subprocess
 import time
 import urllib.parse
-import urllib.request
 import uuid
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
+from comfy_host import (
+    BIG_MODEL,
+    DATA,
+    HOST_MARKS,
+    OUR_NODES,
+    PACK_FOLDER,
+    ROOT,
+    TEST_MODEL,
+    USER_FILE,
+    WORKFLOWS,
+    Server,
+    comfy_has_gpu,
+)
 from PIL import Image
 
 from rain_core.comfy_client import ui_to_api
 
-ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT / "examples"  # real inputs shipped with the pack (examples/README.md)
-PACK_FOLDER = "ComfyUI-RAIN-renamed"
-OUR_NODES = {"LoadRainModel", "RainPoseStream", "RainSampler", "RainFrameQueue", "RainLoadPoseKeypoints"}
-TEST_MODEL = "tiny-host-test"
-BIG_MODEL = "host-memory-test"  # large enough for its weights to show in the server's RSS
-WORKFLOWS = sorted((ROOT / "example_workflows").glob("*.json"))
-USER_FILE = "anyone-2.png"  # present in the input folder before the server starts: must not be overwritten
-
-pytestmark = pytest.mark.comfyui
-
-COMFYUI_DIR = os.environ.get("COMFYUI_DIR")
-COMFY_PYTHON = os.environ.get("COMFY_PYTHON")
-if not (COMFYUI_DIR and Path(COMFYUI_DIR, "main.py").is_file()):
-    REASON = "real-host tier skipped: set COMFYUI_DIR to a ComfyUI checkout (and COMFY_PYTHON to its venv's python)"
-elif not (COMFY_PYTHON and Path(COMFY_PYTHON).exists()):
-    REASON = f"real-host tier skipped: COMFY_PYTHON must name the python that runs ComfyUI in {COMFYUI_DIR}"
-else:
-    REASON = None
-if REASON:
-    print(REASON)
-    pytestmark = [pytest.mark.comfyui, pytest.mark.skip(reason=REASON)]
-
-# The browser tiers (test_browser.py, test_live_browser.py) share these: Debian's Chromium, never a downloaded one.
-CHROMIUM = os.environ.get("RAIN_CHROMIUM", shutil.which("chromium") or "/usr/bin/chromium")
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync"]
-if REASON:
-    BROWSER_SKIP = REASON
-elif not Path(CHROMIUM).exists():
-    BROWSER_SKIP = f"browser tier skipped: no Chromium at {CHROMIUM} (apt-get install chromium, or set RAIN_CHROMIUM)"
-else:
-    BROWSER_SKIP = None
-BROWSER_MARKS = [pytest.mark.browser, pytest.mark.comfyui] + ([pytest.mark.skip(reason=BROWSER_SKIP)] if BROWSER_SKIP else [])
-LIVE_REFERENCE = "live-reference.png"  # a file of the server's input folder, as a Load Image node names it
-
-
-def live_server(tmp_path_factory, name: str):
-    """A real ComfyUI with the pack and a reference in its input folder, for the live tiers (yield from it)."""
-    instance = Server(tmp_path_factory.mktemp(name))
-    instance.start()
-    shutil.copy(DATA / "anyone-1.png", instance.workdir / "input" / LIVE_REFERENCE)  # as a Load Image upload would
-    yield instance
-    instance.stop()
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-class Server:
-    """`base_directory=True`: the workdir is ComfyUI's base directory (`--base-directory`), so ComfyUI's own models/
-    folder, where downloads go, is the workdir's; otherwise only models/rain and custom_nodes are added to the
-    checkout's. `env`: variables added to the server's environment."""
-
-    def __init__(self, workdir: Path, base_directory: bool = False, env: dict | None = None):
-        self.workdir = workdir
-        self.port = free_port()
-        self.base = f"http://127.0.0.1:{self.port}"
-        self.log_path = workdir / "server.log"
-        self.process = None
-        self.base_directory = base_directory
-        self.env = env or {}
-
-    def start(self):
-        custom_nodes = self.workdir / "custom_nodes"
-        custom_nodes.mkdir()
-        (custom_nodes / PACK_FOLDER).symlink_to(ROOT)
-        models = self.workdir / "models"
-        (models / "rain").mkdir(parents=True, exist_ok=True)
-        paths = self.workdir / "paths.yaml"
-        if self.base_directory:
-            paths.write_text("{}\n")  # the base directory holds custom_nodes/ and models/ already
-        else:
-            paths.write_text(f"pack_under_test:\n    custom_nodes: {custom_nodes}\n    rain: {models / 'rain'}\n")
-        inputs = self.input = self.workdir / "input"
-        inputs.mkdir()
-        # The user's own file of a name the examples use; the pack copies the other examples in at start-up.
-        shutil.copy(DATA / "anime-portrait.png", inputs / USER_FILE)
-        self.output = self.workdir / "output"
-        self.output.mkdir()
-        command = [COMFY_PYTHON, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(self.port),
-                   "--disable-api-nodes", "--extra-model-paths-config", str(paths), "--input-directory", str(inputs),
-                   "--output-directory", str(self.output), "--temp-directory", str(self.workdir),
-                   "--disable-auto-launch"] + (["--base-directory", str(self.workdir)] if self.base_directory else [])
-        self.log = open(self.log_path, "w")
-        self.process = subprocess.Popen(command, cwd=COMFYUI_DIR, stdout=self.log, stderr=subprocess.STDOUT,
-                                        env={**os.environ, **self.env})
-        deadline = time.time() + 300
-        while time.time() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"ComfyUI exited:\n{self.log_path.read_text()[-4000:]}")
-            try:
-                self.get("/object_info/LoadImage")
-                return
-            except OSError:
-                time.sleep(0.5)
-        raise RuntimeError(f"ComfyUI did not come up in 300 s:\n{self.log_path.read_text()[-4000:]}")
-
-    def stop(self):
-        if self.process is not None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-            self.log.close()
-
-    def get(self, path):
-        with urllib.request.urlopen(self.base + path, timeout=60) as response:
-            return json.loads(response.read())
-
-    def post(self, path, payload=None):
-        request = urllib.request.Request(self.base + path, data=json.dumps(payload or {}).encode(),
-                                         headers={"Content-Type": "application/json"})
-        with urllib.request.urlopen(request, timeout=60) as response:
-            body = response.read()
-        return json.loads(body) if body else None
-
-    def queue(self, prompt: dict, client_id: str | None = None) -> str:
-        return self.post("/prompt", {"prompt": prompt, "client_id": client_id or uuid.uuid4().hex})["prompt_id"]
-
-    def wait(self, prompt_id: str, timeout: float = 600) -> dict:
-        deadline = time.time() + timeout
-        while time.time() < deadline:
-            history = self.get(f"/history/{prompt_id}")
-            if prompt_id in history and history[prompt_id]["status"].get("completed") is not None:
-                return history[prompt_id]
-            time.sleep(0.25)
-        raise TimeoutError(f"prompt {prompt_id} did not finish in {timeout} s")
-
-    def run(self, prompt: dict, timeout: float = 600, client_id: str | None = None) -> dict:
-        entry = self.wait(self.queue(prompt, client_id), timeout)
-        assert entry["status"]["status_str"] == "success", json.dumps(entry["status"]["messages"])[-3000:]
-        return entry
-
+pytestmark = HOST_MARKS
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
@@ -223,6 +97,87 @@ def test_workflow_templates_are_listed_under_readable_names(server):
             assert response.read()[:3] == b"\xff\xd8\xff"
 
 
+def test_workflow_templates_are_listed_in_order(server):
+    listed = server.get("/workflow_templates")[PACK_FOLDER]
+    intended = sorted(p.stem for p in WORKFLOWS)  # "RAIN 1 - ...", "RAIN 2 - ...": test_packaging checks the names
+    folder_order = [name[:-5] for name in os.listdir(ROOT / "example_workflows") if name.endswith(".json")]
+    if listed != intended and listed == folder_order:
+        # ComfyUI 0.3.64 globs custom_nodes/*/example_workflows/*.json unsorted, and both front ends (1.27.10,
+        # 1.58.1) show that order: the folder's own (ext4 returns names by hash). Upstream ComfyUI sorts by name.
+        pytest.xfail(f"this ComfyUI lists the templates in the folder's order: {[n[:6] for n in listed]}")
+    assert listed == intended
+
+
+COMFY_FILES_MODEL = "comfy-files-test"
+VAE_FILE, CLIP_FILE = "vae-ft-mse-random.safetensors", "clip-vit-large-patch14-random.safetensors"
+
+
+def _random_like(state, seed) -> dict:
+    """Values k/1024 (|k| < 64): exact in fp32, fp16 and bf16, whatever precision ComfyUI holds its copy in."""
+    generator = torch.Generator().manual_seed(seed)
+    return {name: (torch.randint(-63, 64, tuple(t.shape), generator=generator) / 1024).half()
+            for name, t in state.items()}
+
+
+def write_comfy_model_files(models: Path) -> None:
+    """What ComfyUI's core loaders read: the SD VAE in the LDM layout and CLIP ViT-L/14 in transformers' layout (the
+    only sizes their key rules accept), random; and a tiny RAIN (768-wide cross-attention) that needs both."""
+    import dataclasses
+
+    from conftest import tiny_config
+    from diffusers import AutoencoderKL
+    from foreign_layouts import to_ldm_vae
+    from safetensors.torch import save_file
+
+    from rain_core.loading import CONFIG_NAME, FORMAT
+    from rain_core.models import DenoisingUNet, PoseGuider, ReferenceUNet
+    from rain_core.models.config import ClipConfig
+    from rain_core.models.image_encoder import build_clip
+    from rain_core.models.testing import randomize_parameters
+    from rain_core.single_file import SD_VAE_CONFIG
+
+    with torch.device("meta"):
+        vae, clip = AutoencoderKL.from_config(SD_VAE_CONFIG), build_clip(ClipConfig())
+    save_file(to_ldm_vae(_random_like(vae.state_dict(), 1)), str(models / "vae" / VAE_FILE))
+    save_file(_random_like(clip.state_dict(), 2), str(models / "clip_vision" / CLIP_FILE))
+    config = dataclasses.replace(tiny_config(codec="vae", codec_factor=8, block_out_channels=(16, 32),
+                                             attention_heads=2, cross_attention_dim=768), vae=None, clip=ClipConfig())
+    folder = models / "rain" / COMFY_FILES_MODEL
+    folder.mkdir()
+    for name, network in (("reference_unet", ReferenceUNet(config)), ("denoising_unet", DenoisingUNet(config)),
+                          ("pose_guider", PoseGuider(config.pose_channels, config.pose_guider_channels))):
+        save_file({k: v.contiguous() for k, v in randomize_parameters(network, 5).state_dict().items()},
+                  str(folder / f"{name}.safetensors"))
+    (folder / CONFIG_NAME).write_text(json.dumps({"format": FORMAT, "config": config.to_dict()}))
+
+
+def comfy_files_prompt(sockets: bool, stream_id: str) -> dict:
+    """8 poses through the 768-wide model, flushed: with core Load VAE / Load CLIP Vision connected, or with the
+    same files chosen in Load RAIN Model's own lists."""
+    prompt = sampler_prompt(stream_id, 0, 8, True, stream_id)
+    prompt["1"]["inputs"].update(model=COMFY_FILES_MODEL, decoder="vae")
+    prompt["4"]["inputs"].update(width=64, height=64, levels=2, frames_per_cohort=2, steps=2)
+    if sockets:
+        prompt["8"] = {"class_type": "VAELoader", "inputs": {"vae_name": VAE_FILE}}
+        prompt["9"] = {"class_type": "CLIPVisionLoader", "inputs": {"clip_name": CLIP_FILE}}
+        prompt["1"]["inputs"].update(vae=["8", 0], clip_vision=["9", 0])
+    else:
+        prompt["1"]["inputs"].update(vae_name=VAE_FILE, image_encoder=CLIP_FILE)
+    return prompt
+
+
+def test_core_load_vae_and_load_clip_vision_feed_load_rain_model(server):
+    write_comfy_model_files(server.workdir / "models")
+    info = server.get("/object_info/LoadRainModel")["LoadRainModel"]["input"]
+    assert VAE_FILE in info["required"]["vae_name"][0] and CLIP_FILE in info["required"]["image_encoder"][0]
+    assert info["optional"]["vae"][0] == "VAE" and info["optional"]["clip_vision"][0] == "CLIP_VISION"
+    taken_over = saved_frames(server, server.run(comfy_files_prompt(True, "comfy_sockets")))
+    server.post("/free", {"unload_models": True, "free_memory": True})  # one copy of ViT-L at a time
+    from_files = saved_frames(server, server.run(comfy_files_prompt(False, "comfy_files")))
+    assert taken_over.shape == (8, 64, 64, 3) and taken_over.std() > 0
+    assert np.array_equal(taken_over, from_files)  # ComfyUI's objects held the very weights of the files
+
+
 def test_example_inputs_are_copied_into_the_input_folder_and_a_user_file_is_kept(server):
     for name in ("anyone-1.png", "anime-portrait.png", "anyone-video-1_kps.mp4", "rain-dance-keypoints.json",
                  "rain-face-keypoints.json"):
@@ -250,8 +205,9 @@ EXPECTED_VIDEOS = {"RAIN 1 - Pose video to animation": (64, 30.0), "RAIN 2 - Pos
                    "RAIN 4 - Anime face morph": (60, 30.0)}
 
 
-@pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.stem)
-def test_shipped_workflow_runs_as_shipped(server, object_info, path):
+def run_template(server, object_info, path, live_runs: int = 7) -> list:
+    """One shipped workflow exactly as a user loads it: a file workflow runs once and its video is checked; the live
+    one is queued `live_runs` times by one client, as Auto Queue does. Returns the live runs' Frame Queue stats."""
     prompt = ui_to_api(json.loads(path.read_text()), object_info)  # no edits: the workflow as a user loads it
     started = time.time()
     if path.stem in EXPECTED_VIDEOS:
@@ -262,13 +218,20 @@ def test_shipped_workflow_runs_as_shipped(server, object_info, path):
         frames, fps, size = video_info(videos[0])
         assert (frames, fps) == EXPECTED_VIDEOS[path.stem]  # one frame per pose, at the source's frame rate
         assert size == (64, 64)  # the built-in model's own size (width/height 0)
-        return
-    # The live workflow, queued again and again as Auto Queue does, by one client.
+        return []
     queue_id = next(k for k, v in prompt.items() if v["class_type"] == "RainFrameQueue")
     client = uuid.uuid4().hex
     stats = [server.run(prompt, client_id=client)["outputs"].get(queue_id, {}).get("rain_stats", [None])[0]
-             for _ in range(7)]
-    print(f"{path.stem}: 7 runs in {time.time() - started:.1f} s")
+             for _ in range(live_runs)]
+    print(f"{path.stem}: {live_runs} runs in {time.time() - started:.1f} s")
+    return stats
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.stem)
+def test_shipped_workflow_runs_as_shipped(server, object_info, path):
+    stats = run_template(server, object_info, path)
+    if path.stem in EXPECTED_VIDEOS:
+        return
     # Warm-up (4 levels x 4 frames): the first runs emit nothing, and Frame Queue is skipped with the rest; then
     # every run brings 4 frames.
     ran = [s for s in stats if s is not None]
@@ -276,10 +239,32 @@ def test_shipped_workflow_runs_as_shipped(server, object_info, path):
     assert ran[-1]["target_fps"] == 30.0  # paced at the pose video's rate (the sampler's fps output)
 
 
+@pytest.fixture(scope="module", params=["--lowvram", "--novram"])
+def flagged_server(request, tmp_path_factory):
+    """ComfyUI started with a memory flag, on the GPU: the networks load partially (--lowvram) or stream from the
+    CPU (--novram). The `server` fixture is the --cpu start-up, where every template runs too."""
+    if not comfy_has_gpu():
+        pytest.skip(f"{request.param} needs a GPU: ComfyUI refuses it beside --cpu, and without --cpu it asks torch "
+                    "for a CUDA device this host lacks")
+    instance = Server(tmp_path_factory.mktemp("flag" + request.param.strip("-")))
+    instance.start(extra_args=(request.param,))
+    yield instance
+    instance.stop()
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.stem)
+def test_every_template_runs_in_a_lowvram_and_a_novram_start_up(flagged_server, path):
+    log = flagged_server.log_path.read_text()
+    assert "IMPORT FAILED" not in log, log[-3000:]
+    stats = run_template(flagged_server, flagged_server.get("/object_info"), path, live_runs=5)
+    if path.stem not in EXPECTED_VIDEOS:  # the live workflow: past its warm-up, frames come out
+        assert any(s is not None and s["pushed"] > 0 for s in stats), stats
+
+
 def live_prompt(model: str = TEST_MODEL, per_run: int = 4, size: int = 32, save: str | None = "live",
                 queue: bool = False, preview: bool = False) -> dict:
     prompt = {
-        "1": {"class_type": "LoadRainModel", "inputs": {"model": model, "vae": "auto", "image_encoder": "auto",
+        "1": {"class_type": "LoadRainModel", "inputs": {"model": model, "vae_name": "auto", "image_encoder": "auto",
                                                         "decoder": "auto", "precision": "auto", "device": "auto",
                                                         "keep_loaded": True}},
         "2": {"class_type": "LoadImage", "inputs": {"image": "anyone-1.png"}},
@@ -440,7 +425,7 @@ def test_interrupted_live_run_resumes_as_if_never_interrupted(server):
 
 def sampler_prompt(stream_id: str, start: int, count: int, flush: bool, prefix: str) -> dict:
     return {
-        "1": {"class_type": "LoadRainModel", "inputs": {"model": TEST_MODEL, "vae": "auto", "image_encoder": "auto",
+        "1": {"class_type": "LoadRainModel", "inputs": {"model": TEST_MODEL, "vae_name": "auto", "image_encoder": "auto",
                                                         "decoder": "auto", "precision": "fp32", "device": "cpu",
                                                         "keep_loaded": True}},
         "2": {"class_type": "LoadImage", "inputs": {"image": "anyone-1.png"}},
@@ -459,6 +444,21 @@ def sampler_prompt(stream_id: str, start: int, count: int, flush: bool, prefix: 
 def saved_frames(server, entry) -> np.ndarray:
     frames = saved_images(server, entry)
     return np.zeros((0, 32, 32, 3), np.uint8) if frames is None else frames  # a warm-up run saves nothing
+
+
+def test_keep_loaded_off_hands_the_networks_back_after_each_run_and_the_stream_goes_on(server):
+    """keep_loaded off: the sampler detaches the networks through the ModelPatcher after each run (no edit of
+    ComfyUI's list of loaded models); the next run loads them again and the stream continues as if kept loaded."""
+    kept, detached = sampler_prompt("kept", 0, 8, False, "kept"), sampler_prompt("detached", 0, 8, False, "detached")
+    detached["1"]["inputs"]["keep_loaded"] = False
+    client = uuid.uuid4().hex  # one client: its streams go on from run to run
+    runs = []
+    for start in (0, 8, 16):
+        for prompt in (kept, detached):
+            prompt["3"]["inputs"]["start_frame"] = start
+        runs.append([saved_frames(server, server.run(p, client_id=client)) for p in (kept, detached)])
+    assert sum(len(k) for k, _ in runs) > 0  # past the warm-up, frames came out
+    assert all(np.array_equal(k, d) for k, d in runs)
 
 
 def test_interrupted_run_leaves_the_stream_and_the_next_run_resumes_it(server):

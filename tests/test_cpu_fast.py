@@ -10,6 +10,7 @@ import logging
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -349,6 +350,30 @@ def test_auto_builds_no_background_tick_when_told_not_to_or_without_a_compiler(t
     assert not isinstance(stream._tick()._unet, cpu_fast.CompiledUNet) and not (tmp_path / "aoti").exists()
 
 
+def test_a_library_stream_starts_no_background_build_unless_the_process_allows_it(tiny_models, monkeypatch, tmp_path):
+    """RainStream from plain Python (a short script) with a compiler present: "auto" runs eagerly and starts no
+    child; a long-lived host's `allow_background_compile()` (or RAIN_BACKGROUND_COMPILE=1) would allow one."""
+    import rain_core.cpu_fast as cpu_fast
+
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))
+    monkeypatch.delenv(cpu_fast.BACKGROUND_ENV, raising=False)
+    monkeypatch.setattr(cpu_fast, "_HOST_ALLOWS_BACKGROUND", False)
+    monkeypatch.setattr(cpu_fast, "compiler_problem", lambda: None)  # as on a machine with g++
+    started = []
+    monkeypatch.setattr(cpu_fast.BackgroundBuild, "start", classmethod(lambda cls, *a: started.append(a)))
+    poses, reference = _inputs(2)
+    _, stream = _stream_frames(tiny_models, "auto", poses, reference)
+    assert stream.stats["fast_path"] == "eager" and not started
+    assert not cpu_fast.background_compile_allowed()
+    monkeypatch.setenv(cpu_fast.BACKGROUND_ENV, "1")
+    assert cpu_fast.background_compile_allowed()
+    monkeypatch.delenv(cpu_fast.BACKGROUND_ENV)
+    cpu_fast.allow_background_compile()
+    assert cpu_fast.background_compile_allowed()
+    monkeypatch.setenv(cpu_fast.BACKGROUND_ENV, "0")  # the user's 0 wins over the host
+    assert not cpu_fast.background_compile_allowed()
+
+
 @pytest.mark.slow
 def test_auto_builds_the_compiled_tick_in_the_background_and_switches_to_it(tiny_models, tmp_path, monkeypatch):
     """A stream with fast_path "auto" and no package starts eagerly at once; a child process compiles the steady
@@ -360,6 +385,7 @@ def test_auto_builds_the_compiled_tick_in_the_background_and_switches_to_it(tiny
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))
     monkeypatch.delenv(NO_COMPILE_ENV, raising=False)
     monkeypatch.delenv(cpu_fast.BACKGROUND_ENV, raising=False)
+    monkeypatch.setattr(cpu_fast, "_HOST_ALLOWS_BACKGROUND", True)  # what a long-lived host says
     if compiler_problem() is not None:
         pytest.skip(f"torch.compile cannot build here: {compiler_problem()}")
     monkeypatch.setattr(cpu_fast, "_LOADED", {})
@@ -412,3 +438,124 @@ def test_a_background_build_that_fails_leaves_a_marker_and_is_not_retried_at_eve
     assert not job.exists() and not path.with_suffix(".building").exists() and not path.exists()
     build = cpu_fast.BackgroundBuild.start(package, inputs, path)
     assert build.process is None and build.finished() and "to retry" in build.failure()
+
+
+# ---- the builder's lifetime, stale leftovers, the cache bound ---------------------------------------------------
+
+_PARENT = """
+import sys, time
+from pathlib import Path
+from rain_core.cpu_fast import BackgroundBuild, read_job
+package, inputs, path = read_job(Path(sys.argv[1]))
+build = BackgroundBuild.start(package, inputs, path)
+print(build.process.pid, flush=True)
+time.sleep(600)
+"""
+
+
+def _process_gone(pid: int, timeout: float) -> bool:
+    from rain_core.fileio import pid_running
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not pid_running(pid):  # a zombie (ended, not reaped: its parent was killed) counts as gone
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def test_a_background_builder_ends_with_its_parent_and_cleans_up(tiny_models, tmp_path):
+    """A host that starts a background build and is then killed outright (SIGKILL: no atexit, no cleanup of its
+    own) takes its builder with it: the kernel's parent-death signal / the pid watch stop the child, which removes
+    its job folder, its marker and any half-written package, and leaves no failure marker."""
+    import signal
+
+    import rain_core.cpu_fast as cpu_fast
+
+    if os.name != "posix":
+        pytest.skip("POSIX signals")
+    package, inputs = _steady_package(tiny_models)
+    cache = tmp_path / "aoti"
+    path = cache / f"{package.key(*inputs)}.pt2"
+    cpu_fast._write_job(package, inputs, path, tmp_path / "seed-job")  # what the parent rebuilds the call from
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    parent = subprocess.Popen([sys.executable, "-c", _PARENT, str(tmp_path / "seed-job")], cwd=ROOT, env=env,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        child = int(parent.stdout.readline())
+        assert path.with_suffix(".building").read_text() == str(child)
+        time.sleep(1.0)  # the child is importing torch / exporting the UNet
+        assert not _process_gone(child, 0), "the builder should still be running while its parent runs"
+        parent.send_signal(signal.SIGKILL)
+        parent.wait(timeout=30)
+        assert _process_gone(child, 20), "the builder outlived its parent"
+    finally:
+        parent.kill()
+    deadline = time.monotonic() + 10
+    while path.with_suffix(".building").exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    left = sorted(p.relative_to(cache).as_posix() for p in cache.rglob("*"))
+    assert left == sorted(["jobs", path.with_suffix(".log").name]), left  # no marker, job, package, temporary or .failed
+    assert "stopped" in path.with_suffix(".log").read_text()
+
+
+def test_stale_builder_leftovers_are_recovered_and_live_ones_kept(tmp_path, monkeypatch):
+    """What a builder killed by SIGKILL leaves (marker with its dead pid, job folder, half-written package) is
+    removed by the next start (`recover_stale_builds`, run by BackgroundBuild.start and `rain cache`); a marker
+    whose builder still runs blocks nothing of its own and is kept."""
+    import rain_core.cpu_fast as cpu_fast
+
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    cache = tmp_path / "aoti"
+    (cache / "jobs" / ("a" * 32)).mkdir(parents=True)
+    (cache / "jobs" / ("a" * 32) / "job.json").write_text("{}")
+    (cache / f"{'a' * 32}.building").write_text(str(dead.pid))
+    (cache / f".{'a' * 32}.pt2.rain-tmp-{dead.pid}-xyz.pt2").write_bytes(b"half a package")
+    (cache / f"{'b' * 32}.building").write_text(str(os.getpid()))  # a build that runs (this process)
+    (cache / "jobs" / ("b" * 32)).mkdir()
+    assert cpu_fast.recover_stale_builds(cache) == ["a" * 32]
+    left = sorted(p.relative_to(cache).as_posix() for p in cache.rglob("*"))
+    assert left == ["b" * 32 + ".building", "jobs", "jobs/" + "b" * 32]
+
+
+def test_the_package_cache_keeps_the_most_recently_used_within_its_bound(tmp_path, monkeypatch):
+    import rain_core.cpu_fast as cpu_fast
+
+    cache = tmp_path / "aoti"
+    cache.mkdir()
+    now = time.time()
+    for age, name in enumerate("dcba"):  # a is the oldest use
+        package = cache / f"{name * 32}.pt2"
+        package.write_bytes(b"x" * 400_000)
+        package.with_suffix(".log").write_text("compiled")
+        os.utime(package, (now - age * 100, now - age * 100))
+    monkeypatch.setenv(cpu_fast.CACHE_MAX_ENV, "1")  # 1 MB: two packages of 0.4 MB fit
+    removed = cpu_fast.evict_packages(keep=cache / f"{'a' * 32}.pt2")  # just loaded: kept although oldest
+    assert sorted(p.name[0] for p in removed) == ["b", "c"]
+    assert sorted(p.name for p in cache.iterdir()) == [f"{'a' * 32}.log", f"{'a' * 32}.pt2", f"{'d' * 32}.log",
+                                                      f"{'d' * 32}.pt2"]
+    monkeypatch.setenv(cpu_fast.CACHE_MAX_ENV, "0")  # no bound
+    assert cpu_fast.evict_packages() == []
+
+
+def test_rain_cache_shows_and_clears_the_compiled_tick_cache(tmp_path, monkeypatch, capsys):
+    import json
+
+    from rain_core.cli import main
+
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))
+    cache = tmp_path / "aoti"
+    cache.mkdir()
+    (cache / f"{'e' * 32}.pt2").write_bytes(b"x" * 1234)
+    (cache / f"{'f' * 32}.pt2").write_bytes(b"x" * 766)
+    (cache / f"{'f' * 32}.failed").write_text("RuntimeError")
+    assert main(["cache", "--json"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["path"] == str(cache) and shown["total_bytes"] == 2000 and len(shown["packages"]) == 2
+    assert main(["cache"]) == 0
+    text = capsys.readouterr().out
+    assert str(cache) in text and "2 package(s), 0.0 MB in all" in text and "e" * 32 in text
+    assert main(["cache", "--clear", "--json"]) == 0
+    cleared = json.loads(capsys.readouterr().out)
+    assert cleared["cleared"]["removed"] == 3 and cleared["total_bytes"] == 0 and list(cache.iterdir()) == []

@@ -95,6 +95,21 @@ def test_keypoints_through_rain_animate_and_through_the_nodes_give_identical_fra
     assert np.array_equal(cli, nodes), f"max difference {np.abs(cli.astype(int) - nodes.astype(int)).max()}"
 
 
+def test_the_shipped_keypoint_file_through_rain_animate_and_load_pose_keypoints_gives_identical_frames(
+        tmp_path, host, monkeypatch):
+    """The project's own {"fps", "frames"} file, as a user passes it to each entry point: the CLI's --poses and
+    Load Pose Keypoints (JSON) from ComfyUI's input folder, one reader behind both."""
+    shipped = EXAMPLES / "keypoints" / "rain-dance-keypoints.json"
+    monkeypatch.setenv("RAIN_INPUT_DIR", str(EXAMPLES / "keypoints"))
+    cli = animate(tmp_path, shipped)
+    pack = load_pack()
+    keypoints, fps = pack.NODE_CLASS_MAPPINGS["RainLoadPoseKeypoints"]().load(shipped.name, 0.0)
+    assert fps == 30.0  # the file's own frame rate
+    nodes = through_nodes(dict(pose_keypoint=keypoints[:FRAMES]))
+    assert np.array_equal(cli, nodes), f"max difference {np.abs(cli.astype(int) - nodes.astype(int)).max()}"
+    assert cli.std() > 1
+
+
 def test_keypoints_are_letterboxed_not_stretched():
     frame = dancer(1)[0]  # portrait 320×480 onto a square: bars left and right
     drawn = render_keypoints([frame], 64, 64)[0]

@@ -310,22 +310,28 @@ def test_route_reads_the_reference_from_the_input_folder_only(live_route, tmp_pa
             live_route._reference_image(name)
 
 
+async def serve_route(live_route):
+    """The route's handler on a bare aiohttp server (ComfyUI's server is aiohttp too): (runner, port)."""
+    from aiohttp import web
+
+    routes = web.RouteTableDef()
+    live_route.register(routes)
+    app = web.Application()
+    app.add_routes(routes)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    return runner, site._server.sockets[0].getsockname()[1]
+
+
 def test_route_streams_over_a_real_websocket_and_frees_the_session_on_close(live_route, pose_jpegs):
     """The route's handler on a bare aiohttp server (ComfyUI's server is aiohttp too): frames in order, counts
     that add up, and no session left once the socket closes."""
     aiohttp = pytest.importorskip("aiohttp")
-    from aiohttp import web
 
     async def run():
-        routes = web.RouteTableDef()
-        live_route.register(routes)
-        app = web.Application()
-        app.add_routes(routes)
-        runner = web.AppRunner(app)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        port = site._server.sockets[0].getsockname()[1]
+        runner, port = await serve_route(live_route)
         frames, messages, stats = [], [], None
         try:
             async with aiohttp.ClientSession() as client:
@@ -378,3 +384,46 @@ def test_route_session_takes_the_noise_setting_and_names_a_bad_one(live_route):
         session.close()
     with pytest.raises(ValueError, match=r"noise: expected one of \('fresh', 'shared'\), found 'loud'"):
         live_route._open_session(live_route._settings({"noise": "loud"}))
+
+
+def test_camera_footage_in_pose_mode_ends_the_session_with_the_one_pose_check_message(live_route, reference):
+    """The live panel sends a photo where pose renders are expected: the same words as `rain animate --poses`, the
+    session is freed (status stopped) instead of animating colour noise; pose_check off lets it through."""
+    aiohttp = pytest.importorskip("aiohttp")
+    photo = encode_jpeg(np.asarray(Image.fromarray(reference).resize((128, 176))))
+
+    async def run():
+        runner, port = await serve_route(live_route)
+        messages = []
+        try:
+            async with aiohttp.ClientSession() as client:
+                async with client.ws_connect(f"ws://127.0.0.1:{port}/rain/live") as ws:
+                    await ws.send_str(json.dumps({"type": "start", **CONFIG}))
+                    deadline = time.monotonic() + 120
+                    while time.monotonic() < deadline:
+                        message = await ws.receive(timeout=120)
+                        if message.type != aiohttp.WSMsgType.TEXT:
+                            continue
+                        messages.append(json.loads(message.data))
+                        if messages[-1].get("state") == "ready":
+                            await ws.send_bytes(live_route.pack_message({"seq": 0, "t": 0.0}, photo))
+                        if messages[-1].get("state") == "stopped":
+                            break
+                    sessions_after = live_route.live_sessions()
+        finally:
+            await runner.cleanup()
+        return messages, sessions_after
+
+    messages, sessions_after = asyncio.run(run())
+    errors = [m["message"] for m in messages if m.get("type") == "error"]
+    assert len(errors) == 1 and "live frames: these frames do not look like rendered skeletons" in errors[0]
+    assert "the live panel's DWPose detection mode" in errors[0] and "--no-pose-check" in errors[0]
+    assert messages[-1] == {"type": "status", "state": "stopped", "reason": errors[0]}
+    assert sessions_after == []
+    session = LiveSession(load_rain(BUILTIN), StreamConfig(**CONFIG), reference, LiveSettings(pose_check=False))
+    try:
+        session.submit(photo)
+        session.step()
+        assert session.stats()["pushed"] == 1
+    finally:
+        session.close()

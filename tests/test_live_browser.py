@@ -18,8 +18,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from comfy_host import BROWSER_MARKS, CHROMIUM, CHROMIUM_ARGS, DATA, LIVE_REFERENCE, live_server
 from PIL import Image
-from test_comfyui_host import BROWSER_MARKS, CHROMIUM, CHROMIUM_ARGS, DATA, LIVE_REFERENCE, live_server
 
 REFERENCE = LIVE_REFERENCE
 

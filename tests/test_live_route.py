@@ -20,8 +20,8 @@ import urllib.request
 
 import numpy as np
 import pytest
+from comfy_host import DATA, LIVE_REFERENCE, REASON, live_server
 from PIL import Image
-from test_comfyui_host import DATA, LIVE_REFERENCE, REASON, live_server
 
 REFERENCE = LIVE_REFERENCE
 

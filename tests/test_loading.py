@@ -11,15 +11,14 @@ from safetensors.torch import load_file
 
 from rain_core.loading import (
     RainLoadError,
-    _diffusers_unet_config,
     convert_official,
-    init_for_training,
     load_network,
     load_rain,
     read_state_dict,
     save_rain,
 )
 from rain_core.models import DenoisingUNet, PoseGuider, RainModelConfig, ReferenceUNet
+from rain_core.train.init import diffusers_unet_config
 
 MANIFEST = Path(__file__).resolve().parent / "fixtures" / "official-rain-keys.json"  # see fixtures/README.md
 
@@ -179,7 +178,7 @@ def test_missing_folder_and_missing_file_are_named(official_checkpoint, tmp_path
 def test_sd_unet_in_place_of_motion_unet_is_recognised(official_checkpoint, tiny_models):
     from diffusers import UNet2DConditionModel
 
-    sd_unet = UNet2DConditionModel(**_diffusers_unet_config(tiny_models.config))
+    sd_unet = UNet2DConditionModel(**diffusers_unet_config(tiny_models.config))
     torch.save(sd_unet.state_dict(), official_checkpoint / "motion_unet.pth")
     with pytest.raises(RainLoadError, match=r"motion_unet.pth: expected the RAIN denoising UNet.*found an SD-1.5 UNet"):
         load_rain(official_checkpoint)
@@ -234,39 +233,120 @@ def test_dtype_the_device_cannot_run_is_refused(official_checkpoint):
         load_rain(official_checkpoint, dtype=torch.int8)
 
 
-def _tiny_sd_unet_folder(config, folder: Path):
-    from diffusers import UNet2DConditionModel
-
-    from rain_core.models.testing import randomize_parameters
-
-    unet = randomize_parameters(UNet2DConditionModel(**_diffusers_unet_config(config)), seed=5)
-    unet.save_pretrained(folder / "unet")
-    return unet
+# ---- ComfyUI's model files: single-file VAEs (LDM layout) and CLIP vision files (transformers / open_clip) ------
 
 
-def test_training_init_copies_sd_unet_and_animatediff_motion_modules(tiny_models, tmp_path):
-    config = tiny_models.config
-    sd_unet = _tiny_sd_unet_folder(config, tmp_path / "sd")
-    motion = {k: v for k, v in tiny_models.denoising_unet.state_dict().items() if "motion_modules." in k}
-    motion = {k: v for k, v in motion.items() if not k.startswith("mid_block.")}  # like AnimateDiff v1: no mid block
-    torch.save({"state_dict": {f"module.{k}": v for k, v in motion.items()}}, tmp_path / "mm.ckpt")
+@pytest.fixture(scope="module")
+def vae_rain(tmp_path_factory):
+    """A tiny VAE-codec RAIN in the authors' layout whose VAE and image encoder live elsewhere (as in ComfyUI);
+    read-only: (models, folder)."""
+    import shutil
 
-    models = init_for_training(tmp_path / "sd", tmp_path / "mm.ckpt", config=config)
-    sd = sd_unet.state_dict()
-    for name, value in models.reference_unet.state_dict().items():
-        assert torch.equal(value, sd[name]), name
-    denoising = models.denoising_unet.state_dict()
-    for name in sd:
-        assert torch.equal(denoising[name], sd[name]), name
-    for name in motion:
-        assert torch.equal(denoising[name], motion[name]), name
-    mid_proj_out = models.denoising_unet.mid_block.motion_modules[0].temporal_transformer.proj_out.weight
-    assert torch.all(mid_proj_out == 0)  # absent from the file: stays the identity
-    assert torch.all(models.denoising_unet.time_embedding.cond_proj.weight == 0)
+    from conftest import build_tiny_models, tiny_config, write_official_checkpoint
+
+    models = build_tiny_models(tiny_config(codec="vae", codec_factor=8, block_out_channels=(16, 32), attention_heads=2))
+    folder = write_official_checkpoint(models, tmp_path_factory.mktemp("vae_rain") / "official")
+    shutil.rmtree(folder / "sd-vae-ft-mse")
+    shutil.rmtree(folder / "image_encoder")
+    return models, folder
 
 
-def test_training_init_refuses_a_unet_file_as_motion_modules(tiny_models, tmp_path):
-    sd_unet = _tiny_sd_unet_folder(tiny_models.config, tmp_path / "sd")
-    torch.save(sd_unet.state_dict(), tmp_path / "mm.ckpt")
-    with pytest.raises(RainLoadError, match="expected AnimateDiff motion-module weights"):
-        init_for_training(tmp_path / "sd", tmp_path / "mm.ckpt", config=tiny_models.config)
+@pytest.mark.parametrize("prefix", ["", "first_stage_model."])
+def test_a_single_file_vae_in_the_ldm_layout_loads_the_tensors_it_holds(tmp_path, vae_rain, prefix):
+    from foreign_layouts import to_ldm_vae, with_text_tower
+    from safetensors.torch import save_file
+
+    from rain_core.single_file import vae_file_problem
+
+    models, folder = vae_rain
+    original = models.codec.vae.state_dict()
+    ldm = to_ldm_vae(original, prefix)
+    assert "encoder.down.0.block.0.norm1.weight" in {k[len(prefix):] for k in ldm}  # really the LDM names
+    save_file(ldm, str(tmp_path / "vae-ft-mse-840000-ema-pruned.safetensors"))
+    save_file(with_text_tower(models.image_encoder.model.state_dict()), str(tmp_path / "clip_vision_vit_l.safetensors"))
+    assert vae_file_problem(tmp_path / "vae-ft-mse-840000-ema-pruned.safetensors") is None
+    loaded = load_rain(folder, vae=tmp_path / "vae-ft-mse-840000-ema-pruned.safetensors",
+                       image_encoder=tmp_path / "clip_vision_vit_l.safetensors")
+    _assert_same_weights(loaded, models)  # every network, the VAE and the image encoder included
+
+
+def test_a_vae_and_image_encoder_handed_over_as_tensors_load_without_a_file(vae_rain):
+    from foreign_layouts import to_ldm_vae, to_open_clip
+
+    models, folder = vae_rain
+    loaded = load_rain(folder, vae=to_ldm_vae(models.codec.vae.state_dict()),  # as ComfyUI's VAE holds it
+                       image_encoder=to_open_clip(models.image_encoder.model.state_dict()))
+    _assert_same_weights(loaded, models)
+
+
+def test_an_open_clip_vision_file_loads_the_tensors_it_holds(tmp_path, tiny_models, official_checkpoint):
+    import shutil
+
+    from foreign_layouts import to_open_clip
+    from safetensors.torch import save_file
+
+    from rain_core.single_file import clip_file_problem
+
+    shutil.rmtree(official_checkpoint / "image_encoder")
+    state = to_open_clip(tiny_models.image_encoder.model.state_dict())
+    assert "visual.transformer.resblocks.0.attn.in_proj_weight" in state
+    save_file(state, str(tmp_path / "open_clip_vit.safetensors"))
+    assert clip_file_problem(tmp_path / "open_clip_vit.safetensors") is None
+    _assert_same_weights(load_rain(official_checkpoint, image_encoder=tmp_path / "open_clip_vit.safetensors"),
+                         tiny_models)
+
+
+def test_a_vae_of_another_size_is_refused_with_what_does_not_match(vae_rain):
+    from foreign_layouts import to_ldm_vae
+
+    models, folder = vae_rain
+    state = to_ldm_vae(models.codec.vae.state_dict())
+    state["decoder.conv_in.weight"] = torch.zeros(16, 4, 3, 3, dtype=torch.float32)[:8]  # 8 channels, not 16
+    with pytest.raises(RainLoadError, match=r"does not match an AutoencoderKL.*\n.*mis-shaped: decoder.conv_in"):
+        load_rain(folder, vae=state, image_encoder=models.image_encoder.model.state_dict())
+
+
+def _header_file(path, shapes):
+    from safetensors.torch import save_file
+
+    save_file({name: torch.zeros(shape) for name, shape in shapes.items()}, str(path))
+    return path
+
+
+@pytest.mark.parametrize("shapes, reason", [
+    ({"decoder.conv_in.weight": (512, 16, 3, 3), "encoder.down.0.block.0.conv1.weight": (128, 128, 3, 3)},
+     "16 latent channels"),  # SD3 / Flux ae.safetensors
+    ({"decoder.conv_in.weight": (512, 16, 3, 3, 3), "encoder.down.0.block.0.conv1.weight": (128, 128, 3, 3, 3)},
+     "video VAE"),
+    ({"decoder.conv_in.weight": (64, 4, 3, 3), "decoder.1.weight": (64, 64, 3, 3)}, "neither the LDM nor"),  # TAESD
+    ({"model.diffusion_model.input_blocks.0.0.weight": (320, 4, 3, 3)}, "not an image VAE"),
+])
+def test_the_vae_list_leaves_out_files_rain_cannot_use_from_the_header_alone(tmp_path, shapes, reason):
+    from rain_core.single_file import vae_file_problem
+
+    assert reason in vae_file_problem(_header_file(tmp_path / "x.safetensors", shapes))
+
+
+def test_the_vae_list_names_why_pickles_and_bare_folders_are_left_out(tmp_path):
+    from rain_core.single_file import clip_file_problem, vae_file_problem
+
+    (tmp_path / "vae-ft-mse-840000-ema-pruned.ckpt").write_bytes(b"\x80\x02}q\x00.")
+    assert "connect ComfyUI's own loader to the vae input" in vae_file_problem(
+        tmp_path / "vae-ft-mse-840000-ema-pruned.ckpt")
+    (tmp_path / "folder").mkdir()
+    assert "without config.json" in clip_file_problem(tmp_path / "folder")
+    (tmp_path / "broken.safetensors").write_bytes(b"\xff" * 16)
+    assert "not a readable safetensors file" in vae_file_problem(tmp_path / "broken.safetensors")
+
+
+@pytest.mark.parametrize("shapes, reason", [
+    ({"vision_model.embeddings.patch_embedding.weight": (1152, 3, 14, 14)}, "SigLIP"),
+    ({"vision_model.embeddings.patch_embedding.weight": (1024, 3, 14, 14),
+      "vision_model.embeddings.class_embedding": (1024,)}, "without visual_projection"),
+    ({"visual.conv1.weight": (1024, 3, 14, 14)}, "without its projection"),
+    ({"embeddings.patch_embeddings.projection.weight": (1024, 3, 14, 14)}, "not a CLIP vision model"),  # DINOv2
+])
+def test_the_clip_vision_list_leaves_out_towers_rain_cannot_use(tmp_path, shapes, reason):
+    from rain_core.single_file import clip_file_problem
+
+    assert reason in clip_file_problem(_header_file(tmp_path / "x.safetensors", shapes))

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "examples"  # real inputs shipped with the pack (examples/README.md)
@@ -115,7 +116,7 @@ def test_node_contract_is_consistent(pack, key):
         elif kind in ("STRING", "BOOLEAN"):
             assert "default" in options
         else:
-            assert kind in CUSTOM_TYPES | {"IMAGE"}, f"{key}.{name}: unknown type {kind}"
+            assert kind in CUSTOM_TYPES | {"IMAGE", "VAE", "CLIP_VISION"}, f"{key}.{name}: unknown type {kind}"
 
 
 def test_seed_has_no_front_end_randomizer(pack):
@@ -203,10 +204,33 @@ def test_pose_stream_face_morph_on_pose_images_says_keypoints_are_needed(pack, h
         node.prepare(**pose_stream_args(mode="face-morph", pose_images=torch.zeros(2, 64, 64, 3)))
 
 
+def real_pose_images(count: int, height: int = 48, width: int = 40) -> torch.Tensor:
+    """Frames of the example pose video (rendered skeletons on black), resized: what a pose IMAGE input holds."""
+    import cv2
+
+    from rain_core.video import read_video_frames
+
+    decoded = read_video_frames(DATA / "anyone-video-1_kps.mp4", 0, count)[0]
+    return torch.from_numpy(np.stack([cv2.resize(f, (width, height), interpolation=cv2.INTER_AREA)
+                                      for f in decoded]).astype(np.float32) / 255.0)
+
+
 def test_pose_stream_passes_pose_images_through(pack, host):
-    images = torch.rand(5, 48, 40, 3)
+    images = real_pose_images(5)
     poses, preview = pack.NODE_CLASS_MAPPINGS["RainPoseStream"]().prepare(**pose_stream_args(pose_images=images))
-    assert torch.equal(poses.render(64, 64), images) and torch.equal(preview, images)
+    assert torch.equal(poses.render(48, 40), images) and torch.equal(preview, images)
+
+
+def test_pose_stream_refuses_camera_footage_as_pose_images_with_the_one_message_unless_told(pack, host):
+    """The same check and words as `rain animate --poses` (rain_core.inputs.check_pose_render)."""
+    photo = torch.from_numpy(np.asarray(Image.open(DATA / "anyone-1.png").convert("RGB").resize((40, 48)),
+                                        np.float32) / 255.0)[None].repeat(3, 1, 1, 1)
+    node = pack.NODE_CLASS_MAPPINGS["RainPoseStream"]()
+    with pytest.raises(ValueError, match=r"pose_images: these frames do not look like rendered skeletons .*"
+                                         r"--no-pose-check`, Pose Stream's pose_check"):
+        node.prepare(**pose_stream_args(pose_images=photo))
+    poses, _ = node.prepare(**pose_stream_args(pose_images=photo, pose_check=False))
+    assert len(poses) == 3
 
 
 def test_pose_stream_reads_a_chunk_of_a_real_pose_video(pack, host):
@@ -367,12 +391,12 @@ def test_pose_stream_takes_a_video_with_its_frame_rate(pack, host):
 
     class Video:  # the interface of ComfyUI's VIDEO (comfy_api VideoInput.get_components)
         def get_components(self):
-            return SimpleNamespace(images=torch.rand(5, 24, 16, 3), audio=None, frame_rate=25)
+            return SimpleNamespace(images=real_pose_images(5, 24, 16), audio=None, frame_rate=25)
 
     poses, preview = pack.NODE_CLASS_MAPPINGS["RainPoseStream"]().prepare(**pose_stream_args(video=Video()))
     assert len(poses) == 5 and poses.fps == 25.0 and preview.shape == (5, 24, 16, 3)
     images, _ = pack.NODE_CLASS_MAPPINGS["RainPoseStream"]().prepare(**pose_stream_args(
-        pose_images=torch.rand(2, 8, 8, 3), fps=12.0))
+        pose_images=real_pose_images(2, 8, 8), fps=12.0))
     assert images.fps == 12.0
 
 

@@ -14,7 +14,7 @@ from rain_core.pose import (
     PoseFormatError,
     PoseFrame,
     from_pose_keypoint,
-    load_openpose_json,
+    read_keypoints,
     save_openpose_json,
     to_pose_keypoint,
 )
@@ -69,18 +69,18 @@ def test_absent_part_reads_as_missing_and_writes_as_none():
 def test_openpose_json_round_trip_one_file_and_one_file_per_frame(tmp_path):
     frames = from_pose_keypoint(fixture_pose_keypoint()) * 3
     single = save_openpose_json(frames, tmp_path / "all.json", include_feet=True)
-    assert load_openpose_json(single[0]) == frames
+    assert read_keypoints(single[0]).frames == frames
     files = save_openpose_json(frames, tmp_path / "frames", include_feet=True)
-    assert len(files) == 3 and load_openpose_json(tmp_path / "frames") == frames
+    assert len(files) == 3 and read_keypoints(tmp_path / "frames").frames == frames
 
 
 def test_openpose_pixel_coordinates_are_normalised_with_the_canvas_size(tmp_path):
     person = {"pose_keypoints_2d": [256.0, 384.0, 0.9] + [0.0, 0.0, 0.0] * 17}
     (tmp_path / "frame.json").write_text(json.dumps({"people": [person]}))
-    frame = load_openpose_json(tmp_path / "frame.json", canvas_size=(512, 768))[0]
+    frame = read_keypoints(tmp_path / "frame.json", canvas_size=(512, 768)).frames[0]
     assert frame.people[0].body[0].tolist() == [0.5, 0.5, 0.9]
     with pytest.raises(PoseFormatError, match="canvas_width"):
-        load_openpose_json(tmp_path / "frame.json")
+        read_keypoints(tmp_path / "frame.json")
 
 
 def test_no_people_gives_an_empty_frame():
@@ -202,3 +202,64 @@ def test_fuzzed_valid_bodies_round_trip_exactly(bodies, width):
              "canvas_width": width, "canvas_height": 512}
     frames = from_pose_keypoint([frame])
     assert from_pose_keypoint(to_pose_keypoint(frames)) == frames
+
+
+# ---- the one reader of keypoint files (CLI, nodes, live panel) ----------------------------------------------
+
+SHIPPED = Path(__file__).resolve().parents[1] / "examples" / "keypoints"
+
+
+def test_the_projects_own_keypoint_files_read_with_their_frame_rate():
+    for name in ("rain-dance-keypoints.json", "rain-face-keypoints.json"):
+        sequence = read_keypoints(SHIPPED / name)
+        raw = json.loads((SHIPPED / name).read_text())
+        assert sequence.fps == raw["fps"] and len(sequence.frames) == len(raw["frames"])
+        assert sequence.coordinates == "normalized"
+        assert sequence.frames == from_pose_keypoint(raw["frames"])
+
+
+@pytest.mark.parametrize("content, message", [
+    ({"frames": []}, r"x\.json: holds no frames \(an empty list\)"),
+    ([], r"x\.json: holds no frames"),
+    ({"fps": 30}, r"x\.json: expected \{'fps': F, 'frames': \[\.\.\.\]\}.*found an object with keys \['fps'\]"),
+    ({"fps": 30, "frames": "many"}, r"'frames' must be a list of frame dicts, found str"),
+    ({"fps": -2, "frames": [one_person_frame()]}, r"'fps' must be a positive number, found -2"),
+    ("text", r"x\.json: expected a list of frame dicts.*found str"),
+    ([one_person_frame(), {"canvas_width": 5, "canvas_height": 5}], r"x\.json: frame 1: missing key 'people'"),
+])
+def test_keypoint_files_get_messages_that_name_the_real_problem(tmp_path, content, message):
+    (tmp_path / "x.json").write_text(json.dumps(content))
+    with pytest.raises(PoseFormatError, match=message):
+        read_keypoints(tmp_path / "x.json")
+
+
+def test_negative_coordinates_never_make_a_file_pixels_and_far_ones_are_an_error(tmp_path):
+    partly_out = one_person_frame(pose_keypoints_2d=[-0.2, 0.5, 1.0] + [0.5, 0.5, 1.0] * 17)
+    (tmp_path / "out.json").write_text(json.dumps([partly_out]))
+    sequence = read_keypoints(tmp_path / "out.json")
+    assert sequence.coordinates == "normalized"
+    assert sequence.frames[0].people[0].body[0].tolist() == [-0.2, 0.5, 1.0]  # kept; the renderer clips it
+    far = one_person_frame(pose_keypoints_2d=[-3.0, 0.5, 1.0] + [0.5, 0.5, 1.0] * 17)
+    (tmp_path / "far.json").write_text(json.dumps([far]))
+    with pytest.raises(PoseFormatError, match=r"far\.json: frame 0, people\[0\]\.pose_keypoints_2d: point 0 at "
+                                              r"normalised \(-3, 0\.5\) is outside \[-1\.0, 2\.0\]"):
+        read_keypoints(tmp_path / "far.json")
+
+
+def test_pixel_coordinates_are_decided_for_the_whole_file_not_frame_by_frame(tmp_path):
+    """OpenPose's own pixel output: a frame whose person stands near the top-left corner (all values < 2) is still
+    pixels because the file is."""
+    body = [256.0, 384.0, 0.9] + [100.0, 200.0, 0.8] * 17
+    corner = [1.0, 1.5, 0.9] + [0.0, 0.0, 0.0] * 17
+    frames = [{"people": [{"pose_keypoints_2d": points}], "canvas_width": 512, "canvas_height": 768}
+              for points in (body, body, corner)]
+    (tmp_path / "pixels.json").write_text(json.dumps(frames))
+    sequence = read_keypoints(tmp_path / "pixels.json")
+    assert sequence.coordinates == "pixels"
+    assert sequence.frames[0].people[0].body[0].tolist() == [0.5, 0.5, 0.9]
+    assert sequence.frames[2].people[0].body[0].tolist() == pytest.approx([1.0 / 512, 1.5 / 768, 0.9])
+    folder = tmp_path / "per-frame"
+    folder.mkdir()
+    for index, frame in enumerate(frames):
+        (folder / f"frame_{index:06d}.json").write_text(json.dumps(frame))
+    assert read_keypoints(folder).frames == sequence.frames

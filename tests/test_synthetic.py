@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from rain_core.pose import render_pose
-from rain_core.train.data import SyntheticClips, build_dataset
-from rain_core.train.synthetic import (
+from rain_core.synthetic.render import pose_frame, render_character, render_skeleton
+from rain_core.synthetic.world import (
     BACKGROUND,
     HELDOUT_BASE,
     L_EAR,
@@ -20,10 +20,8 @@ from rain_core.train.synthetic import (
     R_WRIST,
     BodyPose,
     SyntheticWorld,
-    pose_frame,
-    render_character,
-    render_skeleton,
 )
+from rain_core.train.data import SyntheticClips, build_dataset
 
 
 def test_same_seed_draws_identical_frames_and_other_seeds_differ():

@@ -12,9 +12,11 @@ from rain_core.models import RainModelConfig
 from rain_core.scheduler import ladder
 from rain_core.train import objectives
 from rain_core.train.cli import build_parser
+from rain_core.train.config import TrainConfig
 from rain_core.train.curves import read_loss_csv
 from rain_core.train.data import VideoClips, collate
-from rain_core.train.trainer import DenoiseForward, StepDraws, TrainConfig, Trainer
+from rain_core.train.parts import DenoiseForward, StepDraws
+from rain_core.train.trainer import Trainer
 
 SIZE = 16  # pixels; space_to_depth ×2 -> an 8×8 latent
 
@@ -255,10 +257,11 @@ def test_the_engine_loads_a_model_without_accelerate_and_training_says_what_to_i
 import sys
 sys.modules["accelerate"] = None  # what an install without the train extra looks like to `import accelerate`
 import rain_core.cli, rain_core.loading, rain_core.stream, rain_core.train.trainer as trainer
+from rain_core.train.config import TrainConfig
 from rain_core.layout import builtin_model_dir
 rain_core.loading.load_rain(builtin_model_dir())
 try:
-    trainer.Trainer(trainer.TrainConfig(stage=1, output=sys.argv[1]))
+    trainer.Trainer(TrainConfig(stage=1, output=sys.argv[1]))
 except ImportError as error:
     print(error)
 """

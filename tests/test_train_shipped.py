@@ -13,7 +13,7 @@ import torch
 import rain_core
 from rain_core.loading import load_rain
 from rain_core.stream import RainStream, StreamConfig
-from rain_core.train.synthetic import SyntheticWorld, render_character, render_skeleton
+from rain_core.synthetic import SyntheticWorld, render_character, render_skeleton
 
 SHIPPED = Path(rain_core.__file__).parent / "assets" / "tiny-rain"
 SIZE = 64
@@ -65,8 +65,10 @@ def test_shipped_model_beats_copying_the_reference_by_3_db(heldout_scores):
     assert model >= copy + 3.0, f"shipped model {model:.2f} dB is not 3 dB above copying the reference ({copy:.2f} dB)"
 
 
-def _bench_module(name: str):
-    spec = importlib.util.spec_from_file_location(f"bench_{name}", Path(__file__).parents[1] / "bench" / f"{name}.py")
+def _bench_module(name: str, folder: str = "bench"):
+    """A script of the repository as a module: bench/NAME.py, or FOLDER/NAME.py (a study's tools live beside its
+    page under docs/)."""
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", Path(__file__).parents[1] / folder / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -104,13 +106,17 @@ def test_quality_bench_prints_its_table_and_writes_json_and_pictures(capsys, tmp
 
 
 def test_temporal_claim_picture_reads_the_committed_results(capsys, tmp_path):
-    """bench/temporal_claim.py draws issue 16's evidence from bench/results alone: one row per trained pair."""
-    claim = _bench_module("temporal_claim")
+    """docs/temporal-claim/temporal_claim.py draws issue 16's evidence from the study's committed results alone: one
+    row per trained pair, then the arms paired at the same operating point."""
+    claim = _bench_module("temporal_claim", "docs/temporal-claim")
     assert claim.main(["--out", str(tmp_path / "claim.png")]) == 0
-    rows = [line for line in capsys.readouterr().out.splitlines() if " | " in line][1:]
+    lines = capsys.readouterr().out.splitlines()
+    rows = [line for line in lines if " | " in line][1:]
     assert [row.split("|")[0].strip() for row in rows] == [label for label, _, _ in claim.PAIRS]
     ro800 = next(row for row in rows if row.split("|")[0].strip() == "+ro800")
     assert "-10.9 % [-11.4, -10.5]" in ro800  # the rollout-800 pair's paired temporal error
+    same_point = next(line for line in lines if "both at 2 levels" in line)
+    assert "temporal error -10.2 % [-10.7, -9.7]" in same_point
     image = cv2.imread(str(tmp_path / "claim.png"))
     assert image is not None and image.shape[:2] == (470, 1120)
 

@@ -105,4 +105,7 @@ def main(payload: dict) -> dict:
 
 
 if __name__ == "__main__":
+    if len(sys.argv) != 2 or sys.argv[1] in ("-h", "--help"):  # the usage is the docstring
+        print(__doc__)
+        raise SystemExit(0 if sys.argv[1:] in (["-h"], ["--help"]) else 2)
     print(json.dumps(main(json.loads(sys.argv[1]))))

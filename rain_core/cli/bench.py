@@ -2,18 +2,28 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 
-from .common import EXIT_OK, add_model_flags, add_stream_flags, emit, load_models, model_folder_size
+from .common import (
+    EXIT_OK,
+    add_model_flags,
+    add_stream_flags,
+    emit,
+    load_models,
+    model_folder_size,
+    positive_int,
+    stream_config,
+)
 
 
 def add_parser(sub) -> None:
     p = sub.add_parser("bench", help="stream throughput: RAIN window vs the m = 1 baseline, side by side")
     add_model_flags(p)
-    p.add_argument("--frames", type=int, default=128)
-    p.add_argument("--no-baseline", dest="baseline", action="store_false")
+    p.add_argument("--frames", type=positive_int, default=128, help="pose frames pushed per mode (default 128)")
+    p.add_argument("--no-baseline", dest="baseline", action="store_false", help="time the RAIN window only")
     p.add_argument("--json", action="store_true")
-    add_stream_flags(p, {})
+    add_stream_flags(p, output=False)  # every stream flag is honoured; nothing is written, so no --fps
     p.set_defaults(handler=run)
 
 
@@ -21,20 +31,20 @@ def run(args) -> int:
     """Stream throughput of a model: the RAIN window against the m = 1 baseline, side by side, same run."""
     import numpy as np
 
-    from ..stream import RainStream, StreamConfig
+    from ..stream import RainStream
 
     height, width = args.height, args.width = model_folder_size(args)
     models, folder = load_models(args)
-    rng = np.random.default_rng(0)
+    rng = np.random.default_rng(args.seed)
     reference = rng.random((height, width, 3), dtype=np.float32)
     poses = (rng.random((args.frames, height, width, 3), dtype=np.float32) > 0.97).astype(np.float32)
     rows = []
-    settings = [("RAIN window", args.levels, args.frames_per_cohort, args.steps)]
+    rain = stream_config(args)  # seed, noise, decoder and fast path as given
+    configs = [("RAIN window", rain)]
     if args.baseline:
-        settings.append(("m = 1 stream batch", args.levels, 1, args.steps))
-    for name, levels, per_cohort, steps in settings:
-        config = StreamConfig(levels=levels, frames_per_cohort=per_cohort, steps=steps, guidance=args.guidance,
-                              height=height, width=width, seed=0, decoder=args.decoder)
+        configs.append(("m = 1 stream batch", dataclasses.replace(rain, frames_per_cohort=1)))
+    for name, config in configs:
+        levels, per_cohort, steps = config.levels, config.frames_per_cohort, config.steps
         stream = RainStream(models, config)
         stream.set_reference(reference)
         stream.push(poses[: config.window])  # warm-up, not timed
@@ -45,6 +55,7 @@ def run(args) -> int:
         seconds = time.perf_counter() - start
         rows.append({"mode": name, "levels": levels, "frames_per_cohort": per_cohort, "steps": steps,
                      "frames": produced, "fps": produced / seconds if seconds else None,
+                     "fast_path": stream.stats.get("fast_path"), "noise": config.noise,
                      "ms_per_tick": stream.stats["mean_ms_per_tick"], "latency_frames": stream.stats["latency_frames"]})
     import torch
 

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import signal
+import threading
 from pathlib import Path
 
-from ..layout import builtin_model_dir, model_size, readme_layout_parts, resolve_model_folder
+from ..layout import builtin_model_dir, readme_layout_parts, resolve_model_folder
 
-EXIT_OK, EXIT_INTERNAL, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
+EXIT_OK, EXIT_INTERNAL, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130  # a signal: 128 + its number
 
 __all__ = ["EXIT_OK", "EXIT_INTERNAL", "EXIT_BAD_INPUT", "EXIT_INTERRUPTED", "UsageError", "builtin_model_dir"]
 
@@ -19,7 +22,61 @@ class UsageError(ValueError):
 
 
 class Interrupted(Exception):
-    """Ctrl-C stopped a run; `message` says what was (not) written. main() exits 130 with it."""
+    """Ctrl-C, SIGTERM or SIGHUP stopped a run; the message says what was (not) written. main() exits 128 + the
+    signal's number with it (130, 143, 129)."""
+
+    def __init__(self, message: str, signum: int = signal.SIGINT):
+        super().__init__(message)
+        self.signum = int(signum)
+
+
+class Stopped(KeyboardInterrupt):
+    """SIGTERM or SIGHUP, raised where the program is (as Python raises KeyboardInterrupt for Ctrl-C), so every
+    path that handles Ctrl-C (abort the temporary output, release the lock, skip or finish the flush) handles
+    them too. `signum` says which."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal_name(signum))
+        self.signum = int(signum)
+
+
+STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name))
+
+
+def signal_name(signum: int) -> str:
+    return "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
+
+
+def interrupt_signal(error: BaseException) -> int:
+    """The signal behind a KeyboardInterrupt (SIGINT for Ctrl-C itself)."""
+    return getattr(error, "signum", signal.SIGINT)
+
+
+def _raise_stopped(signum, frame):
+    raise Stopped(signum)
+
+
+@contextlib.contextmanager
+def stop_signals():
+    """While inside: SIGTERM and SIGHUP raise `Stopped`, so a service manager's stop or a closed terminal ends a
+    command exactly as Ctrl-C does (without this, Python dies at once: no message, a temporary file left). A
+    signal that was ignored when the command started (`nohup`) stays ignored. Only the main thread can set
+    handlers; elsewhere (a command run from a thread) nothing changes."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {}
+    for signum in STOP_SIGNALS:
+        handler = signal.getsignal(signum)
+        if handler == signal.SIG_IGN:
+            continue
+        previous[signum] = handler
+        signal.signal(signum, _raise_stopped)
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 def positive_int(text: str) -> int:
@@ -77,48 +134,71 @@ def emit(args, summary: dict, lines: list[str]) -> None:
             print(line)
 
 
-def check_output_path(path: str) -> Path:
-    out = Path(path)
-    folder = out if out.suffix == "" else out.parent
-    parent = folder.parent if out.suffix == "" else folder
-    if not parent.exists():
-        raise UsageError(f"--out {path}: the folder {parent} does not exist. Create it first or choose another path.")
-    return out
+def add_output_flags(parser: argparse.ArgumentParser, required: bool = False, default: str | None = None,
+                     what: str = "output") -> None:
+    """--out and --overwrite-frames: the one description of what an output may be (`rain_core.io.outputs`)."""
+    from ..io.outputs import kinds_help
+
+    parser.add_argument("--out", required=required, default=default,
+                        help=f"{what}: {kinds_help()}. Any other suffix is refused before anything runs; the "
+                        "output is written beside under a hidden temporary name and renamed when complete"
+                        + (f" (default: {default})" if default else ""))
+    parser.add_argument("--overwrite-frames", action="store_true",
+                        help="with a frame-folder --out: replace the frames of an earlier run there (a folder that "
+                        "holds frame_NNNNNN.png files only; a folder holding anything else is never emptied)")
+
+
+def claim_output(args, frames: int | None = None, height: int = 512, width: int = 512, flag: str = "--out"):
+    """Check and lock `args.out` before any model loads (`rain_core.io.outputs.claim_output`): kind, folder,
+    free space for about `frames` frames of height × width, no other writer. Use as `with claim_output(...)`."""
+    from ..io import outputs
+
+    kind = outputs.output_kind(args.out, flag)
+    return outputs.claim_output(args.out, flag, overwrite_frames=getattr(args, "overwrite_frames", False),
+                                estimate_bytes=outputs.estimate_bytes(kind, frames, height, width))
 
 
 # --------------------------------------------------------------------------- model / stream helpers
 
 
-def add_stream_flags(parser: argparse.ArgumentParser, defaults: dict) -> None:
+def add_stream_flags(parser: argparse.ArgumentParser, output: bool = True) -> None:
+    """The stream's settings as flags; every default is StreamConfig's own (the one home of the defaults).
+    output: the command writes frames (adds --fps)."""
+    from ..stream.config import DECODERS, FAST_PATHS, NOISE_MODES, StreamConfig
+
+    default = StreamConfig()
     group = parser.add_argument_group("stream settings")
-    group.add_argument("--levels", type=int, default=defaults.get("levels", 4), help="p: noise levels (cohorts) in flight")
-    group.add_argument("--frames-per-cohort", type=int, default=defaults.get("frames_per_cohort", 4),
-                       help="m: frames sharing one noise level")
-    group.add_argument("--steps", type=int, default=defaults.get("steps", 4), help="LCM steps per frame (multiple of --levels)")
-    group.add_argument("--guidance", type=float, default=defaults.get("guidance", 3.5), help="LCM w-embedding value")
+    group.add_argument("--levels", type=positive_int, default=default.levels,
+                       help=f"p: noise levels (cohorts) in flight (default {default.levels})")
+    group.add_argument("--frames-per-cohort", type=positive_int, default=default.frames_per_cohort,
+                       help=f"m: frames sharing one noise level (default {default.frames_per_cohort})")
+    group.add_argument("--steps", type=positive_int, default=default.steps,
+                       help=f"LCM steps per frame, a multiple of --levels (default {default.steps})")
+    group.add_argument("--guidance", type=float, default=default.guidance,
+                       help=f"LCM w-embedding value (default {default.guidance})")
     size_help = "default: the model's own size (64 for the built-in tiny model, 512 for RAIN-v0.1)"
-    group.add_argument("--height", type=positive_int, default=defaults.get("height"),
-                       help=None if "height" in defaults else size_help)
-    group.add_argument("--width", type=positive_int, default=defaults.get("width"),
-                       help=None if "width" in defaults else size_help)
-    group.add_argument("--seed", type=int, default=0)
-    group.add_argument("--noise", choices=["fresh", "shared"], default="fresh",
+    group.add_argument("--height", type=positive_int, default=None, help=size_help)
+    group.add_argument("--width", type=positive_int, default=None, help=size_help)
+    group.add_argument("--seed", type=int, default=default.seed)
+    group.add_argument("--noise", choices=NOISE_MODES, default=default.noise,
                        help="fresh: every frame its own noise (the method); shared: one noise for every frame, so "
                             "still parts stay still (~74%% less frame-to-frame error on the built-in model; not "
                             "in the paper)")
-    group.add_argument("--decoder", choices=["auto", "taesdv", "vae"], default="auto",
+    group.add_argument("--decoder", choices=DECODERS, default=default.decoder,
                        help="auto: TAESDV when the model has it, else the full decoder")
     group.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 … (auto: cuda when available)")
     group.add_argument("--dtype", choices=["auto", "float32", "float16", "bfloat16"], default="auto")
-    group.add_argument("--fps", type=positive_float, default=None,
-                       help="output video fps (default: the input's when it has one, else 16)")
+    if output:
+        group.add_argument("--fps", type=positive_float, default=None,
+                           help="output video fps (default: the input's when it has one, else 16)")
     group.add_argument("--threads", type=int, default=None,
                        help="CPU threads for torch (default on CPU: half the cores)")
-    group.add_argument("--fast-path", choices=["auto", "eager", "compile", "graph"], default="auto",
+    group.add_argument("--fast-path", choices=FAST_PATHS, default=default.fast_path,
                        help="auto: a CUDA graph on CUDA; on the CPU the compiled tick when it is saved, else eager "
-                            "while a background process compiles it (used as soon as it is ready; "
-                            "RAIN_BACKGROUND_COMPILE=0 turns that off); compile: wait for the compiled tick "
-                            "(a minute or more the first time, later starts load it in about a second)")
+                            "(`rain live`, a long-lived host, also compiles it in a background process that ends "
+                            "with it, and switches when it is ready; RAIN_BACKGROUND_COMPILE=1 lets any command do "
+                            "that, 0 none); compile: wait for the compiled tick (a minute or more the first time, "
+                            "later starts load it in about a second; `rain cache` shows the saved ones)")
 
 
 MODEL_HELP = "model folder, or 'tiny' / 'builtin' for the built-in 64 px model"
@@ -164,7 +244,7 @@ def stream_config(args):
     from ..stream import StreamConfig
 
     return StreamConfig(levels=args.levels, frames_per_cohort=args.frames_per_cohort, steps=args.steps,
-                        guidance=args.guidance, height=args.height, width=args.width, seed=args.seed,
+                        guidance=args.guidance, height=args.height or 0, width=args.width or 0, seed=args.seed,
                         decoder=args.decoder, fast_path=getattr(args, "fast_path", "auto"),
                         noise=getattr(args, "noise", "fresh"))
 
@@ -207,7 +287,9 @@ def memory_gib() -> dict:
 
 def model_folder_size(args) -> tuple[int, int]:
     """--height / --width, each defaulting to the model's own size (read from its folder, before loading)."""
-    height, width = model_size(resolve_model_folder(getattr(args, "model", None)))
+    from ..loading import folder_frame_size
+
+    height, width = folder_frame_size(resolve_model_folder(getattr(args, "model", None)))
     return args.height or height, args.width or width
 
 
@@ -237,7 +319,7 @@ def read_image(path: str, height: int, width: int):
 
 def check_reference(image, path: str):
     """Refuse a reference that cannot be a character picture (1×1, blank): the output would ignore it."""
-    from ..metrics import reference_problem
+    from ..inputs import reference_problem
 
     problem = reference_problem(image)
     if problem:
@@ -245,78 +327,79 @@ def check_reference(image, path: str):
     return image
 
 
-POSE_CHECK_FRAMES = 8
-
-
 def check_pose_frames(frames, source: str, enabled: bool = True):
-    """Look at the first frames of a pose video or image folder before any compute: refuse camera footage given
-    where rendered skeletons are expected (the output would be colour noise). Returns an iterator over all frames."""
+    """Look at the first frames of a pose video or image folder before any compute (`inputs.check_pose_render`,
+    the one check). Returns an iterator over all frames."""
     import itertools
 
-    from ..metrics import dark_fraction, looks_like_pose_render
+    from ..inputs import POSE_CHECK_FRAMES, NotAPoseRender, check_pose_render
 
     frames = iter(frames)
     first = list(itertools.islice(frames, POSE_CHECK_FRAMES))
-    if enabled and first and not looks_like_pose_render(first):
-        raise UsageError(
-            f"--poses {source}: these frames do not look like rendered skeletons ({dark_fraction(first):.0%} of the "
-            "pixels are black; a DWPose/OpenPose render is ~95% black with thin coloured limbs). RAIN needs pose "
-            "renders, not camera footage: for footage of a person use `rain live --source VIDEO --poses detector` "
-            "(DWPose), or render the poses first (e.g. ComfyUI's DWPose preprocessor); pass --no-pose-check if this "
-            "really is a render.")
+    if enabled and first:
+        try:
+            check_pose_render(first, f"--poses {source}")
+        except NotAPoseRender as error:
+            raise UsageError(str(error)) from None
     return itertools.chain(first, frames)
 
 
 def partial_path(path: Path) -> Path:
-    """Where --keep-partial puts an interrupted run's frames: anim.mp4 → anim.partial.mp4, frames → frames.partial."""
+    """Where --keep-partial puts an interrupted run's frames: anim.mp4 → anim.partial.mp4, frames → frames.partial;
+    when that exists (an earlier interrupted run), anim.partial-2.mp4 and so on: it never replaces anything."""
     path = Path(path)
-    return path.with_name(f"{path.stem}.partial{path.suffix}")
+    for number in range(1, 1000):
+        tail = "" if number == 1 else f"-{number}"
+        candidate = path.with_name(f"{path.stem}.partial{tail}{path.suffix}")
+        if not os.path.lexists(candidate):
+            return candidate
+    raise UsageError(f"{path}: 999 partial outputs exist beside it; remove some")
 
 
-def run_stream_to_sink(stream, frames, sink, frames_per_cohort: int, limit: int | None, progress=None,
-                       flush_on_interrupt: bool = False, tick_seconds: list | None = None):
-    """Push frames m at a time and write what comes out; at the end push the rest and flush.
+def run_stream_to_sink(stream, frames, sink, limit: int | None, progress=None, flush_on_interrupt: bool = False,
+                       tick_seconds: list | None = None):
+    """Push frames a cohort at a time (`rain_core.stream.feed.push_frames`, THE push loop) and write what comes
+    out; at the end flush.
 
-    Ctrl-C stops reading. With `flush_on_interrupt` the frames already pushed are still flushed (the warm-up's
-    p − 1 ticks at most), and a second Ctrl-C skips that flush; without it nothing more is computed. Returns
-    (pose frames read, interrupted). `tick_seconds`, when given, receives (wall seconds, CPU seconds of this
-    process) of every full push (one tick each: the first p − 1 are warm-up), not counting reading or writing
-    frames; the CPU time is what the tick costs whatever else the machine runs.
+    Ctrl-C (or SIGTERM / SIGHUP, see `stop_signals`) stops reading. With `flush_on_interrupt` the frames already
+    pushed are still flushed (the warm-up's p − 1 ticks at most), and a second signal skips that flush; without
+    it nothing more is computed. Returns (pose frames pushed, the signal that stopped the run or 0).
+    `tick_seconds`, when given, receives (wall seconds, CPU seconds of this process) of every full push (one tick
+    each, with the reading of its m pose frames; the first p − 1 are warm-up), not counting writing frames; the
+    CPU time is what the tick costs whatever else the machine runs.
     """
+    import itertools
     import time
 
-    import numpy as np
+    from ..stream.feed import push_frames
 
-    batch, count, interrupted = [], 0, False
+    count, interrupted = 0, 0
 
     def write(out):
         if out.shape[0]:
             sink.write(out.numpy())
 
+    def clocks():
+        return time.perf_counter(), time.process_time()
+
     try:
-        for frame in frames:
-            batch.append(frame)
-            count += 1
-            if len(batch) == frames_per_cohort:
-                started, cpu = time.perf_counter(), time.process_time()
-                out = stream.push(np.stack(batch))
-                if tick_seconds is not None:
-                    tick_seconds.append((time.perf_counter() - started, time.process_time() - cpu))
-                write(out)
-                batch = []
-                if progress is not None:
-                    progress.update(frames_per_cohort)
-            if limit and count >= limit:
-                break
-    except KeyboardInterrupt:
-        interrupted = True
+        started = clocks()
+        for taken, out in push_frames(stream, itertools.islice(frames, limit) if limit else frames):
+            if tick_seconds is not None and taken - count == stream.config.frames_per_cohort:
+                now = clocks()
+                tick_seconds.append((now[0] - started[0], now[1] - started[1]))
+            write(out)
+            if progress is not None:
+                progress.update(taken - count)
+            count = taken
+            started = clocks()
+    except KeyboardInterrupt as stop:  # a push is a transaction: the stream holds what was pushed before
+        interrupted = interrupt_signal(stop)
     if interrupted and not flush_on_interrupt:
-        return count, True
+        return count, interrupted
     try:
-        if batch and not interrupted:
-            write(stream.push(np.stack(batch)))
         if count:
             write(stream.flush())
-    except KeyboardInterrupt:  # a second Ctrl-C (or the first, during the final flush): stop now
-        interrupted = True
+    except KeyboardInterrupt as stop:  # a second Ctrl-C (or the first, during the final flush): stop now
+        interrupted = interrupted or interrupt_signal(stop)
     return count, interrupted

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import os
 import time
 
 from .common import (
     EXIT_OK,
     MODEL_HELP,
+    UsageError,
+    add_output_flags,
     add_stream_flags,
-    check_output_path,
+    claim_output,
     emit,
     load_models,
     model_folder_size,
@@ -19,7 +22,8 @@ from .common import (
 
 def add_parser(sub) -> None:
     p = sub.add_parser("demo", help="built-in tiny model + a synthetic character → video, with fps, latency, PSNR")
-    p.add_argument("--out", default="rain-demo.mp4", help="output video (.mp4) or folder for PNG frames")
+    add_output_flags(p, what=f"the video (default: {DEFAULT_OUT}; an existing {DEFAULT_OUT} is replaced only when "
+                     "an earlier `rain demo` wrote it)")
     p.add_argument("--model", default=None, help=MODEL_HELP + " (default: the built-in model)")
     p.add_argument("--frames", type=int, default=96, help="pose frames to animate")
     p.add_argument("--size", type=positive_int, default=None,
@@ -32,7 +36,7 @@ def add_parser(sub) -> None:
     p.add_argument("--no-side-by-side", dest="side_by_side", action="store_false",
                    help="write only the animation (default: pose | RAIN | ground truth panels)")
     p.add_argument("--json", action="store_true")
-    add_stream_flags(p, {"guidance": 3.5})
+    add_stream_flags(p)
     p.set_defaults(handler=run)
 
 
@@ -46,23 +50,52 @@ def _upscale(frames, scale: int):
 
 
 TICK_NAMES = {"compile": "compiled", "graph": "CUDA-graph"}
+DEFAULT_OUT = "rain-demo.mp4"
+DEMO_COMMENT = "written by rain demo"  # container metadata: marks a file the default output may replace
+
+
+def _default_output_problem(path: str) -> str | None:
+    """`rain demo` without --out writes rain-demo.mp4 in the working folder: a file the user did not name. It
+    replaces an earlier demo video (tagged in its metadata), never another file of that name."""
+    if not os.path.lexists(path):
+        return None
+    try:
+        import av
+
+        with av.open(path) as container:
+            if container.metadata.get("comment") == DEMO_COMMENT:
+                return None
+    except Exception:  # not a video at all
+        pass
+    return (f"{path} exists and was not written by `rain demo`; rain replaces only what you name as the output. "
+            f"Pass --out {path} to replace it, or --out another name")
 
 
 def run(args) -> int:
     """Built-in tiny model + a held-out synthetic character and motion → video, with PSNR against ground truth."""
+    if args.out is None:
+        problem = _default_output_problem(DEFAULT_OUT)
+        if problem:
+            raise UsageError(problem)
+        args.out = DEFAULT_OUT
+    if args.size:
+        args.height = args.width = args.size
+    height, width = args.height, args.width = model_folder_size(args)
+    # the output first: a folder that takes no file or a second writer is found before any model loads
+    with claim_output(args, args.frames, height, width * (3 if args.side_by_side else 1) * args.scale**2) as claim:
+        return _render(args, claim.path, height, width)
+
+
+def _render(args, out, height: int, width: int) -> int:
     import numpy as np
     import torch
 
     from ..metrics import psnr
     from ..stream import RainStream
-    from ..train.synthetic import SyntheticWorld, render_character, render_skeleton
+    from ..synthetic import SyntheticWorld, render_character, render_skeleton
     from ..video import VideoSink
 
-    out = check_output_path(args.out)
     models, folder = load_models(args)
-    if args.size:
-        args.height = args.width = args.size
-    height, width = args.height, args.width = model_folder_size(args)
     world = SyntheticWorld(seed=args.world_seed)
     character = world.character(world.ids("heldout", 1, start=args.character)[0])
     motion = world.motion(world.ids("heldout", 1, start=args.motion)[0], kind=args.motion_kind)
@@ -73,7 +106,8 @@ def run(args) -> int:
     stream.set_reference(reference)
     psnrs, copy_psnrs, shown = [], [], 0
     start = time.perf_counter()
-    with VideoSink(out, fps=args.fps or 12.0) as sink:
+    comment = DEMO_COMMENT if out.suffix.lower() in (".mp4", ".m4v", ".mov", ".webm") else None
+    with VideoSink(out, fps=args.fps or 12.0, overwrite_frames=args.overwrite_frames, comment=comment) as sink:
 
         def emit_frames(frames):
             nonlocal shown

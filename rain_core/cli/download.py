@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .common import EXIT_OK, Interrupted, emit
+from .common import EXIT_OK, Interrupted, emit, interrupt_signal
 
 
 def add_parser(sub) -> None:
@@ -26,9 +26,9 @@ def run(args) -> int:
 
     try:
         result = download_models(args.what, args.models_dir, convert=args.convert, quiet=args.json)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as stop:
         raise Interrupted("interrupted; complete files are kept, and the file in progress resumes when the same "
-                          "command runs again.") from None
+                          "command runs again.", interrupt_signal(stop)) from None
     lines = [f"{status:>10}  {args.models_dir}/{target}" for target, status in result["files"].items()]
     lines.append(f"{result['bytes'] / 1e6:.1f} MB downloaded")
     if result["converted"]:

@@ -2,23 +2,27 @@
 
 from __future__ import annotations
 
+import contextlib
+import signal
 import time
 
 from .common import (
     EXIT_OK,
     UsageError,
     add_model_flags,
+    add_output_flags,
     add_stream_flags,
     apply_umask,
-    check_output_path,
     check_pose_frames,
     check_reference,
+    claim_output,
     emit,
     load_models,
     model_folder_size,
     positive_int,
     read_image,
     run_stream_to_sink,
+    signal_name,
     stream_config,
 )
 
@@ -35,12 +39,12 @@ def add_parser(sub) -> None:
     p.add_argument("--dwpose-dir", default=None, help="folder with the DWPose ONNX files (default: models/rain/dwpose; "
                    "`rain download --what dwpose` fetches them)")
     p.add_argument("--loop", action="store_true", help="loop a video file source")
-    p.add_argument("--out", default=None, help="write to this file instead of a window")
+    add_output_flags(p, what="write here instead of a window")
     p.add_argument("--max-frames", type=positive_int, default=None, help="stop after this many source frames")
     p.add_argument("--no-pose-check", dest="pose_check", action="store_false",
                    help="with --poses skeleton, do not refuse a source that does not look like rendered skeletons")
     p.add_argument("--json", action="store_true")
-    add_stream_flags(p, {})
+    add_stream_flags(p)
     p.set_defaults(handler=run)
 
 
@@ -104,23 +108,56 @@ def _detector(args):
                          "models/rain/dwpose.") from None
 
 
+def window_problem() -> str | None:
+    """Why `rain live` cannot show its window, asked before OpenCV tries (its Qt GUI aborts the whole process when
+    there is no display), or None."""
+    import os
+    import re
+    import sys
+
+    import cv2
+
+    gui = re.search(r"^\s*GUI:\s*(\S+)", cv2.getBuildInformation(), re.MULTILINE)
+    if gui is None or gui.group(1).upper() == "NONE":
+        return (f"this OpenCV ({cv2.__version__}) has no GUI (opencv-python-headless?); pip install opencv-python, "
+                "the build the pack requires")
+    if sys.platform.startswith("linux") and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
+        return "no display (neither DISPLAY nor WAYLAND_DISPLAY is set: a server or an SSH session without -X?)"
+    return None
+
+
 def run(args) -> int:
+    height, width = args.height, args.width = model_folder_size(args)
+    # the output first: a folder that takes no file or a second writer is found before any model loads
+    frames = args.max_frames if args.max_frames and not str(args.source).isdigit() else None
+    with claim_output(args, frames, height, width) if args.out else contextlib.nullcontext() as claim:
+        return _run(args, claim.path if claim is not None else None)
+
+
+def _run(args, out) -> int:
     import numpy as np
 
+    from ..cpu_fast import allow_background_compile
     from ..stream import RainStream
     from ..video import VideoSink
 
-    height, width = args.height, args.width = model_folder_size(args)
-    out = check_output_path(args.out) if args.out else None
+    # a live run is a long-lived host: it may build the compiled tick in the background while it runs (the
+    # builder ends with this process)
+    allow_background_compile()
+    height, width = args.height, args.width
     window = out is None
     if window:
         import cv2
 
-        try:
-            cv2.namedWindow("rain live")
-        except cv2.error:
-            raise UsageError("no window can be opened here (opencv-python-headless has no GUI, or no display); "
-                             "pass --out FILE.mp4 to write the stream to a file instead") from None
+        problem = window_problem()
+        if problem is None:
+            try:
+                cv2.namedWindow("rain live")
+            except cv2.error as error:
+                problem = f"OpenCV could not open one ({str(error).strip().splitlines()[-1][:200]})"
+        if problem:
+            raise UsageError(f"no window can be opened here: {problem}; pass --out FILE.mp4 to write the stream to "
+                             "a file instead") from None
     reference = check_reference(read_image(args.reference, height, width), args.reference)
     detector = _detector(args) if args.poses == "detector" else None
     fps = args.fps or _source_fps(args) or 16.0
@@ -141,7 +178,7 @@ def run(args) -> int:
                 people = detector((frame * 255).astype(np.uint8))
                 yield render_pose(people, height, width).astype(np.float32) / 255
 
-    sink = VideoSink(out, fps=fps) if out else None
+    sink = VideoSink(out, fps=fps, overwrite_frames=args.overwrite_frames) if out else None
     shown = 0
     start = time.perf_counter()
 
@@ -165,8 +202,7 @@ def run(args) -> int:
     target = sink if sink is not None else _Overlay()
     try:
         # Ctrl-C is how a live run ends: the frames in flight are flushed; a second Ctrl-C skips the flush.
-        _, interrupted = run_stream_to_sink(stream, poses(), target, args.frames_per_cohort, args.max_frames,
-                                            flush_on_interrupt=True)
+        _, interrupted = run_stream_to_sink(stream, poses(), target, args.max_frames, flush_on_interrupt=True)
     except BaseException:
         if sink is not None:
             sink.abort()
@@ -176,8 +212,9 @@ def run(args) -> int:
     stats = stream.stats
     summary = {"output": str(sink.output_path) if sink else None, "frames": stats["frames_out"],
                "output_fps": fps if sink else None, "size": [height, width],
-               "interrupted": interrupted, "ms_per_tick": stats["mean_ms_per_tick"],
+               "interrupted": bool(interrupted), "ms_per_tick": stats["mean_ms_per_tick"],
                "latency_frames": stats["latency_frames"]}
     emit(args, summary, [f"live: {summary['frames']} frames" + (f" → {summary['output']}" if sink else "")
-                         + (" (stopped with Ctrl-C, flushed)" if interrupted else "")])
-    return EXIT_OK
+                         + (f" (stopped with {signal_name(interrupted)}, flushed)" if interrupted else "")])
+    # Ctrl-C is how a live run ends (0); SIGTERM / SIGHUP stop it the same way but say so in the exit code
+    return EXIT_OK if interrupted in (0, signal.SIGINT) else 128 + interrupted

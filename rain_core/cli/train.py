@@ -19,11 +19,12 @@ def run(args, rest: list[str]) -> int:
 
     if "--json" not in rest:
         return int(train_main(rest) or 0)
-    from ..train.cli import TrainConfig, build_parser
+    from ..train.cli import TrainConfig, build_parser, claim_output_folder
     from ..train.trainer import train
 
     options = build_parser().parse_args([a for a in rest if a != "--json"])
-    with contextlib.redirect_stdout(sys.stderr):
-        final = train(TrainConfig(**vars(options)))
+    config = TrainConfig(**vars(options))
+    with claim_output_folder(config), contextlib.redirect_stdout(sys.stderr):
+        final = train(config)
     print(json.dumps({"model": str(final), "stage": options.stage, "output": str(options.output)}, indent=2))
     return 0

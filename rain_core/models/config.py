@@ -66,6 +66,8 @@ class RainModelConfig:
     # width of the timestep sinusoid (the time MLP is 4 × this); None: the top level's width, as in SD-1.5. A model
     # whose top level was narrowed keeps its old time embedding, so every level's time conditioning is unchanged.
     time_channels: int | None = None
+    # (height, width) in pixels of the frames the model was trained on; None: by its codec (`own_frame_size`).
+    frame_size: tuple[int, int] | None = None
 
     def __post_init__(self):
         self.block_out_channels = tuple(self.block_out_channels)
@@ -73,6 +75,8 @@ class RainModelConfig:
         if self.motion_blocks is not None:
             self.motion_blocks = tuple(bool(flag) for flag in self.motion_blocks)
         self.pose_guider_channels = tuple(self.pose_guider_channels)
+        if self.frame_size is not None:
+            self.frame_size = tuple(int(side) for side in self.frame_size)
         if isinstance(self.motion, dict):
             self.motion = MotionConfig(**self.motion)
         if isinstance(self.clip, dict):
@@ -108,6 +112,16 @@ class RainModelConfig:
             fail("clip.projection_dim must equal cross_attention_dim (the CLIP token is the cross-attention context)")
         if self.codec == "space_to_depth" and self.latent_channels != 3 * self.codec_factor**2:
             fail(f"space_to_depth with factor {self.codec_factor} gives {3 * self.codec_factor**2} latent channels")
+        if self.frame_size is not None and (len(self.frame_size) != 2 or min(self.frame_size) < 1):
+            fail(f"frame_size must be (height, width) in pixels or None, found {self.frame_size}")
+
+    def own_frame_size(self) -> tuple[int, int]:
+        """The one answer to "the model's own size", (height, width): `frame_size` when the config records it,
+        else by the codec: 512×512 for the SD VAE (the released RAIN-v0.1 works at 512²), 64×64 for the
+        pixel codec of the tiny family. Streams, nodes, the CLI and the live panel all ask here when a size is 0."""
+        if self.frame_size is not None:
+            return self.frame_size
+        return (512, 512) if self.codec == "vae" else (64, 64)
 
     def has_motion(self, level: int) -> bool:
         """Whether the down block `level` (and the up block that mirrors it) has motion modules."""

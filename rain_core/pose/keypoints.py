@@ -20,15 +20,23 @@ Interchange:
   lists, a part may be `None`/absent when it was not detected. `pose_keypoints_2d` holds 18 points, or
   24 when the six feet points are appended (`include_feet=True` writes that form).
 - OpenPose JSON files: the same dict per frame, one file per frame or one file holding a list.
-  Coordinates may be normalised or in pixels (OpenPose's own output); see `coordinates=`.
+  Coordinates may be normalised or in pixels (OpenPose's own output); see the rule below.
+- This project's keypoint files: `{"fps": F, "frames": [frame dict, ...]}` (examples/keypoints/).
+`read_keypoints` is the one reader of keypoint files for the CLI, the nodes and the live panel; it accepts
+every form above and returns a `KeypointSequence` (frames + fps).
 
 Rules for odd input (all tested):
 - no people → a frame with an empty `people` list (renders as an empty canvas; tracking may hold the
   last pose);
 - many people → all are kept; `max_people=n` keeps the n largest (by body bounding box) and drops the
   rest;
-- coordinates slightly outside the canvas (people partly out of frame) are kept; normalised coordinates
-  outside [-1, 2] are rejected (they are almost always pixel coordinates given as normalised ones);
+- coordinates: THE rule, applied to a whole sequence at once by `read_keypoints` / `parse_keypoints`: a
+  sequence is normalised (0..1, POSE_KEYPOINT) unless most of its present points (the median of max(x, y)) lie
+  beyond 2, which only pixel coordinates do (OpenPose's own output); then every point is divided by its
+  frame's canvas size. Negative values never make a sequence "pixels". After that, points outside the canvas
+  but within one canvas of it ([-1, 2] normalised: a person partly out of frame) are kept and the renderer
+  clips what it draws at the canvas edge; a point further out is a `PoseFormatError` naming frame, person,
+  field and point — never reinterpreted;
 - a point with confidence 0 is missing whatever its coordinates (NaN included);
 - NaN/inf confidences, NaN/inf coordinates of present points, negative confidences, lists whose length is
   not 3·(points of the part), strings, missing `people`/canvas keys → `PoseFormatError`, whose message
@@ -38,6 +46,7 @@ Rules for odd input (all tested):
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -256,8 +265,9 @@ def frame_from_dict(frame: dict, frame_index: int = 0, coordinates: str = "norma
                     canvas_size: tuple[int, int] | None = None, max_people: int | None = None) -> PoseFrame:
     """One POSE_KEYPOINT / OpenPose JSON frame dict → `PoseFrame`.
 
-    coordinates: "normalized" (POSE_KEYPOINT), "pixels" (OpenPose's own output) or "auto" (pixels when
-    any present coordinate exceeds 2). canvas_size (width, height) is used when the dict has none.
+    coordinates: "normalized" (POSE_KEYPOINT) or "pixels" (OpenPose's own output); a whole sequence is decided
+    at once by `coordinates_of` (a frame alone cannot tell). canvas_size (width, height) is used when the dict
+    has none.
     """
     if not isinstance(frame, dict):
         raise PoseFormatError(
@@ -265,17 +275,18 @@ def frame_from_dict(frame: dict, frame_index: int = 0, coordinates: str = "norma
             f"found {type(frame).__name__}"
         )
     if "people" not in frame:
-        raise PoseFormatError(f"frame {frame_index}: missing key 'people' (a list, empty when nobody is in view)")
+        raise PoseFormatError(
+            f"frame {frame_index}: missing key 'people' (a list, empty when nobody is in view); "
+            f"found keys {sorted(frame)[:8]}"
+        )
     people = frame["people"]
     if not isinstance(people, (list, tuple)):
         raise PoseFormatError(f"frame {frame_index}.people: expected a list, found {type(people).__name__}")
     default_w, default_h = canvas_size if canvas_size is not None else (None, None)
     width = _canvas_size(frame, frame_index, "canvas_width", default_w)
     height = _canvas_size(frame, frame_index, "canvas_height", default_h)
-    if coordinates not in ("normalized", "pixels", "auto"):
-        raise ValueError(f"coordinates must be 'normalized', 'pixels' or 'auto', found {coordinates!r}")
-    if coordinates == "auto":
-        coordinates = "pixels" if _looks_like_pixels(people) else "normalized"
+    if coordinates not in ("normalized", "pixels"):
+        raise ValueError(f"coordinates must be 'normalized' or 'pixels', found {coordinates!r}")
     scale = (float(width), float(height)) if coordinates == "pixels" else None
 
     parsed = []
@@ -307,33 +318,114 @@ def frame_from_dict(frame: dict, frame_index: int = 0, coordinates: str = "norma
     return PoseFrame(parsed, width, height)
 
 
-def _looks_like_pixels(people) -> bool:
-    for person in people:
-        if not isinstance(person, dict):
-            continue
-        for key in JSON_FIELDS.values():
-            values = person.get(key)
-            if not isinstance(values, (list, tuple)) or len(values) % 3:
+def coordinates_of(frames: Sequence) -> str:
+    """THE coordinate rule (module docstring): "pixels" when the median present point of the whole sequence lies
+    beyond 2 in x or y, else "normalized". Negative values never count as pixels."""
+    extents = []
+    for frame in frames:
+        people = frame.get("people") if isinstance(frame, dict) else None
+        for person in people if isinstance(people, (list, tuple)) else ():
+            if not isinstance(person, dict):
                 continue
-            for i in range(0, len(values), 3):
-                x, y, c = values[i:i + 3]
-                if not all(_is_number(v) for v in (x, y, c)):
+            for key in JSON_FIELDS.values():
+                values = person.get(key)
+                if not isinstance(values, (list, tuple)) or len(values) % 3:
                     continue
-                # Huge values and infinities count as pixels here; the parser then reports them.
-                if c > 0 and not (abs(x) <= 2 and abs(y) <= 2):
-                    return True
-    return False
+                for i in range(0, len(values), 3):
+                    x, y, c = values[i:i + 3]
+                    if all(_is_number(v) for v in (x, y, c)) and c > 0 and math.isfinite(x) and math.isfinite(y):
+                        extents.append(max(x, y))
+    if not extents:
+        return "normalized"
+    return "pixels" if float(np.median(extents)) > 2.0 else "normalized"
+
+
+@dataclass
+class KeypointSequence:
+    """What a keypoint source holds: its frames, its frame rate when it names one, and how its coordinates were
+    read ("normalized" or "pixels", by `coordinates_of`)."""
+
+    frames: list[PoseFrame]
+    fps: float | None = None
+    coordinates: str = "normalized"
+
+
+def parse_keypoints(data, source: str = "POSE_KEYPOINT", coordinates: str = "auto",
+                    canvas_size: tuple[int, int] | None = None, max_people: int | None = None,
+                    frame_names: Sequence[str] | None = None) -> KeypointSequence:
+    """Keypoints already parsed from JSON → `KeypointSequence`. `data` is `{"fps": F, "frames": [...]}`, a list
+    of frame dicts (POSE_KEYPOINT) or one frame dict. Errors name `source` (or the frame's entry of
+    `frame_names`), the frame and the field. coordinates: "auto" (the rule of `coordinates_of`), "normalized"
+    or "pixels"."""
+    fps = None
+    if isinstance(data, dict) and "people" not in data:
+        if "frames" not in data:
+            raise PoseFormatError(
+                f"{source}: expected {{'fps': F, 'frames': [...]}}, a list of frames or one frame with 'people'; "
+                f"found an object with keys {sorted(data)[:8]}")
+        fps = data.get("fps")
+        if fps is not None and (not _is_number(fps) or not math.isfinite(fps) or fps <= 0):
+            raise PoseFormatError(f"{source}: 'fps' must be a positive number, found {fps!r}")
+        data = data["frames"]
+        if not isinstance(data, (list, tuple)):
+            raise PoseFormatError(f"{source}: 'frames' must be a list of frame dicts, found {type(data).__name__}")
+    elif isinstance(data, dict):
+        data = [data]
+    if not isinstance(data, (list, tuple)):
+        raise PoseFormatError(
+            f"{source}: expected a list of frame dicts (POSE_KEYPOINT), {{'fps', 'frames'}} or one frame dict, "
+            f"found {type(data).__name__}")
+    if not data:
+        raise PoseFormatError(f"{source}: holds no frames (an empty list); expected at least one frame dict with "
+                              "'people' and the canvas size")
+    if coordinates == "auto":
+        coordinates = coordinates_of(data)
+    frames = []
+    for index, frame in enumerate(data):
+        try:
+            frames.append(frame_from_dict(frame, index, coordinates, canvas_size, max_people))
+        except PoseFormatError as error:
+            where = frame_names[index] if frame_names is not None else source
+            raise PoseFormatError(f"{where}: {error}") from None
+    return KeypointSequence(frames, float(fps) if fps is not None else None, coordinates)
 
 
 def from_pose_keypoint(pose_keypoint, max_people: int | None = None) -> list[PoseFrame]:
-    """comfyui_controlnet_aux `POSE_KEYPOINT` (a list of frame dicts, or one dict) → list of `PoseFrame`."""
-    if isinstance(pose_keypoint, dict):
-        pose_keypoint = [pose_keypoint]
-    if not isinstance(pose_keypoint, (list, tuple)):
-        raise PoseFormatError(
-            f"POSE_KEYPOINT: expected a list of frame dicts, found {type(pose_keypoint).__name__}"
-        )
-    return [frame_from_dict(frame, i, "normalized", max_people=max_people) for i, frame in enumerate(pose_keypoint)]
+    """comfyui_controlnet_aux `POSE_KEYPOINT` (a list of frame dicts, or one dict; normalised by definition)
+    → list of `PoseFrame`."""
+    return parse_keypoints(pose_keypoint, "POSE_KEYPOINT", "normalized", max_people=max_people).frames
+
+
+def _json_file(file: Path):
+    try:
+        return json.loads(file.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise PoseFormatError(f"{file.name}: not valid JSON ({error}); expected OpenPose / POSE_KEYPOINT JSON (a "
+                              "list of frames with 'people', or {'fps': F, 'frames': [...]})") from error
+
+
+def read_keypoints(path, coordinates: str = "auto", canvas_size: tuple[int, int] | None = None,
+                   max_people: int | None = None) -> KeypointSequence:
+    """THE reader of keypoint files (CLI, nodes, live panel, training data): a .json file holding
+    `{"fps", "frames"}`, a POSE_KEYPOINT list or one frame dict, or a folder of OpenPose JSON files (one frame
+    dict per file, sorted by name). canvas_size (width, height) stands in for frames that carry none (OpenPose's
+    own pixel output). Errors name the file, the frame and the field."""
+    path = Path(path)
+    if path.is_file():
+        return parse_keypoints(_json_file(path), path.name, coordinates, canvas_size, max_people)
+    if not path.is_dir():
+        raise FileNotFoundError(f"keypoints: {path} does not exist")
+    files = sorted(p for p in path.iterdir() if p.suffix.lower() == ".json")
+    if not files:
+        raise PoseFormatError(f"{path}: folder holds no .json files; expected one OpenPose JSON file per frame")
+    frames = []
+    for file in files:
+        data = _json_file(file)
+        if not (isinstance(data, dict) and "people" in data):
+            raise PoseFormatError(f"{file.name}: a folder of OpenPose JSON holds one frame dict (with 'people') per "
+                                  f"file; found {type(data).__name__}")
+        frames.append(data)
+    return parse_keypoints(frames, path.name, coordinates, canvas_size, max_people, [f.name for f in files])
 
 
 def _flatten(array: np.ndarray) -> list[float] | None:
@@ -369,35 +461,6 @@ def to_pose_keypoint(frames: Iterable[PoseFrame], include_feet: bool = False) ->
 
 # ---------------------------------------------------------------------------------------------------
 # OpenPose JSON files
-
-
-def load_openpose_json(path, coordinates: str = "auto", canvas_size: tuple[int, int] | None = None,
-                       max_people: int | None = None) -> list[PoseFrame]:
-    """Read OpenPose JSON: a file holding one frame dict or a list of them, or a folder of such files
-    (one per frame, read in sorted name order). canvas_size (width, height) is needed for OpenPose's own
-    pixel output, which carries no canvas size."""
-    path = Path(path)
-    if path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.suffix.lower() == ".json")
-        if not files:
-            raise PoseFormatError(f"{path}: folder holds no .json files; expected one OpenPose JSON file per frame")
-    elif path.is_file():
-        files = [path]
-    else:
-        raise FileNotFoundError(f"OpenPose JSON: {path} does not exist")
-    frames: list[PoseFrame] = []
-    for file in files:
-        try:
-            data = json.loads(file.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as error:
-            raise PoseFormatError(f"{file}: not valid JSON ({error})") from error
-        items = data if isinstance(data, list) else [data]
-        for item in items:
-            try:
-                frames.append(frame_from_dict(item, len(frames), coordinates, canvas_size, max_people))
-            except PoseFormatError as error:
-                raise PoseFormatError(f"{file.name}: {error}") from error
-    return frames
 
 
 def save_openpose_json(frames: Sequence[PoseFrame], path, one_file_per_frame: bool | None = None,

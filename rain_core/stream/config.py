@@ -36,12 +36,16 @@ class StreamStateError(StreamError):
 
 @dataclass
 class StreamConfig:
-    """How a stream runs. The released operating point is the default (512², 4 levels × 4 frames, 4 steps).
+    """How a stream runs. The released operating point is the default (4 levels × 4 frames, 4 steps, at the
+    model's own size). These defaults are the only ones: the nodes, the CLI and the live route read them from here.
 
     levels: cohorts in flight (p), also the number of ticks a frame spends in the window.
     frames_per_cohort: frames that share a noise level (m); the window is levels × frames_per_cohort.
     steps: LCM steps per frame; a multiple of levels (steps // levels UNet calls per tick).
     guidance: the LCM w fed to the guidance embedding (2.5 live demo … 3.5 offline example).
+    height, width: frame size in pixels; 0 (the default) means the model's own size
+        (`RainModelConfig.own_frame_size`: 512² for RAIN-v0.1, 64² for the built-in model), resolved by
+        `for_models` when a stream is made.
     decoder: "taesdv" (fast, temporal memory carried tick to tick), "vae" (the full codec), "auto" (TAESDV if loaded).
     missing_pose: for a frame without a pose (None, or an all-black canvas): "hold" the last pose or keep "empty".
     resize: pose frames and references of another size are "letterbox"ed (no distortion), "stretch"ed, or refused
@@ -52,10 +56,12 @@ class StreamConfig:
         code, never captured; "compile": the steady-state UNet call compiled by torch.compile (inductor, cached on
         disk; eager after one log line where no C++ compiler exists: `rain_core.cpu_fast`); "auto" (default):
         "graph" on CUDA; on the CPU the compiled tick when its package is in the cache (loaded in about a second),
-        else "eager" at once while a lower-priority child process compiles the package, switching to it when it
-        is ready (a minute or more; `stats["fast_path"]` then says "compile"; `RAIN_BACKGROUND_COMPILE=0` turns
-        the child off; `rain_core.cpu_fast.BackgroundBuild`). Warm-up and flush ticks (partial windows) run the
-        same code eagerly.
+        else "eager". In a long-lived host (`rain_core.cpu_fast.allow_background_compile()`: the ComfyUI server,
+        `rain live`; or `RAIN_BACKGROUND_COMPILE=1`) a lower-priority child process compiles the package
+        meanwhile and the stream switches to it when it is ready (a minute or more; `stats["fast_path"]` then
+        says "compile"); the child ends with its parent (`rain_core.cpu_fast.BackgroundBuild`). A short script or
+        command starts no child: "compile" waits for the package instead. Warm-up and flush ticks (partial
+        windows) run the same code eagerly.
     output_device: where returned frames live: "cpu" (default) or "device" (the models' device, no copy back).
     noise: "fresh" (default, the method): every frame draws its own noise; "shared": every frame gets the same
         noise (StreamDiffusion's fixed noise), which keeps still parts of the picture still: on the built-in model
@@ -66,8 +72,8 @@ class StreamConfig:
     frames_per_cohort: int = 4
     steps: int = 4
     guidance: float = 3.5
-    height: int = 512
-    width: int = 512
+    height: int = 0
+    width: int = 0
     seed: int = 0
     decoder: str = "auto"
     missing_pose: str = "hold"
@@ -87,6 +93,11 @@ class StreamConfig:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
+    def for_models(self, models) -> StreamConfig:
+        """A copy with a height or width of 0 replaced by the model's own size (the one resolver)."""
+        own_height, own_width = models.config.own_frame_size()
+        return dataclasses.replace(self, height=self.height or own_height, width=self.width or own_width)
+
     @classmethod
     def from_dict(cls, data: dict) -> StreamConfig:
         known = {f.name for f in dataclasses.fields(cls)}
@@ -105,9 +116,12 @@ class StreamConfig:
 
         for name in ("levels", "frames_per_cohort", "steps", "height", "width", "seed"):
             value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < (0 if name == "seed" else 1):
+            zero_allowed = name in ("seed", "height", "width")  # a size of 0 means the model's own size
+            if not isinstance(value, int) or isinstance(value, bool) or value < (0 if zero_allowed else 1):
+                meaning = " (0 = the model's own size)" if name in ("height", "width") else ""
                 fail(
-                    f"{name}: expected a {'non-negative' if name == 'seed' else 'positive'} whole number, found {value!r}"
+                    f"{name}: expected a {'non-negative' if zero_allowed else 'positive'} whole number{meaning}, "
+                    f"found {value!r}"
                 )
         try:
             check_steps(self.levels, self.steps)
@@ -126,6 +140,9 @@ class StreamConfig:
             if getattr(self, name) not in allowed:
                 fail(f"{name}: expected one of {allowed}, found {getattr(self, name)!r}")
         if models is None:
+            return
+        if not (self.height and self.width):
+            self.for_models(models).validate(models)  # check the size the stream will really use
             return
         model_config = models.config
         motion = model_config.motion

@@ -47,7 +47,7 @@ class RainStream(StreamStateMixin):
         fast: the tick's speed options (`rain_core.accel.FastPath`); default: the models' dtype and layout, the
         caller's tf32 settings, the fused LCM step, and the CUDA graph as `config.fast_path` says. Its `dtype`
         and `channels_last` are not applied to the networks here: convert them first."""
-        config = config or StreamConfig()
+        config = (config or StreamConfig()).for_models(models)  # a size of 0 is the model's own
         config.validate(models)
         self.models = models
         self._custom_noise = noise

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from ..fileio import temporary_beside
+from ..fileio import temporary_beside, user_file_mode
 from .config import StreamConfig, StreamConfigError, StreamStateError
 from .timing import TickClock
 from .window import Window, is_consecutive
@@ -67,7 +67,7 @@ class StreamStateMixin:
             config.validate(self.models)
         except StreamConfigError as error:
             raise StreamStateError(f"stream state: its config does not fit these networks: {error}") from None
-        if meta["model_config"] != _jsonable(self.models.config.to_dict()):
+        if _network_shape(meta["model_config"]) != _network_shape(_jsonable(self.models.config.to_dict())):
             raise StreamStateError(
                 "stream state: it was saved with networks of another shape (model_config differs); "
                 "load the same RAIN weights the stream was saved with"
@@ -150,6 +150,7 @@ class StreamStateMixin:
         os.close(handle)
         try:
             save_file(tensors, temporary, metadata=metadata)
+            os.chmod(temporary, user_file_mode())  # safetensors recreates the file 0600
             os.replace(temporary, path)
         except BaseException:
             Path(temporary).unlink(missing_ok=True)
@@ -252,3 +253,9 @@ def _check_state(state) -> tuple[dict, dict]:
     if not all(isinstance(t, torch.Tensor) for t in tensors.values()):
         raise StreamStateError("stream state: every entry of 'tensors' must be a torch.Tensor")
     return meta, tensors
+
+
+def _network_shape(model_config: dict) -> dict:
+    """The fields of a model config that shape its networks (`frame_size` only names the model's own size and
+    was added after states were first saved)."""
+    return {key: value for key, value in model_config.items() if key != "frame_size"}

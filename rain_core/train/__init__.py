@@ -1,7 +1,5 @@
-"""Training: synthetic characters, datasets, the three RAIN stages and the `rain train` entry point.
-
-Imports are lazy so that `rain_core.train.synthetic` stays usable without torch-heavy modules loaded.
-"""
+"""Training: datasets (real folders and the synthetic world of `rain_core.synthetic`), the three RAIN stages and
+the `rain train` entry point. `train_main` is imported lazily: accelerate is an optional extra."""
 
 __all__ = ["train_main"]
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+from pathlib import Path
 
-from .trainer import TrainConfig
+from .config import TrainConfig
 
 _HELP = {
     "stage": "1: image pairs (reference UNet + denoising UNet + pose guider); 2: clips with motion modules and "
@@ -18,6 +19,13 @@ _HELP = {
     "top_width": "narrow the top UNet level to N channels (a multiple of the norm groups) before training; with --init "
     "the trained channels are pruned, keeping each norm group's strongest, and the run fine-tunes the rest",
     "init": "RAIN model folder to start from (the previous stage's OUTPUT/final, or converted official weights)",
+    "init_sd_unet": "a fresh model of --model's size with both UNets from SD-1.5 / sd-image-variations UNet weights (a "
+    "diffusers folder with unet/, the unet folder, or a single LDM/diffusers file), the AnimateAnyone way",
+    "init_motion_modules": "with --init-sd-unet: AnimateDiff motion-module weights (e.g. mm_sd_v15_v2.ckpt); absent "
+    "ones start as the identity",
+    "vae": "with --init-sd-unet and an SD-size model: the sd-vae-ft-mse diffusers folder",
+    "image_encoder": "with --init-sd-unet: the sd-image-variations image_encoder folder (default: a fresh one of the "
+    "model's size)",
     "distill": "stage 2: a trained (stage-3) model folder whose outputs, at guidance w drawn as in stage 3, are the "
     "targets instead of the data; retrains a narrower architecture (--top-width) to a model's function",
     "rollout_ticks": "stage 2: before each loss, run the 4-step stream over the clip for N ticks with the model itself "
@@ -78,12 +86,49 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def claim_output_folder(config: TrainConfig):
+    """Check --output before training and lock it (a context manager; nothing is held by other ranks).
+
+    A new run starts in a new or empty folder: an earlier run's loss.csv, checkpoints and final model there would
+    be overwritten step by step, and rain never replaces what the user did not name. `--resume` names the folder
+    as the run to continue. One trainer per folder: the lock (`.NAME.lock` beside it) refuses a second one."""
+    import contextlib
+    import os
+
+    from ..io.outputs import OutputError, OutputLock
+
+    output = Path(config.output)
+    if not output.parent.is_dir():
+        raise OutputError(f"--output {output}: the folder {output.parent} does not exist; create it first.")
+    if os.path.lexists(output) and not output.is_dir():
+        raise OutputError(f"--output {output}: this is a file; --output is a folder.")
+    if output.is_dir() and any(os.scandir(output)) and not config.resume:
+        held = sorted(entry.name for entry in os.scandir(output))
+        raise OutputError(f"--output {output}: the folder already holds {', '.join(held[:4])}"
+                          f"{' …' if len(held) > 4 else ''}; a new run starts in a new or empty folder. Pass "
+                          "--resume to continue the run there, or choose another --output.")
+    # under `accelerate launch` every process runs this; the main one (RANK 0) holds the lock for all
+    if int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0")) or 0) != 0:
+        return contextlib.nullcontext()
+    lock = OutputLock(output)
+    try:
+        lock.acquire("--output")
+    except OutputError:
+        raise
+    except OSError as error:
+        raise OutputError(f"--output {output}: cannot write in {output.parent} ({error.strerror or error}).") from None
+    held = contextlib.ExitStack()
+    held.callback(lock.release)
+    return held
+
+
 def train_main(argv: list[str] | None = None) -> int:
     """Entry point of `rain train` and `python -m rain_core.train`; prints where the model went."""
     from .trainer import train
 
     args = build_parser().parse_args(argv)
     config = TrainConfig(**vars(args))
-    final = train(config)
+    with claim_output_folder(config):
+        final = train(config)
     print(f"trained model: {final}")
     return 0

@@ -21,7 +21,7 @@ import cv2
 import numpy as np
 import torch
 
-from .synthetic import HELDOUT_BASE, SyntheticWorld, render_character, render_skeleton
+from ..synthetic import HELDOUT_BASE, SyntheticWorld, render_character, render_skeleton
 
 
 class DataError(ValueError):
@@ -158,10 +158,10 @@ class VideoClips(torch.utils.data.Dataset):
                 count = min(count, _frame_count(pose))
                 keypoints = None
             else:
-                from ..pose import load_openpose_json
+                from ..pose import read_keypoints
 
                 pose = None
-                keypoints = load_openpose_json(self._path(entry["keypoints"]))
+                keypoints = read_keypoints(self._path(entry["keypoints"])).frames
                 count = min(count, len(keypoints))
             if count < span:
                 raise DataError(f"{video}: {count} frames, fewer than a clip needs ({span} = frames {self.frames} at stride {self.stride})")

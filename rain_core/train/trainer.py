@@ -21,8 +21,8 @@ exactly the batches, noise and timesteps it would have seen, so it continues to 
 also be injected (`Trainer(config, draws=...)` or `Trainer.loss(batch, step, draws=...)`), and a batch may carry
 codec latents and CLIP inputs directly, so a check can feed another implementation's exact inputs.
 
-Why one file over 500 lines: the three stages share one loss with its injectable draws, one checkpoint format
-and one accelerate loop; the stage-specific parts are a few branches each, clearer side by side.
+The run's settings are in config.py, the pieces of a step (forward, parameters, optimiser, draws) in parts.py,
+checkpoints in checkpoints.py; this module is the loop.
 """
 
 from __future__ import annotations
@@ -30,358 +30,32 @@ from __future__ import annotations
 import copy
 import json
 import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
-import numpy as np
 import torch
 from einops import rearrange
 from safetensors.torch import load_file, save_file
-from torch import nn
 
-from ..models import RainModelConfig, RainModels, guidance_embedding
+from ..models import RainModels
 from . import objectives
+from .checkpoints import latest_checkpoint, load_optimizer, save_optimizer
+from .config import TrainConfig, model_config, parse_motion_blocks
 from .curves import LossLog
 from .data import StepIndices, build_dataset, collate
-
-TINY_PRESET = {
-    "block_out_channels": (48, 64, 64),
-    "codec_factor": 2,
-    "cross_attention_blocks": (False, True, False),
-    "motion_blocks": (False, False, True),
-}
-"""Sizes of `--model tiny` (the shipped model is this preset with its top level narrowed to 32 channels after
-training: `--top-width 32`, time embedding kept at 48; issue 17, NOTES.md): 3 UNet levels on the 12×32×32
-space_to_depth latent of a 64 px image; spatial transformers (self-, reference and CLIP attention) on the 16×16 level only; motion modules on the 8×8 level and
-the mid block only. Why: a ×4 latent (48 channels a position) was cheaper per step but still emitted per-pixel
-noise after 900 steps (x0 from t = 249: 17.3 dB; 400 steps: 16.3 dB at width 48, 17.8 at 96), while ×2 reached
-21.2 dB in 400 steps; dropping attention from the 32×32 level cut the ×2 step on one CPU core from ~3.2 s to
-~1.1 s at batch 8; the 32×32 and 16×16 motion modules were half of a CPU tick, and the model without them scores
-better (issue 17, NOTES.md). 3.6 M parameters, 14.6 MB (narrowed: 3.3 M, 13 MB)."""
-
-
-@dataclass
-class TrainConfig:
-    stage: int
-    output: str
-    model: str = "tiny"  # "tiny", "sd15" or a rain_config.json; ignored when `init` is given
-    motion: bool = True  # False: the m = 1 baseline without motion modules (tiny/sd15 presets only)
-    motion_blocks: str | None = None  # "0,0,1": which UNet levels keep motion modules (None: the model's own)
-    top_width: int = 0  # narrow the top UNet level to N channels before training (0: keep the model's)
-    init: str | None = None  # a RAIN model folder to start from (the previous stage's output)
-    teacher: str | None = None  # stage 3: the stage-2 model (default: `init`)
-    # stage 2: a trained model (with its w-embedding) whose outputs are the targets instead of the data's velocity:
-    # how a narrower architecture relearns a shipped model's function, its stage 3 included, in one stage
-    distill: str | None = None
-    # stage 2: roll the window this many ticks of the stream with the model itself (no gradient) before the loss, so
-    # the model learns from the inputs the stream gives it (its own re-noised predictions) rather than noised ground
-    # truth; clips hold rollout_ticks·m more frames. levels − 1 puts every cohort but the newest on that trajectory.
-    rollout_ticks: int = 0
-    # with rollout_ticks: the share of steps that roll (scheduled sampling); the others train plain stage 2 on the
-    # clip's last p·m frames noised from the truth. 1: every step rolls
-    rollout_fraction: float = 1.0
-    # stage 2 of a model whose w-embedding is trained (an LCM model fine-tuned on data): every forward gets a w drawn
-    # in [guidance_min, guidance_max], as the stream feeds it, and no condition dropout (the stream never drops)
-    stream_guidance: bool = False
-    data: str = "synthetic"
-    height: int = 64
-    width: int = 64
-    batch_size: int = 8
-    levels: int = 4  # p
-    frames_per_cohort: int = 4  # m; stage 2/3 clips hold p·m frames
-    stride: int = 1  # frame stride of video clips
-    steps: int = 1000
-    # 5e-4, not the reference's 1e-5: that rate fine-tunes pretrained SD-1.5 weights; the tiny preset starts from
-    # random weights (NOTES: its stage 1 ran at 6e-4 and annealed)
-    lr: float = 5e-4
-    lr_scheduler: str = "constant_with_warmup"  # any diffusers get_scheduler name; with 0 warm-up steps: the reference's constant
-    warmup_steps: int = 0
-    decay_steps: int = 0  # the last `decay_steps` steps anneal the learning rate linearly down to lr / 10
-    optimizer: str = "adamw"  # "adamw" (torch) or "adamw8bit" (bitsandbytes, the reference's stage 2; extra train-8bit)
-    weight_decay: float = 1e-2  # the reference's AdamW weight decay
-    max_grad_norm: float = 1.0
-    condition_dropout: float = 0.1  # the reference's uncond_ratio
-    noise_offset: float = 0.05  # the reference's; one draw per clip and channel, shared by the clip's frames
-    snr_gamma: float = 5.0  # the reference's min-SNR-γ (weights min(SNR + 1, γ) / (SNR + 1)); 0 = plain v-MSE
-    train_parts: str = "auto"  # "all" | "motion" | "unet"; auto: stage 1 all but motion, 2 motion, 3 unet
-    freeze_image_encoder: bool = True  # the reference never trains CLIP
-    freeze_reference_last_up: bool = True  # the reference freezes reference_unet.up_blocks.3 (see select_trainable)
-    guidance_min: float = 2.0
-    guidance_max: float = 4.5
-    skip_step: int = 25
-    ema_decay: float = 0.95
-    checkpoint_every: int = 200
-    log_every: int = 10
-    seed: int = 0
-    mixed_precision: str = "no"
-    gradient_checkpointing: bool = False
-    resume: bool = False
-    num_workers: int = 0
-    cpu: bool = False
-    threads: int = 0  # CPU threads for torch (0: torch's default); 1 is fastest on an oversubscribed machine
-
-    @property
-    def frames(self) -> int:
-        return 1 if self.stage == 1 else (self.levels + self.rollout_ticks) * self.frames_per_cohort
-
-
-def model_config(spec: str, motion: bool = True) -> RainModelConfig:
-    if spec == "tiny":
-        return RainModelConfig.tiny(motion=motion, **TINY_PRESET)
-    if spec == "sd15":
-        config = RainModelConfig.sd15()
-        if not motion:
-            config.motion = None
-        return config
-    path = Path(spec)
-    if not path.is_file():
-        raise ValueError(f"--model {spec}: expected 'tiny', 'sd15' or a rain_config.json file; no such file")
-    return RainModelConfig.from_dict(json.loads(path.read_text()))
-
-
-def load_models(folder: str | Path) -> RainModels:
-    from ..loading import load_rain
-
-    return load_rain(folder)
-
-
-def save_models(models: RainModels, folder: str | Path) -> None:
-    from ..loading import save_rain
-
-    save_rain(models, folder)
-
-
-def without_motion(models: RainModels, motion_blocks: tuple[bool, ...] | None = None) -> RainModels:
-    """The same networks minus motion modules: all of them (the m = 1 baseline starting from a stage-1 model, whose
-    zero-initialised, frozen motion modules are identities anyway), or those of the levels `motion_blocks` turns
-    off (a cheaper model fine-tuned from a full one)."""
-    changes = {"motion": None} if motion_blocks is None else {"motion_blocks": motion_blocks}
-    config = RainModelConfig.from_dict({**models.config.to_dict(), **changes})
-    stripped = RainModels.build(config, vae=getattr(models.codec, "vae", None), with_image_encoder=models.image_encoder is not None)
-    missing, unexpected = stripped.load_state_dict(models.state_dict(), strict=False)
-    if missing or any("motion_modules" not in key for key in unexpected):
-        raise RuntimeError(f"dropping the motion modules left parameters unmatched: missing {missing[:5]}, unexpected {unexpected[:5]}")
-    return stripped
-
-
-def parse_motion_blocks(text: str, levels: int) -> tuple[bool, ...]:
-    flags = [part.strip() for part in text.split(",")]
-    if len(flags) != levels or any(flag not in ("0", "1") for flag in flags):
-        raise ValueError(f"--motion-blocks {text}: expected {levels} comma-separated 0/1 flags, one per UNet level "
-                         f"(e.g. {','.join(['0'] + ['1'] * (levels - 1))})")
-    return tuple(flag == "1" for flag in flags)
-
-
-class DenoiseForward(nn.Module):
-    """What one training forward runs: CLIP input → CLIP tokens, reference latent → reference cache, pose renders →
-    pose features, noisy window → v. Wrapping it in one module lets accelerate/DDP see every trainable part."""
-
-    def __init__(self, models: RainModels):
-        super().__init__()
-        self.models = models
-
-    def clip_input(self, reference_images: torch.Tensor) -> torch.Tensor | None:
-        """CLIP pixel values (B, 3, S, S) of reference images (B, 3, H, W) in [0, 1]; None without an image encoder."""
-        encoder = self.models.image_encoder
-        return None if encoder is None else encoder.preprocess(reference_images.permute(0, 2, 3, 1))
-
-    def clip_tokens(self, clip: torch.Tensor | None, drop: bool, batch: int, like: torch.Tensor) -> torch.Tensor:
-        """(B, 1, D) CLIP tokens from `clip`: CLIP pixel values (B, 3, S, S) go through the image encoder, tokens
-        (B, 1, D) are used as they are. A dropped condition is the image encoder's tokens of a zero image, as in the
-        reference (zeros without an image encoder or without any CLIP input)."""
-        models = self.models
-        if clip is not None and clip.dim() == 3 and not drop:
-            return clip.to(like.dtype)
-        if models.image_encoder is None or clip is None:
-            return like.new_zeros(batch, 1, models.config.cross_attention_dim)
-        encoder = models.image_encoder.model
-        if drop:
-            size = encoder.config.image_size
-            pixels = like.new_zeros(batch, 3, size, size)
-        else:
-            pixels = clip
-        tokens = encoder(pixel_values=pixels.to(encoder.device, encoder.dtype)).image_embeds.unsqueeze(1)
-        return tokens.to(like.dtype)
-
-    def forward(self, noisy, timesteps, ref_latent, clip, poses, drop: bool = False, guidance=None):
-        """noisy (B,C,F,h,w); timesteps (B,F); ref_latent (B,C,h,w); clip: CLIP pixel values (B,3,S,S) or tokens
-        (B,1,D) or None; poses (B,F,3,H,W) in [0,1]; drop: the whole batch unconditioned (the reference UNet is
-        skipped: the denoising UNet's reference attention sees an empty bank, i.e. plain self-attention);
-        guidance (B,) w or None."""
-        models = self.models
-        clip_tokens = self.clip_tokens(clip, drop, noisy.shape[0], noisy)
-        cache = None if drop else models.reference_unet(ref_latent.to(noisy.dtype), clip_tokens)
-        pose_features = models.pose_guider(rearrange(poses, "b f c h w -> b c f h w").to(noisy.dtype))
-        embedding = None
-        if guidance is not None:
-            embedding = guidance_embedding(guidance, models.config.cond_proj_dim).to(noisy.device, noisy.dtype)
-        return models.denoising_unet(noisy, timesteps, clip_tokens, pose_features, embedding, cache,
-                                     use_reference_kv_cache=False)
-
-
-def select_trainable(models: RainModels, config: TrainConfig) -> list[nn.Parameter]:
-    """Freeze everything, then unfreeze the parts this stage trains; returns the trainable parameters.
-
-    Like the reference (train_stage_1.py), the reference UNet's last up block (`up_blocks.3` at SD size) stays
-    frozen unless `freeze_reference_last_up` is off. Only part of that block's output is unused: the reference pass
-    feeds nothing but the captured attn1 inputs, so the tail after the last capture (that transformer's attn1
-    projections, attn2, feed-forward and proj_out) never gets a gradient. The rest does: measured on the 4-level
-    tiny UNet with the freeze off, 56 of the block's 76 tensors (92 k of 113 k parameters: its resnets and the
-    earlier transformers) receive gradients, 20 (21 k) never do. Freezing the used part is the reference's choice,
-    with no published reason; no measurement here says otherwise, so the default keeps the recipe equal to the
-    reference (bench/compare_training.py checks the trainable sets are the same). The untouched tail would also
-    need find_unused_parameters under DDP, which the trainer sets anyway (condition dropout skips the whole
-    reference UNet)."""
-    parts = config.train_parts
-    if parts == "auto":
-        parts = {1: "all", 2: "motion", 3: "unet"}[config.stage]
-    if parts not in ("all", "motion", "unet"):
-        raise ValueError(f"--train-parts: expected auto, all, motion or unet, found {parts!r}")
-    models.requires_grad_(False)
-    chosen: list[nn.Parameter] = []
-
-    def take(module_or_params):
-        params = module_or_params.parameters() if isinstance(module_or_params, nn.Module) else module_or_params
-        for param in params:
-            param.requires_grad_(True)
-            chosen.append(param)
-
-    motion = [p for n, p in models.denoising_unet.named_parameters() if "motion_modules" in n]
-    if parts == "motion":
-        if not motion:
-            raise ValueError("--train-parts motion: this model has no motion modules (built with --no-motion)")
-        take(motion)
-    elif parts == "unet":
-        take(models.denoising_unet)
-    else:
-        last_up = f"up_blocks.{len(models.reference_unet.up_blocks) - 1}."
-        take([p for n, p in models.reference_unet.named_parameters()
-              if not (config.freeze_reference_last_up and n.startswith(last_up))])
-        take(models.pose_guider)
-        if config.stage == 1:  # a single frame cannot teach the temporal layers anything
-            take([p for n, p in models.denoising_unet.named_parameters() if "motion_modules" not in n])
-        else:
-            take(models.denoising_unet)
-        if models.image_encoder is not None and not config.freeze_image_encoder:
-            take(models.image_encoder)
-    return chosen
-
-
-def build_optimizer(params: list[nn.Parameter], config: TrainConfig) -> torch.optim.Optimizer:
-    """AdamW as the reference sets it up (betas 0.9/0.999, eps 1e-8, weight decay `config.weight_decay`), from torch
-    or, with `optimizer="adamw8bit"`, bitsandbytes' 8-bit AdamW (the reference's stage 2: moments in 8 bits, for GPU
-    memory at SD size; bitsandbytes >= 0.45 also runs it on the CPU)."""
-    kwargs = dict(lr=config.lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=config.weight_decay)
-    if config.optimizer == "adamw":
-        return torch.optim.AdamW(params, **kwargs)
-    if config.optimizer == "adamw8bit":
-        try:
-            import bitsandbytes
-        except ImportError as error:
-            raise ImportError("--optimizer adamw8bit needs bitsandbytes: pip install 'comfyui-rain[train-8bit]' "
-                              "(or pip install bitsandbytes), or use --optimizer adamw") from error
-        return bitsandbytes.optim.AdamW8bit(params, **kwargs)
-    raise ValueError(f"--optimizer: expected adamw or adamw8bit, found {config.optimizer!r}")
-
-
-def learning_rate_factor(config: TrainConfig) -> Callable[[int], float]:
-    """step -> multiplier of `config.lr`: diffusers' `get_scheduler(config.lr_scheduler)` times the optional final
-    anneal (`decay_steps`: linear down to 1/10 over the last steps). With the default constant_with_warmup schedule
-    the rate does not depend on `steps` until the anneal starts, so a run stopped early and resumed with the final
-    `--steps` is the same run."""
-    from diffusers.optimization import get_scheduler
-
-    if config.lr_scheduler == "constant" and config.warmup_steps:
-        raise ValueError("--lr-scheduler constant ignores --warmup-steps: use constant_with_warmup for a warm-up")
-    probe = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=1.0)
-    try:
-        schedule = get_scheduler(config.lr_scheduler, probe, num_warmup_steps=config.warmup_steps,
-                                 num_training_steps=config.steps).lr_lambdas[0]
-    except ValueError as error:
-        raise ValueError(f"--lr-scheduler {config.lr_scheduler!r}: {error}") from error
-    decay_start = config.steps - config.decay_steps
-
-    def factor(step: int) -> float:
-        rate = schedule(step)
-        if config.decay_steps > 0 and step >= decay_start:
-            rate *= 1.0 - 0.9 * (step - decay_start + 1) / config.decay_steps
-        return rate
-
-    return factor
-
-
-@dataclass
-class StepDraws:
-    """Every random decision of one training step.
-
-    noise: (B, C, F, h, w) ε, noise offset included; timesteps: (B, F) int64, the t of each frame (with
-    --rollout-ticks: of the window's p·m frames, the stream's ladder, which the rollout always uses); drop: the
-    whole batch without its conditions (condition dropout; never in stage 3); guidance: the w per clip (B,) of
-    stage 3's teacher, --distill and --stream-guidance, else None; step_noise: with --rollout-ticks R, each tick's
-    fresh ε (R, B, C, p·m, h, w), else None (also on the steps --rollout-fraction leaves plain)."""
-
-    noise: torch.Tensor
-    timesteps: torch.Tensor
-    drop: bool = False
-    guidance: torch.Tensor | None = None
-    step_noise: torch.Tensor | None = None
-
-
-DrawSource = Callable[[int, tuple[int, ...]], StepDraws]
-"""(step, latent shape (B, C, F, h, w)) -> the StepDraws of that step: the trainer's injectable randomness."""
-
-
-def step_generator(seed: int, step: int, process_index: int) -> torch.Generator:
-    state = np.random.SeedSequence([seed, step, process_index]).generate_state(2)
-    return torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
-
-
-# ---- checkpoints (safetensors + JSON; nothing pickled) ----------------------------------------
-
-
-def _save_optimizer(optimizer: torch.optim.Optimizer, folder: Path) -> None:
-    """The optimizer's state as safetensors (tensors) + JSON (the rest); nested per-parameter entries (bitsandbytes
-    keeps its 8-bit state in a dict) are flattened to dotted names."""
-    state = optimizer.state_dict()
-    tensors, scalars = {}, {}
-
-    def flatten(prefix: str, entries: dict) -> None:
-        for key, value in entries.items():
-            name = f"{prefix}.{key}"
-            if isinstance(value, dict):
-                flatten(name, value)
-            elif torch.is_tensor(value):  # a copy each: bitsandbytes shares its quantisation maps across parameters
-                tensors[name] = value.detach().to("cpu", copy=True).contiguous()
-            else:
-                scalars[name] = value
-
-    for index, entries in state["state"].items():
-        flatten(str(index), entries)
-    save_file(tensors, folder / "optimizer.safetensors")
-    (folder / "optimizer.json").write_text(json.dumps({"param_groups": state["param_groups"], "scalars": scalars}))
-
-
-def _load_optimizer(optimizer: torch.optim.Optimizer, folder: Path) -> None:
-    meta = json.loads((folder / "optimizer.json").read_text())
-    tensors = load_file(folder / "optimizer.safetensors")
-    state: dict[int, dict] = {}
-    for name, value in [*tensors.items(), *meta["scalars"].items()]:
-        index, *path, key = name.split(".")
-        entries = state.setdefault(int(index), {})
-        for part in path:
-            entries = entries.setdefault(part, {})
-        entries[key] = value
-    optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
-
-
-def latest_checkpoint(output: str | Path) -> Path | None:
-    folders = sorted(Path(output, "checkpoints").glob("step-*"), key=lambda p: int(p.name.split("-")[1]))
-    complete = [f for f in folders if (f / "trainer_state.json").exists()]
-    return complete[-1] if complete else None
-
-
-# ---- the loop ---------------------------------------------------------------------------------
+from .init import init_for_training, vae_folder
+from .parts import (
+    DenoiseForward,
+    DrawSource,
+    StepDraws,
+    build_optimizer,
+    learning_rate_factor,
+    load_models,
+    save_models,
+    select_trainable,
+    step_generator,
+    without_motion,
+)
 
 
 class Trainer:
@@ -418,10 +92,16 @@ class Trainer:
         ddp = DistributedDataParallelKwargs(find_unused_parameters=True)
         self.accelerator = Accelerator(mixed_precision=config.mixed_precision, cpu=config.cpu, kwargs_handlers=[ddp])
         self.output = Path(config.output)
+        if config.init and config.init_sd_unet:
+            raise ValueError("--init and --init-sd-unet both say where to start: pass one of them")
         if config.init:
             self.models = load_models(config.init)
             if not config.motion and self.models.config.motion is not None:
                 self.models = without_motion(self.models)
+        elif config.init_sd_unet:
+            self.models = init_for_training(config.init_sd_unet, config.init_motion_modules,
+                                            model_config(config.model, config.motion), vae_folder(config.vae),
+                                            config.image_encoder)
         else:
             self.models = RainModels.build(model_config(config.model, config.motion))
         if config.motion_blocks is not None and not config.motion:
@@ -691,7 +371,7 @@ class Trainer:
             if self.target is not None:
                 save_file({k: v.cpu().contiguous() for k, v in self.target.models.denoising_unet.state_dict().items()},
                           folder / "target.safetensors")
-            _save_optimizer(self.optimizer, folder)
+            save_optimizer(self.optimizer, folder)
             save_models(self._models, folder / "model")  # loadable with load_rain, for evaluating mid-run
             # written last: its presence marks a complete checkpoint
             (folder / "trainer_state.json").write_text(json.dumps({"step": self.step, "config": asdict(self.config)}))
@@ -705,7 +385,7 @@ class Trainer:
             # copies into the parameters in place, i.e. into the EMA's shadow tensors
             self.target.models.denoising_unet.load_state_dict(load_file(folder / "target.safetensors"))
             self.ema.optimization_step = int(state["step"])
-        _load_optimizer(self.optimizer, folder)
+        load_optimizer(self.optimizer, folder)
         self.step = int(state["step"])
         self.accelerator.print(f"resumed from {folder} at step {self.step}")
 

@@ -15,7 +15,7 @@ four cohorts, the oldest at t = 249 and the newest at t = 999, each cohort score
 windows (the default) are outside what a RAIN model trains on, so only the staircase reading is fair to its
 motion modules; a model without them sees the same per-frame inputs either way.
 
-    .venv/bin/python bench/denoise_levels.py runs/tiny-s1/checkpoint-001000/model [more folders...]
+    .venv/bin/python docs/temporal-claim/denoise_levels.py RAIN_MODEL BASELINE_MODEL --world v2 --clips 8 --frames 16 --staircase
 """
 
 from __future__ import annotations
@@ -27,13 +27,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]  # the repository (this file is docs/temporal-claim/denoise_levels.py)
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from bench.quality import heldout_clips, psnr, temporal_error  # noqa: E402
 from rain_core.train import objectives  # noqa: E402
-from rain_core.train.trainer import DenoiseForward  # noqa: E402
+from rain_core.train.parts import DenoiseForward  # noqa: E402
 
 
 @torch.no_grad()
@@ -114,7 +114,7 @@ def main(argv=None) -> int:
         models = load_rain(folder).eval()
         variants = [(folder, models)]
         if args.motion_off and models.config.motion is not None:
-            from rain_core.train.trainer import without_motion
+            from rain_core.train.parts import without_motion
 
             variants.append((f"{folder} without motion modules", without_motion(models).eval()))
         for name, variant in variants:

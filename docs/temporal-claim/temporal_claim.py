@@ -1,25 +1,39 @@
 """Issue 16's evidence in one picture: the two arms' stage-2 loss, and where each trained pair lands in
 (PSNR, temporal error) on the same held-out clips.
 
-Reads only files already in `bench/results/` (the loss curves of `stage2_loss_equal_characters.json` and the
-`quality_*.json` of each trained pair, written by `bench/quality.py`), draws `docs/temporal_claim.png` with OpenCV
-(matplotlib is not a dependency) and prints the table behind it: per pair, both arms' PSNR and temporal error and
-the paired difference RAIN − baseline.
+Reads only the study's committed results in `docs/temporal-claim/results/` (the loss curves of
+`stage2_loss_equal_characters.json` and the `quality_*.json` of each trained pair, written by `bench/quality.py`),
+draws `docs/temporal-claim/temporal_claim.png` with OpenCV (matplotlib is not a dependency) and prints the table
+behind it: per pair, both arms' PSNR and temporal error and the paired difference RAIN − baseline; then, from the
+full table (`quality.json`), the two arms compared at the same operating point (both at 2 levels) and at different
+ones, paired per clip from the per-clip values in that file.
 
-    .venv/bin/python bench/temporal_claim.py
+    .venv/bin/python docs/temporal-claim/temporal_claim.py
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 import cv2
 import numpy as np
 
-ROOT = Path(__file__).resolve().parent.parent
-RESULTS = ROOT / "bench" / "results"
+HERE = Path(__file__).resolve().parent  # docs/temporal-claim
+ROOT = HERE.parents[1]
+RESULTS = HERE / "results"
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from bench.quality import paired  # noqa: E402  (the bench's own per-clip pairing and bootstrap)
+
+# rows of the full table (quality.json) paired across operating points: (label, RAIN row, baseline row)
+OPERATING_POINTS = (
+    ("both at 2 levels: RAIN 2x8 - baseline p=2", "rain_2x8", "baseline_p2"),
+    ("two operating points: RAIN 2x8 - baseline p=4", "rain_2x8", "baseline"),
+)
 # (label, result file, the label it was trained from): the equal-characters pairs on the 16 test clips, in
 # training order; a line joins each pair to the one it continued
 PAIRS = (
@@ -46,6 +60,13 @@ def read_pair(path: Path) -> dict:
         "psnr": (paired["psnr"]["mean"], paired["psnr"]["ci95"]),
         "te": (paired["temporal_error"]["relative"], paired["temporal_error"]["relative_ci95"]),
     }
+
+
+def operating_points(path: Path) -> list[tuple[str, dict]]:
+    """Per entry of OPERATING_POINTS, the per-clip paired difference of two rows of the full table (same clips,
+    same seeds) with its bootstrap interval, as bench/quality.py pairs its own rows."""
+    methods = json.loads(path.read_text())["methods"]
+    return [(label, paired(methods[rain], methods[baseline])) for label, rain, baseline in OPERATING_POINTS]
 
 
 def loss_curves(path: Path) -> dict[str, list[tuple[int, float]]]:
@@ -132,7 +153,7 @@ def draw(pairs: list[tuple[str, dict, str | None]], curves: dict[str, list[tuple
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--results", default=str(RESULTS), help="folder of the result files")
-    parser.add_argument("--out", default=str(ROOT / "docs" / "temporal_claim.png"))
+    parser.add_argument("--out", default=str(HERE / "temporal_claim.png"))
     parser.add_argument("--pair", action="append", default=[], metavar="LABEL=FILE[=PARENT]",
                         help="another pair's quality JSON (in the results folder) to add after the built-in list, "
                         "optionally joined to the pair it continued")
@@ -145,6 +166,11 @@ def main(argv=None) -> int:
         (dp, (lo, hi)), (dt, (tlo, thi)) = p["psnr"], p["te"]
         print(f"{label:>8} | {p['rain'][0]:7.2f} {p['rain'][1]:5.2f} | {p['baseline'][0]:7.2f} {p['baseline'][1]:5.2f} | "
               f"{dp:+.2f} [{lo:+.2f}, {hi:+.2f}]  | {100 * dt:+.1f} % [{100 * tlo:+.1f}, {100 * thi:+.1f}]")
+    print("full table (quality.json), paired per clip:")
+    for label, diff in operating_points(results / "quality.json"):
+        (lo, hi), (tlo, thi) = diff["psnr"]["ci95"], diff["temporal_error"]["relative_ci95"]
+        print(f"  {label}: PSNR {diff['psnr']['mean']:+.2f} dB [{lo:+.2f}, {hi:+.2f}], SSIM {diff['ssim']['mean']:+.3f}, "
+              f"temporal error {100 * diff['temporal_error']['relative']:+.1f} % [{100 * tlo:+.1f}, {100 * thi:+.1f}]")
     draw(pairs, loss_curves(results / "stage2_loss_equal_characters.json"), Path(args.out))
     print(f"wrote {args.out}")
     return 0

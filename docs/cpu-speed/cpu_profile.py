@@ -12,8 +12,10 @@ medians):
    (Python, dispatch);
 3. by Python function (cProfile, top entries by own time), with `--python`.
 
-    nice -n 19 .venv/bin/python bench/cpu_profile.py                 # 1 and 2 threads, 12 ticks each
-    .venv/bin/python bench/cpu_profile.py --threads 2 --ticks 6 --fast-path compile
+    nice -n 19 .venv/bin/python docs/cpu-speed/cpu_profile.py                 # 1 and 2 threads, 12 ticks each
+    .venv/bin/python docs/cpu-speed/cpu_profile.py --threads 2 --ticks 6 --fast-path compile
+
+A tool of the CPU-speed study (docs/cpu-speed.md); it reads the model and the inputs the way bench/cpu_live.py does.
 """
 
 from __future__ import annotations  # noqa: I001  (rain_core before torch: see below)
@@ -24,28 +26,16 @@ import cProfile
 import io
 import pstats
 import statistics
+import sys
 import time
 from pathlib import Path
 
 import rain_core  # noqa: F401  (before torch: it sets the OpenMP wait policy, read once when torch loads)
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-EXAMPLES = ROOT / "examples"
-MODEL = ROOT / "rain_core" / "assets" / "tiny-rain"
-
-
-def load_inputs(size: int, frames: int):
-    """(reference (H, W, 3), poses (N, size, size, 3), seconds per pose frame for decode + letterbox)."""
-    from rain_core.inputs import fit_frames, read_image, uint8_frames
-    from rain_core.video import read_video_frames
-
-    reference = read_image(EXAMPLES / "anyone-1.png")
-    started = time.perf_counter()
-    raw, _, _ = read_video_frames(EXAMPLES / "anyone-video-1_kps.mp4", 0, frames)
-    poses = fit_frames(uint8_frames(raw), size, size)
-    io_seconds = (time.perf_counter() - started) / frames
-    return reference, poses, io_seconds
+ROOT = Path(__file__).resolve().parents[2]  # the repository (this file is docs/cpu-speed/cpu_profile.py)
+sys.path.insert(0, str(ROOT / "bench"))
+from cpu_live import MODEL, load_inputs  # noqa: E402  (the bench's model and inputs)
 
 
 def make_stream(models, size: int, fast_path: str, reference, poses):

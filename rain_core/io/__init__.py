@@ -1,0 +1,1 @@
+"""Inputs and outputs of the engine (the lead moves inputs, video, fileio, layout and download here later)."""
