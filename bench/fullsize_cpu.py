@@ -41,8 +41,9 @@ REFERENCE = EXAMPLES / "anyone-1.png"
 POSES = EXAMPLES / "anyone-video-1_kps.mp4"
 GIB = 2**30
 DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
-# resident memory a row needs (GiB): weights at that precision + activations; checked before each row starts
-NEEDS_GIB = {("fp32", 256): 13.0, ("fp32", 512): 16.0, ("bf16", 256): 8.0, ("bf16", 512): 10.0}
+# resident memory a row needs (GiB): weights at that precision + activations (measured at 256, 512 estimated);
+# checked before each row starts
+NEEDS_GIB = {("fp32", 256): 8.0, ("fp32", 512): 11.0, ("bf16", 256): 6.0, ("bf16", 512): 8.0}
 
 
 def machine() -> dict:
@@ -211,6 +212,8 @@ def parse_args(argv=None):
     parser.add_argument("--skip", default="", help="comma-separated: rows, errors")
     parser.add_argument("--error-size", type=int, default=None, help="frame size of the precision table (256; 32 tiny)")
     parser.add_argument("--error-frames", type=int, default=32, help="frames of the whole-stream comparison (8 tiny)")
+    parser.add_argument("--error-sections", default="networks,stream",
+                        help="of the precision table; with --keep, what is not measured is kept from the last run")
     parser.add_argument("--keep", action="store_true", help="keep what a previous run of rows measured (resume)")
     parser.add_argument("--redo", default="", help="with --keep: rows to measure again, e.g. bf16:256,fp32:512")
     parser.add_argument("--source", default=None,
@@ -252,6 +255,8 @@ def main(argv=None) -> dict:
         if (root / "models").exists() and not args.keep:
             shutil.rmtree(root / "models")  # a user's first download, every time
         results["download"] = download(root, env, log)
+        if previous.get("download") and not results["download"]["bytes"]:  # resumed: keep the first download's
+            results["download"] = {**previous["download"], "rechecked_s": results["download"]["seconds"]}
     if args.tiny:
         shutil.copy(root / "hub" / standin_hub.TINY_CONFIG, root / "models/rain/RAIN-v0.1/rain_config.json")
     save(out, results)
@@ -276,11 +281,15 @@ def main(argv=None) -> dict:
                 save(out, results)
     if "errors" not in args.skip:
         import precision_errors
+        import torch
+
+        torch.set_num_threads(max(1, (os.cpu_count() or 2) // 2))  # as `rain` does on the CPU
 
         folder = root / "models"
         results["precision_errors"] = precision_errors.measure(
             folder / "rain/RAIN-v0.1", size=args.error_size, frames=args.error_frames, log=log,
-            save=lambda table: save(out, {**results, "precision_errors": table}))
+            save=lambda table: save(out, {**results, "precision_errors": table}),
+            sections=[s for s in args.error_sections.split(",") if s], previous=previous.get("precision_errors"))
     results["machine"]["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
     save(out, results)
     log(f"wrote {out}")

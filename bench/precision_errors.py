@@ -175,10 +175,12 @@ def _free():
 
 
 def measure(folder, size: int = 256, frames: int = 32, variants=("bf16", "fp16", "bf16_emulated"),
-            stream_variants=("bf16", "fp16"), log=print, save=None, seed: int = 0) -> dict:
+            stream_variants=("bf16", "fp16"), log=print, save=None, seed: int = 0,
+            sections=("networks", "stream"), previous: dict | None = None) -> dict:
     """The table for the model in `folder` (the README layout around it gives VAE, image encoder, TAESDV).
     The whole stream runs in `stream_variants` only (the emulation is checked against real bf16 kernels network
-    by network; a stream costs ~11 ticks each)."""
+    by network; a stream costs ~11 ticks each). `sections`: "networks" and/or "stream"; what is not measured is taken
+    from `previous` (an earlier table of the same size)."""
     from rain_core.layout import readme_layout_parts
     from rain_core.loading import _load_codec, _load_image_encoder, _load_taesdv, _read_config_file, load_network
     from rain_core.models import RainModelConfig
@@ -190,9 +192,16 @@ def measure(folder, size: int = 256, frames: int = 32, variants=("bf16", "fp16",
     config = _read_config_file(folder)[0] if (folder / "rain_config.json").is_file() else RainModelConfig.sd15()
     torch.manual_seed(seed)
     table = {"size": size, "frames": frames, "variants": list(variants), "stream_variants": list(stream_variants),
-             "kernels": kernels(config.block_out_channels[0]), "networks": {}, "seconds": {}}
+             "kernels": kernels(config.block_out_channels[0]), "threads": torch.get_num_threads(), "networks": {},
+             "seconds": {}}
     log(f"precision table at {size}×{size}: kernels (ms) {table['kernels']}")
     reference_image, poses = _inputs(size, max(frames, 16))
+    if "networks" not in sections:
+        if previous is None or previous.get("size") != size:
+            raise ValueError("precision table: networks not measured and no earlier table of this size to keep")
+        table["networks"] = {k: v for k, v in previous["networks"].items() if k != "stream"}
+        table["seconds"] = {k: v for k, v in previous.get("seconds", {}).items() if k != "stream"}
+        table["variants"] = previous.get("variants", table["variants"])
 
     def record(name, entry, started):
         table["networks"][name] = entry
@@ -227,131 +236,132 @@ def measure(folder, size: int = 256, frames: int = 32, variants=("bf16", "fp16",
         record(name, entry, started)
         return truth
 
-    # --- the reference's inputs, in fp32 (the image encoder and the VAE encoder run once per reference)
-    encoder = _load_image_encoder(folder, config, {}, parts.get("image_encoder")).eval()
-    image = reference_image[None]
+    if "networks" in sections:
+        # --- the reference's inputs, in fp32 (the image encoder and the VAE encoder run once per reference)
+        encoder = _load_image_encoder(folder, config, {}, parts.get("image_encoder")).eval()
+        image = reference_image[None]
 
-    def encode(module, dtype):
-        return module.encode(image.to(dtype)).float()
+        def encode(module, dtype):
+            return module.encode(image.to(dtype)).float()
 
-    clip_tokens = run_variants("image_encoder", encoder, encode)
-    del encoder
-    _free()
-    codec = _load_codec(folder, config, {}, parts.get("vae")).eval()
-    with torch.no_grad():
-        latent = codec.encode(image.permute(0, 3, 1, 2))
-
-    # --- reference UNet and its K/V cache (the whole chain in each precision)
-    reference_unet = load_network(folder, "reference_unet", config=config)
-    tokens = {}
-
-    def reference_pass(module, dtype):
-        cache = module(latent.to(dtype), clip_tokens.to(dtype))
-        return {name: value.float() for name, value in cache.tokens.items()}
-
-    started = time.perf_counter()
-    with torch.no_grad():
-        tokens["fp32"] = reference_pass(reference_unet, torch.float32)
-        for variant_name in variants:
-            copy, context = variant(reference_unet, variant_name)
-            with context:
-                tokens[variant_name] = reference_pass(copy, DTYPES[variant_name])
-            del copy
-            _free()
-    table["seconds"]["reference_pass"] = round(time.perf_counter() - started, 1)
-    del reference_unet
-    _free()
-    # --- pose guider (real fp16 kernels too: it is small); its fp32 features feed the UNet below
-    pose_guider = load_network(folder, "pose_guider", config=config)
-    window = poses[:16].permute(3, 0, 1, 2)[None]  # (1, 3, 16, H, W)
-
-    def guide(module, dtype):
-        return module(window[:, :, :4].to(dtype)).float()
-
-    run_variants("pose_guider", pose_guider, guide)
-    with torch.no_grad():
-        features = pose_guider(window)
-        entry = table["networks"]["pose_guider"]
-        copy = _copy_to(pose_guider, torch.float16)
-        try:
-            entry["fp16_kernels"] = compare(guide(pose_guider, torch.float32), guide(copy, torch.float16))
-        except (RuntimeError, NotImplementedError) as error:
-            entry["fp16_kernels"] = {"error": f"{type(error).__name__}: {str(error).splitlines()[0][:160]}"}
-    del pose_guider, copy
-
-    # --- reference K/V cache and the denoising UNet (one call on a steady window: the reference latent noised to
-    # each level's t), one copy of the UNet per precision for both
-    decoder = _load_taesdv(folder, config, parts.get("taesdv")).eval()
-    m = 4
-    timesteps = ladder(4, 4)[0].repeat_interleave(m)[None]  # (1, 16): 249 ×4, 499 ×4, 749 ×4, 999 ×4
-    alpha = alphas_cumprod()[timesteps][0]  # (16,)
-    generator = torch.Generator().manual_seed(seed)
-    noise = torch.randn((1, latent.shape[1], 16, *latent.shape[-2:]), generator=generator)
-    level = (alpha.sqrt()[None, None, :, None, None], (1 - alpha).sqrt()[None, None, :, None, None])
-    sample = level[0] * latent[:, :, None] + level[1] * noise
-    guidance = guidance_embedding(3.5, config.cond_proj_dim) if config.cond_proj_dim else None
-
-    def clean(v):  # x0 estimate of the t = 249 cohort from v-prediction, (4, C, h, w)
-        return (level[0][:, :, :m] * sample[:, :, :m] - level[1][:, :, :m] * v.float()[:, :, :m])[0].transpose(0, 1)
-
-    def frames_of(v):  # ... decoded by the fp32 TAESDV
+        clip_tokens = run_variants("image_encoder", encoder, encode)
+        del encoder
+        _free()
+        codec = _load_codec(folder, config, {}, parts.get("vae")).eval()
         with torch.no_grad():
-            images, _ = decoder.decode(clean(v), None)
-        return images.clamp(0, 1)
+            latent = codec.encode(image.permute(0, 3, 1, 2))
 
-    def kv_of(module, token_set, dtype):
-        from rain_core.models.reference import ReferenceCache
+        # --- reference UNet and its K/V cache (the whole chain in each precision)
+        reference_unet = load_network(folder, "reference_unet", config=config)
+        tokens = {}
 
-        kv = module.reference_kv(ReferenceCache({name: value.to(dtype) for name, value in token_set.items()}))
-        return {name: (key.float(), value.float()) for name, (key, value) in kv.items()}
+        def reference_pass(module, dtype):
+            cache = module(latent.to(dtype), clip_tokens.to(dtype))
+            return {name: value.float() for name, value in cache.tokens.items()}
 
-    def unet_call(module, dtype, kv):
-        from rain_core.models.reference import ReferenceCache
+        started = time.perf_counter()
+        with torch.no_grad():
+            tokens["fp32"] = reference_pass(reference_unet, torch.float32)
+            for variant_name in variants:
+                copy, context = variant(reference_unet, variant_name)
+                with context:
+                    tokens[variant_name] = reference_pass(copy, DTYPES[variant_name])
+                del copy
+                _free()
+        table["seconds"]["reference_pass"] = round(time.perf_counter() - started, 1)
+        del reference_unet
+        _free()
+        # --- pose guider (real fp16 kernels too: it is small); its fp32 features feed the UNet below
+        pose_guider = load_network(folder, "pose_guider", config=config)
+        window = poses[:16].permute(3, 0, 1, 2)[None]  # (1, 3, 16, H, W)
 
-        cache = ReferenceCache({}, {name: (a.to(dtype), b.to(dtype)) for name, (a, b) in kv.items()})
-        return module(sample.to(dtype), timesteps, clip_tokens.to(dtype), features.to(dtype),
-                      None if guidance is None else guidance.to(dtype), cache).float()
+        def guide(module, dtype):
+            return module(window[:, :, :4].to(dtype)).float()
 
-    def flat_kv(kv):
-        return _flat({name: torch.stack(pair) for name, pair in kv.items()})
+        run_variants("pose_guider", pose_guider, guide)
+        with torch.no_grad():
+            features = pose_guider(window)
+            entry = table["networks"]["pose_guider"]
+            copy = _copy_to(pose_guider, torch.float16)
+            try:
+                entry["fp16_kernels"] = compare(guide(pose_guider, torch.float32), guide(copy, torch.float16))
+            except (RuntimeError, NotImplementedError) as error:
+                entry["fp16_kernels"] = {"error": f"{type(error).__name__}: {str(error).splitlines()[0][:160]}"}
+        del pose_guider, copy
 
-    denoising_unet = load_network(folder, "denoising_unet", config=config)
-    started = time.perf_counter()
-    kv_entry, unet_entry = {}, {}
-    with torch.no_grad():
-        kv_truth = kv_of(denoising_unet, tokens["fp32"], torch.float32)
-        v = unet_call(denoising_unet, torch.float32, kv_truth)
-        for variant_name in variants:
-            copy, context = variant(denoising_unet, variant_name)
-            with context:
-                kv = kv_of(copy, tokens[variant_name], DTYPES[variant_name])  # the chain in this precision
-                output = unet_call(copy, DTYPES[variant_name], kv_truth)  # the UNet alone: fp32 inputs, rounded
-            del copy
-            _free()
-            kv_entry[variant_name] = compare(flat_kv(kv_truth), flat_kv(kv))
-            unet_entry[variant_name] = compare(v.reshape(-1), output.reshape(-1))
-            unet_entry[variant_name].update({k: value for k, value in compare(frames_of(v), frames_of(output),
-                                                                                  frames=True).items()
-                                             if k.startswith("frames")})
-    record("reference_unet", kv_entry, started)
-    record("denoising_unet", unet_entry, started)
-    x0 = clean(v)
-    del denoising_unet, kv_truth, tokens
-    _free()
+        # --- reference K/V cache and the denoising UNet (one call on a steady window: the reference latent noised to
+        # each level's t), one copy of the UNet per precision for both
+        decoder = _load_taesdv(folder, config, parts.get("taesdv")).eval()
+        m = 4
+        timesteps = ladder(4, 4)[0].repeat_interleave(m)[None]  # (1, 16): 249 ×4, 499 ×4, 749 ×4, 999 ×4
+        alpha = alphas_cumprod()[timesteps][0]  # (16,)
+        generator = torch.Generator().manual_seed(seed)
+        noise = torch.randn((1, latent.shape[1], 16, *latent.shape[-2:]), generator=generator)
+        level = (alpha.sqrt()[None, None, :, None, None], (1 - alpha).sqrt()[None, None, :, None, None])
+        sample = level[0] * latent[:, :, None] + level[1] * noise
+        guidance = guidance_embedding(3.5, config.cond_proj_dim) if config.cond_proj_dim else None
 
-    # --- decoders, on the fp32 x0 estimate of 4 frames
-    def vae_decode(module, dtype):
-        return module.decode(x0.to(dtype)).float()
+        def clean(v):  # x0 estimate of the t = 249 cohort from v-prediction, (4, C, h, w)
+            return (level[0][:, :, :m] * sample[:, :, :m] - level[1][:, :, :m] * v.float()[:, :, :m])[0].transpose(0, 1)
 
-    run_variants("vae_decode", codec, vae_decode, frames_of=lambda out: out)
+        def frames_of(v):  # ... decoded by the fp32 TAESDV
+            with torch.no_grad():
+                images, _ = decoder.decode(clean(v), None)
+            return images.clamp(0, 1)
 
-    def taesdv_decode(module, dtype):
-        images, _ = module.decode(x0.to(dtype), None)
-        return images.float().clamp(0, 1)
+        def kv_of(module, token_set, dtype):
+            from rain_core.models.reference import ReferenceCache
 
-    run_variants("taesdv_decode", decoder, taesdv_decode, frames_of=lambda out: out)
-    codec = decoder = None  # noqa: F841 - free both before the streams load their own
-    _free()
+            kv = module.reference_kv(ReferenceCache({name: value.to(dtype) for name, value in token_set.items()}))
+            return {name: (key.float(), value.float()) for name, (key, value) in kv.items()}
+
+        def unet_call(module, dtype, kv):
+            from rain_core.models.reference import ReferenceCache
+
+            cache = ReferenceCache({}, {name: (a.to(dtype), b.to(dtype)) for name, (a, b) in kv.items()})
+            return module(sample.to(dtype), timesteps, clip_tokens.to(dtype), features.to(dtype),
+                          None if guidance is None else guidance.to(dtype), cache).float()
+
+        def flat_kv(kv):
+            return _flat({name: torch.stack(pair) for name, pair in kv.items()})
+
+        denoising_unet = load_network(folder, "denoising_unet", config=config)
+        started = time.perf_counter()
+        kv_entry, unet_entry = {}, {}
+        with torch.no_grad():
+            kv_truth = kv_of(denoising_unet, tokens["fp32"], torch.float32)
+            v = unet_call(denoising_unet, torch.float32, kv_truth)
+            for variant_name in variants:
+                copy, context = variant(denoising_unet, variant_name)
+                with context:
+                    kv = kv_of(copy, tokens[variant_name], DTYPES[variant_name])  # the chain in this precision
+                    output = unet_call(copy, DTYPES[variant_name], kv_truth)  # the UNet alone: fp32 inputs, rounded
+                del copy
+                _free()
+                kv_entry[variant_name] = compare(flat_kv(kv_truth), flat_kv(kv))
+                unet_entry[variant_name] = compare(v.reshape(-1), output.reshape(-1))
+                unet_entry[variant_name].update({k: value for k, value in compare(frames_of(v), frames_of(output),
+                                                                                      frames=True).items()
+                                                 if k.startswith("frames")})
+        record("reference_unet", kv_entry, started)
+        record("denoising_unet", unet_entry, started)
+        x0 = clean(v)
+        del denoising_unet, kv_truth, tokens
+        _free()
+
+        # --- decoders, on the fp32 x0 estimate of 4 frames
+        def vae_decode(module, dtype):
+            return module.decode(x0.to(dtype)).float()
+
+        run_variants("vae_decode", codec, vae_decode, frames_of=lambda out: out)
+
+        def taesdv_decode(module, dtype):
+            images, _ = module.decode(x0.to(dtype), None)
+            return images.float().clamp(0, 1)
+
+        run_variants("taesdv_decode", decoder, taesdv_decode, frames_of=lambda out: out)
+        codec = decoder = None  # noqa: F841 - free both before the streams load their own
+        _free()
 
     # --- the whole stream, each precision loaded from the files as a user would
     table["networks"]["stream"] = stream_errors(folder, parts, reference_image, poses[:frames], size, stream_variants,
