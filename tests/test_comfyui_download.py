@@ -40,7 +40,7 @@ def _standin_hub():
 
 def _prompt(size: int, frames: int, precision: str = "auto") -> dict:
     return {
-        "1": {"class_type": "LoadRainModel", "inputs": {"model": DOWNLOAD_MODEL, "vae": "auto", "image_encoder": "auto",
+        "1": {"class_type": "LoadRainModel", "inputs": {"model": DOWNLOAD_MODEL, "vae_name": "auto", "image_encoder": "auto",
                                                         "decoder": "auto", "precision": precision, "device": "auto",
                                                         "keep_loaded": True}},
         "2": {"class_type": "LoadImage", "inputs": {"image": "anyone-1.png"}},
