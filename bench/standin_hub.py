@@ -47,6 +47,7 @@ sys.path.insert(0, str(ROOT))  # run from a plain checkout (no pip install)
 import torch  # noqa: E402
 
 from rain_core.download import ITEMS, TAESDV_URL  # noqa: E402
+from rain_core.single_file import SD_VAE_CONFIG  # noqa: E402
 
 KEYS = ROOT / "tests" / "fixtures" / "official-rain-keys.json"
 MANIFEST = "standin.json"
@@ -79,21 +80,8 @@ CLIP_CONFIG = {
     "torch_dtype": "float32",
     "transformers_version": "4.25.0.dev0",
 }
-# stabilityai/sd-vae-ft-mse, config.json
-VAE_CONFIG = {
-    "_class_name": "AutoencoderKL",
-    "_diffusers_version": "0.4.2",
-    "act_fn": "silu",
-    "block_out_channels": [128, 256, 512, 512],
-    "down_block_types": ["DownEncoderBlock2D"] * 4,
-    "in_channels": 3,
-    "latent_channels": 4,
-    "layers_per_block": 2,
-    "norm_num_groups": 32,
-    "out_channels": 3,
-    "sample_size": 256,
-    "up_block_types": ["UpDecoderBlock2D"] * 4,
-}
+# stabilityai/sd-vae-ft-mse, config.json: the SD VAE's shape (`rain_core.single_file`) as its 2022 upload wrote it
+VAE_CONFIG = {"_class_name": "AutoencoderKL", "_diffusers_version": "0.4.2", **SD_VAE_CONFIG, "sample_size": 256}
 # diffusers' AttentionBlock names (before 0.14), which VAE uploads of 2022 carry; new name -> old name
 OLD_ATTENTION_NAMES = {"to_q": "query", "to_k": "key", "to_v": "value", "to_out.0": "proj_attn"}
 
