@@ -132,7 +132,7 @@ class LoadRainModel:
                 "tooltip": "A folder in models/rain holding the RAIN weights (official .pth files or our "
                            "safetensors layout). 'tiny-rain (built-in)' ships with the pack. 'RAIN-v0.1 (download "
                            "from Hugging Face)' fetches the released weights, the SD VAE, the image encoder and "
-                           "TAESDV into models/ on first use (about 5 GB; resumable), then loads them."}),
+                           "TAESDV into models/ on first use (about 10 GB; resumable), then loads them."}),
             "vae_name": ([AUTO] + usable_files("vae"), {
                 "tooltip": "The SD VAE from models/vae: a single file (vae-ft-mse-840000-ema-pruned.safetensors; LDM "
                            "or diffusers keys) or the sd-vae-ft-mse folder. Only VAEs RAIN can use are listed (image "

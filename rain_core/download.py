@@ -172,8 +172,14 @@ def _plan(remote: RemoteFile, models_dir: Path, endpoint: str) -> _Plan:
 
 
 def _on_disk(remote: RemoteFile, models_dir: Path) -> bool:
+    return _present_name(remote, models_dir).is_file()
+
+
+def _present_name(remote: RemoteFile, models_dir: Path) -> Path:
+    """Where `remote` is on disk: its target, or the first alternative name present (else the target)."""
     final = models_dir / remote.target
-    return any(final.with_name(Path(name).name).is_file() for name in (final.name, *remote.alternatives))
+    names = (final.name, *(Path(name).name for name in remote.alternatives))
+    return next((final.with_name(name) for name in names if final.with_name(name).is_file()), final)
 
 
 def _progress_class(callback: ProgressCallback | None, state: dict, name: str, quiet: bool):
@@ -285,7 +291,7 @@ def download_models(
             raise DownloadError("HF_HUB_OFFLINE=1 is set, so nothing is downloaded, and these files are missing: "
                                 + ", ".join(missing) + ". Unset HF_HUB_OFFLINE (or set it to 0) to download them, "
                                 "or copy them there by hand.")
-        plans = [_Plan(r, models_dir / r.target, skip=True) for r in remotes]
+        plans = [_Plan(r, _present_name(r, models_dir), skip=True) for r in remotes]
         endpoint = None
     else:
         endpoint = hub_endpoint()
@@ -299,7 +305,8 @@ def download_models(
                 _fetch_url(plan, progress, state)
             else:
                 _fetch_hub(plan, endpoint, progress, state, quiet)
-        result["files"][plan.remote.target] = "present" if plan.skip else "downloaded"
+        # the name the file has on disk (an alternative keeps its own: pytorch_model.bin, not model.safetensors)
+        result["files"][plan.final.relative_to(models_dir).as_posix()] = "present" if plan.skip else "downloaded"
     result["bytes"] = state["done"]
     if convert:
         result["converted"] = str(convert_downloaded(models_dir))

@@ -68,9 +68,17 @@ class RainLoadError(ValueError):
 # ---- reading files -----------------------------------------------------------------------------------------
 
 
-def read_state_dict(path: str | os.PathLike, part: str = "checkpoint") -> dict[str, torch.Tensor]:
+def read_state_dict(path: str | os.PathLike, part: str = "checkpoint", mmap: bool = False) -> dict[str, torch.Tensor]:
     """Tensors of a .safetensors / .pth / .pt / .ckpt / .bin file on the CPU. Pickles load with
-    weights_only=True only. Raises RainLoadError for a missing, truncated, corrupt or non-checkpoint file."""
+    weights_only=True only. Raises RainLoadError for a missing, truncated, corrupt or non-checkpoint file.
+
+    mmap=True maps a torch.save zip archive instead of reading it (its tensors are the file's pages, read when
+    touched, never a second copy in memory; the legacy pickle format is read as usual)."""
+    return _read(path, part, mmap)[0]
+
+
+def _read(path: str | os.PathLike, part: str, mmap: bool) -> tuple[dict[str, torch.Tensor], bool]:
+    """`read_state_dict`, and whether its tensors are pages of the mapped file."""
     path = Path(path)
     expected = PART_DESCRIPTIONS.get(part, part)
     if not path.exists():
@@ -80,10 +88,11 @@ def read_state_dict(path: str | os.PathLike, part: str = "checkpoint") -> dict[s
     if path.stat().st_size == 0:
         raise RainLoadError(f"{path}: the file is empty; expected {expected}. Download it again.")
     try:
+        mapped = mmap and path.suffix != ".safetensors" and zipfile.is_zipfile(path)
         if path.suffix == ".safetensors":
             state = load_file(str(path), device="cpu")
         else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
+            state = torch.load(path, map_location="cpu", weights_only=True, **({"mmap": True} if mapped else {}))
     except (SafetensorError, RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, OSError) as error:
         # a pickled object, refused by weights_only=True ("This file can still be loaded"; a text file fails the
         # same check without that sentence and is described below)
@@ -108,7 +117,7 @@ def read_state_dict(path: str | os.PathLike, part: str = "checkpoint") -> dict[s
         state = state["state_dict"]  # Lightning-style wrapper (AnimateDiff, LDM checkpoints)
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise RainLoadError(f"{path}: holds a {type(state).__name__}, not a dict of tensors; expected {expected}.")
-    return state
+    return state, mapped
 
 
 def _describe_unreadable(path: Path) -> str:
@@ -190,9 +199,22 @@ def check_state_dict(
     raise RainLoadError("\n".join(lines))
 
 
-def _assign(model: nn.Module, state: dict[str, torch.Tensor]) -> nn.Module:
+def _assign(
+    model: nn.Module, state: dict[str, torch.Tensor], dtype: torch.dtype | None = None, mapped: bool = False
+) -> nn.Module:
     """Load a checked state dict into a meta-device model without allocating twice, then rebuild the
-    recomputable buffers the file did not carry."""
+    recomputable buffers the file did not carry. With `dtype`, floating tensors are converted one at a time
+    (the file's tensors are dropped from `state` as they go), so a model loads straight into its precision:
+    never the whole model in the file's precision and again in the target one. `mapped`: the tensors are pages
+    of a mapped file (`_read(..., mmap=True)`), given back as soon as each is converted."""
+    if dtype is not None:
+        state = dict(state)  # the caller's mapping stays as it was
+        for name in list(state):
+            tensor = state.pop(name)
+            converted = tensor.to(dtype) if tensor.is_floating_point() and tensor.dtype != dtype else tensor
+            if mapped and converted is not tensor:
+                _release_pages(tensor)
+            state[name] = converted
     model.load_state_dict(state, strict=False, assign=True)
     for module in model.modules():
         for name, buffer in list(module.named_buffers(recurse=False)):
@@ -202,6 +224,28 @@ def _assign(model: nn.Module, state: dict[str, torch.Tensor]) -> nn.Module:
         if param.is_meta:
             raise RainLoadError(f"internal: parameter {name} was not loaded")
     return model
+
+
+def _release_pages(tensor: torch.Tensor) -> None:
+    """Give back the memory pages of a tensor read from a mapped file once it has been converted (they would
+    otherwise stay resident until the whole file is unmapped: a 5 GB file converted to bf16 would peak at 1.5×
+    its size). Only clean pages of a file mapping are dropped; touching them again would read the file again.
+    Call it only on tensors of a file mapping; a no-op off Linux."""
+    import ctypes
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        page = os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, AttributeError):
+        return
+    start = tensor.data_ptr()
+    end = start + tensor.numel() * tensor.element_size()
+    first, last = -(-start // page) * page, end // page * page  # whole pages inside this tensor only
+    if last > first:
+        libc.madvise(ctypes.c_void_p(first), ctypes.c_size_t(last - first), 4)  # MADV_DONTNEED
 
 
 def _rebuild_buffer(module: nn.Module, name: str) -> torch.Tensor:
@@ -264,6 +308,16 @@ def folder_frame_size(folder: str | os.PathLike) -> tuple[int, int]:
     return config.own_frame_size()
 
 
+def _meta_network(part: str, config: RainModelConfig) -> nn.Module:
+    """One RAIN network of `config` on the meta device (no memory), ready to receive checked tensors."""
+    with torch.device("meta"):
+        if part == "reference_unet":
+            return ReferenceUNet(config)
+        if part == "denoising_unet":
+            return DenoisingUNet(config)
+        return PoseGuider(config.pose_channels, config.pose_guider_channels)
+
+
 def _meta_networks(folder: Path, config: RainModelConfig | None):
     """The folder's config (its rain_config.json, else `config`, else SD-1.5 size), the extras stored with it,
     and the three RAIN networks built on the meta device (no memory) ready to receive checked tensors."""
@@ -271,13 +325,34 @@ def _meta_networks(folder: Path, config: RainModelConfig | None):
     if (folder / CONFIG_NAME).exists():
         config, extras = _read_config_file(folder)
     config = config or RainModelConfig.sd15()
-    with torch.device("meta"):
-        networks = {
-            "reference_unet": ReferenceUNet(config),
-            "denoising_unet": DenoisingUNet(config),
-            "pose_guider": PoseGuider(config.pose_channels, config.pose_guider_channels),
-        }
-    return config, extras, networks
+    return config, extras, {part: _meta_network(part, config) for part in PART_FILES}
+
+
+def _fill(network: nn.Module, folder: Path, part: str, dtype: torch.dtype) -> nn.Module:
+    """Fill a meta-device network from its file in `folder`, straight into `dtype`: the file is mapped, not read
+    (one copy of the weights at most: in float32 the file's own pages, otherwise each tensor converted as it goes)."""
+    path = _find_part(folder, part)
+    state, mapped = _read(path, part, mmap=True)
+    check_state_dict(state, network, path, part)
+    return _assign(network, state, dtype, mapped)
+
+
+def load_network(
+    folder: str | os.PathLike,
+    part: str,
+    device="cpu",
+    dtype: torch.dtype = torch.float32,
+    config: RainModelConfig | None = None,
+) -> nn.Module:
+    """One RAIN network of `folder` ("reference_unet", "denoising_unet" or "pose_guider"), in eval mode,
+    loaded straight into `dtype` on `device` (see `load_rain` for the folder and `config`)."""
+    if part not in PART_FILES:
+        raise ValueError(f"load_network: part must be one of {sorted(PART_FILES)}, found {part!r}")
+    folder = resolve_model_folder(folder)
+    if (folder / CONFIG_NAME).exists():
+        config = _read_config_file(folder)[0]
+    network = _fill(_meta_network(part, config or RainModelConfig.sd15()), folder, part, dtype)
+    return network.to(device).eval()
 
 
 def load_rain(
@@ -288,6 +363,7 @@ def load_rain(
     device="cpu",
     dtype: torch.dtype = torch.float32,
     config: RainModelConfig | None = None,
+    release_reference: bool = False,
 ) -> RainModels:
     """Load RAIN from `folder` (official .pth files or our safetensors layout; safetensors preferred); "tiny" or
     "builtin" is the built-in model, as `--model tiny` is (`rain_core.layout.resolve_model_folder`).
@@ -299,22 +375,26 @@ def load_rain(
     converts the layouts). Each defaults to what the folder holds
     (our layout) or to a sibling folder/file of the usual name. config: the model size when the folder has no
     rain_config.json (default: the released SD-1.5 size).
+
+    Every network goes straight into `dtype`: files are mapped and converted one tensor at a time, so loading
+    never holds the weights twice (float32 weights stay the mapped file's pages). release_reference=True frees
+    the reference UNet and the image encoder once a reference is encoded (the authors' demo unloads its
+    reference part the same way: at full size 4.7 GB in float32, 2.3 GB in bfloat16); they are loaded again,
+    in the models' device and dtype at that time, for the next reference or a restored state
+    (`RainModels.reference_networks`).
     """
     folder = resolve_model_folder(folder)
     if not folder.is_dir():
         raise RainLoadError(f"{folder}: checkpoint folder not found. {DOWNLOAD_HINT}")
     check_device_dtype(device, dtype)
     config, extras, networks = _meta_networks(folder, config)
-
+    # Every part straight into `dtype`, the small ones first: what their loaders hold for a moment (a mapped
+    # file's pages) then comes on top of little, not on top of the UNets.
+    codec = _load_codec(folder, config, extras, vae, dtype).to(dtype)
+    encoder = _load_image_encoder(folder, config, extras, image_encoder, dtype).to(dtype)
+    fast_decoder = _load_taesdv(folder, config, taesdv, dtype)
     for part, network in networks.items():
-        path = _find_part(folder, part)
-        state = read_state_dict(path, part)
-        check_state_dict(state, network, path, part)
-        _assign(network, state)
-
-    codec = _load_codec(folder, config, extras, vae)
-    encoder = _load_image_encoder(folder, config, extras, image_encoder)
-    fast_decoder = _load_taesdv(folder, config, taesdv)
+        _fill(network, folder, part, dtype)
     models = RainModels(
         config,
         networks["reference_unet"],
@@ -324,7 +404,17 @@ def load_rain(
         encoder,
         fast_decoder,
     )
-    return models.to(device=device, dtype=dtype).eval()
+    models = models.to(device=device, dtype=dtype).eval()
+
+    def reference_unet(device, dtype):
+        return _fill(_meta_network("reference_unet", config), folder, "reference_unet", dtype).to(device).eval()
+
+    def image_encoder_again(device, dtype):
+        return _load_image_encoder(folder, config, extras, image_encoder, dtype).to(device=device, dtype=dtype).eval()
+
+    models.set_reference_loaders(reference_unet=reference_unet, image_encoder=image_encoder_again)
+    models.release_reference_after_use(release_reference)
+    return models
 
 
 def _find_part(folder: Path, part: str) -> Path:
@@ -356,10 +446,19 @@ def _component_path(explicit, defaults: list[Path], missing: str, absent: str) -
     return found
 
 
-def _from_pretrained(model_class, path: Path, expected: str):
-    """A diffusers / transformers model from its save_pretrained folder, offline; RainLoadError if it is not one."""
+def _from_pretrained(model_class, path: Path, expected: str, dtype: torch.dtype | None = None):
+    """A diffusers / transformers model from its save_pretrained folder, offline, in `dtype` (loaded straight into it:
+    never the whole model in float32 first); RainLoadError if it is not one."""
+    kwargs = {}
+    if dtype is not None:
+        kwargs["torch_dtype"] = dtype
+        if model_class.__module__.startswith("transformers"):
+            import transformers
+
+            if tuple(int(x) for x in re.findall(r"\d+", transformers.__version__)[:2]) >= (4, 56):
+                kwargs = {"dtype": dtype}  # `torch_dtype` is deprecated from 4.56 on
     try:
-        return model_class.from_pretrained(str(path), local_files_only=True)
+        return model_class.from_pretrained(str(path), local_files_only=True, **kwargs)
     except Exception as error:
         raise RainLoadError(
             f"{path}: not a loadable {model_class.__name__} folder ({type(error).__name__}: "
@@ -367,7 +466,7 @@ def _from_pretrained(model_class, path: Path, expected: str):
         ) from error
 
 
-def _load_codec(folder: Path, config: RainModelConfig, extras: dict, vae_path) -> nn.Module:
+def _load_codec(folder: Path, config: RainModelConfig, extras: dict, vae_path, dtype=None) -> nn.Module:
     """The model's codec. `vae_path`: a diffusers folder, a single file (diffusers or LDM keys), or the tensors
     themselves (a mapping, e.g. ComfyUI's VAE's state dict)."""
     if config.codec == "space_to_depth":
@@ -375,7 +474,8 @@ def _load_codec(folder: Path, config: RainModelConfig, extras: dict, vae_path) -
     from diffusers import AutoencoderKL
 
     if isinstance(vae_path, Mapping):
-        return VaeCodec(_vae_from_state(vae_path, "vae (the VAE given)", extras, config), config.vae_scaling_factor)
+        return VaeCodec(_vae_from_state(vae_path, "vae (the VAE given)", extras, config, dtype),
+                        config.vae_scaling_factor)
     defaults = own_candidates(folder, "vae")
     path = _component_path(
         vae_path,
@@ -386,12 +486,14 @@ def _load_codec(folder: Path, config: RainModelConfig, extras: dict, vae_path) -
         "folder (Hugging Face stabilityai/sd-vae-ft-mse, e.g. models/vae/sd-vae-ft-mse).",
     )
     if path.is_dir():
-        vae = _from_pretrained(AutoencoderKL, path, "sd-vae-ft-mse (config.json + diffusion_pytorch_model.safetensors)")
+        vae = _from_pretrained(AutoencoderKL, path, "sd-vae-ft-mse (config.json + diffusion_pytorch_model.safetensors)",
+                               dtype)
         return VaeCodec(vae, config.vae_scaling_factor)
-    return VaeCodec(_vae_from_state(read_state_dict(path, "vae"), path, extras, config), config.vae_scaling_factor)
+    return VaeCodec(_vae_from_state(read_state_dict(path, "vae"), path, extras, config, dtype),
+                    config.vae_scaling_factor)
 
 
-def _vae_from_state(state, source, extras: dict, config: RainModelConfig) -> nn.Module:
+def _vae_from_state(state, source, extras: dict, config: RainModelConfig, dtype=None) -> nn.Module:
     """The AutoencoderKL of this model (its stored config, else sd-vae-ft-mse's) filled with `state` in diffusers'
     or the LDM layout (ComfyUI's models/vae files and its VAE in memory)."""
     from diffusers import AutoencoderKL
@@ -400,10 +502,12 @@ def _vae_from_state(state, source, extras: dict, config: RainModelConfig) -> nn.
         vae = AutoencoderKL.from_config(extras.get("vae") or config.vae or single_file.SD_VAE_CONFIG)
     state = single_file.to_diffusers_vae(state, vae.config)
     check_state_dict(state, vae, source, "vae")
-    return _assign(vae, state)
+    return _assign(vae, state, dtype)
 
 
-def _load_image_encoder(folder: Path, config: RainModelConfig, extras: dict, encoder_path) -> ClipImageEncoder:
+def _load_image_encoder(
+    folder: Path, config: RainModelConfig, extras: dict, encoder_path, dtype=None
+) -> ClipImageEncoder:
     """The CLIP image encoder. `encoder_path`: a transformers folder, a single file (transformers or open_clip
     keys), or the tensors themselves (a mapping, e.g. ComfyUI's CLIP vision state dict)."""
     from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
@@ -423,7 +527,8 @@ def _load_image_encoder(folder: Path, config: RainModelConfig, extras: dict, enc
         )
         if path.is_dir():
             return ClipImageEncoder(
-                _from_pretrained(CLIPVisionModelWithProjection, path, "the sd-image-variations image_encoder folder")
+                _from_pretrained(CLIPVisionModelWithProjection, path, "the sd-image-variations image_encoder folder",
+                                 dtype)
             )
         state = read_state_dict(path, "image_encoder")
     clip_config = CLIPVisionConfig.from_dict(extras["image_encoder"]) if "image_encoder" in extras else None
@@ -431,10 +536,12 @@ def _load_image_encoder(folder: Path, config: RainModelConfig, extras: dict, enc
         model = CLIPVisionModelWithProjection(clip_config) if clip_config else build_clip(config.clip)
     state = single_file.to_transformers_clip(state)
     check_state_dict(state, model, path, "image_encoder", allow_missing=("position_ids",))
-    return ClipImageEncoder(_assign_clip(model, state))
+    return ClipImageEncoder(_assign_clip(model, state, dtype))
 
 
-def _assign_clip(model: nn.Module, state: dict[str, torch.Tensor]) -> nn.Module:
+def _assign_clip(model: nn.Module, state: dict[str, torch.Tensor], dtype=None) -> nn.Module:
+    if dtype is not None:
+        state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
     model.load_state_dict(state, strict=False, assign=True)
     for module in model.modules():  # position_ids is a non-persistent arange buffer
         for name, buffer in list(module.named_buffers(recurse=False)):
@@ -443,7 +550,7 @@ def _assign_clip(model: nn.Module, state: dict[str, torch.Tensor]) -> nn.Module:
     return model
 
 
-def _load_taesdv(folder: Path, config: RainModelConfig, taesdv_path) -> TAESDV | None:
+def _load_taesdv(folder: Path, config: RainModelConfig, taesdv_path, dtype=None) -> TAESDV | None:
     candidates = (
         [Path(taesdv_path)] if taesdv_path is not None else own_candidates(folder, "taesdv")
     )
@@ -454,7 +561,7 @@ def _load_taesdv(folder: Path, config: RainModelConfig, taesdv_path) -> TAESDV |
                 decoder = TAESDV(config.latent_channels, config.taesdv_channels or 64, upsamplings)
             state = read_state_dict(path, "taesdv")
             check_state_dict(state, decoder, path, "taesdv")
-            return _assign(decoder, state)
+            return _assign(decoder, state, dtype)
     log.info("%s: no taesdv.pth; the fast decoder is off (the codec decodes)", folder)
     return None
 

@@ -89,12 +89,18 @@ def free_port() -> int:
 
 
 class Server:
-    def __init__(self, workdir: Path):
+    """`base_directory=True`: the workdir is ComfyUI's base directory (`--base-directory`), so ComfyUI's own models/
+    folder, where downloads go, is the workdir's; otherwise the test's model folders are added to the checkout's.
+    `env`: variables added to the server's environment."""
+
+    def __init__(self, workdir: Path, base_directory: bool = False, env: dict | None = None):
         self.workdir = workdir
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.log_path = workdir / "server.log"
         self.process = None
+        self.base_directory = base_directory
+        self.env = env or {}
 
     def start(self, extra_args: tuple[str, ...] = ()):
         custom_nodes = self.workdir / "custom_nodes"
@@ -104,8 +110,11 @@ class Server:
         for kind in ("rain", "vae", "clip_vision"):  # the test's own model files, beside ComfyUI's folders
             (models / kind).mkdir(parents=True, exist_ok=True)
         paths = self.workdir / "paths.yaml"
-        paths.write_text(f"pack_under_test:\n    custom_nodes: {custom_nodes}\n    rain: {models / 'rain'}\n"
-                         f"    vae: {models / 'vae'}\n    clip_vision: {models / 'clip_vision'}\n")
+        if self.base_directory:
+            paths.write_text("{}\n")  # the base directory holds custom_nodes/ and models/ already
+        else:
+            paths.write_text(f"pack_under_test:\n    custom_nodes: {custom_nodes}\n    rain: {models / 'rain'}\n"
+                             f"    vae: {models / 'vae'}\n    clip_vision: {models / 'clip_vision'}\n")
         inputs = self.input = self.workdir / "input"
         inputs.mkdir()
         # The user's own file of a name the examples use; the pack copies the other examples in at start-up.
@@ -118,10 +127,13 @@ class Server:
                    "--disable-api-nodes", "--extra-model-paths-config", str(paths), "--input-directory", str(inputs),
                    "--output-directory", str(self.output), "--temp-directory", str(self.workdir),
                    "--disable-auto-launch", *extra_args, *EXTRA_ARGS]
+        if self.base_directory:
+            command += ["--base-directory", str(self.workdir)]
         if FRONTEND_ROOT:
             command += ["--front-end-root", FRONTEND_ROOT]
         self.log = open(self.log_path, "w")
-        self.process = subprocess.Popen(command, cwd=COMFYUI_DIR, stdout=self.log, stderr=subprocess.STDOUT)
+        self.process = subprocess.Popen(command, cwd=COMFYUI_DIR, stdout=self.log, stderr=subprocess.STDOUT,
+                                        env={**os.environ, **self.env})
         deadline = time.time() + 300
         while time.time() < deadline:
             if self.process.poll() is not None:

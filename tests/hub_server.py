@@ -7,6 +7,9 @@ It implements what the client asks of `/{repo_id}/resolve/{revision}/{path}` (HE
 taesdv.pth on GitHub). `drop_after[path] = n` cuts the first GET of that file after n bytes, as a network
 failure would, so a test can watch the client resume with a Range request; `announce_size[path] = n` announces a
 size the body does not have.
+
+A value may also be a `pathlib.Path`: the file is served from disk in chunks (the stand-in hub of
+`bench/standin_hub.py` serves gigabytes this way), its ETag made from its size and modification time.
 """
 
 from __future__ import annotations
@@ -14,14 +17,43 @@ from __future__ import annotations
 import hashlib
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from urllib.parse import unquote
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
+CHUNK = 8 * 2**20
+
+
+def _size(content: bytes | Path) -> int:
+    return content.stat().st_size if isinstance(content, Path) else len(content)
+
+
+def _etag(content: bytes | Path) -> str:
+    if isinstance(content, Path):
+        stat = content.stat()
+        return hashlib.sha256(f"{content.name}/{stat.st_size}/{stat.st_mtime_ns}".encode()).hexdigest()
+    return hashlib.sha256(content).hexdigest()
+
+
+def _write(handler: BaseHTTPRequestHandler, content: bytes | Path, start: int, count: int | None = None) -> None:
+    """Send `count` bytes (default: to the end) of `content` from `start`."""
+    if not isinstance(content, Path):
+        handler.wfile.write(content[start:] if count is None else content[start:start + count])
+        return
+    left = _size(content) - start if count is None else count
+    with open(content, "rb") as file:
+        file.seek(start)
+        while left > 0:
+            block = file.read(min(CHUNK, left))
+            if not block:
+                break
+            handler.wfile.write(block)
+            left -= len(block)
 
 
 class LocalHub:
-    def __init__(self, files: dict[tuple[str, str], bytes], plain: dict[str, bytes] | None = None):
-        self.files = dict(files)  # (repo_id, path in repo) -> content
+    def __init__(self, files: dict[tuple[str, str], bytes | Path], plain: dict[str, bytes | Path] | None = None):
+        self.files = dict(files)  # (repo_id, path in repo) -> content (bytes, or a file to serve)
         self.plain = dict(plain or {})  # URL path -> content
         self.drop_after: dict[str, int] = {}  # path in repo or URL path -> bytes sent before the cut (first GET)
         self.announce_size: dict[str, int] = {}  # path in repo -> a size to announce that the body does not have
@@ -80,30 +112,33 @@ class LocalHub:
             handler.send_header("Content-Length", "0")
             handler.end_headers()
             return
-        etag = hashlib.sha256(content).hexdigest()
+        etag = _etag(content)
+        size = _size(content)
         start = 0
         if byte_range and byte_range.startswith("bytes="):
             start = int(byte_range[len("bytes="):].split("-", 1)[0] or 0)
-        body = content[start:]
         handler.send_response(206 if start else 200)
         handler.send_header("X-Repo-Commit", COMMIT)
         handler.send_header("ETag", f'"{etag}"')
         handler.send_header("X-Linked-Etag", f'"{etag}"')
-        handler.send_header("X-Linked-Size", str(self.announce_size.get(key, len(content))))
+        handler.send_header("X-Linked-Size", str(self.announce_size.get(key, size)))
         handler.send_header("Accept-Ranges", "bytes")
         handler.send_header("Content-Type", "application/octet-stream")
         if start:
-            handler.send_header("Content-Range", f"bytes {start}-{len(content) - 1}/{len(content)}")
-        handler.send_header("Content-Length", str(len(body)))
+            handler.send_header("Content-Range", f"bytes {start}-{size - 1}/{size}")
+        handler.send_header("Content-Length", str(size - start))
         cut = None if head or start else self.drop_after.pop(key, None)
         if cut is not None:
             handler.send_header("Connection", "close")
         handler.end_headers()
         if head:
             return
-        if cut is not None:
-            handler.wfile.write(body[:cut])
-            handler.wfile.flush()
+        try:
+            if cut is not None:
+                _write(handler, content, start, cut)
+                handler.wfile.flush()
+                handler.close_connection = True
+                return
+            _write(handler, content, start)
+        except (BrokenPipeError, ConnectionResetError):  # the client went away (Ctrl-C of a download)
             handler.close_connection = True
-            return
-        handler.wfile.write(body)

@@ -179,4 +179,5 @@ def test_gpu_stream_tiny_run_writes_every_section_to_json(tmp_path):
         assert row["ms_per_tick"] > 0 and row["fps"] > 0
         assert set(row["stage_ms"]) == {"guider", "unet", "step", "decode"}
         assert set(row["latency_30fps_s"]) == {"first", "last", "mean", "keeps_up"}
+    assert results["memory"]["resident_gib"] > 0  # on the CPU: the process's resident memory, not 0
     assert (tmp_path / "gpu_stream_table.txt").read_text().startswith("RAIN tick on")

@@ -44,6 +44,7 @@ SMALL = {
     "cpu_profile.py": ["--threads", "1", "--ticks", "1", "--no-ops", "--top", "3"],
     "denoise_levels.py": [str(BUILTIN), "--clips", "1", "--frames", "4"],
     "temporal_claim.py": ["--out", "TMP/claim.png"],
+    "standin_hub.py": ["build", "--root", "TMP/hub", "--tiny"],
 }
 HELP_ONLY = {  # why no small run here
     "comfy_overhead.py": "needs a ComfyUI checkout and its venv (COMFYUI_DIR, COMFY_PYTHON)",
@@ -57,6 +58,8 @@ HELP_ONLY = {  # why no small run here
     "quality.py": "small run tested in tests/test_train_shipped.py",
     "batch_scale.py": "--smoke tested in tests/test_batch.py (slow tier: it starts Ray workers, ~60 s here)",
     "gpu_stream.py": "tiny run tested in tests/test_accel.py",
+    "fullsize_cpu.py": "tiny run (hub, download, two rows, the precision table) tested in tests/test_fullsize_bench.py",
+    "precision_errors.py": "tiny run tested in tests/test_fullsize_bench.py (through fullsize_cpu.py)",
     "tick_profile_cpu.py": "full-size networks (tens of seconds even at 64 px)",
     "model_flops.py": "builds the full-size networks on meta tensors (~25 s on the 2-core machine)",
     "authors_unet.py": "needs the authors' checkout (bench/gpu/authors.py runs it)",

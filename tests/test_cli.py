@@ -66,10 +66,19 @@ def test_animate_authors_layout_with_a_real_pose_video(tmp_path, tiny_models, ca
     folder = write_official_checkpoint(tiny_models, tmp_path / "official")
     out = tmp_path / "anim.mp4"
     code, stdout, err = run(["animate", "--model", folder, "--reference", EXAMPLES / "anyone-1.png",
-                             "--poses", EXAMPLES / "anyone-video-1_kps.mp4", "--max-frames", 6,
+                             "--poses", EXAMPLES / "anyone-video-1_kps.mp4", "--max-frames", 22,
                              "--height", 32, "--width", 32, "--out", out, "--json"], capsys)
     assert code == 0, err
-    assert json.loads(stdout)["frames"] == 6 and video_frames(out) == 6
+    summary = json.loads(stdout)
+    assert summary["frames"] == 22 and video_frames(out) == 22
+    # what bench/fullsize_cpu.py reads: load and reference time, each full push's tick (wall and CPU), the
+    # median after the p - 1 = 3 warm-up ticks, and resident memory at each phase
+    assert len(summary["tick_seconds"]) == len(summary["tick_cpu_seconds"]) == 5  # 22 frames: 5 full pushes
+    steady = sorted(summary["tick_seconds"][3:])
+    assert summary["steady_seconds_per_tick"] == steady[1] and summary["steady_cpu_seconds_per_tick"] > 0
+    assert summary["load_seconds"] > 0 and summary["reference_seconds"] > 0 and summary["dtype"] == "float32"
+    memory = summary["memory_gib"]
+    assert set(memory) == {"loaded", "reference", "end"} and memory["end"]["peak_rss_gib"] >= memory["end"]["rss_gib"] > 0
 
 
 def test_animate_from_openpose_json_and_keypoint_order_is_kept(tmp_path, tiny_folder, pose_json, capsys):

@@ -110,9 +110,13 @@ def test_an_alternative_file_keeps_its_own_name(tmp_path, monkeypatch):
     files[("lambdalabs/sd-image-variations-diffusers", "image_encoder/pytorch_model.bin")] = b"pickled weights"
     with LocalHub(files) as server:
         monkeypatch.setenv("HF_ENDPOINT", server.url)
-        download_models("image-encoder", tmp_path)
+        result = download_models("image-encoder", tmp_path)
+        monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+        offline = download_models("image-encoder", tmp_path)
     assert _files_under(tmp_path) == ["clip_vision/sd-image-variations/config.json",
                                       "clip_vision/sd-image-variations/pytorch_model.bin"]
+    assert list(result["files"]) == _files_under(tmp_path), "the report names the file as it is on disk"
+    assert offline["files"] == dict.fromkeys(_files_under(tmp_path), "present")
 
 
 def test_offline_mode_requests_nothing_and_names_what_is_missing(hub, tmp_path, monkeypatch):

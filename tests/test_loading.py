@@ -12,6 +12,7 @@ from safetensors.torch import load_file
 from rain_core.loading import (
     RainLoadError,
     convert_official,
+    load_network,
     load_rain,
     read_state_dict,
     save_rain,
@@ -110,6 +111,60 @@ def test_safetensors_are_preferred_when_both_layouts_exist(official_checkpoint, 
 def test_loading_casts_to_the_requested_dtype(official_checkpoint):
     models = load_rain(official_checkpoint, dtype=torch.bfloat16)
     assert models.dtype == torch.bfloat16 and models.device.type == "cpu"
+
+
+def test_networks_load_straight_into_their_dtype_with_the_values_of_a_plain_conversion(official_checkpoint,
+                                                                                       tiny_models):
+    # the files are mapped and converted tensor by tensor (their pages given back as they go): the values are what
+    # converting the float32 networks gives, for every floating tensor, and the file's pages are untouched
+    for dtype in (torch.bfloat16, torch.float16):
+        loaded = load_rain(official_checkpoint, dtype=dtype)
+        for name in ("reference_unet", "denoising_unet", "pose_guider", "image_encoder"):
+            ours, expected = getattr(loaded, name).state_dict(), getattr(tiny_models, name).state_dict()
+            assert ours.keys() == expected.keys(), name
+            for key, value in expected.items():
+                assert ours[key].dtype == (dtype if value.is_floating_point() else value.dtype), (name, key)
+                assert torch.equal(ours[key], value.to(ours[key].dtype)), (name, key)
+    _assert_same_weights(load_rain(official_checkpoint), tiny_models)  # float32 again, from the same files
+
+
+def _mapped_file(address: int) -> str | None:
+    """The file whose mapping holds `address` in this process (Linux), else None."""
+    for line in Path("/proc/self/maps").read_text().splitlines():
+        fields = line.split()
+        start, end = (int(x, 16) for x in fields[0].split("-"))
+        if start <= address < end:
+            return fields[5] if len(fields) > 5 else None
+    return None
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="reads /proc/self/maps (Linux)")
+def test_float32_weights_are_the_mapped_file_not_a_copy(official_checkpoint, tiny_models):
+    models = load_rain(official_checkpoint)
+    for part, file in (("reference_unet", "reference_unet.pth"), ("denoising_unet", "motion_unet.pth")):
+        weight = getattr(models, part).conv_in.weight
+        assert _mapped_file(weight.data_ptr()) == str((official_checkpoint / file).resolve()), part
+    bf16 = load_rain(official_checkpoint, dtype=torch.bfloat16)  # converted: memory of its own, the file let go
+    assert _mapped_file(bf16.denoising_unet.conv_in.weight.data_ptr()) != str(official_checkpoint / "motion_unet.pth")
+    # what a user sees: the same values, and each network alone through load_network
+    _assert_same_weights(models, tiny_models)
+    for part in ("reference_unet", "denoising_unet", "pose_guider"):
+        alone = load_network(official_checkpoint, part, dtype=torch.bfloat16)
+        assert not alone.training and next(alone.parameters()).dtype == torch.bfloat16
+        expected = getattr(tiny_models, part).state_dict()
+        for key, value in alone.state_dict().items():
+            assert torch.equal(value, expected[key].to(value.dtype)), (part, key)
+    with pytest.raises(ValueError, match="part must be one of"):
+        load_network(official_checkpoint, "vae")
+
+
+def test_a_legacy_pickle_checkpoint_still_loads(official_checkpoint, tiny_models):
+    # torch.save(..., _use_new_zipfile_serialization=False): no zip archive, so nothing to map; read as before
+    state = torch.load(official_checkpoint / "pose_guider.pth", weights_only=True)
+    torch.save(state, official_checkpoint / "pose_guider.pth", _use_new_zipfile_serialization=False)
+    _assert_same_weights(load_rain(official_checkpoint, dtype=torch.float32), tiny_models)
+    bf16 = load_rain(official_checkpoint, dtype=torch.bfloat16)
+    assert torch.equal(bf16.pose_guider.conv_in.weight, tiny_models.pose_guider.conv_in.weight.bfloat16())
 
 
 def test_missing_folder_and_missing_file_are_named(official_checkpoint, tmp_path):

@@ -136,17 +136,37 @@ def free_memory(device: torch.device) -> None:
         torch.cuda.empty_cache()
 
 
+def _status_bytes(field: str) -> int:
+    """A memory field of this process from /proc/self/status (VmRSS: resident now, VmHWM: its peak), 0 elsewhere."""
+    try:
+        with open("/proc/self/status") as handle:
+            for line in handle:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
 def allocated(device: torch.device) -> int:
-    return torch.cuda.memory_allocated(device) if device.type == "cuda" else 0
+    """Bytes allocated on the device; on the CPU the process's resident memory (weights, buffers and the rest)."""
+    return torch.cuda.memory_allocated(device) if device.type == "cuda" else _status_bytes("VmRSS")
 
 
 def reset_peak(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
+        return
+    try:  # Linux: "5" resets the process's peak resident memory (VmHWM) to what it holds now
+        with open("/proc/self/clear_refs", "w") as handle:
+            handle.write("5")
+    except OSError:
+        pass
 
 
 def peak(device: torch.device) -> int:
-    return torch.cuda.max_memory_allocated(device) if device.type == "cuda" else 0
+    """Peak bytes allocated on the device since `reset_peak`; on the CPU the process's peak resident memory."""
+    return torch.cuda.max_memory_allocated(device) if device.type == "cuda" else _status_bytes("VmHWM")
 
 
 def relative_error(ours: torch.Tensor, reference: torch.Tensor) -> float:

@@ -10,6 +10,7 @@ from .common import (
     add_stream_flags,
     emit,
     load_models,
+    memory_gib,
     positive_int,
 )
 from .render import prepare_job, render_job
@@ -34,13 +35,18 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
+    import time
+
     from tqdm import tqdm
 
     with prepare_job(args) as job:  # every input refused and the output claimed before the model loads
+        started = time.perf_counter()
         models, folder = load_models(args)
+        load_seconds, loaded_memory = time.perf_counter() - started, memory_gib()
         with tqdm(desc="rain animate", unit="frame", disable=args.json) as bar:
             summary = render_job(models, args, job, bar)
-    summary["model"] = str(folder)
+    summary.update(model=str(folder), load_seconds=load_seconds)
+    summary["memory_gib"] = {"loaded": loaded_memory, **summary["memory_gib"]}
     fps = summary["output_fps"]
     emit(args, summary, [f"wrote {summary['output']} ({summary['frames']} frames, {args.height}×{args.width}, "
                          f"{fps:g} fps)",

@@ -270,8 +270,25 @@ def load_models(args):
         torch.set_num_threads(threads)
     dtype = resolve_dtype(args.dtype, device)
     folder = resolve_model_folder(getattr(args, "model", None))
-    models = load_rain(folder, **model_parts(args, folder), device=device, dtype=dtype)
+    # Each command encodes its reference once per stream: the reference UNet and image encoder are freed after
+    # that (4.7 GB at full size in float32) and loaded again from their files if another reference comes.
+    models = load_rain(folder, **model_parts(args, folder), device=device, dtype=dtype, release_reference=True)
     return models, folder
+
+
+def memory_gib() -> dict:
+    """This process's resident memory now and at its peak, in GiB (Linux /proc; elsewhere the peak from
+    getrusage, or None)."""
+    try:
+        with open("/proc/self/status") as handle:
+            fields = dict(line.split(":", 1) for line in handle if ":" in line)
+        return {"rss_gib": int(fields["VmRSS"].split()[0]) / 2**20, "peak_rss_gib": int(fields["VmHWM"].split()[0]) / 2**20}
+    except (OSError, KeyError, ValueError):
+        import resource
+        import sys
+
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # kB on Linux, bytes on macOS
+        return {"rss_gib": None, "peak_rss_gib": peak / (2**30 if sys.platform == "darwin" else 2**20)}
 
 
 def model_folder_size(args) -> tuple[int, int]:
@@ -345,15 +362,20 @@ def partial_path(path: Path) -> Path:
     raise UsageError(f"{path}: 999 partial outputs exist beside it; remove some")
 
 
-def run_stream_to_sink(stream, frames, sink, limit: int | None, progress=None, flush_on_interrupt: bool = False):
+def run_stream_to_sink(stream, frames, sink, limit: int | None, progress=None, flush_on_interrupt: bool = False,
+                       tick_seconds: list | None = None):
     """Push frames a cohort at a time (`rain_core.stream.feed.push_frames`, THE push loop) and write what comes
     out; at the end flush.
 
     Ctrl-C (or SIGTERM / SIGHUP, see `stop_signals`) stops reading. With `flush_on_interrupt` the frames already
     pushed are still flushed (the warm-up's p − 1 ticks at most), and a second signal skips that flush; without
     it nothing more is computed. Returns (pose frames pushed, the signal that stopped the run or 0).
+    `tick_seconds`, when given, receives (wall seconds, CPU seconds of this process) of every full push (one tick
+    each, with the reading of its m pose frames; the first p − 1 are warm-up), not counting writing frames; the
+    CPU time is what the tick costs whatever else the machine runs.
     """
     import itertools
+    import time
 
     from ..stream.feed import push_frames
 
@@ -363,12 +385,20 @@ def run_stream_to_sink(stream, frames, sink, limit: int | None, progress=None, f
         if out.shape[0]:
             sink.write(out.numpy())
 
+    def clocks():
+        return time.perf_counter(), time.process_time()
+
     try:
+        started = clocks()
         for taken, out in push_frames(stream, itertools.islice(frames, limit) if limit else frames):
+            if tick_seconds is not None and taken - count == stream.config.frames_per_cohort:
+                now = clocks()
+                tick_seconds.append((now[0] - started[0], now[1] - started[1]))
             write(out)
             if progress is not None:
                 progress.update(taken - count)
             count = taken
+            started = clocks()
     except KeyboardInterrupt as stop:  # a push is a transaction: the stream holds what was pushed before
         interrupted = interrupt_signal(stop)
     if interrupted and not flush_on_interrupt:

@@ -22,6 +22,7 @@ from .common import (
     check_pose_frames,
     check_reference,
     claim_output,
+    memory_gib,
     model_folder_size,
     partial_path,
     pose_frames,
@@ -101,6 +102,8 @@ def render_job(models, args, job: PreparedJob, progress=None) -> dict:
     """Stream `job` through `models` with `args`' settings into `job.out` (a temporary beside it, renamed when
     complete). Ctrl-C (SIGTERM, SIGHUP) raises Interrupted after leaving `job.out` as it was (`args.keep_partial`:
     the frames made so far go to OUT.partial.mp4). Returns the summary `rain animate --json` prints, less the model."""
+    import torch
+
     from ..stream import RainStream
     from ..video import VideoSink
 
@@ -108,11 +111,13 @@ def render_job(models, args, job: PreparedJob, progress=None) -> dict:
     keep_partial = getattr(args, "keep_partial", False)
     sink = VideoSink(out, fps=job.fps, overwrite_frames=getattr(args, "overwrite_frames", False))
     stream = RainStream(models, stream_config(args))
+    reference_started = time.perf_counter()
     stream.set_reference(job.reference)
     start = time.perf_counter()
+    reference_memory, tick_seconds = memory_gib(), []
     try:
         count, interrupted = run_stream_to_sink(stream, job.frames, sink, args.max_frames, progress,
-                                                flush_on_interrupt=keep_partial)
+                                                flush_on_interrupt=keep_partial, tick_seconds=tick_seconds)
         if interrupted:
             by = "" if interrupted == signal.SIGINT else f" by {signal_name(interrupted)}"
             if keep_partial and sink.frames_written:
@@ -132,6 +137,19 @@ def render_job(models, args, job: PreparedJob, progress=None) -> dict:
     apply_umask(written)
     seconds = time.perf_counter() - start
     stats = stream.stats
+    warm_up = stream.config.levels - 1  # ticks before the window is full: no frame leaves yet
+    steady = tick_seconds[warm_up:]
     return {"output": str(written), "frames": stats["frames_out"], "fps": stats["frames_out"] / seconds,
             "seconds": seconds, "output_fps": job.fps, "size": [args.height, args.width],
-            "ms_per_tick": stats["mean_ms_per_tick"], "latency_frames": stats["latency_frames"]}
+            "ms_per_tick": stats["mean_ms_per_tick"], "latency_frames": stats["latency_frames"],
+            "dtype": str(models.dtype).removeprefix("torch."), "threads": torch.get_num_threads(),
+            "reference_seconds": start - reference_started,
+            # every push of m frames (one tick), warm-up first: wall seconds, and CPU seconds of this process
+            "tick_seconds": [wall for wall, _ in tick_seconds], "tick_cpu_seconds": [cpu for _, cpu in tick_seconds],
+            "steady_seconds_per_tick": _median([wall for wall, _ in steady]),  # median after warm-up
+            "steady_cpu_seconds_per_tick": _median([cpu for _, cpu in steady]),
+            "memory_gib": {"reference": reference_memory, "end": memory_gib()}}
+
+
+def _median(values: list) -> float | None:
+    return sorted(values)[len(values) // 2] if values else None

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import math
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -41,6 +44,9 @@ class RainModels(nn.Module):
         self.codec = codec
         self.image_encoder = image_encoder
         self.fast_decoder = fast_decoder
+        # the networks only a new reference needs, and how to load them again once released (set by load_rain)
+        self._reference_loaders: dict[str, Callable] = {}
+        self._release_reference = False
 
     @classmethod
     def build(cls, config: RainModelConfig, vae=None, with_image_encoder: bool = True) -> RainModels:
@@ -68,6 +74,52 @@ class RainModels(nn.Module):
             ClipImageEncoder(build_clip(config.clip)) if with_image_encoder else None,
             fast_decoder,
         )
+
+    # ---- the reference part: needed only to encode a new reference -----------------------------------------------
+    REFERENCE_PART = ("reference_unet", "image_encoder")
+
+    def set_reference_loaders(self, **loaders: Callable) -> None:
+        """How to load `reference_unet` / `image_encoder` again after `release_reference_networks()`: each a
+        callable (device, dtype) -> the network (`load_rain` gives its files)."""
+        unknown = set(loaders) - set(self.REFERENCE_PART)
+        if unknown:
+            raise ValueError(f"set_reference_loaders: unknown networks {sorted(unknown)}; known: {self.REFERENCE_PART}")
+        self._reference_loaders = dict(loaders)
+
+    def release_reference_after_use(self, enabled: bool = True) -> bool:
+        """Free the reference part after every `reference_networks()` block (once the reference is encoded), as the
+        authors' demo unloads its reference UNet. Only networks with a loader are freed; returns whether any is."""
+        self._release_reference = bool(enabled)
+        return bool(enabled and self._reference_loaders)
+
+    @property
+    def reference_released(self) -> bool:
+        """True while a network of the reference part is freed (it loads again in `reference_networks()`)."""
+        return any(getattr(self, name) is None for name in self._reference_loaders)
+
+    def release_reference_networks(self) -> None:
+        """Free the reference UNet and the image encoder now (those that can be loaded again); the denoising
+        networks and everything a running stream holds stay."""
+        for name in self._reference_loaders:
+            setattr(self, name, None)
+        gc.collect()
+        with contextlib.suppress(OSError, AttributeError):  # glibc keeps freed heap pages otherwise
+            import ctypes
+
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+    @contextlib.contextmanager
+    def reference_networks(self):
+        """The reference UNet and image encoder for the block, loaded again (in the models' current device and
+        dtype) when they were released; released again after it when `release_reference_after_use` is on."""
+        for name, loader in self._reference_loaders.items():
+            if getattr(self, name) is None:
+                setattr(self, name, loader(self.device, self.dtype))
+        try:
+            yield self
+        finally:
+            if self._release_reference and self._reference_loaders:
+                self.release_reference_networks()
 
     @property
     def device(self) -> torch.device:

@@ -124,15 +124,15 @@ class RainStream(StreamStateMixin):
             raise PoseInputError(f"reference image: expected one image, found a batch of {image.shape[0]}")
         model_size = self._fit(image, "reference image")
         device, dtype = self.models.device, self.models.dtype
-        with torch.no_grad():
+        with torch.no_grad(), self.models.reference_networks():
             clip_tokens = self.models.image_encoder.encode(image.to(device, dtype))
             latent = self.models.codec.encode(model_size.permute(0, 3, 1, 2).to(device, dtype))
-        # Contiguous layouts everywhere: CPU kernels pick algorithms (and rounding) by memory layout, and a
-        # resumed stream (tensors read back contiguous) must compute exactly what the live one did.
-        self._install_reference(clip_tokens.contiguous(), latent.contiguous())
+            # Contiguous layouts everywhere: CPU kernels pick algorithms (and rounding) by memory layout, and a
+            # resumed stream (tensors read back contiguous) must compute exactly what the live one did.
+            self._install_reference(clip_tokens.contiguous(), latent.contiguous())
 
     def _install_reference(self, clip_tokens: torch.Tensor, latent: torch.Tensor) -> None:
-        with torch.no_grad():
+        with torch.no_grad(), self.models.reference_networks():  # the reference part may be released after
             cache = self.models.reference_unet(latent, clip_tokens)
         self._reference = {"clip_tokens": clip_tokens, "latent": latent, "cache": cache}
         self._drop_tick()

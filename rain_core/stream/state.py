@@ -104,7 +104,7 @@ class StreamStateMixin:
             device, dtype = self.models.device, self.models.dtype
             clip_tokens = tensors["reference_clip_tokens"].to(device, dtype)
             latent = tensors["reference_latent"].to(device, dtype)
-            with torch.no_grad():
+            with torch.no_grad(), self.models.reference_networks():  # loaded again if released
                 reference = {
                     "clip_tokens": clip_tokens,
                     "latent": latent,
