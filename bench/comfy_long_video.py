@@ -1,7 +1,7 @@
 """Long videos through a real ComfyUI: the server's memory after 1,000 vs 10,000 frames of the long-video template.
 
 For each length a fresh ComfyUI starts with this pack linked in (as tests/comfy_host.py does), a looped pose video
-of that many frames is written (the example skeleton video, 704 x 512, 30 fps, repeated; rain_core.video's sink),
+of that many frames is written (the example skeleton video, 704 x 512, 30 fps, repeated; rain_core.io.video's sink),
 and "RAIN 5 - Long video (flat memory)" runs as shipped except Pose Stream's video_path, which names that file.
 The server's resident memory is sampled every 0.2 s during the run; `peak_rss_mib` is the kernel's high-water mark
 of the server process (VmHWM: start-up and run), `after_rss_mib` its RSS once the run ended. The output file is
@@ -46,7 +46,7 @@ POSE_VIDEO = ROOT / "examples" / "anyone-video-1_kps.mp4"  # 64 frames, 704 x 51
 
 def loop_video(path: Path, frames: int) -> Path:
     """The example skeleton video repeated to `frames` frames (64 decoded frames in memory, written as they go)."""
-    from rain_core.video import VideoSink, read_video_frames
+    from rain_core.io.video import VideoSink, read_video_frames
 
     if path.is_file():
         return path
@@ -173,8 +173,8 @@ def old_pack(args, workdir: Path) -> Path:
 
 
 def measure(args, workdir: Path, frames: int, old: bool) -> dict:
-    from rain_core.comfy_client import ui_to_api
-    from rain_core.video import probe_video
+    from rain_core.cli.comfy_client import ui_to_api
+    from rain_core.io.video import probe_video
 
     video = loop_video(Path(args.videos) / f"poses-{frames}.mp4", frames)
     server = Server(args, workdir / f"{'old' if old else 'long'}-{frames}", old_pack(args, workdir) if old else ROOT)

@@ -119,7 +119,7 @@ def execution_seconds(entry) -> float:
 
 
 def comfy_side(args, workdir: Path, direct_push) -> tuple[list[float], list[float], int]:
-    from rain_core.comfy_client import ui_to_api
+    from rain_core.cli.comfy_client import ui_to_api
 
     custom = workdir / "custom_nodes"
     custom.mkdir()
@@ -178,8 +178,8 @@ def direct_stream(args):
     from PIL import Image
 
     from rain_core import RainStream, StreamConfig
+    from rain_core.io.video import read_video_frames
     from rain_core.loading import load_rain
-    from rain_core.video import read_video_frames
 
     torch.set_num_threads(args.threads)
     models = load_rain(ROOT / "rain_core" / "assets" / "tiny-rain", device="cpu", dtype=torch.float32)

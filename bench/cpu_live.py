@@ -53,8 +53,8 @@ MODEL = ROOT / "rain_core" / "assets" / "tiny-rain"
 
 def load_inputs(size: int, frames: int):
     """(reference (H, W, 3), poses (N, size, size, 3), seconds per pose frame for decode + letterbox)."""
-    from rain_core.inputs import fit_frames, read_image, uint8_frames
-    from rain_core.video import read_video_frames
+    from rain_core.io.inputs import fit_frames, read_image, uint8_frames
+    from rain_core.io.video import read_video_frames
 
     reference = read_image(EXAMPLES / "anyone-1.png")
     started = time.perf_counter()

@@ -67,8 +67,8 @@ def serve(port: int, threads: int) -> None:
 def pose_jpegs(count: int = 64) -> list[bytes]:
     from PIL import Image
 
+    from rain_core.io.video import read_video_frames
     from rain_core.live import encode_jpeg
-    from rain_core.video import read_video_frames
 
     frames, _, _ = read_video_frames(VIDEO, 0, count)
     return [encode_jpeg(np.asarray(Image.fromarray(f).resize((256, 352)))) for f in frames]

@@ -59,8 +59,8 @@ MAX_SESSIONS_ENV = "RAIN_LIVE_MAX_SESSIONS"
 def pose_jpegs(video: str, size=(256, 352)) -> list[bytes]:
     from PIL import Image
 
+    from rain_core.io.video import read_video_frames
     from rain_core.live import encode_jpeg
-    from rain_core.video import read_video_frames
 
     frames, _, _ = read_video_frames(EXAMPLES / video, 0, 10_000)
     return [encode_jpeg(np.asarray(Image.fromarray(frame).resize(size))) for frame in frames]
@@ -175,10 +175,10 @@ class Client:
 
     async def open(self, client) -> Client:
         self.ws = await client.ws_connect(self.url, max_msg_size=0)
-        self.reader = asyncio.ensure_future(self._read())
+        self.reader = asyncio.ensure_future(self.read_tensors())
         return self
 
-    async def _read(self):
+    async def read_tensors(self):
         import aiohttp
 
         async for message in self.ws:

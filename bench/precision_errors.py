@@ -155,7 +155,7 @@ def kernels(channels: int = 320) -> dict:
 
 
 def _inputs(size: int, frames: int):
-    from rain_core.inputs import fit_frames, pose_source_frames, read_image
+    from rain_core.io.inputs import fit_frames, pose_source_frames, read_image
 
     reference = fit_frames(read_image(REFERENCE), size, size)[0]
     poses = []
@@ -181,15 +181,15 @@ def measure(folder, size: int = 256, frames: int = 32, variants=("bf16", "fp16",
     The whole stream runs in `stream_variants` only (the emulation is checked against real bf16 kernels network
     by network; a stream costs ~11 ticks each). `sections`: "networks" and/or "stream"; what is not measured is taken
     from `previous` (an earlier table of the same size)."""
-    from rain_core.layout import readme_layout_parts
-    from rain_core.loading import _load_codec, _load_image_encoder, _load_taesdv, _read_config_file, load_network
+    from rain_core.loading import load_codec, load_image_encoder, load_network, load_taesdv, read_config_file
+    from rain_core.loading.layout import readme_layout_parts
     from rain_core.models import RainModelConfig
     from rain_core.models.bundle import guidance_embedding
     from rain_core.scheduler import alphas_cumprod, ladder
 
     folder = Path(folder)
     parts = readme_layout_parts(folder)
-    config = _read_config_file(folder)[0] if (folder / "rain_config.json").is_file() else RainModelConfig.sd15()
+    config = read_config_file(folder)[0] if (folder / "rain_config.json").is_file() else RainModelConfig.sd15()
     torch.manual_seed(seed)
     table = {"size": size, "frames": frames, "variants": list(variants), "stream_variants": list(stream_variants),
              "kernels": kernels(config.block_out_channels[0]), "threads": torch.get_num_threads(), "networks": {},
@@ -238,7 +238,7 @@ def measure(folder, size: int = 256, frames: int = 32, variants=("bf16", "fp16",
 
     if "networks" in sections:
         # --- the reference's inputs, in fp32 (the image encoder and the VAE encoder run once per reference)
-        encoder = _load_image_encoder(folder, config, {}, parts.get("image_encoder")).eval()
+        encoder = load_image_encoder(folder, config, {}, parts.get("image_encoder")).eval()
         image = reference_image[None]
 
         def encode(module, dtype):
@@ -247,7 +247,7 @@ def measure(folder, size: int = 256, frames: int = 32, variants=("bf16", "fp16",
         clip_tokens = run_variants("image_encoder", encoder, encode)
         del encoder
         _free()
-        codec = _load_codec(folder, config, {}, parts.get("vae")).eval()
+        codec = load_codec(folder, config, {}, parts.get("vae")).eval()
         with torch.no_grad():
             latent = codec.encode(image.permute(0, 3, 1, 2))
 
@@ -291,7 +291,7 @@ def measure(folder, size: int = 256, frames: int = 32, variants=("bf16", "fp16",
 
         # --- reference K/V cache and the denoising UNet (one call on a steady window: the reference latent noised to
         # each level's t), one copy of the UNet per precision for both
-        decoder = _load_taesdv(folder, config, parts.get("taesdv")).eval()
+        decoder = load_taesdv(folder, config, parts.get("taesdv")).eval()
         m = 4
         timesteps = ladder(4, 4)[0].repeat_interleave(m)[None]  # (1, 16): 249 ×4, 499 ×4, 749 ×4, 999 ×4
         alpha = alphas_cumprod()[timesteps][0]  # (16,)

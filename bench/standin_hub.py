@@ -11,7 +11,7 @@ sizes and key names, saved the way their publishers saved them, and serves them 
         768-d projection (the repo's config), torch.save'd (no model.safetensors: on `main` it has none)
     hub/stabilityai/sd-vae-ft-mse/{config.json,diffusion_pytorch_model.safetensors}   AutoencoderKL with the
         attention names of its 2022 upload (query/key/value/proj_attn; diffusers renames them on load)
-    web/<path of rain_core.download.TAESDV_URL>   taesdv.pth (encoder.*, decoder.*), a plain web file
+    web/<path of rain_core.loading.download.TAESDV_URL>   taesdv.pth (encoder.*, decoder.*), a plain web file
 
 Weights: normal with std 1/sqrt(fan_in) for every tensor of two or more dimensions, biases N(0, 0.1²), norm scales
 1 + N(0, 0.1²) (the convention of `rain_core.models.testing.randomize_parameters`, so activations stay O(1)
@@ -46,8 +46,8 @@ sys.path.insert(0, str(ROOT))  # run from a plain checkout (no pip install)
 
 import torch  # noqa: E402
 
-from rain_core.download import ITEMS, TAESDV_URL  # noqa: E402
-from rain_core.single_file import SD_VAE_CONFIG  # noqa: E402
+from rain_core.loading.download import ITEMS, TAESDV_URL  # noqa: E402
+from rain_core.loading.single_file import SD_VAE_CONFIG  # noqa: E402
 
 KEYS = ROOT / "tests" / "fixtures" / "official-rain-keys.json"
 MANIFEST = "standin.json"
@@ -80,7 +80,7 @@ CLIP_CONFIG = {
     "torch_dtype": "float32",
     "transformers_version": "4.25.0.dev0",
 }
-# stabilityai/sd-vae-ft-mse, config.json: the SD VAE's shape (`rain_core.single_file`) as its 2022 upload wrote it
+# stabilityai/sd-vae-ft-mse, config.json: the SD VAE's shape (`rain_core.loading.single_file`) as its 2022 upload wrote it
 VAE_CONFIG = {"_class_name": "AutoencoderKL", "_diffusers_version": "0.4.2", **SD_VAE_CONFIG, "sample_size": 256}
 # diffusers' AttentionBlock names (before 0.14), which VAE uploads of 2022 carry; new name -> old name
 OLD_ATTENTION_NAMES = {"to_q": "query", "to_k": "key", "to_v": "value", "to_out.0": "proj_attn"}

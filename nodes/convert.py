@@ -40,7 +40,7 @@ class RainModelHandle:
 
 class PoseBatch:
     """What Pose Stream hands to RAIN Sampler: pose frames, as keypoints, as rendered pose images, or as a clip of a
-    pose video that is decoded only while the sampler reads it (`clip`, a rain_core.video.VideoClip).
+    pose video that is decoded only while the sampler reads it (`clip`, a rain_core.io.video.VideoClip).
 
     Keypoint frames are rendered by the sampler at the stream's size; rendered images are letterboxed by the
     engine. `chunks()` hands the frames over a few at a time, so a clip of any length costs memory for those few
@@ -68,7 +68,7 @@ class PoseBatch:
     def images(self) -> torch.Tensor | None:
         """Rendered pose images, all at once: a clip is decoded whole here (use `chunks` for long ones)."""
         if self._images is None and self.clip is not None:
-            from ..rain_core.inputs import uint8_frames
+            from ..rain_core.io.inputs import uint8_frames
 
             return uint8_frames(self.clip.read())
         return self._images
@@ -92,7 +92,7 @@ class PoseBatch:
         """
         if self.frames is None:
             return self.images
-        from ..rain_core.inputs import render_keypoints
+        from ..rain_core.io.inputs import render_keypoints
 
         return render_keypoints(self.frames, height, width, self.render_options.get("mode", "body"),
                                 self.render_options.get("face_morph", {}))
@@ -103,13 +103,13 @@ class PoseBatch:
         at once: its morpher carries state from frame to frame)."""
         size = max(1, int(size))
         if self.frames is None and self._images is None and self.clip is not None:
-            from ..rain_core.inputs import uint8_frames
+            from ..rain_core.io.inputs import uint8_frames
 
             for block in self.clip.chunks(size):
                 yield uint8_frames(block)
             return
         if self.frames is not None and self.render_options.get("mode", "body") == "body":
-            from ..rain_core.inputs import render_keypoints
+            from ..rain_core.io.inputs import render_keypoints
 
             for first in range(0, len(self.frames), size):
                 yield render_keypoints(self.frames[first:first + size], height, width, "body")
@@ -156,7 +156,7 @@ def image_batch(value, input_name: str) -> torch.Tensor:
                          f"converted), found shape {tuple(value.shape)}.")
     if value.shape[0] == 0:
         raise ValueError(f"{input_name}: the image batch is empty; connect a node that outputs at least one image.")
-    from ..rain_core.inputs import alpha_over_white
+    from ..rain_core.io.inputs import alpha_over_white
 
     return alpha_over_white(value.float()).clamp(0.0, 1.0).contiguous()
 

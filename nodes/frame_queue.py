@@ -7,6 +7,7 @@ import io
 
 from . import host
 from .convert import frame_origins, image_batch, to_pil
+from .registry import default_registry
 
 PREVIEW_EVENT = "rain.frame"
 PREVIEW_FRAMES = 4  # newest frames sent to the widget per run
@@ -66,8 +67,6 @@ class FrameQueueNode:
         }
 
     def run(self, frames, mode, fps, capacity, when_full, flush, preview, unique_id=None):
-        from ..rain_core.registry import default_registry
-
         origins = frame_origins.get(frames)  # when each frame's pose arrived, for RAIN Sampler's output
         if frames.shape[0]:
             frames = image_batch(frames, "frames")

@@ -14,10 +14,17 @@ the networks stay where they were loaded, and the client id is `LOCAL_CLIENT` (o
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
+import re
+import shutil
+import threading
 from collections import deque
+from importlib import metadata
 from pathlib import Path
+
+import torch
 
 logger = logging.getLogger("rain")
 
@@ -86,9 +93,9 @@ def models_root() -> Path:
 
 
 def download_into_models(what: list[str], node_id: str | None = None) -> dict[str, Path]:
-    """Fetch the missing files of `what` (items of rain_core.download) into the models folder with ComfyUI's
+    """Fetch the missing files of `what` (items of rain_core.loading.download) into the models folder with ComfyUI's
     progress bar on the node (Cancel stops it; the next run resumes). Returns the README layout's folders."""
-    from ..rain_core import download
+    from ..rain_core.loading import download
 
     root = models_root()
     status = download.item_status(root)
@@ -148,8 +155,6 @@ def output_file(prefix: str, suffix: str) -> Path:
     if IN_COMFYUI:
         folder, name, counter, _, _ = _folder_paths.get_save_image_path(prefix, str(output))
     else:
-        import re
-
         folder = os.path.normpath(os.path.join(output, os.path.dirname(os.path.normpath(prefix))))
         name = os.path.basename(os.path.normpath(prefix))
         if os.path.commonpath((str(output), os.path.abspath(folder))) != str(output):
@@ -169,8 +174,6 @@ def server_routes():
 
 def torch_device(choice: str):
     """The torch device for a node's device widget; "auto" follows ComfyUI's choice (or CUDA when present)."""
-    import torch
-
     if choice != "auto":
         return torch.device(choice)
     if IN_COMFYUI:
@@ -180,8 +183,6 @@ def torch_device(choice: str):
 
 def offload_device(load_device):
     """Where the networks wait while not in use: ComfyUI's choice (--highvram / --gpu-only keep them loaded)."""
-    import torch
-
     if IN_COMFYUI and load_device == _comfy_mm.get_torch_device():
         return _comfy_mm.unet_offload_device()
     return torch.device("cpu")
@@ -190,8 +191,6 @@ def offload_device(load_device):
 def auto_dtype(device):
     """Precision "auto": ComfyUI's UNet precision for the device (honours --fp16-unet, --bf16-unet, --fp32-unet,
     --force-fp32), or fp16 on a GPU and fp32 on the CPU outside ComfyUI."""
-    import torch
-
     if IN_COMFYUI:
         return _comfy_mm.unet_dtype(device=device, supported_dtypes=[torch.float16, torch.bfloat16, torch.float32])
     from ..rain_core.stream.config import resolve_precision  # the engine's one "auto" rule
@@ -203,8 +202,6 @@ def auto_dtype(device):
 
 
 def _holder(models, device):
-    import torch
-
     class RainNetworks(torch.nn.Module):
         """What ComfyUI's ModelPatcher manages: the RAIN networks plus the writable `device` it keeps."""
 
@@ -246,11 +243,7 @@ def give_memory_back(delay_s: float = 0.0) -> None:
     so RSS would stay high after POST /free or a closed live session) and CUDA's cache (ComfyUI's
     soft_empty_cache). With `delay_s` it runs that long from now, for callers that are still dropping the last
     references (finalizers)."""
-    import threading
-
     def release():
-        import gc
-
         gc.collect()
         try:
             import ctypes
@@ -261,8 +254,6 @@ def give_memory_back(delay_s: float = 0.0) -> None:
         if IN_COMFYUI:
             _comfy_mm.soft_empty_cache()
         else:
-            import torch
-
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
 
@@ -398,8 +389,6 @@ OPENCV_BUILDS = ("opencv-python", "opencv-python-headless", "opencv-contrib-pyth
 
 def opencv_builds() -> dict[str, str]:
     """The OpenCV distributions installed beside the pack (name -> version); each of them owns the same cv2 folder."""
-    from importlib import metadata
-
     found = {}
     for name in OPENCV_BUILDS:
         try:
@@ -440,9 +429,8 @@ def install_examples(source: Path, suffixes=(".png", ".mp4")) -> list[str]:
     complete. Returns the names copied. Standalone: does nothing (there is no shared input folder)."""
     if not IN_COMFYUI or not source.is_dir():
         return []
-    import shutil
 
-    from ..rain_core.fileio import temporary_beside
+    from ..rain_core.io.files import temporary_beside
 
     target = input_directory()
     copied = []

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from . import host
 from .convert import RainModelHandle
+from .registry import default_registry
 
 BUILTIN_MODEL = "tiny-rain (built-in)"
 DOWNLOAD_MODEL = "RAIN-v0.1 (download from Hugging Face)"
@@ -35,7 +36,7 @@ _file_problems: dict[tuple, str | None] = {}  # (path, size, mtime) -> why it is
 def usable_files(kind: str) -> list[str]:
     """The entries of models/<kind> ("vae" or "clip_vision") that RAIN can load, decided from each safetensors
     header alone (folders need a config.json); each one left out is logged once with the reason."""
-    from ..rain_core.single_file import clip_file_problem, vae_file_problem
+    from ..rain_core.loading.single_file import clip_file_problem, vae_file_problem
 
     problem_of = vae_file_problem if kind == "vae" else clip_file_problem
     names = []
@@ -59,7 +60,7 @@ def usable_files(kind: str) -> list[str]:
 def _taken_over(kind: str, weights: dict) -> dict:
     """The tensors of a model connected from ComfyUI's own loader, or a RainLoadError saying what it is instead."""
     from ..rain_core.loading import RainLoadError
-    from ..rain_core.single_file import clip_problem, vae_problem
+    from ..rain_core.loading.single_file import clip_problem, vae_problem
 
     problem = (vae_problem if kind == "vae" else clip_problem)({k: tuple(t.shape) for k, t in weights.items()})
     if problem is not None:
@@ -69,7 +70,7 @@ def _taken_over(kind: str, weights: dict) -> dict:
 
 
 def builtin_model_dir() -> Path:
-    from ..rain_core.layout import builtin_model_dir as engine_builtin_model_dir  # the one path to it
+    from ..rain_core.loading.layout import builtin_model_dir as engine_builtin_model_dir  # the one path to it
 
     return engine_builtin_model_dir()
 
@@ -106,8 +107,6 @@ def _dtype(precision: str, device):
 def _close_streams_of(token: str) -> None:
     """The handle `token` is gone (ComfyUI dropped the loader's output: /free, another model chosen, another
     workflow run): its streams go too, so nothing keeps the networks in memory."""
-    from ..rain_core.registry import default_registry
-
     closed = default_registry().close_streams(lambda entry: entry.extra.get("model_token") == token)
     host.logger.info("RAIN: a loaded model was released (%d stream(s) built on it closed)", len(closed))
     host.give_memory_back(delay_s=0.5)  # the last references are still being dropped

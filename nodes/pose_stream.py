@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 
-from ..rain_core.inputs import POSE_CHECK_FRAMES, check_pose_render, uint8_frames
+import numpy as np
+
+from ..rain_core.io.inputs import POSE_CHECK_FRAMES, check_pose_render, uint8_frames
 from . import host
 from .convert import PoseBatch, image_batch
 
@@ -73,10 +75,10 @@ _decoded_videos = None
 
 def _video_cache():
     """Decoded pose videos shared by every Pose Stream in the process: a live workflow reads 4 frames of the same
-    short clip each run, and decoding them from the file each time cost an eighth of a tick (rain_core.video)."""
+    short clip each run, and decoding them from the file each time cost an eighth of a tick (rain_core.io.video)."""
     global _decoded_videos
     if _decoded_videos is None:
-        from ..rain_core.video import DecodedVideoCache
+        from ..rain_core.io.video import DecodedVideoCache
 
         _decoded_videos = DecodedVideoCache()
     return _decoded_videos
@@ -151,7 +153,7 @@ def _detector(node_id=None):
 
 
 def _download_detector(missing: Exception, node_id=None):
-    from ..rain_core import download
+    from ..rain_core.loading import download
     from ..rain_core.pose import DetectorUnavailable
 
     if download.offline():
@@ -166,9 +168,7 @@ _detectors: dict[str, object] = {}
 
 def _read_webcam(path: str, count: int, state: dict):
     """`count` frames (uint8 RGB) from the camera named by 'webcam' / 'webcam:N'; the camera stays open across runs."""
-    import numpy as np
-
-    from ..rain_core.video import open_pose_source
+    from ..rain_core.io.video import open_pose_source
 
     index_text = path.split(":", 1)[1] if ":" in path else "0"
     if not index_text.strip().isdigit():

@@ -6,9 +6,12 @@ import os
 import time
 from pathlib import Path
 
+import torch
+
 from ..rain_core.stream.config import NOISE_MODES, StreamConfig
 from . import host
 from .convert import PoseBatch, RainModelHandle, TensorMemo, frame_origins, image_batch, tensor_fingerprint, to_pil
+from .registry import default_registry
 
 PREVIEW_MAX = 512  # longest side of the progress preview; smaller frames are shown at their own size
 PREVIEW_EVERY_S = 2.0  # a long run shows its newest frame this often (a short run only its last)
@@ -116,7 +119,6 @@ class RainSampler:
 
     def sample(self, rain_model, reference, poses, width, height, levels, frames_per_cohort, steps, guidance, seed,
                stream_id, reset, flush, noise="fresh", filename_prefix="", unique_id=None):
-        from ..rain_core.registry import default_registry
         from ..rain_core.stream import RainStream
         from ..rain_core.stream.feed import push_frames
 
@@ -213,7 +215,6 @@ class RainSampler:
         if not emitted_count:
             # Nothing to hand on (warm-up): the nodes fed from `frames` do not run at all this time.
             return (host.ExecutionBlocker(None), fps)
-        import torch
 
         output = torch.cat([frames.to("cpu", torch.float32) for frames in (emitted or [last])])
         entry.frames_out += emitted_count
@@ -226,7 +227,7 @@ class RainSampler:
 
 def _video_sink(filename_prefix: str, fps: float):
     """A VideoSink on the next free output/<prefix>_NNNNN_.mp4, numbered as ComfyUI's Save Video numbers."""
-    from ..rain_core.video import VideoSink
+    from ..rain_core.io.video import VideoSink
 
     return VideoSink(host.output_file(filename_prefix.strip(), ".mp4"), fps=fps if fps > 0 else 16.0)
 

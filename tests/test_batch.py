@@ -25,7 +25,7 @@ from PIL import Image
 from rain_core.batch.jobs import JobsFileError, read_jobs
 from rain_core.batch.worker import partial_files
 from rain_core.cli import main
-from rain_core.video import VideoSink, probe_video, read_video_frames
+from rain_core.io.video import VideoSink, probe_video, read_video_frames
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"

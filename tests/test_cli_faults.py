@@ -27,7 +27,7 @@ import pytest
 from test_cli_traps import _long_pose_video, _Rain
 
 from rain_core.cli import main
-from rain_core.video import VideoSink, probe_video, read_video_frames
+from rain_core.io.video import VideoSink, probe_video, read_video_frames
 
 ROOT = Path(__file__).resolve().parents[1]
 REFERENCE = ROOT / "examples" / "anyone-1.png"
@@ -434,7 +434,7 @@ def test_rain_demo_leaves_no_process_and_no_build_behind(tmp_path):
 
 
 def test_video_sink_refuses_what_the_command_refuses(tmp_path):
-    from rain_core.video import VideoSinkError
+    from rain_core.io.video import VideoSinkError
 
     (tmp_path / "d").mkdir()
     (tmp_path / "d" / "keep.txt").write_text("keep")

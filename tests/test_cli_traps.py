@@ -24,7 +24,7 @@ from conftest import write_official_checkpoint
 from PIL import Image
 
 from rain_core.cli import build_parser, main
-from rain_core.video import VideoSink, probe_video
+from rain_core.io.video import VideoSink, probe_video
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"
@@ -67,7 +67,7 @@ def test_animate_with_the_builtin_model_runs_at_its_own_size(name, tmp_path, cap
 
 
 def test_shared_noise_flag_makes_the_output_steadier_and_a_wrong_value_is_refused(tmp_path, capsys):
-    from rain_core.video import read_video_frames
+    from rain_core.io.video import read_video_frames
 
     change = {}
     for noise in ("fresh", "shared"):
@@ -265,7 +265,7 @@ def test_train_json_prints_the_model_folder(tmp_path, capsys):
 
 def _long_pose_video(path: Path, frames: int = 900) -> Path:
     """A long skeleton video (the example's 64 frames at 64 px, repeated) so a run is surely mid-stream at Ctrl-C."""
-    from rain_core.video import read_video_frames
+    from rain_core.io.video import read_video_frames
 
     clip, _, _ = read_video_frames(POSES_30FPS, 0, 0)
     small = np.stack([np.asarray(Image.fromarray(f).resize((64, 64), Image.BILINEAR)) for f in clip])
@@ -286,10 +286,10 @@ class _Rain:
                                         stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         self.err = b""
-        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader = threading.Thread(target=self.read_tensors, daemon=True)
         self.reader.start()
 
-    def _read(self):
+    def read_tensors(self):
         for chunk in iter(lambda: self.process.stderr.read1(4096), b""):
             self.err += chunk
 

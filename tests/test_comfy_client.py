@@ -2,7 +2,7 @@
 
 import pytest
 
-from rain_core.comfy_client import WorkflowError, apply_overrides, parse_value, ui_to_api
+from rain_core.cli.comfy_client import WorkflowError, apply_overrides, parse_value, ui_to_api
 
 OBJECT_INFO = {
     "LoadImage": {

@@ -8,7 +8,7 @@ Without them every test here is skipped and the reason printed.
 
 The pack is linked under another folder name (registry installs rename it) into a server with an empty input
 folder: the pack copies its example inputs there. Every shipped workflow is converted to API format with
-rain_core.comfy_client.ui_to_api and the server's own /object_info and runs exactly as shipped; its files are
+rain_core.cli.comfy_client.ui_to_api and the server's own /object_info and runs exactly as shipped; its files are
 checked (frame count, frame rate). Also: warm-up runs block Save/Preview Image without an error while Frame
 Queue goes on; POST /free gives the networks' memory back; two client ids never share a stream, a pose
 position or a preview event; an interrupted live run resumes as if never interrupted; a RAIN Sampler run is
@@ -43,7 +43,7 @@ from comfy_host import (
 )
 from PIL import Image
 
-from rain_core.comfy_client import ui_to_api
+from rain_core.cli.comfy_client import ui_to_api
 
 pytestmark = HOST_MARKS
 
@@ -130,11 +130,11 @@ def write_comfy_model_files(models: Path) -> None:
     from safetensors.torch import save_file
 
     from rain_core.loading import CONFIG_NAME, FORMAT
+    from rain_core.loading.single_file import SD_VAE_CONFIG
     from rain_core.models import DenoisingUNet, PoseGuider, ReferenceUNet
     from rain_core.models.config import ClipConfig
     from rain_core.models.image_encoder import build_clip
     from rain_core.models.testing import randomize_parameters
-    from rain_core.single_file import SD_VAE_CONFIG
 
     with torch.device("meta"):
         vae, clip = AutoencoderKL.from_config(SD_VAE_CONFIG), build_clip(ClipConfig())

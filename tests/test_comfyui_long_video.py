@@ -19,7 +19,7 @@ import av
 import pytest
 from comfy_host import COMFY_PYTHON, COMFYUI_DIR, HOST_MARKS, ROOT, Server
 
-from rain_core.comfy_client import ui_to_api
+from rain_core.cli.comfy_client import ui_to_api
 
 pytestmark = HOST_MARKS
 TEMPLATE = ROOT / "example_workflows" / "RAIN 5 - Long video (flat memory).json"

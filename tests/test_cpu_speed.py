@@ -454,7 +454,7 @@ time.sleep(600)
 
 
 def _process_gone(pid: int, timeout: float) -> bool:
-    from rain_core.fileio import pid_running
+    from rain_core.io.files import pid_running
 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

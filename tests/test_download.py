@@ -1,4 +1,4 @@
-"""`rain_core.download` and `rain download` against a local hub on 127.0.0.1: the real huggingface_hub client
+"""`rain_core.loading.download` and `rain download` against a local hub on 127.0.0.1: the real huggingface_hub client
 code runs, the files sit in the real repositories' layout, and no test touches the internet."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import pytest
 from hub_server import LocalHub
 
 from rain_core.cli import main
-from rain_core.download import ITEMS, DownloadError, HubUnreachable, download_models
+from rain_core.loading.download import ITEMS, DownloadError, HubUnreachable, download_models
 
 TAESDV_PATH = "/madebyollin/taesdv/raw/main/taesdv.pth"
 

@@ -1,9 +1,15 @@
-"""rain_core.frame_queue: pacing, capacity policies and stats, with a controllable clock."""
+"""nodes.frame_pacing: pacing, capacity policies and stats, with a controllable clock."""
+
+import importlib
 
 import pytest
 import torch
+from test_nodes import PACK_NAME, load_pack
 
-from rain_core.frame_queue import FrameQueue, FrameQueueFullError
+load_pack()  # nodes/ is a package inside the pack (relative imports), as ComfyUI loads it
+_module = importlib.import_module(f"{PACK_NAME}.nodes.frame_pacing")
+FrameQueue = _module.FrameQueue
+FrameQueueFullError = _module.FrameQueueFullError
 
 
 class Clock:

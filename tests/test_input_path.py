@@ -1,5 +1,5 @@
 """One input path: the same reference and pose video through `rain animate` and through the nodes (called as
-ComfyUI calls them, standalone `nodes/host.py`) give the same frames, because both go through `rain_core.inputs`;
+ComfyUI calls them, standalone `nodes/host.py`) give the same frames, because both go through `rain_core.io.inputs`;
 and the pieces of that path (letterbox, stretch, alpha over white, keypoint rendering) on real inputs."""
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ from PIL import Image
 from test_nodes import PACK_NAME, load_pack, pose_stream_args
 
 from rain_core.cli import main
-from rain_core.inputs import InputError, alpha_over_white, fit_frames, read_image, render_keypoints, uint8_frames
+from rain_core.io.inputs import InputError, alpha_over_white, fit_frames, read_image, render_keypoints, uint8_frames
+from rain_core.io.video import read_video_frames
 from rain_core.pose import Person, PoseFrame, save_openpose_json, to_pose_keypoint
-from rain_core.video import read_video_frames
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 REFERENCE = EXAMPLES / "anyone-1.png"  # 463×615 RGBA (opaque)
@@ -44,7 +44,7 @@ def animate(tmp_path, poses: Path) -> np.ndarray:
 def through_nodes(pose_stream_inputs: dict) -> np.ndarray:
     """Load RAIN Model → Pose Stream → RAIN Sampler (flush), as ComfyUI runs them; frames as a PNG would hold them."""
     pack = load_pack()
-    importlib.import_module(f"{PACK_NAME}.rain_core.registry").default_registry().clear()
+    importlib.import_module(f"{PACK_NAME}.nodes.registry").default_registry().clear()
     loader = pack.NODE_CLASS_MAPPINGS["LoadRainModel"]()
     builtin = sys.modules[f"{PACK_NAME}.nodes.model_loader"].BUILTIN_MODEL
     model = loader.load(builtin, "auto", "auto", "auto", "fp32", "cpu", True)[0]
@@ -63,7 +63,7 @@ def host(tmp_path, monkeypatch):
     monkeypatch.setenv("RAIN_MODELS_DIR", str(tmp_path / "models"))
     load_pack()
     yield
-    importlib.import_module(f"{PACK_NAME}.rain_core.registry").default_registry().clear()
+    importlib.import_module(f"{PACK_NAME}.nodes.registry").default_registry().clear()
 
 
 def test_pose_video_through_rain_animate_and_through_the_nodes_gives_identical_frames(tmp_path, host):

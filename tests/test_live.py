@@ -18,6 +18,7 @@ import pytest
 from PIL import Image
 
 from rain_core import RainStream, StreamConfig, load_rain
+from rain_core.io.video import read_video_frames
 from rain_core.live import (
     MAX_FRAME_BYTES,
     FrameIntake,
@@ -29,7 +30,6 @@ from rain_core.live import (
     encode_jpeg,
 )
 from rain_core.pose import FaceMorpher, FaceMorphParams, from_pose_keypoint
-from rain_core.video import read_video_frames
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"
@@ -288,14 +288,14 @@ def test_route_frame_messages_round_trip_and_malformed_ones_are_named(live_route
 
 
 def test_route_settings_take_defaults_and_name_a_bad_field(live_route):
-    settings = live_route._settings({"type": "start", "width": "128", "levels": None, "reference": ""})
+    settings = live_route.read_settings({"type": "start", "width": "128", "levels": None, "reference": ""})
     assert settings["width"] == 128 and settings["levels"] == live_route.DEFAULTS["levels"]
     assert settings["model"] == "tiny-rain (built-in)" and settings["noise"] == "fresh"
-    assert live_route._settings({"noise": "shared"})["noise"] == "shared"  # the panel's noise field
+    assert live_route.read_settings({"noise": "shared"})["noise"] == "shared"  # the panel's noise field
     with pytest.raises(ValueError, match="levels: expected a whole number, found 'four'"):
-        live_route._settings({"levels": "four"})
+        live_route.read_settings({"levels": "four"})
     with pytest.raises(ValueError, match="guidance"):
-        live_route._settings({"guidance": "strong"})
+        live_route.read_settings({"guidance": "strong"})
 
 
 def test_route_reads_the_reference_from_the_input_folder_only(live_route, tmp_path, monkeypatch):
@@ -377,14 +377,14 @@ def test_route_streams_over_a_real_websocket_and_frees_the_session_on_close(live
 
 
 def test_route_session_takes_the_noise_setting_and_names_a_bad_one(live_route):
-    session = live_route._open_session(live_route._settings({"noise": "shared", "levels": 2, "frames_per_cohort": 2,
+    session = live_route._open_session(live_route.read_settings({"noise": "shared", "levels": 2, "frames_per_cohort": 2,
                                                              "steps": 2}))
     try:
         assert session.stream.config.noise == "shared"
     finally:
         session.close()
     with pytest.raises(ValueError, match=r"noise: expected one of \('fresh', 'shared'\), found 'loud'"):
-        live_route._open_session(live_route._settings({"noise": "loud"}))
+        live_route._open_session(live_route.read_settings({"noise": "loud"}))
 
 
 def test_camera_footage_in_pose_mode_ends_the_session_with_the_one_pose_check_message(live_route, reference):
@@ -529,12 +529,12 @@ def test_route_refuses_what_one_session_may_not_ask_naming_the_field_and_the_lim
              ({"capacity": 10_000}, "capacity: expected 1 to 64 frames waiting, found 10000")]
     for message, expected in cases:
         with pytest.raises(ValueError, match=re.escape(expected)):
-            live_route._settings(message)
-    assert live_route._settings({"width": 1024, "height": 0, "capacity": "8"})["capacity"] == 8
+            live_route.read_settings(message)
+    assert live_route.read_settings({"width": 1024, "height": 0, "capacity": "8"})["capacity"] == 8
     # the area against the model's own (64×64 for the built-in model): 4× its area is the most
     with pytest.raises(ValueError, match=re.escape("width × height: 256×256 is over the live limit of 4× the model's "
                                                    "own area (64×64, so at most 16,384 px, e.g. 128×128)")):
-        live_route._open_session(live_route._settings({"width": 256, "height": 256}))
+        live_route._open_session(live_route.read_settings({"width": 256, "height": 256}))
 
 
 def test_sessions_started_together_share_one_loaded_model(live_route):
@@ -542,7 +542,7 @@ def test_sessions_started_together_share_one_loaded_model(live_route):
     same networks, so they take turns through one lock instead of ticking copies of the model side by side."""
     gc.collect()
     assert len(live_route._model_cache) == 0
-    settings = live_route._settings({"levels": 2, "frames_per_cohort": 2, "steps": 2})
+    settings = live_route.read_settings({"levels": 2, "frames_per_cohort": 2, "steps": 2})
     sessions, barrier = [], threading.Barrier(3)
 
     def open_one():
@@ -565,7 +565,7 @@ def test_sessions_started_together_share_one_loaded_model(live_route):
 
 def test_route_session_limit_comes_from_the_environment(live_route, monkeypatch):
     monkeypatch.delenv(live_route.MAX_SESSIONS_ENV, raising=False)
-    assert live_route.max_sessions() == live_route.DEFAULT_MAX_SESSIONS
+    assert live_route.max_sessions() == 2  # live_admission.DEFAULT_MAX_SESSIONS, the measured capacity
     monkeypatch.setenv(live_route.MAX_SESSIONS_ENV, "7")
     assert live_route.max_sessions() == 7 and live_route.limits()["max_sessions"] == 7
     monkeypatch.setenv(live_route.MAX_SESSIONS_ENV, "lots")

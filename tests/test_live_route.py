@@ -46,8 +46,8 @@ def server(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def pose_jpegs():
+    from rain_core.io.video import read_video_frames
     from rain_core.live import encode_jpeg
-    from rain_core.video import read_video_frames
 
     frames, _, _ = read_video_frames(DATA / "anyone-video-1_kps.mp4", 0, 64)
     return [encode_jpeg(np.asarray(Image.fromarray(f).resize((256, 352)))) for f in frames]
@@ -78,7 +78,7 @@ class Client:
     async def __aenter__(self):
         self.session = aiohttp.ClientSession()
         self.socket = await self.session.ws_connect(self.url, max_msg_size=0)
-        self.reader = asyncio.ensure_future(self._read())
+        self.reader = asyncio.ensure_future(self.read_tensors())
         return self
 
     async def __aexit__(self, *exc):
@@ -86,7 +86,7 @@ class Client:
         await self.session.close()
         self.reader.cancel()
 
-    async def _read(self):
+    async def read_tensors(self):
         async for message in self.socket:
             if message.type == aiohttp.WSMsgType.BINARY:
                 header, jpeg = parse_frame(message.data)

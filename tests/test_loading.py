@@ -256,7 +256,7 @@ def test_a_single_file_vae_in_the_ldm_layout_loads_the_tensors_it_holds(tmp_path
     from foreign_layouts import to_ldm_vae, with_text_tower
     from safetensors.torch import save_file
 
-    from rain_core.single_file import vae_file_problem
+    from rain_core.loading.single_file import vae_file_problem
 
     models, folder = vae_rain
     original = models.codec.vae.state_dict()
@@ -285,7 +285,7 @@ def test_an_open_clip_vision_file_loads_the_tensors_it_holds(tmp_path, tiny_mode
     from foreign_layouts import to_open_clip
     from safetensors.torch import save_file
 
-    from rain_core.single_file import clip_file_problem
+    from rain_core.loading.single_file import clip_file_problem
 
     shutil.rmtree(official_checkpoint / "image_encoder")
     state = to_open_clip(tiny_models.image_encoder.model.state_dict())
@@ -322,13 +322,13 @@ def _header_file(path, shapes):
     ({"model.diffusion_model.input_blocks.0.0.weight": (320, 4, 3, 3)}, "not an image VAE"),
 ])
 def test_the_vae_list_leaves_out_files_rain_cannot_use_from_the_header_alone(tmp_path, shapes, reason):
-    from rain_core.single_file import vae_file_problem
+    from rain_core.loading.single_file import vae_file_problem
 
     assert reason in vae_file_problem(_header_file(tmp_path / "x.safetensors", shapes))
 
 
 def test_the_vae_list_names_why_pickles_and_bare_folders_are_left_out(tmp_path):
-    from rain_core.single_file import clip_file_problem, vae_file_problem
+    from rain_core.loading.single_file import clip_file_problem, vae_file_problem
 
     (tmp_path / "vae-ft-mse-840000-ema-pruned.ckpt").write_bytes(b"\x80\x02}q\x00.")
     assert "connect ComfyUI's own loader to the vae input" in vae_file_problem(
@@ -347,6 +347,6 @@ def test_the_vae_list_names_why_pickles_and_bare_folders_are_left_out(tmp_path):
     ({"embeddings.patch_embeddings.projection.weight": (1024, 3, 14, 14)}, "not a CLIP vision model"),  # DINOv2
 ])
 def test_the_clip_vision_list_leaves_out_towers_rain_cannot_use(tmp_path, shapes, reason):
-    from rain_core.single_file import clip_file_problem
+    from rain_core.loading.single_file import clip_file_problem
 
     assert reason in clip_file_problem(_header_file(tmp_path / "x.safetensors", shapes))

@@ -1,6 +1,6 @@
 """Long videos in flat memory (issue 30, item 3), standalone: Pose Stream reads a long pose video lazily and RAIN
 Sampler with a filename_prefix streams its frames into an H.264 file, on the built-in model and a real pose video
-(the example skeleton video looped to LONG frames with rain_core.video's sink).
+(the example skeleton video looped to LONG frames with rain_core.io.video's sink).
 
 Checked: the streamed file equals the one-shot render frame for frame; a cancelled run leaves no file and no
 temporary file, keeps the earlier files, and leaves the stream (and a live pose position) as before the run; memory
@@ -20,8 +20,8 @@ import torch
 from PIL import Image
 from test_nodes import DATA, PACK_NAME, load_pack, pose_stream_args, standalone_host
 
-from rain_core.inputs import uint8_frames
-from rain_core.video import VideoSink, read_video_frames
+from rain_core.io.inputs import uint8_frames
+from rain_core.io.video import VideoSink, read_video_frames
 
 LONG = 96  # frames of the looped pose video (704 x 512, 30 fps): longer than the example, shorter than a test budget
 SETTINGS = {"levels": 2, "frames_per_cohort": 4, "steps": 2}  # the built-in model, quick on one thread
@@ -52,7 +52,7 @@ def host(pack, tmp_path, monkeypatch):
     every pose video is read from its file as a long one is."""
     monkeypatch.setenv("RAIN_OUTPUT_DIR", str(tmp_path / "output"))
     pose_stream = importlib.import_module(f"{PACK_NAME}.nodes.pose_stream")
-    video = importlib.import_module(f"{PACK_NAME}.rain_core.video")
+    video = importlib.import_module(f"{PACK_NAME}.rain_core.io.video")
     monkeypatch.setattr(pose_stream, "_decoded_videos", video.DecodedVideoCache(max_bytes=1))
     yield from standalone_host(monkeypatch, tmp_path / "models")
 
@@ -106,7 +106,7 @@ def psnr(file_frames: np.ndarray, frames: torch.Tensor) -> float:
 def written(pack, monkeypatch):
     """Every batch of frames the pack's VideoSink is given, in order. (The frames are compared before encoding:
     libx264 is not bit-reproducible at this 64 px size here, even on one thread; at 128 px and above it was.)"""
-    sink = importlib.import_module(f"{PACK_NAME}.rain_core.video").VideoSink
+    sink = importlib.import_module(f"{PACK_NAME}.rain_core.io.video").VideoSink
     batches, write = [], sink.write
 
     def recording(self, frames):

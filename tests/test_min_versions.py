@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from rain_core import RainStream, StreamConfig, load_rain
-from rain_core.layout import builtin_model_dir
+from rain_core.loading.layout import builtin_model_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"

@@ -208,7 +208,7 @@ def real_pose_images(count: int, height: int = 48, width: int = 40) -> torch.Ten
     """Frames of the example pose video (rendered skeletons on black), resized: what a pose IMAGE input holds."""
     import cv2
 
-    from rain_core.video import read_video_frames
+    from rain_core.io.video import read_video_frames
 
     decoded = read_video_frames(DATA / "anyone-video-1_kps.mp4", 0, count)[0]
     return torch.from_numpy(np.stack([cv2.resize(f, (width, height), interpolation=cv2.INTER_AREA)
@@ -222,7 +222,7 @@ def test_pose_stream_passes_pose_images_through(pack, host):
 
 
 def test_pose_stream_refuses_camera_footage_as_pose_images_with_the_one_message_unless_told(pack, host):
-    """The same check and words as `rain animate --poses` (rain_core.inputs.check_pose_render)."""
+    """The same check and words as `rain animate --poses` (rain_core.io.inputs.check_pose_render)."""
     photo = torch.from_numpy(np.asarray(Image.open(DATA / "anyone-1.png").convert("RGB").resize((40, 48)),
                                         np.float32) / 255.0)[None].repeat(3, 1, 1, 1)
     node = pack.NODE_CLASS_MAPPINGS["RainPoseStream"]()
@@ -255,7 +255,7 @@ def test_looping_pose_video_is_live_and_advances_each_run(pack, host):
 
 
 def test_a_pose_video_longer_than_the_preview_stays_on_disk_until_the_sampler_reads_it(pack, host):
-    from rain_core.video import read_video_frames
+    from rain_core.io.video import read_video_frames
 
     video = DATA / "anyone-video-1_kps.mp4"  # 64 frames
     poses, preview = pack.NODE_CLASS_MAPPINGS["RainPoseStream"]().prepare(**pose_stream_args(video_path=str(video)))

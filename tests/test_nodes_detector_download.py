@@ -10,7 +10,7 @@ from hub_server import LocalHub
 from test_nodes import DATA, PACK_NAME, load_pack, pose_stream_args, standalone_host
 from test_pose_detector import write_tiny_dwpose
 
-from rain_core.video import read_video_frames
+from rain_core.io.video import read_video_frames
 
 pytest.importorskip("onnxruntime")
 
@@ -76,9 +76,9 @@ def test_offline_the_missing_detector_is_a_clear_error_and_nothing_is_requested(
 
 
 def test_the_live_panel_in_detect_mode_uses_the_same_detector_and_fetches_it(pack, host, hub, tmp_path):
-    from rain_core.layout import builtin_model_dir
     from rain_core.live import LiveSession, LiveSettings
     from rain_core.loading import load_rain
+    from rain_core.loading.layout import builtin_model_dir
     from rain_core.stream import StreamConfig
 
     route = __import__(f"{PACK_NAME}.nodes.live_route", fromlist=["_models_folder_detector"])

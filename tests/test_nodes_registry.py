@@ -1,8 +1,14 @@
-"""rain_core.registry: streams and queues kept between runs, refused under changed settings."""
+"""nodes.registry: streams and queues kept between runs, refused under changed settings."""
+
+import importlib
 
 import pytest
+from test_nodes import PACK_NAME, load_pack
 
-from rain_core.registry import StreamRegistry, StreamSettingsChanged
+load_pack()  # nodes/ is a package inside the pack (relative imports), as ComfyUI loads it
+_module = importlib.import_module(f"{PACK_NAME}.nodes.registry")
+StreamRegistry = _module.StreamRegistry
+StreamSettingsChanged = _module.StreamSettingsChanged
 
 
 def test_second_open_returns_the_same_stream():

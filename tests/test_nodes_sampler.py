@@ -15,7 +15,7 @@ FRAMES = 6  # pose frames per test video: levels 2 x 2 frames per cohort -> 3 ti
 
 def pack_registry():
     """The registry the nodes use: the pack's own copy of rain_core (imported relatively, as in ComfyUI)."""
-    return importlib.import_module(f"{PACK_NAME}.rain_core.registry").default_registry()
+    return importlib.import_module(f"{PACK_NAME}.nodes.registry").default_registry()
 
 
 @pytest.fixture(scope="module")

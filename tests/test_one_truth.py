@@ -15,8 +15,8 @@ import torch
 from PIL import Image
 from test_nodes import DATA, PACK_NAME, all_inputs, load_pack, standalone_host
 
-from rain_core.layout import builtin_model_dir
 from rain_core.loading import folder_frame_size, load_rain
+from rain_core.loading.layout import builtin_model_dir
 from rain_core.models import RainModelConfig
 from rain_core.stream import RainStream, StreamConfig
 
@@ -94,7 +94,7 @@ def test_sampler_cli_and_live_route_on_their_defaults_make_frames_of_the_models_
 
     poses = pack.NODE_CLASS_MAPPINGS["RainPoseStream"]().prepare(**pose_stream_args(
         video_path=str(DATA / "anyone-video-1_kps.mp4"), frames_per_run=16))[0]
-    from rain_core.inputs import read_image
+    from rain_core.io.inputs import read_image
 
     reference = read_image(DATA / "anyone-1.png")
     sampler_inputs.update(rain_model=handle, reference=reference, poses=poses, flush=True)
@@ -103,7 +103,7 @@ def test_sampler_cli_and_live_route_on_their_defaults_make_frames_of_the_models_
     host.interrupt_processing(False)
 
     route = sys.modules[f"{PACK_NAME}.nodes.live_route"]
-    session = route._open_session(route._settings({"type": "start", "width": 0, "height": 0}))
+    session = route._open_session(route.read_settings({"type": "start", "width": 0, "height": 0}))
     try:
         assert (session.config.height, session.config.width) == (64, 64)
     finally:
@@ -137,8 +137,8 @@ def test_rain_bench_honours_every_stream_flag_it_takes_and_takes_no_output_fps(c
 def test_the_one_push_loop_gives_the_frames_of_one_whole_push_whatever_the_chunking(builtin):
     """push_frames (the loop the CLI, the sampler, the live session and the benches share) in chunks of m, of 1,
     and with a missing pose, against one push of everything plus a flush."""
+    from rain_core.io.video import read_video_frames
     from rain_core.stream.feed import push_frames
-    from rain_core.video import read_video_frames
 
     poses = torch.from_numpy(read_video_frames(DATA / "anyone-video-1_kps.mp4", 0, 11)[0]).float() / 255
     reference = torch.from_numpy(np.array(Image.open(DATA / "anyone-1.png").convert("RGB"))).float() / 255

@@ -258,7 +258,7 @@ import sys
 sys.modules["accelerate"] = None  # what an install without the train extra looks like to `import accelerate`
 import rain_core.cli, rain_core.loading, rain_core.stream, rain_core.train.trainer as trainer
 from rain_core.train.config import TrainConfig
-from rain_core.layout import builtin_model_dir
+from rain_core.loading.layout import builtin_model_dir
 rain_core.loading.load_rain(builtin_model_dir())
 try:
     trainer.Trainer(TrainConfig(stage=1, output=sys.argv[1]))

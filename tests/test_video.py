@@ -7,7 +7,7 @@ import cv2
 import numpy as np
 import pytest
 
-from rain_core.video import (
+from rain_core.io.video import (
     DecodedVideoCache,
     VideoReadError,
     VideoSink,
@@ -103,7 +103,7 @@ def test_a_clip_is_decoded_chunk_by_chunk_with_the_frames_of_a_read_from_the_cac
 
 
 def test_a_clip_of_a_video_too_large_to_keep_decodes_only_as_it_is_read(monkeypatch):
-    import rain_core.video as video
+    import rain_core.io.video.reading as video  # where VideoClip looks its decoder up
 
     decoded = []
     real = video._decode_rgb
@@ -297,7 +297,7 @@ def test_video_sink_rejects_missing_folder_and_mixed_frame_sizes(tmp_path):
 def test_written_video_and_png_folder_get_the_users_umask(tmp_path):
     import os
 
-    from rain_core.video import VideoSink
+    from rain_core.io.video import VideoSink
 
     old = os.umask(0o022)
     try:

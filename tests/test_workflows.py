@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from test_nodes import load_pack
 
-from rain_core.comfy_client import ui_to_api
+from rain_core.cli.comfy_client import ui_to_api
 
 WORKFLOWS = sorted((Path(__file__).resolve().parents[1] / "example_workflows").glob("*.json"))
 FRONTEND_ONLY = {"Note", "MarkdownNote", "Reroute"}

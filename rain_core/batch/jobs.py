@@ -16,7 +16,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..layout import is_builtin_name
+from ..loading.layout import is_builtin_name
 from ..stream.config import DECODERS, NOISE_MODES
 
 

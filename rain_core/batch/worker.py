@@ -10,10 +10,15 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import socket
 import time
 import traceback
 from pathlib import Path
+
+from ..cli.common import Interrupted, is_input_error, load_models
+from ..cli.render import prepare_job, render_job
+from ..io.files import MARKER
 
 # Per-job argument names the worker fills in when the driver leaves them out (the rest come from the job).
 FIXED = {"keep_partial": False, "json": True, "pose_check": True, "max_frames": None, "fps": None,
@@ -21,9 +26,7 @@ FIXED = {"keep_partial": False, "json": True, "pose_check": True, "max_frames": 
 
 
 def partial_files(output) -> list[Path]:
-    """The temporaries beside `output` (`.NAME.rain-tmp-PID-….partial…`, `rain_core.fileio`), whoever writes them."""
-    from ..fileio import MARKER
-
+    """The temporaries beside `output` (`.NAME.rain-tmp-PID-….partial…`, `rain_core.io.files`), whoever writes them."""
     output = Path(output)
     return sorted(output.parent.glob(f".{output.name}.{MARKER}-*")) if output.parent.is_dir() else []
 
@@ -32,8 +35,6 @@ def remove_partial_files(output) -> list[Path]:
     """Remove `partial_files(output)`: for a job whose worker the driver saw die or killed itself, whose pid may not
     have gone yet (`fileio.remove_stale_temporaries` keeps a temporary while its writer runs). Outputs are one per
     job and locked by their writer, so no other writer's temporary has this name."""
-    import shutil
-
     removed = partial_files(output)
     for path in removed:
         shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
@@ -57,8 +58,6 @@ class Renderer:
         return f"{self.name}@{socket.gethostname()}:{os.getpid()}"
 
     def _load(self, args) -> tuple[object, float]:
-        from ..cli.common import load_models
-
         key = (args.model, args.vae, args.image_encoder, args.taesdv, args.dtype)
         if key == self._model_key:
             return self._models, 0.0
@@ -84,9 +83,6 @@ class Renderer:
         """Render one job (`rain animate`'s arguments as a dict); returns its result, never raises for a job's own
         problem: {"status": "done", output, frames, fps, seconds, ...} or {"status": "failed", "kind":
         "input" | "internal", "error": message}."""
-        from ..cli.common import Interrupted, is_input_error
-        from ..cli.render import prepare_job, render_job
-
         args = self._arguments(arguments)
         start, cpu_start = time.perf_counter(), time.process_time()
         result = {"worker": self.describe(), "started_at": round(time.time(), 3)}

@@ -4,6 +4,9 @@ each.
 Exit codes: 0 ok, 2 bad input (the message says what to change), 1 internal error, 130 interrupted (Ctrl-C),
 143 / 129 stopped by SIGTERM / SIGHUP (handled as Ctrl-C is). With --json a failure prints
 {"error", "exit_code", "message"} on stdout as well.
+
+Imports of torch and the engine sit inside each command's `run`: `rain --help` and a refused flag answer at once
+instead of after torch and diffusers load (about 2 s).
 """
 
 from __future__ import annotations

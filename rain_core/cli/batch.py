@@ -59,7 +59,7 @@ def add_parser(sub) -> None:
 
 def _check_models(jobs, default_model) -> None:
     """Refuse a model folder that does not exist before Ray starts (every job of it would fail alike)."""
-    from ..layout import resolve_model_folder
+    from ..loading.layout import resolve_model_folder
 
     for job in jobs:
         model = job.settings.get("model", default_model)

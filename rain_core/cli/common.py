@@ -10,7 +10,7 @@ import signal
 import threading
 from pathlib import Path
 
-from ..layout import builtin_model_dir, readme_layout_parts, resolve_model_folder
+from ..loading.layout import builtin_model_dir, readme_layout_parts, resolve_model_folder
 
 EXIT_OK, EXIT_INTERNAL, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130  # a signal: 128 + its number
 
@@ -304,18 +304,18 @@ def model_folder_size(args) -> tuple[int, int]:
 
 def pose_frames(args, height: int, width: int):
     """Yield pose images (H, W, 3) float in [0, 1] from a video, an image folder or POSE_KEYPOINT/OpenPose JSON,
-    through the engine's one input path (`rain_core.inputs`): the stream fits them to its size as it does for the
+    through the engine's one input path (`rain_core.io.inputs`): the stream fits them to its size as it does for the
     nodes' frames."""
-    from ..inputs import pose_source_frames
+    from ..io.inputs import pose_source_frames
 
     for frame in pose_source_frames(Path(args.poses), height, width):
         yield frame.numpy()
 
 
 def read_image(path: str, height: int, width: int):
-    """Reference image as float (H, W, 3) in [0, 1]; alpha is composited on white (`rain_core.inputs.read_image`)."""
-    from ..inputs import InputError
-    from ..inputs import read_image as read_reference
+    """Reference image as float (H, W, 3) in [0, 1]; alpha is composited on white (`rain_core.io.inputs.read_image`)."""
+    from ..io.inputs import InputError
+    from ..io.inputs import read_image as read_reference
 
     try:
         return read_reference(path, "--reference")[0].numpy()
@@ -325,7 +325,7 @@ def read_image(path: str, height: int, width: int):
 
 def check_reference(image, path: str):
     """Refuse a reference that cannot be a character picture (1×1, blank): the output would ignore it."""
-    from ..inputs import reference_problem
+    from ..io.inputs import reference_problem
 
     problem = reference_problem(image)
     if problem:
@@ -338,7 +338,7 @@ def check_pose_frames(frames, source: str, enabled: bool = True):
     the one check). Returns an iterator over all frames."""
     import itertools
 
-    from ..inputs import POSE_CHECK_FRAMES, NotAPoseRender, check_pose_render
+    from ..io.inputs import POSE_CHECK_FRAMES, NotAPoseRender, check_pose_render
 
     frames = iter(frames)
     first = list(itertools.islice(frames, POSE_CHECK_FRAMES))

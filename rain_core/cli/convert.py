@@ -41,7 +41,7 @@ def _target_problem(target: Path) -> str | None:
 
 
 def run(args) -> int:
-    from ..fileio import remove_stale_temporaries, temporary_folder_beside
+    from ..io.files import remove_stale_temporaries, temporary_folder_beside
     from ..io.outputs import OutputError, OutputLock
     from ..loading import convert_official
 

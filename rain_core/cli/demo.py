@@ -90,10 +90,10 @@ def _render(args, out, height: int, width: int) -> int:
     import numpy as np
     import torch
 
+    from ..io.video import VideoSink
     from ..metrics import psnr
     from ..stream import RainStream
     from ..synthetic import SyntheticWorld, render_character, render_skeleton
-    from ..video import VideoSink
 
     models, folder = load_models(args)
     world = SyntheticWorld(seed=args.world_seed)

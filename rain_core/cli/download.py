@@ -6,7 +6,7 @@ from .common import EXIT_OK, Interrupted, emit, interrupt_signal
 
 
 def add_parser(sub) -> None:
-    from ..download import DEFAULT_WHAT, ITEMS
+    from ..loading.download import DEFAULT_WHAT, ITEMS
 
     items = "; ".join(f"{name}: {description}" for name, (description, _) in ITEMS.items())
     p = sub.add_parser("download", help="download the released weights into the models/ layout (Hugging Face)",
@@ -22,7 +22,7 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
-    from ..download import download_models
+    from ..loading.download import download_models
 
     try:
         result = download_models(args.what, args.models_dir, convert=args.convert, quiet=args.json)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from ..layout import builtin_model_dir
+from ..loading.layout import builtin_model_dir
 from .common import EXIT_OK, emit
 
 
@@ -43,7 +43,7 @@ def run(args) -> int:
         except Exception:  # optional packages
             versions[module] = "not installed"
     device = "cuda: " + torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
-    from ..download import item_status
+    from ..loading.download import item_status
 
     downloads = item_status(args.models_dir)
     summary = {"versions": versions, "device": device, "model_folders": found,

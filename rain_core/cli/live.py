@@ -53,14 +53,14 @@ def _live_source(args, height: int, width: int):
     """Frames of the live source as float (H, W, 3): a webcam index, a video file (optionally looped) or the screen."""
     import numpy as np
 
-    from ..video import open_pose_source
+    from ..io.video import open_pose_source
 
     if args.source == "screen":
         try:
             import mss  # optional: screen capture
         except ImportError:
             raise UsageError(f"--source screen needs the optional package mss: {SCREEN_EXTRA}") from None
-        from ..video import letterbox
+        from ..io.video import letterbox
 
         with mss.mss() as grabber:
             monitor = grabber.monitors[1]
@@ -81,7 +81,7 @@ def _live_source(args, height: int, width: int):
 
 def _source_fps(args) -> float | None:
     """The frame rate the source reports (a video file's, a webcam's when it says), else None."""
-    from ..video import VideoSourceError, open_pose_source
+    from ..io.video import VideoSourceError, open_pose_source
 
     if args.source == "screen":
         return None
@@ -138,8 +138,8 @@ def run(args) -> int:
 def _run(args, out) -> int:
     import numpy as np
 
+    from ..io.video import VideoSink
     from ..stream import RainStream
-    from ..video import VideoSink
 
     # a live run is a long-lived host: it may build the compiled tick in the background while it runs (the
     # builder ends with this process)

@@ -31,7 +31,7 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
-    from ..comfy_client import (
+    from .comfy_client import (
         ComfyClient,
         JobResult,
         ServerError,

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..inputs import is_keypoint_source
+from ..io.inputs import is_keypoint_source
 from .common import (
     Interrupted,
     UsageError,
@@ -45,7 +45,7 @@ class PreparedJob:
 
 
 def input_fps(poses: Path) -> float | None:
-    from ..video import VideoSourceError, open_pose_source
+    from ..io.video import VideoSourceError, open_pose_source
 
     if is_keypoint_source(poses):
         from ..pose import read_keypoints
@@ -63,7 +63,7 @@ def input_fps(poses: Path) -> float | None:
 
 def frame_count(poses: Path, limit: int | None) -> int | None:
     """How many frames the output will hold, as far as headers say (for the free-space check), without decoding."""
-    from ..video import IMAGE_SUFFIXES, VideoSourceError, probe_video
+    from ..io.video import IMAGE_SUFFIXES, VideoSourceError, probe_video
 
     count = None
     if poses.is_dir():
@@ -104,8 +104,8 @@ def render_job(models, args, job: PreparedJob, progress=None) -> dict:
     the frames made so far go to OUT.partial.mp4). Returns the summary `rain animate --json` prints, less the model."""
     import torch
 
+    from ..io.video import VideoSink
     from ..stream import RainStream
-    from ..video import VideoSink
 
     out = job.out
     keep_partial = getattr(args, "keep_partial", False)

@@ -8,7 +8,7 @@ The rule: nothing the user did not name as the output is ever deleted or replace
 - a folder of frames goes only into a new or empty folder, or, with `overwrite_frames`, over an earlier folder of
   frames that holds nothing else (`frame_NNNNNN.png` only): a folder holding anything else is never emptied;
 - a file output is never written over a folder, and an existing file of that name is the named output: it is
-  replaced at the end, atomically (`rain_core.video.VideoSink` writes a temporary beside it and renames it);
+  replaced at the end, atomically (`rain_core.io.video.VideoSink` writes a temporary beside it and renames it);
 - before any model loads, `claim_output` finds what would only fail after minutes of rendering: a missing or
   read-only folder, a full disk (when the size can be estimated), a second writer of the same output (an
   advisory `flock` on `.NAME.lock` beside it, released on exit, so a lock left by a killed process never
@@ -28,7 +28,7 @@ try:
 except ImportError:  # Windows: no advisory locks; one writer per output is not enforced there
     fcntl = None
 
-from ..fileio import remove_stale_temporaries, user_file_mode
+from .files import remove_stale_temporaries, user_file_mode
 
 
 class OutputError(ValueError):

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import gc
 import math
 from collections.abc import Callable
 
 import torch
+from diffusers import AutoencoderKL
 from torch import nn
 
 from .codecs import SpaceToDepthCodec, VaeCodec
@@ -54,8 +56,6 @@ class RainModels(nn.Module):
         `vae`: an AutoencoderKL for codec="vae"; built from `config.vae` when None."""
         if config.codec == "vae":
             if vae is None:
-                from diffusers import AutoencoderKL
-
                 if config.vae is None:
                     raise ValueError("codec 'vae' needs a VAE: pass vae= or set config.vae to an AutoencoderKL config")
                 vae = AutoencoderKL(**config.vae)
@@ -104,7 +104,6 @@ class RainModels(nn.Module):
             setattr(self, name, None)
         gc.collect()
         with contextlib.suppress(OSError, AttributeError):  # glibc keeps freed heap pages otherwise
-            import ctypes
 
             ctypes.CDLL("libc.so.6").malloc_trim(0)
 

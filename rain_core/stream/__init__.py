@@ -14,7 +14,7 @@ state.py   state_dict / load_state_dict / save / load, bit-exact
 engine.py  `RainStream`: reference, push, flush, rollback on error, stats
 """
 
-from ..inputs import fit_frames
+from ..io.inputs import fit_frames
 from .config import (
     DECODERS,
     FAST_PATHS,

@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 from ..cpu import log, warn_once
-from ..fileio import pid_running, remove_stale_temporaries
+from ..io.files import pid_running, remove_stale_temporaries
 
 CACHE_ENV = "TORCHINDUCTOR_CACHE_DIR"
 CACHE_MAX_ENV = "RAIN_CACHE_MAX_MB"  # the compiled-tick packages kept on disk, oldest evicted beyond it

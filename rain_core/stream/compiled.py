@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from ..cpu import cpu_flags, log, note_wait_policy, warn_once
-from ..fileio import temporary_beside
+from ..io.files import temporary_beside
 from .compile_cache import cache_dir, evict_packages, mark_used
 
 if TYPE_CHECKING:

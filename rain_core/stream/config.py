@@ -49,7 +49,7 @@ class StreamConfig:
     decoder: "taesdv" (fast, temporal memory carried tick to tick), "vae" (the full codec), "auto" (TAESDV if loaded).
     missing_pose: for a frame without a pose (None, or an all-black canvas): "hold" the last pose or keep "empty".
     resize: pose frames and references of another size are "letterbox"ed (no distortion), "stretch"ed, or refused
-        ("strict"); `rain_core.inputs.fit_frames` does the resizing.
+        ("strict"); `rain_core.io.inputs.fit_frames` does the resizing.
     fast_path: every tick runs through the one `rain_core.stream.tick.Tick` (fixed buffers, fused LCM step,
         nothing read back to the host). "graph": a steady-state tick (full window, a new cohort entering) is
         captured once as a CUDA graph and replayed (CUDA only; elsewhere it runs eagerly); "eager": the same

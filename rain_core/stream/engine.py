@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from ..inputs import InputError, as_frames, fit_frames
+from ..io.inputs import InputError, as_frames, fit_frames
 from ..scheduler import LCMStepper, ladder
 from .accel import FastPath
 from .compiled import auto_fast_path

@@ -12,8 +12,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
 
-from ..fileio import temporary_beside, user_file_mode
+from ..io.files import temporary_beside, user_file_mode
 from .config import StreamConfig, StreamConfigError, StreamStateError
 from .timing import TickClock
 from .window import Window, is_consecutive
@@ -140,8 +142,6 @@ class StreamStateMixin:
 
     def save(self, path: str | os.PathLike) -> None:
         """Write the stream state to one .safetensors file (tensors + JSON metadata), atomically."""
-        from safetensors.torch import save_file
-
         state = self.state_dict()
         path = Path(path)
         tensors = {name: t.contiguous().cpu() for name, t in state["tensors"].items()}
@@ -158,8 +158,6 @@ class StreamStateMixin:
 
     def load(self, path: str | os.PathLike) -> None:
         """Resume from a file written by `save(path)`."""
-        from safetensors import safe_open
-
         path = Path(path)
         if not path.is_file():
             raise StreamStateError(f"stream state file {path}: not found")

@@ -8,7 +8,7 @@ import math
 import cv2
 import numpy as np
 
-from ..pose import render_pose
+from ..pose import Person, PoseFrame, render_pose
 from .world import (
     BACKGROUND,
     L_ANKLE,
@@ -226,8 +226,6 @@ def _canvas_transform(height: int, width: int) -> tuple[float, float, float]:
 
 def pose_frame(pose: BodyPose, height: int, width: int):
     """`pose` as a `rain_core.pose.PoseFrame` on a (height, width) canvas (body only)."""
-    from ..pose import Person, PoseFrame
-
     scale, off_x, off_y = _canvas_transform(height, width)
     kp = pose.openpose_keypoints().copy()
     kp[:, 0] = (kp[:, 0] * scale + off_x) / width

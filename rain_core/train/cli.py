@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
+import os
 from pathlib import Path
 
+from ..io.outputs import OutputError, OutputLock
 from .config import TrainConfig
+from .trainer import train
 
 _HELP = {
     "stage": "1: image pairs (reference UNet + denoising UNet + pose guider); 2: clips with motion modules and "
@@ -92,11 +96,6 @@ def claim_output_folder(config: TrainConfig):
     A new run starts in a new or empty folder: an earlier run's loss.csv, checkpoints and final model there would
     be overwritten step by step, and rain never replaces what the user did not name. `--resume` names the folder
     as the run to continue. One trainer per folder: the lock (`.NAME.lock` beside it) refuses a second one."""
-    import contextlib
-    import os
-
-    from ..io.outputs import OutputError, OutputLock
-
     output = Path(config.output)
     if not output.parent.is_dir():
         raise OutputError(f"--output {output}: the folder {output.parent} does not exist; create it first.")
@@ -124,8 +123,6 @@ def claim_output_folder(config: TrainConfig):
 
 def train_main(argv: list[str] | None = None) -> int:
     """Entry point of `rain train` and `python -m rain_core.train`; prints where the model went."""
-    from .trainer import train
-
     args = build_parser().parse_args(argv)
     config = TrainConfig(**vars(args))
     with claim_output_folder(config):

@@ -21,6 +21,7 @@ import cv2
 import numpy as np
 import torch
 
+from ..pose import read_keypoints, render_pose
 from ..synthetic import HELDOUT_BASE, SyntheticWorld, render_character, render_skeleton
 
 
@@ -158,8 +159,6 @@ class VideoClips(torch.utils.data.Dataset):
                 count = min(count, _frame_count(pose))
                 keypoints = None
             else:
-                from ..pose import read_keypoints
-
                 pose = None
                 keypoints = read_keypoints(self._path(entry["keypoints"])).frames
                 count = min(count, len(keypoints))
@@ -190,8 +189,6 @@ class VideoClips(torch.utils.data.Dataset):
         if pose is not None:
             pose_images = [_resize_crop(image, h, w) for image in _read_frames(pose, indices)]
         else:
-            from ..pose import render_pose
-
             pose_images = []
             for i in indices:
                 frame = keypoints[i]

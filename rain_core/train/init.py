@@ -7,10 +7,17 @@ import os
 from pathlib import Path
 
 import torch
+from diffusers import AutoencoderKL
+from diffusers.loaders.single_file_utils import convert_ldm_unet_checkpoint
 
-from ..loading import RECOMPUTABLE_SUFFIXES, RainLoadError, check_state_dict, read_state_dict
-from ..loading import _describe_contents as describe_contents  # the loader's own wording for a wrong file
-from ..loading import _load_image_encoder as load_image_encoder
+from ..loading import (
+    RECOMPUTABLE_SUFFIXES,
+    RainLoadError,
+    check_state_dict,
+    describe_contents,  # the loader's own wording for a wrong file
+    load_image_encoder,
+    read_state_dict,
+)
 from ..models import RainModelConfig, RainModels
 
 
@@ -46,8 +53,6 @@ def read_sd_unet(source: str | os.PathLike, config: RainModelConfig) -> dict[str
         )
     state = read_state_dict(source, "an SD-1.5 UNet")
     if any(k.startswith("model.diffusion_model.") for k in state):
-        from diffusers.loaders.single_file_utils import convert_ldm_unet_checkpoint
-
         state = convert_ldm_unet_checkpoint(state, diffusers_unet_config(config))
     return state
 
@@ -104,7 +109,6 @@ def vae_folder(path: str | os.PathLike | None):
     """The AutoencoderKL of a diffusers folder (sd-vae-ft-mse), or None (a VAE built from the model config)."""
     if path is None:
         return None
-    from diffusers import AutoencoderKL
 
     folder = Path(path)
     if not (folder / "config.json").is_file():

@@ -11,6 +11,8 @@ from __future__ import annotations
 import functools
 
 import torch
+from diffusers import DDPMScheduler
+from diffusers.training_utils import compute_snr
 from einops import rearrange
 
 from ..scheduler import NUM_TRAIN_TIMESTEPS, SCHEDULE_CONFIG, LCMStepper, alphas_cumprod
@@ -19,8 +21,6 @@ from ..scheduler import NUM_TRAIN_TIMESTEPS, SCHEDULE_CONFIG, LCMStepper, alphas
 @functools.lru_cache(maxsize=1)
 def noise_schedule():
     """diffusers' DDPMScheduler configured exactly like RAIN's training schedule."""
-    from diffusers import DDPMScheduler
-
     schedule = DDPMScheduler(**SCHEDULE_CONFIG)
     if not torch.equal(schedule.alphas_cumprod.float(), alphas_cumprod()):
         raise RuntimeError("the training schedule differs from rain_core.scheduler's: both must be RAIN's")
@@ -120,7 +120,6 @@ def snr_weights(timesteps: torch.Tensor, gamma: float) -> torch.Tensor:
     """
     if gamma <= 0:
         return torch.ones_like(timesteps, dtype=torch.float32)
-    from diffusers.training_utils import compute_snr
 
     snr_plus_one = compute_snr(noise_schedule(), timesteps) + 1
     return torch.clamp(snr_plus_one, max=gamma) / snr_plus_one

@@ -9,22 +9,20 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from diffusers.optimization import get_scheduler
 from einops import rearrange
 from torch import nn
 
+from ..loading import load_rain, save_rain
 from ..models import RainModelConfig, RainModels, guidance_embedding
 from .config import TrainConfig
 
 
 def load_models(folder: str | Path) -> RainModels:
-    from ..loading import load_rain
-
     return load_rain(folder)
 
 
 def save_models(models: RainModels, folder: str | Path) -> None:
-    from ..loading import save_rain
-
     save_rain(models, folder)
 
 
@@ -158,8 +156,6 @@ def learning_rate_factor(config: TrainConfig) -> Callable[[int], float]:
     anneal (`decay_steps`: linear down to 1/10 over the last steps). With the default constant_with_warmup schedule
     the rate does not depend on `steps` until the anneal starts, so a run stopped early and resumed with the final
     `--steps` is the same run."""
-    from diffusers.optimization import get_scheduler
-
     if config.lr_scheduler == "constant" and config.warmup_steps:
         raise ValueError("--lr-scheduler constant ignores --warmup-steps: use constant_with_warmup for a warm-up")
     probe = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=1.0)

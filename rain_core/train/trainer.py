@@ -34,6 +34,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 import torch
+from diffusers.training_utils import EMAModel
 from einops import rearrange
 from safetensors.torch import load_file, save_file
 
@@ -44,6 +45,7 @@ from .config import TrainConfig, model_config, parse_motion_blocks
 from .curves import LossLog
 from .data import StepIndices, build_dataset, collate
 from .init import init_for_training, vae_folder
+from .narrow import narrow_top_level
 from .parts import (
     DenoiseForward,
     DrawSource,
@@ -115,8 +117,6 @@ class Trainer:
                                      "to keep in this model; only dropping them is supported")
             self.models = without_motion(self.models, blocks)
         if config.top_width:
-            from .narrow import narrow_top_level
-
             self.models = narrow_top_level(self.models, config.top_width)
         if config.stage == 3 and self.models.config.cond_proj_dim is None:
             raise ValueError("stage 3 needs a denoising UNet with a w-embedding (cond_proj_dim); this model has none")
@@ -137,8 +137,6 @@ class Trainer:
                                      "(cond_proj_dim is None); distil from and into a stage-3 (LCM) model")
             self.teacher = self._frozen_forward(teacher)
         if config.stage == 3:
-            from diffusers.training_utils import EMAModel
-
             teacher = load_models(config.teacher) if config.teacher else copy.deepcopy(self.models)
             self.teacher = self._frozen_forward(teacher)
             self.target = self._frozen_forward(copy.deepcopy(self.models))

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from .frame_queue import FrameQueue
+from .frame_pacing import FrameQueue
 
 
 class StreamSettingsChanged(ValueError):

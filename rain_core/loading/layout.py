@@ -1,5 +1,5 @@
 """Where model files live: the built-in tiny model, the one table of a model's files, and the models/ layout the
-README documents. Used by the loader, the CLI, the nodes and `rain_core.download`.
+README documents. Used by the loader, the CLI, the nodes and `rain_core.loading.download`.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ BUILTIN_NAMES = ("tiny", "builtin", "built-in")  # what a user may type instead 
 
 def builtin_model_dir() -> Path:
     """The built-in tiny-rain model shipped with the package (64 px, safetensors)."""
-    return Path(__file__).resolve().parent / "assets" / "tiny-rain"
+    return Path(__file__).resolve().parents[1] / "assets" / "tiny-rain"
 
 
 def is_builtin_name(name) -> bool:

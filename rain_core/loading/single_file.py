@@ -20,6 +20,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import torch
+from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint
 
 # The released RAIN's VAE: stabilityai/sd-vae-ft-mse's config.json (the AutoencoderKL of SD 1.x).
 SD_VAE_CONFIG = {
@@ -105,7 +106,6 @@ def to_diffusers_vae(state: Mapping[str, torch.Tensor], config: Mapping) -> dict
     state = {name[len(prefix):]: tensor for name, tensor in state.items() if name.startswith(prefix)}
     if "encoder.down.0.block.0.conv1.weight" not in state:
         return state
-    from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint
 
     return convert_ldm_vae_checkpoint(state, dict(config))
 

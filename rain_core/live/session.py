@@ -1,332 +1,41 @@
-"""Live sources: frames arrive at the camera's pace, the engine takes them at its own, latency stays bounded.
-
-A camera does not wait for the engine. When the engine is slower than the source, frames must be dropped
-at the door, not queued: a queue that grows without bound turns into seconds of latency. `FrameIntake`
-holds at most `capacity` frames; a frame that arrives when it is full pushes out the oldest waiting frame
-(counted as dropped), so the engine always takes the newest frames. Frames the engine never takes are never
-decoded.
-
-`LiveSession` owns one `RainStream` and turns live frames into pose frames in one of three modes:
-  - "pose": the frames are pose renders already (a pose video), used as they are;
-  - "detect": DWPose finds the body, hands and face, drawn as a DWPose skeleton (needs the optional detector);
-  - "face_morph": DWPose's face landmarks remapped to anime proportions (the authors' live demo), with
-    parameters that can change while streaming and apply from the next tick.
-A frame can also arrive as a `PoseFrame` (keypoints found elsewhere), which skips the detector.
-
-Every output frame carries the sequence number and capture timestamp of the input frame it animates, so a
-client can measure latency from capture to display; the session measures its own share (received → emitted)
-and the structural floor, the look-ahead of window − 1 frames: a frame cannot leave before the poses of the
-window − 1 frames after it have arrived. Nothing here imports ComfyUI; the ComfyUI route (nodes/live_route.py)
-and the `rain` command drive the same session.
-
-Why one file over 500 lines: intake, meters, recorder and LiveSession are the engine side of one feature
-used by the route, the CLI and the bench; each piece is short and only meaningful with the others.
-"""
+"""LiveSession: one RainStream fed by live frames (pose renders, DWPose detection or the anime face morph), and the
+lock that lets sessions share one set of networks."""
 
 from __future__ import annotations
 
-import io
 import logging
-import os
 import threading
 import time
 import weakref
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .fileio import temporary_beside
-from .inputs import POSE_CHECK_FRAMES, NotAPoseRender, check_pose_render
+from ..io.inputs import POSE_CHECK_FRAMES, NotAPoseRender, check_pose_render
+from ..pose import DetectorUnavailable, DWPoseDetector, FaceMorpher, FaceMorphParams, PoseFrame, render_pose
+from ..stream import RainStream
+from .frames import (
+    DETECTOR_FILES_HINT,
+    LIVE_MODES,
+    MAX_FRAME_SIDE,
+    FrameIntake,
+    LatencyMeter,
+    LiveFrame,
+    LiveInputError,
+    LiveOutput,
+    LiveSourceError,
+    RateMeter,
+    as_uint8,
+    check_frame_bytes,
+    decode_frame,
+)
+from .recorder import LiveRecorder
 
 log = logging.getLogger(__name__)
-
-LIVE_MODES = ("pose", "detect", "face_morph")
-DETECTOR_FILES_HINT = (
-    "The detector is onnxruntime (`pip install onnxruntime`) and two files in models/rain/dwpose/: yolox_l.onnx and "
-    "dw-ll_ucoco_384.onnx. Get them with `rain download --what dwpose` (add --models-dir <ComfyUI>/models for "
-    "ComfyUI), or let Pose Stream or this live session fetch them on first use while online.")
-MAX_FRAME_BYTES = 4 * 1024 * 1024
-MAX_FRAME_SIDE = 2048
-
-
-class LiveInputError(ValueError):
-    """A live frame or setting that cannot be used; the session is left as it was and keeps running."""
-
-
-class LiveSourceError(LiveInputError):
-    """The source cannot feed this session at all (frames that are not pose renders in pose mode, a detector that
-    is not installed): the worker stops and the host ends the session, telling the user why."""
-
-
-# ------------------------------------------------------------------------------------------- frames in
-
-
-def check_frame_bytes(data: bytes, max_bytes: int = MAX_FRAME_BYTES, max_side: int = MAX_FRAME_SIDE) -> tuple[int, int]:
-    """Check an encoded frame (JPEG, PNG or WebP) without decoding its pixels; returns (height, width)."""
-    from PIL import Image, UnidentifiedImageError
-
-    if len(data) > max_bytes:
-        raise LiveInputError(
-            f"frame: {len(data) / 1e6:.1f} MB is over the {max_bytes / 1e6:.0f} MB limit for one live frame; "
-            f"send JPEG frames at most {max_side} px on a side")
-    if not data:
-        raise LiveInputError("frame: empty; expected a JPEG, PNG or WebP image")
-    try:
-        with Image.open(io.BytesIO(data)) as image:  # reads the header only
-            width, height = image.size
-    except (UnidentifiedImageError, OSError) as error:
-        raise LiveInputError(f"frame: not a readable image ({error}); expected a JPEG, PNG or WebP image") from error
-    if max(width, height) > max_side:
-        raise LiveInputError(
-            f"frame: {width}×{height} px is over the {max_side} px limit on a side for a live frame; "
-            f"scale the frames down before sending them (the model works at a few hundred px)")
-    return height, width
-
-
-def decode_frame(data: bytes) -> np.ndarray:
-    """An encoded frame as uint8 RGB (H, W, 3); transparency is composited over white."""
-    from PIL import Image
-
-    check_frame_bytes(data)
-    with Image.open(io.BytesIO(data)) as image:
-        if image.mode in ("RGBA", "LA", "P"):
-            image = image.convert("RGBA")
-            background = Image.new("RGBA", image.size, (255, 255, 255, 255))
-            image = Image.alpha_composite(background, image)
-        return np.asarray(image.convert("RGB"))
-
-
-def encode_jpeg(frame: np.ndarray, quality: int = 90) -> bytes:
-    """uint8 or float [0, 1] RGB (H, W, 3) -> JPEG bytes."""
-    import cv2
-
-    array = _as_uint8(frame)
-    ok, buffer = cv2.imencode(".jpg", array[:, :, ::-1], [int(cv2.IMWRITE_JPEG_QUALITY), int(quality)])
-    if not ok:
-        raise LiveInputError(f"encode_jpeg: could not encode a frame of shape {array.shape}")
-    return buffer.tobytes()
-
-
-def _as_uint8(frame) -> np.ndarray:
-    if hasattr(frame, "detach"):
-        frame = frame.detach().to("cpu").float().numpy()
-    array = np.asarray(frame)
-    if array.dtype != np.uint8:
-        array = (np.clip(array.astype(np.float32), 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
-    return np.ascontiguousarray(array)
-
-
-@dataclass
-class LiveFrame:
-    """One input frame: what arrived (encoded bytes, an RGB array or a PoseFrame) and when."""
-
-    seq: int  # the sender's frame number (or the arrival count)
-    capture_ms: float | None  # the sender's capture time, on the sender's clock (echoed back, never compared here)
-    received: float  # arrival time on this process's monotonic clock
-    payload: Any
-
-
-@dataclass
-class LiveOutput:
-    """One animated frame, with the input frame it animates."""
-
-    seq: int
-    capture_ms: float | None
-    received: float
-    emitted: float
-    image: np.ndarray  # uint8 RGB (H, W, 3)
-    pose: np.ndarray | None = None  # the pose frame the model saw, uint8 RGB (H, W, 3)
-
-    @property
-    def server_ms(self) -> float:
-        """Time spent in this process, from arrival to leaving the stream."""
-        return (self.emitted - self.received) * 1000.0
-
-
-class FrameIntake:
-    """A bounded, thread-safe door for live frames: `put` never blocks and never grows the backlog.
-
-    When `capacity` frames are already waiting, the oldest waiting frame is dropped so the newest is kept.
-    Counters: received = taken + dropped + waiting, always.
-    """
-
-    def __init__(self, capacity: int = 4, clock: Callable[[], float] = time.monotonic):
-        if int(capacity) < 1:
-            raise LiveInputError(f"capacity: expected at least 1 frame, found {capacity}")
-        self.capacity = int(capacity)
-        self.clock = clock
-        self._frames: deque[LiveFrame] = deque()
-        self._cond = threading.Condition()
-        self._closed = False
-        self.received = 0
-        self.dropped = 0
-        self.taken = 0
-
-    def put(self, payload, seq: int | None = None, capture_ms: float | None = None) -> LiveFrame | None:
-        """Add a frame; returns the frame it pushed out (None when there was room)."""
-        with self._cond:
-            if self._closed:
-                raise LiveInputError("frame: this live session is closed; start a new one")
-            frame = LiveFrame(self.received if seq is None else int(seq), capture_ms, self.clock(), payload)
-            self.received += 1
-            dropped = None
-            if len(self._frames) >= self.capacity:
-                dropped = self._frames.popleft()
-                self.dropped += 1
-            self._frames.append(frame)
-            self._cond.notify()
-            return dropped
-
-    def take(self, max_frames: int | None = None, timeout: float | None = None) -> list[LiveFrame]:
-        """The waiting frames, oldest first (at most `max_frames`); waits up to `timeout` s for one to arrive."""
-        with self._cond:
-            if not self._frames and not self._closed:
-                self._cond.wait(timeout)
-            count = len(self._frames) if max_frames is None else min(len(self._frames), int(max_frames))
-            frames = [self._frames.popleft() for _ in range(count)]
-            self.taken += len(frames)
-            return frames
-
-    def close(self) -> None:
-        """Refuse further frames and wake a waiting `take`."""
-        with self._cond:
-            self._closed = True
-            self._frames.clear()
-            self._cond.notify_all()
-
-    def __len__(self) -> int:
-        with self._cond:
-            return len(self._frames)
-
-    def counts(self) -> dict:
-        with self._cond:
-            return {"received": self.received, "taken": self.taken, "dropped": self.dropped,
-                    "waiting": len(self._frames), "capacity": self.capacity}
-
-
-# ------------------------------------------------------------------------------------------- accounting
-
-
-class RateMeter:
-    """Events per second over the last `window_s` seconds."""
-
-    def __init__(self, window_s: float = 3.0):
-        self.window_s = float(window_s)
-        self._times: deque[float] = deque()
-
-    def add(self, when: float, count: int = 1) -> None:
-        self._times.extend([when] * count)
-        while self._times and when - self._times[0] > self.window_s:
-            self._times.popleft()
-
-    def rate(self) -> float | None:
-        if len(self._times) < 2 or self._times[-1] <= self._times[0]:
-            return None
-        return (len(self._times) - 1) / (self._times[-1] - self._times[0])
-
-
-class LatencyMeter:
-    """The last `keep` latencies (ms): p50, p95, mean."""
-
-    def __init__(self, keep: int = 600):
-        self._values: deque[float] = deque(maxlen=int(keep))
-
-    def add(self, milliseconds: float) -> None:
-        self._values.append(float(milliseconds))
-
-    def __len__(self) -> int:
-        return len(self._values)
-
-    def summary(self) -> dict:
-        if not self._values:
-            return {"p50": None, "p95": None, "mean": None, "count": 0}
-        values = np.asarray(self._values)
-        return {"p50": float(np.percentile(values, 50)), "p95": float(np.percentile(values, 95)),
-                "mean": float(values.mean()), "count": int(values.size)}
-
-
-# ------------------------------------------------------------------------------------------- recording
-
-
-class LiveRecorder:
-    """Writes the animated frames as a browser-playable H.264 (yuv420p) mp4 with PyAV, atomically.
-
-    Frames go to a hidden temporary file beside `path`; `close()` renames it into place (nothing is written
-    when no frame came), `abort()` removes it. A frame written with a `timestamp` (seconds, any clock) is shown
-    at that time (millisecond timestamps): a live recording plays at the source's pace even when most input
-    frames were dropped; without timestamps frames are `fps` apart.
-    """
-
-    def __init__(self, path, fps: float = 30.0, crf: int = 18):
-        try:
-            import av
-        except ImportError as error:
-            raise LiveInputError("record: needs PyAV (`pip install av`; ComfyUI installs it)") from error
-        self.path = Path(path)
-        if not self.path.parent.is_dir():
-            raise LiveInputError(f"record: output folder {self.path.parent} does not exist")
-        self.fps = max(1, round(float(fps)))
-        handle, name = temporary_beside(self.path, suffix=".partial.mp4")
-        os.close(handle)
-        self._temp = Path(name)
-        self._av = av
-        self._container = av.open(str(self._temp), mode="w", format="mp4")
-        self._stream = None
-        self._crf = int(crf)
-        self._first: float | None = None
-        self._last_pts = -1
-        self.frames_written = 0
-
-    def write(self, frame, timestamp: float | None = None) -> None:
-        array = _as_uint8(frame)
-        height, width = array.shape[:2]
-        if self._stream is None:
-            self._stream = self._container.add_stream("libx264", rate=self.fps)
-            self._stream.width, self._stream.height = width - width % 2, height - height % 2
-            self._stream.pix_fmt = "yuv420p"
-            self._stream.options = {"crf": str(self._crf), "preset": "veryfast"}
-            self._stream.codec_context.time_base = Fraction(1, 1000)
-        array = array[: self._stream.height, : self._stream.width]
-        video_frame = self._av.VideoFrame.from_ndarray(np.ascontiguousarray(array), format="rgb24")
-        if timestamp is None:
-            pts = self._last_pts + round(1000 / self.fps) if self._last_pts >= 0 else 0
-        else:
-            self._first = timestamp if self._first is None else self._first
-            pts = max(self._last_pts + 1, round((timestamp - self._first) * 1000))
-        video_frame.pts, video_frame.time_base = pts, Fraction(1, 1000)
-        self._last_pts = pts
-        for packet in self._stream.encode(video_frame):
-            self._container.mux(packet)
-        self.frames_written += 1
-
-    def close(self) -> Path | None:
-        """Finish the file and move it into place; its path, or None when no frame was written."""
-        if self._container is None:
-            return self.path if self.frames_written else None
-        if self._stream is not None:
-            for packet in self._stream.encode():
-                self._container.mux(packet)
-        self._container.close()
-        self._container = None
-        if not self.frames_written:
-            self._temp.unlink(missing_ok=True)
-            return None
-        os.replace(self._temp, self.path)
-        return self.path
-
-    def abort(self) -> None:
-        if self._container is not None:
-            try:
-                self._container.close()
-            except Exception:  # a half-written container may fail to finish; it is deleted anyway
-                pass
-            self._container = None
-        self._temp.unlink(missing_ok=True)
 
 
 # ------------------------------------------------------------------------------------------- shared networks
@@ -402,8 +111,6 @@ class LiveSettings:
 
 
 def _face_params(values: dict | None):
-    from .pose import FaceMorphParams
-
     try:
         params = FaceMorphParams.from_dict(dict(values or {}))
     except (TypeError, ValueError) as error:
@@ -431,8 +138,6 @@ class LiveSession:
 
     def __init__(self, models, config, reference, settings: LiveSettings | None = None, detector=None,
                  clock: Callable[[], float] = time.monotonic, make_detector: Callable[[], Any] | None = None):
-        from .stream import RainStream
-
         self.settings = settings or LiveSettings()
         self.settings.validate()
         self.clock = clock
@@ -555,7 +260,7 @@ class LiveSession:
             return []
         now = self.clock()
         outputs = []
-        array = _as_uint8(images)
+        array = as_uint8(images)
         for image in array:
             frame, pose = self._in_flight.popleft()
             output = LiveOutput(frame.seq, frame.capture_ms, frame.received, now, image, pose)
@@ -571,8 +276,6 @@ class LiveSession:
 
     def _pose_frame(self, payload) -> np.ndarray:
         """The pose frame the model sees for one input, uint8 (H, W, 3) at the stream's size."""
-        from .pose import FaceMorpher, render_pose
-
         height, width = self.config.height, self.config.width
         mode = self.settings.mode
         if isinstance(payload, bytes):
@@ -580,7 +283,7 @@ class LiveSession:
         if _is_pose_frame(payload):
             keypoints = payload
         elif mode == "pose":
-            image = _as_uint8(payload)  # the stream letterboxes it to its size
+            image = as_uint8(payload)  # the stream letterboxes it to its size
             if self.settings.pose_check and self._pose_frames_checked < POSE_CHECK_FRAMES:
                 try:
                     check_pose_render(image, "live frames")  # the one check, as the CLI's and Pose Stream's
@@ -589,7 +292,7 @@ class LiveSession:
                 self._pose_frames_checked += 1
             return image
         else:
-            keypoints = self._detect(_as_uint8(payload))
+            keypoints = self._detect(as_uint8(payload))
         fitted = keypoints.letterboxed(height, width)
         if mode == "face_morph":
             if self._morpher is None:
@@ -599,8 +302,6 @@ class LiveSession:
 
     def _detect(self, image: np.ndarray):
         if self._detector is None:
-            from .pose import DetectorUnavailable, DWPoseDetector
-
             try:
                 self._detector = (self._make_detector or DWPoseDetector)()
             except DetectorUnavailable as error:
@@ -725,6 +426,4 @@ class LiveSession:
 
 
 def _is_pose_frame(value) -> bool:
-    from .pose import PoseFrame
-
     return isinstance(value, PoseFrame)

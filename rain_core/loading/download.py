@@ -28,6 +28,12 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from huggingface_hub import get_hf_file_metadata, hf_hub_url
+from huggingface_hub.utils import EntryNotFoundError, HfHubHTTPError, RepositoryNotFoundError
+from huggingface_hub.utils import tqdm as hub_tqdm
+from torch.hub import download_url_to_file
+
+from . import convert_official
 from .layout import layout_paths
 
 ProgressCallback = Callable[[int, int, str], None]  # (done_bytes, total_bytes, file name)
@@ -129,15 +135,11 @@ class _Plan:
 
 
 def _head(remote: RemoteFile, path_in_repo: str, endpoint: str):
-    from huggingface_hub import get_hf_file_metadata, hf_hub_url
-
     return get_hf_file_metadata(hf_hub_url(remote.repo_id, path_in_repo, endpoint=endpoint))
 
 
 def _plan(remote: RemoteFile, models_dir: Path, endpoint: str) -> _Plan:
     """Ask the hub for the file's size (trying the alternatives in turn); decide whether it is already complete."""
-    from huggingface_hub.utils import EntryNotFoundError, HfHubHTTPError, RepositoryNotFoundError
-
     plan = _Plan(remote, models_dir / remote.target)
     if remote.url is not None:
         plan.skip = plan.final.is_file() and plan.final.stat().st_size > 0
@@ -184,8 +186,6 @@ def _present_name(remote: RemoteFile, models_dir: Path) -> Path:
 
 def _progress_class(callback: ProgressCallback | None, state: dict, name: str, quiet: bool):
     """A tqdm class for the hub that also reports bytes to `callback` (ComfyUI's progress bar in the nodes)."""
-    from huggingface_hub.utils import tqdm as hub_tqdm
-
     class _Bar(hub_tqdm):
         def __init__(self, *args, **kwargs):
             if quiet:
@@ -203,8 +203,6 @@ def _progress_class(callback: ProgressCallback | None, state: dict, name: str, q
 
 def _fetch_url(plan: _Plan, callback, state: dict) -> None:
     """A plain HTTPS file (taesdv.pth, 10 MB) through torch's downloader: temporary file, then rename."""
-    from torch.hub import download_url_to_file
-
     url = os.environ.get("RAIN_TAESDV_URL", plan.remote.url)
     if offline():
         raise DownloadError(f"HF_HUB_OFFLINE=1: not downloading {url}")
@@ -226,7 +224,6 @@ def _fetch_hub(plan: _Plan, endpoint: str, callback, state: dict, quiet: bool) -
     """One hub file through huggingface_hub's own HTTP download (Range resume, size check, progress), into
     `.NAME.incomplete` beside the final name, renamed when complete. The partial file outlives an interrupted run
     (Ctrl-C, a lost network) and the next run resumes it when the hub still serves the same version (ETag)."""
-    from huggingface_hub import hf_hub_url
     from huggingface_hub.file_download import http_get
     from huggingface_hub.utils import build_hf_headers
 
@@ -315,8 +312,6 @@ def download_models(
 
 def convert_downloaded(models_dir: str | os.PathLike) -> Path:
     """Convert models/rain/RAIN-v0.1 (+ VAE, image encoder, taesdv) to safetensors in models/rain/RAIN-v0.1-st."""
-    from .loading import convert_official
-
     paths = layout_paths(models_dir)
     if not paths["image_encoder"].exists():
         raise DownloadError(f"--convert needs the image encoder ({paths['image_encoder']}); add image-encoder (and "
