@@ -42,6 +42,35 @@ def hub(monkeypatch):
         yield server
 
 
+@pytest.fixture
+def served(monkeypatch):
+    """Bytes the local hub sends, per request path (summed over requests): what a resume saves shows here."""
+    import hub_server
+
+    sent: dict[str, int] = {}
+    write = hub_server._write
+
+    def counting_write(handler, content, start, count=None):
+        path = handler.path.split("?", 1)[0]
+        sent[path] = sent.get(path, 0) + (hub_server._size(content) - start if count is None else count)
+        write(handler, content, start, count)
+
+    monkeypatch.setattr(hub_server, "_write", counting_write)
+    return sent
+
+
+MOTION = "/Pscgylotti/RAIN-v0.1/resolve/main/motion_unet.pth"
+
+
+def _motion_gets(hub) -> list[str | None]:
+    """The Range headers of the GETs of motion_unet.pth, in order (None: from the start)."""
+    return [r for m, p, r in hub.requests if m == "GET" and p == MOTION]
+
+
+def _hidden(folder) -> list[str]:
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob(".*"))
+
+
 def _files_under(folder):
     return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
 
@@ -61,6 +90,7 @@ def test_every_item_lands_in_the_readme_layout_with_progress_and_the_users_umask
         assert (models / remote.target).read_bytes() == content, remote.target
     assert (models / "vae_approx/taesdv.pth").read_bytes() == _content("taesdv", 2048)
     assert set(result["files"].values()) == {"downloaded"}
+    assert _hidden(models) == [], "no partial file, version record or cache is left beside complete files"
     hub_bytes = sum(len(c) for c in release.values())
     assert calls and calls[-1][0] == result["bytes"] == hub_bytes + 2048
     assert all(d2 >= d1 for (d1, _, _), (d2, _, _) in zip(calls, calls[1:])), "progress never goes back"
@@ -83,18 +113,47 @@ def test_a_second_run_requests_no_file_and_a_wrong_size_file_is_fetched_again(hu
     assert target.read_bytes() == _release()[("Pscgylotti/RAIN-v0.1", "pose_guider.pth")]
 
 
-def test_a_dropped_connection_resumes_with_a_range_request(hub, tmp_path, monkeypatch):
-    import huggingface_hub.constants
+def test_a_dropped_connection_resumes_with_a_range_request(hub, served, tmp_path, monkeypatch):
+    import rain_core.loading.download
 
-    # The client writes in chunks of DOWNLOAD_CHUNK_SIZE (10 MB): smaller ones let a 3.5 kB file be cut mid-way.
-    monkeypatch.setattr(huggingface_hub.constants, "DOWNLOAD_CHUNK_SIZE", 256)
+    # chunks of 256 bytes (not 10 MB) let a 3.5 kB file be cut mid-way
+    monkeypatch.setattr(rain_core.loading.download, "CHUNK_BYTES", 256)
     hub.drop_after["motion_unet.pth"] = 1024
     download_models("rain", tmp_path)
-    ranges = [r for m, p, r in hub.requests if m == "GET" and p.endswith("motion_unet.pth")]
-    assert len(ranges) == 2 and ranges[0] is None, ranges
-    assert ranges[1].startswith("bytes=") and int(ranges[1][6:].rstrip("-")) > 0, "the retry resumes, not restarts"
-    assert (tmp_path / "rain/RAIN-v0.1/motion_unet.pth").read_bytes() == _release()[("Pscgylotti/RAIN-v0.1",
-                                                                                     "motion_unet.pth")]
+    content = _release()[("Pscgylotti/RAIN-v0.1", "motion_unet.pth")]
+    assert _motion_gets(hub) == [None, "bytes=1024-"], "the retry resumes, not restarts"
+    assert served[MOTION] == len(content), "no byte is sent twice"
+    assert (tmp_path / "rain/RAIN-v0.1/motion_unet.pth").read_bytes() == content
+
+
+def test_a_lost_network_mid_file_is_hub_unreachable_and_the_next_run_resumes(hub, served, tmp_path, monkeypatch):
+    import rain_core.loading.download
+
+    class NetworkLostMidFile(dict):  # the GET of motion_unet.pth sends 1024 bytes, and then the hub is gone
+        def pop(self, key, default=None):
+            if key == "motion_unet.pth":
+                hub.server.shutdown()
+                hub.server.server_close()  # from now on: connection refused
+                return 1024
+            return default
+
+    monkeypatch.setattr(rain_core.loading.download, "CHUNK_BYTES", 256)
+    monkeypatch.setattr(rain_core.loading.download, "RETRY_PAUSE_S", 0.0)
+    hub.drop_after = NetworkLostMidFile()
+    with pytest.raises(HubUnreachable, match=f"{hub.url}: the connection failed while downloading "
+                                             "Pscgylotti/RAIN-v0.1/motion_unet.pth"):
+        download_models("rain", tmp_path)
+    folder = tmp_path / "rain/RAIN-v0.1"
+    content = _release()[("Pscgylotti/RAIN-v0.1", "motion_unet.pth")]
+    assert not (folder / "motion_unet.pth").exists()
+    assert (folder / ".motion_unet.pth.incomplete").read_bytes() == content[:1024]
+    with LocalHub(_release()) as back:  # the network is back (the hub serves the same version)
+        monkeypatch.setenv("HF_ENDPOINT", back.url)
+        served.clear()
+        result = download_models("rain", tmp_path)
+    assert _motion_gets(back) == ["bytes=1024-"] and served[MOTION] == len(content) - 1024
+    assert (folder / "motion_unet.pth").read_bytes() == content
+    assert result["files"]["rain/RAIN-v0.1/motion_unet.pth"] == "downloaded" and _hidden(tmp_path) == []
 
 
 def test_a_size_mismatch_leaves_nothing_under_the_final_name(hub, tmp_path):
@@ -102,7 +161,7 @@ def test_a_size_mismatch_leaves_nothing_under_the_final_name(hub, tmp_path):
     with pytest.raises(DownloadError, match="do not match the size"):
         download_models("rain", tmp_path)
     assert not (tmp_path / "rain/RAIN-v0.1/reference_unet.pth").exists()
-    assert not [p for p in tmp_path.rglob("*.incomplete")]
+    assert _hidden(tmp_path) == [], "the bytes that do not match are not kept for a resume either"
 
 
 def test_an_alternative_file_keeps_its_own_name(tmp_path, monkeypatch):
@@ -204,56 +263,96 @@ def test_rain_info_says_which_items_are_downloaded(hub, tmp_path, capsys):
     assert downloads["taesdv"] == {"missing": ["vae_approx/taesdv.pth"]}
 
 
-def _leave_partial(folder, name: str, content: bytes, etag: str) -> None:
-    """What an interrupted run leaves beside the final name."""
+def _leave_partial(folder, name: str, content: bytes, etag: str | None) -> None:
+    """What an interrupted run leaves beside the final name: the bytes, and the hub version they are of."""
     folder.mkdir(parents=True, exist_ok=True)
     (folder / f".{name}.incomplete").write_bytes(content)
-    (folder / f".{name}.incomplete.etag").write_text(etag)
+    if etag is not None:
+        (folder / f".{name}.incomplete.etag").write_text(etag)
 
 
-def test_a_run_resumes_the_partial_file_an_interrupted_run_left(hub, tmp_path):
+def _hub_etag(content: bytes) -> str:
     import hashlib
 
+    return hashlib.sha256(content).hexdigest()  # hub_server's ETag, without the quotes (get_hf_file_metadata's form)
+
+
+def test_a_run_resumes_the_partial_file_an_interrupted_run_left(hub, served, tmp_path):
     content = _release()[("Pscgylotti/RAIN-v0.1", "motion_unet.pth")]
     folder = tmp_path / "rain/RAIN-v0.1"
-    _leave_partial(folder, "motion_unet.pth", content[:1000], hashlib.sha256(content).hexdigest())
+    _leave_partial(folder, "motion_unet.pth", content[:1000], _hub_etag(content))
     download_models("rain", tmp_path)
-    ranges = [r for m, p, r in hub.requests if m == "GET" and p.endswith("motion_unet.pth")]
-    assert ranges == ["bytes=1000-"], ranges
+    assert _motion_gets(hub) == ["bytes=1000-"]
+    assert served[MOTION] == len(content) - 1000, "the kept 1000 bytes are not fetched again"
     assert (folder / "motion_unet.pth").read_bytes() == content
-    assert not [p.name for p in folder.iterdir() if p.name.startswith(".")]
+    assert _hidden(tmp_path) == []
 
 
-def test_a_partial_file_of_another_version_is_started_again(hub, tmp_path):
+@pytest.mark.parametrize("etag", ["an older version", None], ids=["changed_etag", "no_version_record"])
+def test_a_partial_file_of_another_version_is_started_again(hub, served, tmp_path, etag):
     content = _release()[("Pscgylotti/RAIN-v0.1", "motion_unet.pth")]
     folder = tmp_path / "rain/RAIN-v0.1"
-    _leave_partial(folder, "motion_unet.pth", b"x" * 1000, "an older version")
+    _leave_partial(folder, "motion_unet.pth", b"x" * 1000, etag)
     download_models("rain", tmp_path)
-    ranges = [r for m, p, r in hub.requests if m == "GET" and p.endswith("motion_unet.pth")]
-    assert ranges == [None], ranges
+    assert _motion_gets(hub) == [None]
+    assert served[MOTION] == len(content)
     assert (folder / "motion_unet.pth").read_bytes() == content
+    assert _hidden(tmp_path) == []
 
 
-def test_ctrl_c_mid_file_keeps_the_partial_bytes_and_the_next_run_resumes_them(hub, tmp_path, monkeypatch):
-    import huggingface_hub.constants
+def test_a_partial_file_already_complete_is_renamed_without_a_request(hub, tmp_path):
+    # a run stopped between its last byte and the rename
+    content = _release()[("Pscgylotti/RAIN-v0.1", "motion_unet.pth")]
+    folder = tmp_path / "rain/RAIN-v0.1"
+    _leave_partial(folder, "motion_unet.pth", content, _hub_etag(content))
+    download_models("rain", tmp_path)
+    assert _motion_gets(hub) == []
+    assert (folder / "motion_unet.pth").read_bytes() == content
+    assert _hidden(tmp_path) == []
 
-    monkeypatch.setattr(huggingface_hub.constants, "DOWNLOAD_CHUNK_SIZE", 512)
 
+def test_ctrl_c_mid_file_keeps_the_partial_bytes_and_the_next_run_resumes_them(hub, served, tmp_path, monkeypatch):
+    import rain_core.loading.download
+
+    monkeypatch.setattr(rain_core.loading.download, "CHUNK_BYTES", 512)
     chunks = []
 
     def ctrl_c_after_a_kilobyte(done, total, name):
         chunks.append(name)
-        if chunks.count("motion_unet.pth") == 3:  # two 512-byte chunks of it are written
+        if chunks.count("motion_unet.pth") == 2:  # called after each chunk written: two of 512 bytes are
             raise KeyboardInterrupt  # what Ctrl-C raises in the middle of the read loop
 
     with pytest.raises(KeyboardInterrupt):
         download_models("rain", tmp_path, progress=ctrl_c_after_a_kilobyte)
     folder = tmp_path / "rain/RAIN-v0.1"
+    content = _release()[("Pscgylotti/RAIN-v0.1", "motion_unet.pth")]
     assert not (folder / "motion_unet.pth").exists(), "never a partial file under the final name"
-    kept = (folder / ".motion_unet.pth.incomplete").stat().st_size
-    assert kept == 1024
+    assert (folder / ".motion_unet.pth.incomplete").read_bytes() == content[:1024]
+    assert (folder / ".motion_unet.pth.incomplete.etag").read_text() == _hub_etag(content)
     hub.requests.clear()
+    served.clear()
     download_models("rain", tmp_path)
-    ranges = [r for m, p, r in hub.requests if m == "GET" and p.endswith("motion_unet.pth")]
-    assert ranges == [f"bytes={kept}-"], ranges
-    assert (folder / "motion_unet.pth").read_bytes() == _release()[("Pscgylotti/RAIN-v0.1", "motion_unet.pth")]
+    assert _motion_gets(hub) == ["bytes=1024-"]
+    assert served[MOTION] == len(content) - 1024, "the next run fetches only the missing bytes"
+    assert (folder / "motion_unet.pth").read_bytes() == content
+    assert _hidden(tmp_path) == []
+
+
+def test_only_public_huggingface_hub_names_are_used():
+    """Issue 31: rain_core.loading.download imports nothing private of huggingface_hub (no file_download.http_get)."""
+    import ast
+    import importlib
+    from pathlib import Path
+
+    import rain_core.loading.download
+
+    tree = ast.parse(Path(rain_core.loading.download.__file__).read_text())
+    imported = [(node.module, alias.name) for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)
+                and (node.module or "").startswith("huggingface_hub") for alias in node.names]
+    assert imported, "the module does use huggingface_hub"
+    for module, name in imported:
+        if (module, name) == ("huggingface_hub", "constants"):  # the documented settings (HF_HUB_DOWNLOAD_TIMEOUT)
+            continue
+        assert module in ("huggingface_hub", "huggingface_hub.utils"), (module, name)
+        exported = getattr(importlib.import_module(module), "__all__", None) or dir(importlib.import_module(module))
+        assert name in exported and not name.startswith("_"), (module, name)

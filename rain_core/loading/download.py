@@ -8,37 +8,54 @@
     models/rain/dwpose/{yolox_l,dw-ll_ucoco_384}.onnx                     yzd-v/DWPose
 
 `download_models(what, models_dir, progress=callback)` is the engine entry point (the `rain download` command and
-the Load RAIN Model node call it). What it guarantees:
-- never a partial file under a final name: bytes go to `.NAME.incomplete` beside it, renamed when complete;
-- sizes checked: huggingface_hub's download compares the bytes received with the size the hub announced, and a
-  file already on disk is kept only when its size equals the hub's;
-- resumable: a dropped connection resumes within the run (the hub client's Range retry), and a run stopped by
-  Ctrl-C or a network loss leaves its `.incomplete` file, which the next run resumes when the hub still serves the
-  same version (its ETag); files already complete are skipped;
+the Load RAIN Model node call it). It uses huggingface_hub's public API only: `get_hf_file_metadata` + `hf_hub_url`
+ask the size and version (ETag) of each file, and the bytes come through `get_session()` (the HTTP client
+huggingface_hub configures: proxies, offline guard, headers from `build_hf_headers`, errors from
+`hf_raise_for_status`). Not `hf_hub_download`: since huggingface/huggingface_hub#4306 (2.4.0, installed in
+development, has it) it writes each attempt to a fresh temporary file and deletes it on failure, so no later run
+could resume an interrupted one; and it would lay files out under their repository paths, not the README's. The
+calls used here all exist at the declared lower bound (0.23.2: `requests` session; 1.x: `httpx`; 2.x: `httpx2`).
+What it guarantees:
+- never a partial file under a final name: the bytes of NAME go to `.NAME.incomplete` in the same folder (hidden,
+  not a model extension: ComfyUI's model lists skip it), renamed onto NAME (atomic: same folder, same disk, even
+  where a models/ sub-folder is a link to another disk) only when complete;
+- sizes checked: the file is renamed only when its size equals the size the hub announced (else it is deleted and
+  `DownloadError` says so), and a file already on disk is kept only when its size equals the hub's;
+- resumable: the version of the partial bytes (the hub's ETag) is recorded in `.NAME.incomplete.etag`; a dropped
+  connection resumes within the run with a Range request (up to RETRIES reconnections in a row that bring nothing),
+  and a run stopped by Ctrl-C or a network loss leaves both files, which the next run resumes with a Range request
+  when the hub still serves the same ETag, or starts again when it does not; files already complete are skipped,
+  and nothing is left beside them;
 - `HF_HUB_OFFLINE=1` is honoured: nothing is requested, and what is missing is named;
-- an unreachable hub raises `HubUnreachable` naming the endpoint (the CLI exits 2 with it).
+- an unreachable hub raises `HubUnreachable` naming the endpoint (the CLI exits 2 with it), before the first byte
+  or during a file (its partial bytes are kept for the next run);
+- progress: `progress(done_bytes, total_bytes, name)` after each chunk (ComfyUI's progress bar in the nodes), and a
+  console bar unless `quiet`, both under the file's name on disk.
 `HF_ENDPOINT` (a mirror, or the local hub of the tests) is read when the function runs, not at import.
 """
 
 from __future__ import annotations
 
-import inspect
 import os
+import time
 from collections.abc import Callable, Iterable
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from huggingface_hub import get_hf_file_metadata, hf_hub_url
-from huggingface_hub.utils import EntryNotFoundError, HfHubHTTPError, RepositoryNotFoundError
+from huggingface_hub import constants, get_hf_file_metadata, get_session, hf_hub_url
+from huggingface_hub.utils import EntryNotFoundError, HfHubHTTPError, RepositoryNotFoundError, hf_raise_for_status
 from huggingface_hub.utils import tqdm as hub_tqdm
 from torch.hub import download_url_to_file
 
-from . import convert_official
 from .layout import layout_paths
 
 ProgressCallback = Callable[[int, int, str], None]  # (done_bytes, total_bytes, file name)
 
 TAESDV_URL = "https://github.com/madebyollin/taesdv/raw/main/taesdv.pth"
+CHUNK_BYTES = 10 * 2**20  # read and written at a time (progress is reported per chunk)
+RETRIES = 5  # reconnections in a row that bring no byte before a download gives up (HubUnreachable)
+RETRY_PAUSE_S = 1.0  # the pause before such a reconnection
 
 
 class DownloadError(ValueError):
@@ -184,23 +201,6 @@ def _present_name(remote: RemoteFile, models_dir: Path) -> Path:
     return next((final.with_name(name) for name in names if final.with_name(name).is_file()), final)
 
 
-def _progress_class(callback: ProgressCallback | None, state: dict, name: str, quiet: bool):
-    """A tqdm class for the hub that also reports bytes to `callback` (ComfyUI's progress bar in the nodes)."""
-    class _Bar(hub_tqdm):
-        def __init__(self, *args, **kwargs):
-            if quiet:
-                kwargs["disable"] = True
-            super().__init__(*args, **kwargs)
-
-        def update(self, n=1):
-            state["done"] += n or 0
-            if callback is not None:
-                callback(state["done"], state["total"], name)
-            return super().update(n)
-
-    return _Bar
-
-
 def _fetch_url(plan: _Plan, callback, state: dict) -> None:
     """A plain HTTPS file (taesdv.pth, 10 MB) through torch's downloader: temporary file, then rename."""
     url = os.environ.get("RAIN_TAESDV_URL", plan.remote.url)
@@ -220,51 +220,96 @@ def _fetch_url(plan: _Plan, callback, state: dict) -> None:
         callback(state["done"], state["total"], plan.final.name)
 
 
-def _fetch_hub(plan: _Plan, endpoint: str, callback, state: dict, quiet: bool) -> None:
-    """One hub file through huggingface_hub's own HTTP download (Range resume, size check, progress), into
-    `.NAME.incomplete` beside the final name, renamed when complete. The partial file outlives an interrupted run
-    (Ctrl-C, a lost network) and the next run resumes it when the hub still serves the same version (ETag)."""
-    from huggingface_hub.file_download import http_get
-    from huggingface_hub.utils import build_hf_headers
+def _partial_names(final: Path) -> tuple[Path, Path]:
+    """Where the bytes of `final` wait until complete, and the hub version (ETag) they are bytes of."""
+    part = final.with_name(f".{final.name}.incomplete")
+    return part, part.with_name(part.name + ".etag")
 
+
+@contextmanager
+def _get(url: str, headers: dict):
+    """GET `url` as a stream through huggingface_hub's configured HTTP session (its proxies, its offline guard,
+    its User-Agent): yields (status, chunk iterator). The session is `requests` before huggingface_hub 1.0 and
+    `httpx` (`httpx2`) after it; both are public (`get_session`), only their streaming calls differ."""
+    session = get_session()
+    timeout = constants.HF_HUB_DOWNLOAD_TIMEOUT
+    if callable(getattr(session, "stream", None)):  # httpx.Client (requests.Session.stream is a bool)
+        with session.stream("GET", url, headers=headers, timeout=timeout, follow_redirects=True) as response:
+            if response.status_code != 416:
+                hf_raise_for_status(response)
+            yield response.status_code, response.iter_bytes(CHUNK_BYTES)
+    else:
+        with session.get(url, headers=headers, stream=True, timeout=timeout) as response:
+            if response.status_code != 416:
+                hf_raise_for_status(response)
+            yield response.status_code, response.iter_content(CHUNK_BYTES)
+
+
+def _fetch_hub(plan: _Plan, endpoint: str, callback, state: dict, quiet: bool) -> None:
+    """One hub file, through public huggingface_hub calls only (`hf_hub_url`, `get_session`, `build_hf_headers`,
+    `hf_raise_for_status`): bytes are appended to `.NAME.incomplete` beside the final name, whose hub version
+    (ETag) is recorded in `.NAME.incomplete.etag`, and renamed onto the final name when the size is the hub's.
+    A partial file of the same version is resumed with a Range request, within the run after a dropped
+    connection and by the next run after Ctrl-C or a lost network; one of another version is started again."""
+    from huggingface_hub.utils import HfHubHTTPError, build_hf_headers
+
+    name = f"{plan.remote.repo_id}/{plan.path_in_repo}"
     url = hf_hub_url(plan.remote.repo_id, plan.path_in_repo, endpoint=endpoint)
-    part = plan.final.with_name(f".{plan.final.name}.incomplete")
-    version = part.with_name(part.name + ".etag")  # which version of the file the partial bytes are
-    if part.exists() and (not version.is_file() or version.read_text() != (plan.etag or "")
+    part, version = _partial_names(plan.final)
+    if part.exists() and (not plan.etag or not version.is_file() or version.read_text() != plan.etag
                           or (plan.size is not None and part.stat().st_size > plan.size)):
         part.unlink()
     version.write_text(plan.etag or "")
-    kwargs = {}
-    parameters = inspect.signature(http_get).parameters
-    if "tqdm_class" in parameters:
-        kwargs["tqdm_class"] = _progress_class(callback, state, plan.final.name, quiet)
-    if "displayed_filename" in parameters:
-        kwargs["displayed_filename"] = plan.final.name
-    try:
-        with open(part, "ab") as file:
-            resume = file.tell()
-            state["done"] += resume
-            http_get(url, file, resume_size=resume, headers=build_hf_headers(), expected_size=plan.size, **kwargs)
-    except Exception as error:
-        if _is_network_error(error):
-            raise HubUnreachable(f"{endpoint}: the connection failed while downloading {plan.remote.repo_id}/"
-                                 f"{plan.path_in_repo} ({_describe_network_error(error)}); run the same command "
-                                 "again: complete files are skipped and this one resumes.") from None
-        if isinstance(error, OSError) and "Consistency check failed" in str(error):
-            part.unlink(missing_ok=True)
-            raise DownloadError(f"{plan.remote.repo_id}/{plan.path_in_repo}: the bytes received do not match the "
-                                "size the hub announced (nothing was kept under the final name); run again.") from None
-        raise
+    headers = build_hf_headers()
+
+    with open(part, "ab") as file, hub_tqdm(total=plan.size, initial=file.tell(), unit="B", unit_scale=True,
+                                            unit_divisor=1024, desc=plan.final.name, disable=quiet) as bar:
+        state["done"] += file.tell()
+        retries = RETRIES
+        while plan.size is None or file.tell() < plan.size:
+            start, received = file.tell(), 0
+            try:
+                with _get(url, {**headers, "Range": f"bytes={start}-"} if start else headers) as (status, chunks):
+                    if status == 416:  # nothing to send from `start`: the hub's file is shorter than announced
+                        break
+                    if start and status == 200:  # the Range was ignored: the whole file comes again
+                        file.seek(0)
+                        file.truncate()
+                        state["done"] -= start
+                        bar.reset(total=plan.size)
+                    for chunk in chunks:
+                        if chunk:
+                            file.write(chunk)
+                            received += len(chunk)
+                            state["done"] += len(chunk)
+                            bar.update(len(chunk))
+                            if callback is not None:
+                                callback(state["done"], state["total"], plan.final.name)
+            except HfHubHTTPError as error:
+                raise HubUnreachable(f"{endpoint}: the hub answered {_describe_network_error(error)} while "
+                                     f"downloading {name}; run the same command again (this file resumes).") from None
+            except Exception as error:  # a dropped connection, a timeout: go on from what is written
+                if not _is_network_error(error):
+                    raise
+                retries = RETRIES if received else retries - 1
+                if retries < 0:
+                    raise HubUnreachable(f"{endpoint}: the connection failed while downloading {name} "
+                                         f"({_describe_network_error(error)}); run the same command again: complete "
+                                         "files are skipped and this one resumes.") from None
+                if not received:
+                    time.sleep(RETRY_PAUSE_S)
+                continue
+            if plan.size is None or not received:  # the response ended: all there is (checked below)
+                break
     size = part.stat().st_size
     if plan.size is not None and size != plan.size:
-        part.unlink(missing_ok=True)
-        raise DownloadError(f"{plan.remote.repo_id}/{plan.path_in_repo}: received {size} bytes, the hub announced "
-                            f"{plan.size}; run the download again.")
+        part.unlink()
+        version.unlink(missing_ok=True)
+        raise DownloadError(f"{name}: received {size} bytes, which do not match the size the hub announced "
+                            f"({plan.size}); nothing was kept under the final name. Run the download again.")
     os.chmod(part, _umask_mode())
     os.replace(part, plan.final)  # same folder: atomic, the final name only ever holds a complete file
     version.unlink(missing_ok=True)
-    if "tqdm_class" not in kwargs:
-        state["done"] += size - resume
     if callback is not None:
         callback(state["done"], state["total"], plan.final.name)
 
@@ -312,6 +357,8 @@ def download_models(
 
 def convert_downloaded(models_dir: str | os.PathLike) -> Path:
     """Convert models/rain/RAIN-v0.1 (+ VAE, image encoder, taesdv) to safetensors in models/rain/RAIN-v0.1-st."""
+    from .saving import convert_official  # import time: torch and diffusers, needed only with --convert
+
     paths = layout_paths(models_dir)
     if not paths["image_encoder"].exists():
         raise DownloadError(f"--convert needs the image encoder ({paths['image_encoder']}); add image-encoder (and "
