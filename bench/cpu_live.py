@@ -45,6 +45,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from rain_core.io.files import write_json_atomic
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULT = ROOT / "bench" / "results" / "cpu_live.json"
 EXAMPLES = ROOT / "examples"
@@ -337,12 +339,7 @@ def main(argv=None) -> None:
         for threads in args.threads:
             result["rows"].append(side_by_side(args, threads, cache, Path(scratch)))
     result["machine"]["load_average_end"] = round(os.getloadavg()[0], 1)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{args.out.name}.", suffix=".tmp", dir=args.out.parent)
-    with os.fdopen(handle, "w") as stream:
-        json.dump(result, stream, indent=1, ensure_ascii=False)
-        stream.write("\n")
-    os.replace(temporary, args.out)
+    write_json_atomic(args.out, result, ensure_ascii=False)
     print(f"wrote {args.out}")
 
 

@@ -27,7 +27,6 @@ import socket
 import struct
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -35,6 +34,8 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from rain_core.io.files import write_json_atomic  # noqa: E402
+
 PACK = "rain_pack_bench"
 VIDEO = ROOT / "examples" / "anyone-video-1_kps.mp4"
 REFERENCE = ROOT / "examples" / "anyone-1.png"
@@ -290,12 +291,7 @@ def main(argv=None) -> int:
                            "window": window, "lookahead_frames": window - 1},
               "machine": {"cpus": os.cpu_count(), "load_average": os.getloadavg(), "platform": platform.platform()},
               "floor_ms": floor_ms, "rows": rows}
-    target = args.json.resolve()
-    target.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp = tempfile.mkstemp(prefix=f".{target.stem}.", suffix=".json", dir=target.parent)
-    with os.fdopen(handle, "w") as out:
-        json.dump(result, out, indent=1)
-    os.replace(temp, target)
+    target = write_json_atomic(args.json.resolve(), result)
     print(f"wrote {target}")
     return 0
 

@@ -47,6 +47,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
+from rain_core.io.files import write_json_atomic  # noqa: E402
+
 EXAMPLES = ROOT / "examples"
 REFERENCES = ("anyone-1.png", "anyone-2.png", "anime-portrait.png")
 VIDEOS = ("anyone-video-1_kps.mp4", "anyone-video-2_kps.mp4")
@@ -519,12 +521,7 @@ def main(argv=None) -> int:
           f"on {cap['cores']} cores ({cap['sessions_per_core_measured']} per core; from the best total throughput "
           f"{cap['fps_out_total_best']} fps: {cap['sessions_per_core_from_throughput']} per core); per GPU "
           f"(estimate) ≤ {cap['gpu_estimate']['sessions_per_gpu_upper_bound']} at a full-rate source")
-    target = args.out.resolve()
-    target.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp = tempfile.mkstemp(prefix=f".{target.stem}.", suffix=".json", dir=target.parent)
-    with os.fdopen(handle, "w") as out:
-        json.dump(result, out, indent=1)
-    os.replace(temp, target)
+    target = write_json_atomic(args.out.resolve(), result)
     print(f"wrote {target}")
     for failure in failures:
         print("CHECK FAILED:", failure)

@@ -40,7 +40,6 @@ import argparse
 import functools
 import json
 import math
-import os
 import sys
 import time
 from collections import deque
@@ -55,7 +54,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from rain_core import metrics  # noqa: E402
-from rain_core.io.files import temporary_beside  # noqa: E402
+from rain_core.io.files import write_atomic  # noqa: E402
 from rain_core.metrics import bootstrap_ci, temporal_error, temporal_error_per_frame  # noqa: E402,F401
 from rain_core.scheduler import LCMStepper, trailing_timesteps  # noqa: E402
 from rain_core.stream import RainStream, StreamConfig  # noqa: E402
@@ -312,18 +311,6 @@ def paired(row: dict, other: dict) -> dict:
             entry["relative_ci95"] = [x / base for x in entry["ci95"]]
         result[name] = entry
     return result
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp = temporary_beside(path)  # with the user's file mode, not mkstemp's 0600
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            stream.write(data)
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
 
 
 def write_image(path: Path, image_rgb: np.ndarray) -> None:

@@ -12,6 +12,7 @@ name) deletes them. Nothing without the marker is ever touched.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -45,6 +46,26 @@ def temporary_beside(path: os.PathLike | str, suffix: str = ".tmp") -> tuple[int
     handle, temporary = tempfile.mkstemp(prefix=temporary_prefix(name), suffix=suffix, dir=folder or ".")
     os.fchmod(handle, user_file_mode())
     return handle, temporary
+
+
+def write_atomic(path: os.PathLike | str, data: bytes) -> Path:
+    """Write `data` to `path` through a temporary beside it (the user's file mode), renamed when complete."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = temporary_beside(path)
+    try:
+        with os.fdopen(handle, "wb") as stream:
+            stream.write(data)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_json_atomic(path: os.PathLike | str, value, **dump_options) -> Path:
+    """`value` as indented JSON (and a final newline) at `path`, atomically (`write_atomic`)."""
+    return write_atomic(path, (json.dumps(value, indent=1, **dump_options) + "\n").encode())
 
 
 def temporary_folder_beside(path: os.PathLike | str, suffix: str = ".tmp") -> Path:
