@@ -15,14 +15,14 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # README.md and NOTES.md still cite ~80 files of runs/ (experiment folders no clone has) from the research notebook
 # that moved to docs/ (issue 31). Flip this to True once those passages are cut; docs/ is checked from now on.
-CHECK_README_AND_NOTES = False
+CHECK_README_AND_NOTES = True
 
 # top-level folders a path must start with to count as a repository path (`out/`, `~/.cache/` and the like are
 # places a command writes to, not files of the repository)
 ROOTS = ("bench", "docs", "runs", "rain_core", "tests", "examples", "example_workflows", "nodes", "js", ".ci")
 # paths a documented command creates: named in the docs as its output, never committed
 CREATED = {
-    "bench/results/quality.json": "bench/quality.py's default --json (its current file is quality_builtin.json)",
+    "bench/results/quality.json": "bench/quality.py's default --json (its current file is quality.json)",
 }
 
 # a root folder, then anything up to a space or a quote (commas stay: a/{b,c} is expanded below); not after a letter,
@@ -114,7 +114,7 @@ def test_a_missing_file_is_reported_and_a_folder_or_a_created_output_is_not(tmp_
     page.parent.mkdir()
     page.write_text("`bench/quality.py` writes `bench/results/quality.json` into `bench/results/`; "
                     "`runs/t16/rain-4600` is gone.\n")
-    files = ["bench/quality.py", "bench/results/quality_builtin.json", "docs/page.md"]
+    files = ["bench/quality.py", "bench/results/quality.json", "docs/page.md"]
     assert missing_paths(["docs/page.md"], files, root=tmp_path) == ["docs/page.md: runs/t16/rain-4600"]
 
 
