@@ -18,11 +18,11 @@ __all__ = ["load_rain", "RainStream", "StreamConfig", "allow_background_compile"
 
 def __getattr__(name):
     if name == "load_rain":
-        from .loading import load_rain
+        from .loading import load_rain  # import time: `import rain_core` stays light
 
         return load_rain
     if name in ("RainStream", "StreamConfig"):
-        from . import stream
+        from . import stream  # import time: as above
 
         return getattr(stream, name)
     raise AttributeError(f"module 'rain_core' has no attribute {name!r}")

@@ -32,7 +32,7 @@ class BatchError(ValueError):
 
 def import_ray():
     try:
-        import ray
+        import ray  # optional extra [cluster]
     except ImportError as error:
         raise RayMissing(f"rain batch runs on Ray, which is not installed here ({error}). Install it with "
                          f"{INSTALL_HINT}; the ComfyUI pack itself never needs it.") from None
@@ -162,7 +162,7 @@ def run_jobs(jobs: list[Job], defaults: dict, options: Options, results: Results
     """Render `jobs` on Ray; appends each job's record to `results` as it finishes. Ctrl-C kills the workers,
     removes their temporary files and re-raises KeyboardInterrupt (the jobs already finished stay recorded)."""
     ray = import_ray()
-    from ray.exceptions import RayActorError, RayError
+    from ray.exceptions import RayActorError, RayError  # optional extra [cluster]
 
     started = start_ray(ray, options)
     pool = None

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 try:
-    import fcntl
+    import fcntl  # POSIX only
 except ImportError:  # Windows: no advisory locks; one writer per output is not enforced there
     fcntl = None
 
@@ -91,7 +91,7 @@ def encoder_problem(kind: OutputKind) -> str | None:
     """Why this PyAV/FFmpeg build cannot write `kind` (None: it can)."""
     if kind.codec is None:
         return None
-    import av
+    import av  # import time: PyAV only to check an encoder
 
     try:
         av.codec.Codec(kind.codec, "w")

@@ -29,7 +29,7 @@ class LiveRecorder:
 
     def __init__(self, path, fps: float = 30.0, crf: int = 18):
         try:
-            import av
+            import av  # import time: PyAV only when recording
         except ImportError as error:
             raise LiveInputError("record: needs PyAV (`pip install av`; ComfyUI installs it)") from error
         self.path = Path(path)

@@ -44,7 +44,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from huggingface_hub import constants, get_hf_file_metadata, get_session, hf_hub_url
-from huggingface_hub.utils import EntryNotFoundError, HfHubHTTPError, RepositoryNotFoundError, hf_raise_for_status
+from huggingface_hub.utils import (
+    EntryNotFoundError,
+    HfHubHTTPError,
+    RepositoryNotFoundError,
+    build_hf_headers,
+    hf_raise_for_status,
+)
 from huggingface_hub.utils import tqdm as hub_tqdm
 from torch.hub import download_url_to_file
 
@@ -251,8 +257,6 @@ def _fetch_hub(plan: _Plan, endpoint: str, callback, state: dict, quiet: bool) -
     (ETag) is recorded in `.NAME.incomplete.etag`, and renamed onto the final name when the size is the hub's.
     A partial file of the same version is resumed with a Range request, within the run after a dropped
     connection and by the next run after Ctrl-C or a lost network; one of another version is started again."""
-    from huggingface_hub.utils import HfHubHTTPError, build_hf_headers
-
     name = f"{plan.remote.repo_id}/{plan.path_in_repo}"
     url = hf_hub_url(plan.remote.repo_id, plan.path_in_repo, endpoint=endpoint)
     part, version = _partial_names(plan.final)

@@ -212,7 +212,7 @@ def _from_pretrained(model_class, path: Path, expected: str, dtype: torch.dtype 
     if dtype is not None:
         kwargs["torch_dtype"] = dtype
         if model_class.__module__.startswith("transformers"):
-            import transformers
+            import transformers  # optional layout: only for a transformers folder (import time)
 
             if tuple(int(x) for x in re.findall(r"\d+", transformers.__version__)[:2]) >= (4, 56):
                 kwargs = {"dtype": dtype}  # `torch_dtype` is deprecated from 4.56 on

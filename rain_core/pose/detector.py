@@ -167,7 +167,7 @@ _SESSIONS_LOCK = threading.Lock()
 
 def _import_onnxruntime():
     try:
-        import onnxruntime
+        import onnxruntime  # optional: the DWPose detector
     except ImportError as error:
         raise DetectorUnavailable(
             "DWPose detector needs onnxruntime, which is not installed: `pip install onnxruntime` "

@@ -78,7 +78,7 @@ def attention_backend(name: str = "auto"):
     if name == "auto":
         yield
         return
-    from torch.nn.attention import SDPBackend, sdpa_kernel
+    from torch.nn.attention import SDPBackend, sdpa_kernel  # import time: only when a backend is forced
 
     backend = {
         "flash": SDPBackend.FLASH_ATTENTION,

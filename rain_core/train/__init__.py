@@ -6,7 +6,7 @@ __all__ = ["train_main"]
 
 def __getattr__(name):
     if name == "train_main":
-        from .cli import train_main
+        from .cli import train_main  # optional extra [train]: accelerate
 
         return train_main
     raise AttributeError(f"module 'rain_core.train' has no attribute {name!r}")

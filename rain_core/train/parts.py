@@ -143,7 +143,7 @@ def build_optimizer(params: list[nn.Parameter], config: TrainConfig) -> torch.op
         return torch.optim.AdamW(params, **kwargs)
     if config.optimizer == "adamw8bit":
         try:
-            import bitsandbytes
+            import bitsandbytes  # optional: 8-bit AdamW only
         except ImportError as error:
             raise ImportError("--optimizer adamw8bit needs bitsandbytes: pip install 'comfyui-rain[train-8bit]' "
                               "(or pip install bitsandbytes), or use --optimizer adamw") from error

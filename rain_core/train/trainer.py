@@ -65,8 +65,8 @@ class Trainer:
         """`draws`: where each step's noise, timesteps and dropout decision come from (default: the step's own
         seeded generator, `seeded_draws`)."""
         try:
-            from accelerate import Accelerator
-            from accelerate.utils import DistributedDataParallelKwargs
+            from accelerate import Accelerator  # optional extra [train]
+            from accelerate.utils import DistributedDataParallelKwargs  # optional extra [train]
         except ImportError as error:
             raise ImportError("training needs Hugging Face accelerate (a training-only extra): "
                               "pip install 'comfyui-rain[train]' or pip install accelerate") from error
