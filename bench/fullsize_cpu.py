@@ -279,6 +279,10 @@ def main(argv=None) -> dict:
                     results["rows"].append(animate_row(root, env, precision, size, args.frames, args.timeout_s, log,
                                                        args.source))
                 save(out, results)
+    # --keep resumes: rows measured before for precisions or sizes this run does not measure stay in the file
+    grid = {(precision, size) for size in args.sizes for precision in args.precisions} if "rows" not in args.skip else set()
+    results["rows"] += [row for key, row in done.items() if key not in grid]
+    save(out, results)
     if "errors" not in args.skip:
         import precision_errors
         import torch

@@ -37,3 +37,12 @@ def test_fullsize_bench_smoke_run_goes_through_download_and_writes_rows_and_erro
     assert errors["stream"]["frames_compared"] == 8 and errors["stream"]["bf16"]["frames_psnr_db"] > 20
     assert "frames_psnr_db" in errors["denoising_unet"]["bf16"] and "frames_psnr_db" in errors["vae_decode"]["fp16"]
     assert "fp16_kernels" in errors["pose_guider"]
+
+    # a resumed run that measures another size (--keep) keeps every row measured before, and the precision table
+    bench.main(["--tiny", "--root", str(tmp_path / "run"), "--out", str(out), "--wait-memory-s", "0", "--keep",
+                "--sizes", "16", "--precisions", "bf16", "--skip", "errors"])
+    resumed = json.loads(out.read_text())
+    kept = {(row["precision"], row["size"]): row for row in resumed["rows"]}
+    assert set(kept) == {("fp32", 32), ("bf16", 32), ("bf16", 16)}
+    assert kept[("fp32", 32)] == rows[("fp32", 32)] and kept[("bf16", 16)]["exit_code"] == 0
+    assert resumed["precision_errors"] == results["precision_errors"]
