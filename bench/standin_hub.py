@@ -14,7 +14,7 @@ sizes and key names, saved the way their publishers saved them, and serves them 
     web/<path of rain_core.loading.download.TAESDV_URL>   taesdv.pth (encoder.*, decoder.*), a plain web file
 
 Weights: normal with std 1/sqrt(fan_in) for every tensor of two or more dimensions, biases N(0, 0.1²), norm scales
-1 + N(0, 0.1²) (the convention of `rain_core.models.testing.randomize_parameters`, so activations stay O(1)
+1 + N(0, 0.1²) (the convention of `bench/random_weights.py`, so activations stay O(1)
 through the deep stacks and no path is blind), sinusoidal position tables as the networks compute them. Each tensor
 has its own seed (seed, file, index), so a file is the same on every machine whatever order it is written in.
 `--tiny` writes the same layout with tiny networks (seconds; the smoke test of `bench/fullsize_cpu.py`), plus

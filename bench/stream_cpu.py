@@ -20,13 +20,17 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+import sys
 import time
+from pathlib import Path
 
 import torch
 
 from rain_core.models import RainModelConfig, RainModels
-from rain_core.models.testing import randomize_parameters
 from rain_core.stream import RainStream, StreamConfig
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a plain checkout
+from bench.random_weights import randomize_parameters  # noqa: E402
 
 
 def rss_mib() -> float:

@@ -21,13 +21,13 @@ from pathlib import Path
 import torch
 
 from rain_core.models import RainModelConfig, RainModels
-from rain_core.models.testing import randomize_parameters
 from rain_core.stream import RainStream, StreamConfig, Tick
 from rain_core.stream.accel import FastPath
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a plain checkout
 from bench.gpu.build import SD_VAE  # noqa: E402  (the one sd-vae-ft-mse config of the benches)
 from bench.measure import count_flops, parameter_bytes, trace_ops  # noqa: E402
+from bench.random_weights import randomize_parameters  # noqa: E402
 
 
 def full_size_costs(args) -> None:

@@ -16,7 +16,6 @@ import pytest
 import torch
 
 from rain_core.models import RainModelConfig, RainModels
-from rain_core.models.testing import randomize_parameters
 
 TINY_SEED = 1234
 
@@ -77,6 +76,9 @@ def bench_module(name: str, folder: str = "bench"):
         del sys.modules[key]
         raise
     return module
+
+
+randomize_parameters = bench_module("random_weights").randomize_parameters  # the benches' own helper
 
 
 @pytest.fixture(scope="session")

@@ -26,7 +26,8 @@ BUILTIN = ROOT / "rain_core" / "assets" / "tiny-rain"
 
 
 # What bench/ holds beside its scripts: modules the scripts (and tests) import, never run on their own.
-MODULES = {"measure.py": "the measuring helpers (trace_ops, count_flops, ...) of the benches and tests"}
+MODULES = {"measure.py": "the measuring helpers (trace_ops, count_flops, ...) of the benches and tests",
+           "random_weights.py": "randomize_parameters: random values for every parameter (benches and tests)"}
 
 
 def entry_points() -> list[Path]:

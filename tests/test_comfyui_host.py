@@ -124,7 +124,7 @@ def write_comfy_model_files(models: Path) -> None:
     only sizes their key rules accept), random; and a tiny RAIN (768-wide cross-attention) that needs both."""
     import dataclasses
 
-    from conftest import tiny_config
+    from conftest import randomize_parameters, tiny_config
     from diffusers import AutoencoderKL
     from foreign_layouts import to_ldm_vae
     from safetensors.torch import save_file
@@ -134,7 +134,6 @@ def write_comfy_model_files(models: Path) -> None:
     from rain_core.models import DenoisingUNet, PoseGuider, ReferenceUNet
     from rain_core.models.config import ClipConfig
     from rain_core.models.image_encoder import build_clip
-    from rain_core.models.testing import randomize_parameters
 
     with torch.device("meta"):
         vae, clip = AutoencoderKL.from_config(SD_VAE_CONFIG), build_clip(ClipConfig())

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import build_tiny_models
+from conftest import build_tiny_models, randomize_parameters
 
 from rain_core.models import RainModelConfig, RainModels, ReferenceCache, guidance_embedding
-from rain_core.models.testing import randomize_parameters
 
 FRAMES = 8
 

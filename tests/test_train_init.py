@@ -12,9 +12,8 @@ from rain_core.train.init import diffusers_unet_config, init_for_training
 
 
 def _tiny_sd_unet_folder(config, folder: Path):
+    from conftest import randomize_parameters
     from diffusers import UNet2DConditionModel
-
-    from rain_core.models.testing import randomize_parameters
 
     unet = randomize_parameters(UNet2DConditionModel(**diffusers_unet_config(config)), seed=5)
     unet.save_pretrained(folder / "unet")

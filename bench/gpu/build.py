@@ -10,9 +10,9 @@ import torch
 
 from rain_core.models import RainModelConfig, RainModels
 from rain_core.models.config import ClipConfig
-from rain_core.models.testing import randomize_parameters
 from rain_core.stream import StreamConfig, Tick
 
+from ..random_weights import randomize_parameters
 from .run import Run, synchronize
 
 SD_VAE = {  # sd-vae-ft-mse's AutoencoderKL config (random weights here; only its shape matters)

@@ -1,4 +1,5 @@
-"""Helpers for tests and comparisons: give every parameter of a network random values.
+"""Give every parameter of a network random values, for the benches and the tests (not part of the engine: nothing
+in rain_core imports it; tests load it through `conftest.randomize_parameters`).
 
 A freshly built RAIN is blind on purpose (zero-initialised motion proj_out, pose guider conv_out, cond_proj), so a
 check that runs a fresh model never exercises those paths. `randomize_parameters` fills every parameter:
