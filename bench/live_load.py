@@ -177,10 +177,10 @@ class Client:
 
     async def open(self, client) -> Client:
         self.ws = await client.ws_connect(self.url, max_msg_size=0)
-        self.reader = asyncio.ensure_future(self.read_tensors())
+        self.reader = asyncio.ensure_future(self._read())
         return self
 
-    async def read_tensors(self):
+    async def _read(self):
         import aiohttp
 
         async for message in self.ws:

@@ -286,10 +286,10 @@ class _Rain:
                                         stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         self.err = b""
-        self.reader = threading.Thread(target=self.read_tensors, daemon=True)
+        self.reader = threading.Thread(target=self._read, daemon=True)
         self.reader.start()
 
-    def read_tensors(self):
+    def _read(self):
         for chunk in iter(lambda: self.process.stderr.read1(4096), b""):
             self.err += chunk
 

@@ -78,7 +78,7 @@ class Client:
     async def __aenter__(self):
         self.session = aiohttp.ClientSession()
         self.socket = await self.session.ws_connect(self.url, max_msg_size=0)
-        self.reader = asyncio.ensure_future(self.read_tensors())
+        self.reader = asyncio.ensure_future(self._read())
         return self
 
     async def __aexit__(self, *exc):
@@ -86,7 +86,7 @@ class Client:
         await self.session.close()
         self.reader.cancel()
 
-    async def read_tensors(self):
+    async def _read(self):
         async for message in self.socket:
             if message.type == aiohttp.WSMsgType.BINARY:
                 header, jpeg = parse_frame(message.data)
