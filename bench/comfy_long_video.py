@@ -39,6 +39,8 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 from comfy_overhead import free_port, get, post  # noqa: E402  (the same way to talk to a ComfyUI)
 
+from rain_core.cpu import resident_memory  # noqa: E402
+
 LONG_TEMPLATE = ROOT / "example_workflows" / "RAIN 5 - Long video (flat memory).json"
 OLD_TEMPLATE = ROOT / "example_workflows" / "RAIN 1 - Pose video to animation.json"
 POSE_VIDEO = ROOT / "examples" / "anyone-video-1_kps.mp4"  # 64 frames, 704 x 512, 30 fps
@@ -58,12 +60,9 @@ def loop_video(path: Path, frames: int) -> Path:
 
 
 def memory(pid: int) -> dict:
-    fields = {}
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        key, _, value = line.partition(":")
-        if key in ("VmRSS", "VmHWM"):
-            fields[key] = int(value.split()[0]) / 1024  # kB -> MiB
-    return fields
+    """The server's resident memory in MiB: VmRSS (now) and VmHWM (peak); empty once the process has ended."""
+    memory = resident_memory(pid)
+    return {"VmRSS": memory["rss"] / 2**20, "VmHWM": memory["peak"] / 2**20} if memory else {}
 
 
 class Server:

@@ -11,6 +11,9 @@ when torch is imported, so `prefer_passive_wait()` runs from `rain_core/__init__
 (the `rain` command, scripts); inside a host that imported torch first (ComfyUI) it is too late and nothing changes.
 A user's own `OMP_WAIT_POLICY` always wins; `RAIN_CPU_TUNING=0` leaves the environment alone.
 
+**Memory.** `resident_memory(pid)` reads a process's resident memory now and at its peak (Linux `/proc`): the
+CLI's `--json`, the benches and the tests measure memory with it.
+
 **Background compile.** Only a long-lived host (the ComfyUI server, `rain live`) says `allow_background_compile()`;
 the compiled tick itself lives in `rain_core.stream.compiled`, its builder in `rain_core.stream.background_build`.
 
@@ -100,6 +103,17 @@ def cpu_flags() -> set[str]:
 
 
 # ---------------------------------------------------------------------- background compile: who may
+
+
+def resident_memory(pid: int | str = "self") -> dict[str, int] | None:
+    """{"rss": bytes resident now, "peak": bytes at the peak (VmHWM)} of a process, from /proc/PID/status; None
+    where that file does not exist (not Linux, or the process has ended)."""
+    try:
+        with open(f"/proc/{pid}/status") as handle:
+            fields = dict(line.split(":", 1) for line in handle if ":" in line)
+        return {"rss": int(fields["VmRSS"].split()[0]) * 1024, "peak": int(fields["VmHWM"].split()[0]) * 1024}
+    except (OSError, KeyError, ValueError):
+        return None
 
 
 def allow_background_compile(allowed: bool = True) -> None:

@@ -44,6 +44,7 @@ from comfy_host import (
 from PIL import Image
 
 from rain_core.cli.comfy_client import ui_to_api
+from rain_core.cpu import resident_memory
 
 pytestmark = HOST_MARKS
 
@@ -307,10 +308,10 @@ def test_warm_up_runs_skip_save_and_preview_image_and_frame_queue_goes_on(server
 
 
 def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmRSS")
+    memory = resident_memory(pid)
+    if memory is None:
+        raise RuntimeError("no VmRSS")
+    return memory["rss"] / 2**20
 
 
 def test_free_gives_the_networks_memory_back(server):

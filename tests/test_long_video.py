@@ -9,7 +9,6 @@ over the chunks of a run does not grow with the video's length (figures printed,
 
 import gc
 import importlib
-import os
 import tracemalloc
 from pathlib import Path
 
@@ -20,6 +19,7 @@ import torch
 from PIL import Image
 from test_nodes import DATA, PACK_NAME, load_pack, pose_stream_args, standalone_host
 
+from rain_core.cpu import resident_memory
 from rain_core.io.inputs import uint8_frames
 from rain_core.io.video import VideoSink, read_video_frames
 
@@ -192,10 +192,8 @@ def test_a_cancelled_run_leaves_a_live_pose_position_where_it_was(pack, host, mo
 
 
 def rss_mb() -> float:
-    for line in Path(f"/proc/{os.getpid()}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
+    memory = resident_memory()
+    return memory["rss"] / 2**20 if memory else float("nan")
 
 
 @pytest.fixture

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import torch
 
+from rain_core.cpu import resident_memory
+
 GIB = 1024**3
 
 
@@ -136,21 +138,15 @@ def free_memory(device: torch.device) -> None:
         torch.cuda.empty_cache()
 
 
-def _status_bytes(field: str) -> int:
-    """A memory field of this process from /proc/self/status (VmRSS: resident now, VmHWM: its peak), 0 elsewhere."""
-    try:
-        with open("/proc/self/status") as handle:
-            for line in handle:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
+def _resident(field: str) -> int:
+    """This process's resident memory, "rss" (now) or "peak" (VmHWM), in bytes; 0 where /proc has none."""
+    memory = resident_memory()
+    return memory[field] if memory else 0
 
 
 def allocated(device: torch.device) -> int:
     """Bytes allocated on the device; on the CPU the process's resident memory (weights, buffers and the rest)."""
-    return torch.cuda.memory_allocated(device) if device.type == "cuda" else _status_bytes("VmRSS")
+    return torch.cuda.memory_allocated(device) if device.type == "cuda" else _resident("rss")
 
 
 def reset_peak(device: torch.device) -> None:
@@ -166,7 +162,7 @@ def reset_peak(device: torch.device) -> None:
 
 def peak(device: torch.device) -> int:
     """Peak bytes allocated on the device since `reset_peak`; on the CPU the process's peak resident memory."""
-    return torch.cuda.max_memory_allocated(device) if device.type == "cuda" else _status_bytes("VmHWM")
+    return torch.cuda.max_memory_allocated(device) if device.type == "cuda" else _resident("peak")
 
 
 def relative_error(ours: torch.Tensor, reference: torch.Tensor) -> float:

@@ -279,16 +279,16 @@ def load_models(args):
 def memory_gib() -> dict:
     """This process's resident memory now and at its peak, in GiB (Linux /proc; elsewhere the peak from
     getrusage, or None)."""
-    try:
-        with open("/proc/self/status") as handle:
-            fields = dict(line.split(":", 1) for line in handle if ":" in line)
-        return {"rss_gib": int(fields["VmRSS"].split()[0]) / 2**20, "peak_rss_gib": int(fields["VmHWM"].split()[0]) / 2**20}
-    except (OSError, KeyError, ValueError):
-        import resource
-        import sys
+    from ..cpu import resident_memory
 
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # kB on Linux, bytes on macOS
-        return {"rss_gib": None, "peak_rss_gib": peak / (2**30 if sys.platform == "darwin" else 2**20)}
+    memory = resident_memory()
+    if memory is not None:
+        return {"rss_gib": memory["rss"] / 2**30, "peak_rss_gib": memory["peak"] / 2**30}
+    import resource
+    import sys
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # kB on Linux, bytes on macOS
+    return {"rss_gib": None, "peak_rss_gib": peak / (2**30 if sys.platform == "darwin" else 2**20)}
 
 
 def model_folder_size(args) -> tuple[int, int]:
