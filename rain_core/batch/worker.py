@@ -63,7 +63,8 @@ class Renderer:
             return self._models, 0.0
         self._models = self._model_key = None  # one model in memory: free the old one before the new loads
         start = time.perf_counter()
-        self._models, self._folder = load_models(args)
+        # a reference per job: keep the reference networks rather than read them from their files for every job
+        self._models, self._folder = load_models(args, release_reference=False)
         self._model_key = key
         return self._models, time.perf_counter() - start
 

@@ -255,7 +255,11 @@ def stream_config(args):
                         noise=getattr(args, "noise", "fresh"))
 
 
-def load_models(args):
+def load_models(args, release_reference: bool = True):
+    """The networks `args` name, on their device and dtype. `release_reference`: a command that encodes its reference
+    once per stream frees the reference UNet and image encoder after that (4.7 GB at full size in float32); they are
+    loaded again from their files if another reference comes. A process that encodes one reference after another
+    (`rain batch`'s workers) keeps them."""
     import torch
 
     from ..loading import load_rain
@@ -270,9 +274,8 @@ def load_models(args):
         torch.set_num_threads(threads)
     dtype = resolve_dtype(args.dtype, device)
     folder = resolve_model_folder(getattr(args, "model", None))
-    # Each command encodes its reference once per stream: the reference UNet and image encoder are freed after
-    # that (4.7 GB at full size in float32) and loaded again from their files if another reference comes.
-    models = load_rain(folder, **model_parts(args, folder), device=device, dtype=dtype, release_reference=True)
+    models = load_rain(folder, **model_parts(args, folder), device=device, dtype=dtype,
+                       release_reference=release_reference)
     return models, folder
 
 
